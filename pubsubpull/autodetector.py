@@ -1,0 +1,119 @@
+"""Teach ``makemigrations`` about published models.
+
+Django's autodetector diffs model state; trigger state is not part of it. This
+subclass replays the ``Publish``/``Unpublish`` operations already in the
+migration graph to learn what the migrations install, compares that with the
+registry, and adds the operations that close the gap to the migrations Django
+was about to write anyway.
+"""
+
+from __future__ import annotations
+
+import sys
+import sysconfig
+from pathlib import Path
+
+from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
+from django.db.migrations import Migration
+from django.db.migrations.autodetector import MigrationAutodetector
+
+from . import conf
+from .operations import Publish, Unpublish
+from .registry import Registration, registrations
+from .triggers import create_sql
+
+
+def migrated_triggers(graph) -> dict[str, tuple[str, str, list[str]]]:
+    """``{label: (app holding the migration, table, install sql)}`` at the graph's leaves."""
+    state: dict[str, tuple[str, str, list[str]]] = {}
+    seen = set()
+    for leaf in sorted(graph.leaf_nodes()):
+        for key in graph.forwards_plan(leaf):
+            if key in seen:
+                continue
+            seen.add(key)
+            migration = graph.nodes[key]
+            for operation in migration.operations:
+                if isinstance(operation, Publish):
+                    state[operation.model] = (key[0], operation.table, operation.sql)
+                elif isinstance(operation, Unpublish):
+                    state.pop(operation.model, None)
+    return state
+
+
+def _is_project_app(app_config) -> bool:
+    """True for apps whose migrations belong to this project (not an installed package)."""
+    path = Path(app_config.path).resolve()
+    installed = {
+        Path(p).resolve() for p in {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    }
+    installed |= {Path(p).resolve() for p in sys.path if p.endswith("site-packages")}
+    return not any(path.is_relative_to(root) for root in installed)
+
+
+def migrations_app_for(registration: Registration) -> str:
+    """The app whose migrations install ``registration``'s triggers."""
+    app_config = registration.model._meta.app_config
+    if _is_project_app(app_config):
+        return app_config.label
+    configured = conf.get("MIGRATIONS_APP")
+    if configured:
+        return apps.get_app_config(configured).label
+    raise ImproperlyConfigured(
+        f"{registration.label} is published, but its app {app_config.label!r} is an "
+        "installed package whose migrations are not yours to write. Name one of your "
+        "own apps to hold the migration that installs its trigger: "
+        "PUBSUBPULL = {'MIGRATIONS_APP': 'yourapp'}."
+    )
+
+
+class PublishingAutodetector(MigrationAutodetector):
+    def _detect_changes(self, convert_apps=None, graph=None):
+        migrations = super()._detect_changes(convert_apps, graph)
+        if graph is None:
+            return migrations
+        current = migrated_triggers(graph)
+        wanted = {r.label: r for r in registrations()}
+        for label, registration in wanted.items():
+            sql = create_sql(registration)
+            before = current.get(label)
+            if before is not None and before[2] == sql:
+                continue
+            operation = Publish(
+                model=label,
+                table=registration.table,
+                sql=sql,
+                previous_sql=before[2] if before else None,
+            )
+            self._add(
+                migrations_app_for(registration),
+                operation,
+                registration.model._meta.app_label,
+                graph,
+            )
+        for label in sorted(set(current) - set(wanted)):
+            app_label, table, sql = current[label]
+            operation = Unpublish(model=label, table=table, previous_sql=sql)
+            self._add(app_label, operation, label.split(".")[0], graph)
+        return migrations
+
+    def _add(self, app_label: str, operation, model_app: str, graph) -> None:
+        """Append ``operation`` to ``app_label``'s next migration, after what it needs."""
+        migrations = self.migrations.setdefault(app_label, [])
+        if not migrations:
+            subclass = type("Migration", (Migration,), {"operations": [], "dependencies": []})
+            migrations.append(subclass(f"auto_{len(migrations) + 1}", app_label))
+        migration = migrations[-1]
+        migration.operations.append(operation)
+        # The model's table and pubsubpull's capture function must exist first.
+        for needed in (model_app, "pubsubpull"):
+            if needed == app_label:
+                continue
+            if self.migrations.get(needed):
+                dependency = (needed, self.migrations[needed][-1].name)
+            else:
+                leaves = graph.leaf_nodes(needed)
+                dependency = leaves[0] if leaves else None  # an app without migrations
+            if dependency and dependency not in migration.dependencies:
+                migration.dependencies.append(dependency)

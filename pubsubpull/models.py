@@ -1,0 +1,126 @@
+"""The change log and the requests that caused the changes.
+
+Rows of both tables are written by the database trigger (``sql/capture_v1.sql``),
+never by the ORM: the model classes are for reading.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class ChangeLogIsReadOnly(Exception):
+    """Raised when code tries to write the change log through the ORM."""
+
+
+_READ_ONLY = (
+    "{} rows are written by pubsubpull's database trigger when a published table "
+    "changes; they cannot be created, edited or deleted through the ORM. Change the "
+    "published model instead (pruning is done by the pubsubpull_prune command)."
+)
+
+
+class ReadOnlyQuerySet(models.QuerySet):
+    def _refuse(self, *args, **kwargs):
+        raise ChangeLogIsReadOnly(_READ_ONLY.format(self.model.__name__))
+
+    create = get_or_create = update_or_create = bulk_create = bulk_update = _refuse
+    update = delete = _refuse
+
+
+class ReadOnlyModel(models.Model):
+    objects = ReadOnlyQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        raise ChangeLogIsReadOnly(_READ_ONLY.format(type(self).__name__))
+
+    def delete(self, *args, **kwargs):
+        raise ChangeLogIsReadOnly(_READ_ONLY.format(type(self).__name__))
+
+
+class Request(ReadOnlyModel):
+    """A web request (or a ``pubsubpull.context`` block) that changed published data.
+
+    Written by the first change it makes, in that change's transaction; a request
+    that changes nothing leaves no row.
+    """
+
+    id = models.UUIDField(primary_key=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        # No constraint: the trail outlives deleted users, and a foreign key
+        # check would cost a lookup on every audited write.
+        db_constraint=False,
+        related_name="+",
+    )
+    method = models.CharField(max_length=16, blank=True)
+    path = models.TextField(blank=True)
+    query_string = models.TextField(blank=True)
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.TextField(blank=True)
+    request_id = models.CharField(
+        max_length=200, blank=True, help_text="The incoming request id header, if any."
+    )
+    started = models.DateTimeField()
+    duration = models.DurationField(null=True, blank=True)
+    status = models.PositiveSmallIntegerField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-started"]
+        indexes = [models.Index(fields=["started"], name="pubsubpull_request_started")]
+
+    def __str__(self) -> str:
+        if self.method:
+            return f"{self.method} {self.path}"
+        return f"context {self.metadata}" if self.metadata else str(self.id)
+
+
+class Change(ReadOnlyModel):
+    """One inserted, updated or deleted row of a published table (or one TRUNCATE)."""
+
+    class Op(models.TextChoices):
+        INSERT = "insert"
+        UPDATE = "update"
+        DELETE = "delete"
+        TRUNCATE = "truncate"
+
+    id = models.BigAutoField(primary_key=True)
+    txid = models.BigIntegerField(
+        help_text="pg_current_xact_id() of the writing transaction; the feed "
+        "orders by (txid, id) and only serves transactions that have ended."
+    )
+    model = models.CharField(max_length=200, help_text="The model label, e.g. shop.customer.")
+    object_pk = models.TextField(null=True, help_text="The row's primary key; empty for TRUNCATE.")
+    op = models.CharField(max_length=8, choices=Op.choices)
+    at = models.DateTimeField(help_text="When the statement that made the change started.")
+    request = models.ForeignKey(
+        Request,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        # The trigger writes the request row after the change rows of a
+        # statement, and a per-row foreign key check would double the cost of
+        # bulk writes.
+        db_constraint=False,
+        related_name="changes",
+    )
+    old = models.JSONField(null=True, help_text="The published columns before the change.")
+    new = models.JSONField(null=True, help_text="The published columns after the change.")
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["txid", "id"], name="pubsubpull_change_feed"),
+            models.Index(fields=["model", "object_pk", "id"], name="pubsubpull_change_object"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.model} {self.object_pk or ''}".rstrip()

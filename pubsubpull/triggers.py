@@ -1,0 +1,155 @@
+"""The SQL that publishes a table, and what the database has installed.
+
+Every published table carries four statement-level triggers that call the one
+generic function in ``sql/capture_v1.sql``. Their SQL is generated here, frozen
+into a migration by ``makemigrations``, and fingerprinted in ``COMMENT ON
+TRIGGER`` so ``manage.py pubsubpull_triggers`` can tell installed triggers from
+outdated, missing and orphaned ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+
+from django.db import connections, transaction
+
+from .registry import Registration, registrations
+
+FUNCTION = "pubsubpull_capture"
+TRIGGER_PREFIX = "pubsubpull_"
+
+# (trigger name, event, transition tables)
+TRIGGERS = (
+    ("pubsubpull_insert", "INSERT", "REFERENCING NEW TABLE AS new_rows "),
+    ("pubsubpull_update", "UPDATE", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows "),
+    ("pubsubpull_delete", "DELETE", "REFERENCING OLD TABLE AS old_rows "),
+    ("pubsubpull_truncate", "TRUNCATE", ""),
+)
+TRIGGER_NAMES = tuple(name for name, _, _ in TRIGGERS)
+
+
+def function_sql(version: int = 1) -> str:
+    """The capture function's SQL, as frozen in ``sql/capture_v<version>.sql``."""
+    return resources.files("pubsubpull").joinpath(f"sql/capture_v{version}.sql").read_text()
+
+
+def quote_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def drop_sql(table: str) -> list[str]:
+    """Remove the triggers from ``table``; a no-op when the table is gone."""
+    drops = " ".join(
+        f"DROP TRIGGER IF EXISTS {name} ON {quote_name(table)};" for name in TRIGGER_NAMES
+    )
+    return [
+        f"DO $$ BEGIN IF to_regclass({quote_literal(quote_name(table))}) IS NOT NULL "
+        f"THEN {drops} END IF; END $$"
+    ]
+
+
+def create_sql(registration: Registration) -> list[str]:
+    """The four CREATE TRIGGER statements that publish ``registration``'s table.
+
+    This is what a migration freezes; ``install_sql`` wraps it.
+    """
+    args = ", ".join(
+        quote_literal(a)
+        for a in (registration.label, registration.pk_column, *registration.excluded_columns)
+    )
+    return [
+        f"CREATE TRIGGER {name} AFTER {event} ON {quote_name(registration.table)} {tables}"
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {FUNCTION}({args})"
+        for name, event, tables in TRIGGERS
+    ]
+
+
+def fingerprint(create_statements: list[str]) -> str:
+    return hashlib.sha256("\n".join(create_statements).encode()).hexdigest()[:16]
+
+
+def install_sql(table: str, create_statements: list[str]) -> list[str]:
+    """Replace ``table``'s triggers by ``create_statements``, fingerprinted in comments."""
+    comment = quote_literal(f"pubsubpull {fingerprint(create_statements)}")
+    comments = [
+        f"COMMENT ON TRIGGER {name} ON {quote_name(table)} IS {comment}" for name in TRIGGER_NAMES
+    ]
+    return [*drop_sql(table), *create_statements, *comments]
+
+
+@dataclass(frozen=True)
+class TriggerStatus:
+    """The state of one table's triggers in one database."""
+
+    table: str
+    label: str | None  # None for an orphan: a table no registration names
+    state: str  # installed, outdated, missing, orphaned
+
+    INSTALLED = "installed"
+    OUTDATED = "outdated"
+    MISSING = "missing"
+    ORPHANED = "orphaned"
+
+
+_INSTALLED_QUERY = """
+SELECT c.relname, t.tgname, coalesce(d.description, '')
+FROM pg_trigger AS t
+JOIN pg_class AS c ON c.oid = t.tgrelid
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+LEFT JOIN pg_description AS d
+    ON d.objoid = t.oid AND d.classoid = 'pg_trigger'::regclass
+WHERE NOT t.tgisinternal
+    AND t.tgname = ANY(%s)
+    AND n.nspname = ANY(current_schemas(false))
+"""
+
+
+def installed_triggers(using: str = "default") -> dict[str, dict[str, str]]:
+    """``{table: {trigger name: comment}}`` for pubsubpull triggers in ``using``."""
+    found: dict[str, dict[str, str]] = {}
+    with connections[using].cursor() as cursor:
+        cursor.execute(_INSTALLED_QUERY, [list(TRIGGER_NAMES)])
+        for table, name, comment in cursor.fetchall():
+            found.setdefault(table, {})[name] = comment
+    return found
+
+
+def status(using: str = "default") -> list[TriggerStatus]:
+    """Each registered model's trigger state, then each orphaned table."""
+    installed = installed_triggers(using)
+    result = []
+    for registration in registrations():
+        triggers = installed.pop(registration.table, {})
+        expected = f"pubsubpull {fingerprint(create_sql(registration))}"
+        if not triggers:
+            state = TriggerStatus.MISSING
+        elif set(triggers) == set(TRIGGER_NAMES) and all(c == expected for c in triggers.values()):
+            state = TriggerStatus.INSTALLED
+        else:
+            state = TriggerStatus.OUTDATED
+        result.append(TriggerStatus(registration.table, registration.label, state))
+    for table in sorted(installed):
+        result.append(TriggerStatus(table, None, TriggerStatus.ORPHANED))
+    return result
+
+
+def install(registration: Registration, using: str = "default") -> None:
+    """Install or replace ``registration``'s triggers, atomically."""
+    _execute(install_sql(registration.table, create_sql(registration)), using)
+
+
+def uninstall(table: str, using: str = "default") -> None:
+    """Remove pubsubpull's triggers from ``table``."""
+    _execute(drop_sql(table), using)
+
+
+def _execute(statements: list[str], using: str) -> None:
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        for statement in statements:
+            cursor.execute(statement)

@@ -1,0 +1,1 @@
+"""The billing service keeps its own copy of some customer attributes (see issue 6)."""

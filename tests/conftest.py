@@ -1,0 +1,59 @@
+"""Shared fixtures: the publisher test service on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from django.db import connection
+
+
+def dsn(dbname: str | None = None) -> str:
+    """A libpq connection string for Django's database (the test database in tests)."""
+    settings = connection.settings_dict
+    params = {
+        "dbname": dbname or settings["NAME"],
+        "host": settings["HOST"],
+        "port": settings["PORT"],
+        "user": settings["USER"],
+        "password": settings["PASSWORD"],
+    }
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items() if v})
+
+
+@pytest.fixture
+def raw_connection(transactional_db):
+    """A separate psycopg connection to the test database, in autocommit mode."""
+    with psycopg.connect(dsn(), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def changes():
+    """The change log as a list of dicts, oldest first."""
+    from pubsubpull.models import Change
+
+    def read(**filters):
+        return list(
+            Change.objects.filter(**filters)
+            .order_by("id")
+            .values("txid", "model", "object_pk", "op", "old", "new", "request_id")
+        )
+
+    return read
+
+
+@pytest.fixture(autouse=True)
+def _empty_change_log(request):
+    """Start transactional tests with an empty change log.
+
+    Between such tests Django empties every table with one TRUNCATE, and the
+    published tables' triggers faithfully record that TRUNCATE.
+    """
+    marker = request.node.get_closest_marker("django_db")
+    transactional = "transactional_db" in request.fixturenames or (
+        marker is not None and marker.kwargs.get("transaction")
+    )
+    if transactional:
+        request.getfixturevalue("transactional_db")
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE pubsubpull_change, pubsubpull_request")
