@@ -10,7 +10,7 @@ from . import conf, triggers
 from .registry import registrations
 
 
-@checks.register(checks.Tags.database, checks.Tags.models)
+@checks.register(checks.Tags.models)
 def check_postgresql(app_configs=None, **kwargs):
     errors = []
     for registration in registrations():

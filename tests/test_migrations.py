@@ -1,0 +1,255 @@
+"""makemigrations writes the trigger migrations, and they reverse cleanly.
+
+These tests run manage.py in subprocesses against a throw-away app and a
+throw-away database, the way a user's project meets pubsubpull.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from .conftest import dsn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MODELS = """
+import os
+
+from django.db import models
+
+import pubsubpull
+
+MODE = os.environ.get("ROUNDTRIP_MODE", "plain")
+
+
+class Thing(models.Model):
+    if MODE in ("altered", "excluded", "unregistered"):
+        name = models.TextField()
+    else:
+        name = models.CharField(max_length=50)
+    secret = models.CharField(max_length=50, default="")
+
+    def __str__(self):
+        return self.name
+
+
+if MODE in ("registered", "altered"):
+    pubsubpull.register(Thing)
+elif MODE == "excluded":
+    pubsubpull.register(Thing, exclude=["secret"])
+"""
+
+SETTINGS = """
+import os
+
+from publisher.settings import *  # noqa: F403
+
+INSTALLED_APPS = [a for a in INSTALLED_APPS if a != "customers"] + ["roundtrip"]  # noqa: F405
+DATABASES = {{"default": {{**DATABASES["default"], "NAME": {name!r}}}}}  # noqa: F405
+PUBSUBPULL = {{}}
+{extra}
+"""
+
+
+class Project:
+    """A scratch project: the roundtrip app, its settings, and its own database."""
+
+    def __init__(self, tmp_path: Path, extra_settings: str = ""):
+        self.dir = tmp_path
+        self.database = f"pubsubpull_rt_{uuid.uuid4().hex[:10]}"
+        app = tmp_path / "roundtrip"
+        (app / "migrations").mkdir(parents=True)
+        (app / "__init__.py").write_text("")
+        (app / "migrations" / "__init__.py").write_text("")
+        (app / "models.py").write_text(MODELS)
+        (tmp_path / "rt_settings.py").write_text(
+            SETTINGS.format(name=self.database, extra=textwrap.dedent(extra_settings))
+        )
+        self.migrations = app / "migrations"
+
+    def manage(self, *args: str, mode: str = "plain", check: bool = True):
+        env = {
+            **os.environ,
+            "ROUNDTRIP_MODE": mode,
+            "DJANGO_SETTINGS_MODULE": "rt_settings",
+            "PYTHONPATH": os.pathsep.join(
+                [str(self.dir), str(ROOT / "test-projects" / "publisher"), str(ROOT)]
+            ),
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "django", *args],
+            cwd=self.dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check:
+            assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    def sql(self, query: str, *params):
+        with psycopg.connect(dsn(self.database), autocommit=True) as conn:
+            cursor = conn.execute(query, params or None)
+            return cursor.fetchall() if cursor.description else None
+
+    def triggers(self) -> list[tuple[str, str]]:
+        return self.sql(
+            "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "WHERE t.tgname LIKE 'pubsubpull%%' ORDER BY 1, 2"
+        )
+
+    def function_exists(self) -> bool:
+        return bool(self.sql("SELECT 1 FROM pg_proc WHERE proname = 'pubsubpull_capture'"))
+
+    def captured(self) -> list[tuple]:
+        return self.sql("SELECT op, object_pk, new FROM pubsubpull_change ORDER BY id")
+
+
+@pytest.fixture
+def project(tmp_path, db):
+    created = Project(tmp_path)
+    with psycopg.connect(dsn(), autocommit=True) as server:
+        server.execute(f'CREATE DATABASE "{created.database}"')
+        yield created
+        server.execute(f'DROP DATABASE IF EXISTS "{created.database}" WITH (FORCE)')
+
+
+def migration_files(project: Project) -> list[str]:
+    return sorted(p.name for p in project.migrations.glob("0*.py"))
+
+
+THING_TRIGGERS = [
+    ("roundtrip_thing", name)
+    for name in (
+        "pubsubpull_delete",
+        "pubsubpull_insert",
+        "pubsubpull_truncate",
+        "pubsubpull_update",
+    )
+]
+
+
+@pytest.mark.slow
+def test_register_alter_exclude_unregister_and_migrate_back_to_zero(project):
+    project.manage("makemigrations", "roundtrip", mode="plain")
+    project.manage("migrate", mode="plain")
+    assert project.function_exists()
+    assert project.triggers() == []
+
+    # Registering writes a migration that installs the trigger.
+    out = project.manage("makemigrations", "roundtrip", mode="registered").stdout
+    assert "Install the pubsubpull triggers publishing roundtrip.thing" in out
+    project.manage("migrate", mode="registered")
+    assert project.triggers() == THING_TRIGGERS
+    project.sql("INSERT INTO roundtrip_thing (name, secret) VALUES ('a', 's1')")
+    assert project.captured() == [("insert", "1", {"id": 1, "name": "a", "secret": "s1"})]
+    assert "installed" in project.manage("pubsubpull_triggers", mode="registered").stdout
+
+    # A column type change is a plain AlterField; capture carries on.
+    out = project.manage("makemigrations", "roundtrip", mode="altered").stdout
+    assert "Alter field name on thing" in out
+    assert "pubsubpull" not in out
+    project.manage("migrate", mode="altered")
+    project.sql("INSERT INTO roundtrip_thing (name, secret) VALUES (repeat('b', 80), 's2')")
+    assert project.captured()[-1][2]["name"] == "b" * 80
+
+    # Excluding a field replaces the trigger.
+    out = project.manage("makemigrations", "roundtrip", mode="excluded").stdout
+    assert "Update the pubsubpull triggers publishing roundtrip.thing" in out
+    project.manage("migrate", mode="excluded")
+    project.sql("UPDATE roundtrip_thing SET secret = 'new' WHERE id = 1")
+    assert project.captured()[-1][0] == "insert"  # only `secret` changed: nothing published
+    project.sql("UPDATE roundtrip_thing SET name = 'a2', secret = 'x' WHERE id = 1")
+    assert project.captured()[-1] == ("update", "1", {"id": 1, "name": "a2"})
+
+    # Unregistering writes a migration that removes it.
+    out = project.manage("makemigrations", "roundtrip", mode="unregistered").stdout
+    assert "Remove the pubsubpull triggers publishing roundtrip.thing" in out
+    project.manage("migrate", mode="unregistered")
+    assert project.triggers() == []
+    before = len(project.captured())
+    project.sql("INSERT INTO roundtrip_thing (name, secret) VALUES ('c', 's3')")
+    assert len(project.captured()) == before
+
+    # Nothing left to detect.
+    assert project.manage("makemigrations", "--check", "--dry-run", mode="unregistered")
+    assert migration_files(project) == [
+        "0001_initial.py",
+        "0002_publish_thing.py",
+        "0003_alter_thing_name.py",
+        "0004_publish_thing.py",
+        "0005_unpublish_thing.py",
+    ]
+
+    # Backwards: each step restores exactly what was there before.
+    project.manage("migrate", "roundtrip", "0004", mode="unregistered")
+    assert project.triggers() == THING_TRIGGERS
+    project.sql("UPDATE roundtrip_thing SET name = 'c2', secret = 'y' WHERE name = 'c'")
+    assert "secret" not in project.captured()[-1][2]
+    project.manage("migrate", "roundtrip", "0003", mode="unregistered")
+    project.sql("UPDATE roundtrip_thing SET name = 'c3' WHERE name = 'c2'")
+    assert project.captured()[-1][2]["secret"] == "y"
+    project.manage("migrate", "roundtrip", "zero", mode="unregistered")
+    assert project.triggers() == []
+    project.manage("migrate", "pubsubpull", "zero", mode="unregistered")
+    assert not project.function_exists()
+    assert project.sql("SELECT to_regclass('pubsubpull_change')") == [(None,)]
+
+
+def test_makemigrations_check_reports_a_missing_trigger_migration(project):
+    project.manage("makemigrations", "roundtrip", mode="plain")
+    result = project.manage(
+        "makemigrations", "--check", "--dry-run", mode="registered", check=False
+    )
+    assert result.returncode == 1
+    assert "Install the pubsubpull triggers publishing roundtrip.thing" in result.stdout
+
+
+def test_publishing_a_model_of_an_installed_package_needs_a_migrations_app(project):
+    (project.migrations.parent / "models.py").write_text(
+        MODELS + "\nfrom django.contrib.auth.models import User\npubsubpull.register(User)\n"
+    )
+    result = project.manage("makemigrations", mode="plain", check=False)
+    assert result.returncode != 0
+    assert "PUBSUBPULL = {'MIGRATIONS_APP': 'yourapp'}" in result.stderr
+
+    (project.dir / "rt_settings.py").write_text(
+        (project.dir / "rt_settings.py").read_text()
+        + "PUBSUBPULL = {'MIGRATIONS_APP': 'roundtrip'}\n"
+    )
+    out = project.manage("makemigrations", mode="plain").stdout
+    assert "Install the pubsubpull triggers publishing auth.user" in out
+    project.manage("migrate", mode="plain")
+    project.sql(
+        "INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, "
+        "email, is_staff, is_active, date_joined) "
+        "VALUES ('pbkdf2_sha256$secret', false, 'ada', '', '', '', false, true, now())"
+    )
+    ((op, _, new),) = project.captured()
+    assert op == "insert"
+    assert new["username"] == "ada"
+    assert "password" not in new
+
+
+def test_a_model_on_a_database_that_is_not_postgresql_is_an_error(tmp_path):
+    project = Project(
+        tmp_path,
+        extra_settings=f"""
+        DATABASES = {{"default": {{
+            "ENGINE": "django.db.backends.sqlite3", "NAME": {str(tmp_path / "db.sqlite3")!r}
+        }}}}
+        """,
+    )
+    result = project.manage("check", mode="registered", check=False)
+    assert result.returncode != 0
+    assert "pubsubpull.E001" in result.stderr
+    assert "roundtrip.thing is published, but its database 'default' is sqlite" in result.stderr
