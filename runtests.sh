@@ -17,40 +17,12 @@ if [ "${1:-}" = "--all" ]; then
     shift
 fi
 
-find_python() {  # find_python 3.12 -> a python3.12 executable, or nothing
-    local version=$1 candidate
-    for candidate in "python$version" "$HOME/.pyenv/versions/$version"*/bin/"python$version"; do
-        if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys' 2>/dev/null; then
-            command -v "$candidate"
-            return
-        fi
-    done
-}
-
-make_venv() {  # make_venv DIR PYTHON DJANGO-REQUIREMENT
-    local dir=$1 python=$2 django=$3
-    local stamp
-    stamp="$(cat pyproject.toml "$0" | sha256sum | cut -c1-16) $django"
-    if [ ! -x "$dir/bin/python" ]; then
-        echo "runtests: creating $dir with $python" >&2
-        "$python" -m venv "$dir"
-    fi
-    if [ "$(cat "$dir/.stamp" 2>/dev/null)" != "$stamp" ]; then
-        echo "runtests: installing into $dir ($django)" >&2
-        if ! { "$dir/bin/python" -m pip install --upgrade pip &&
-               "$dir/bin/python" -m pip install -e ".[test,embedded]" "$django"; } >"$dir/install.log" 2>&1; then
-            cat "$dir/install.log" >&2
-            echo "runtests: installing into $dir failed (log above)" >&2
-            exit 1
-        fi
-        echo "$stamp" > "$dir/.stamp"
-    fi
-}
+. scripts/venv.sh
 
 run_leg() {  # run_leg DIR PYTHON DJANGO-REQUIREMENT [pytest args]
     local dir=$1 python=$2 django=$3
     shift 3
-    make_venv "$dir" "$python" "$django"
+    make_venv "$dir" "$python" "$django" test,embedded
     DATABASE_URL="$("$dir/bin/python" scripts/postgres.py)"
     export DATABASE_URL
     echo "runtests: $("$dir/bin/python" -c 'import django, sys; print(f"Django {django.get_version()} on Python {sys.version.split()[0]}")')" >&2
