@@ -214,8 +214,13 @@ def test_uuid_primary_keys(api):
 def test_character_primary_keys_are_quoted_in_urls(api):
     Country.objects.create(code="a/", name="Slash")
     Country.objects.create(code="é ", name="Accent")
-    for item in api.json(f"{BASE}models/customers.country/instances/")["instances"]:
-        assert api.json(item["url"])["pk"] == item["pk"]
+    Country.objects.create(code='"%', name="Quote")
+    Country.objects.create(code="ok", name="Plain")
+    items = api.json(f"{BASE}models/customers.country/instances/")["instances"]
+    assert {item["url"].split("/")[-2] for item in items} == {"a%2F", "%C3%A9%20", "%22%25", "ok"}
+    for item in items:
+        one = api.json(item["url"])
+        assert one["pk"] == item["pk"] and one["url"] == item["url"]
 
 
 def test_unicode_and_big_values(api):
