@@ -217,24 +217,45 @@ fence AS MATERIALIZED (
     FROM snap
     LEFT JOIN pubsubpull_horizon AS h ON h.id = 1
 ),
+start AS MATERIALIZED (
+    -- One start position (the later of the cursor and the horizon) and one
+    -- for the held-back check, so each scan is one index range.
+    SELECT fence.*,
+           CASE WHEN (%(txid)s, %(id)s) >= (horizon_txid, horizon_id)
+                THEN %(txid)s ELSE horizon_txid END AS from_txid,
+           CASE WHEN (%(txid)s, %(id)s) >= (horizon_txid, horizon_id)
+                THEN %(id)s ELSE horizon_id END AS from_id
+    FROM fence
+),
+bounds AS MATERIALIZED (
+    SELECT start.*,
+           CASE WHEN (from_txid, from_id) > (xmin - 1, 9223372036854775807)
+                THEN from_txid ELSE xmin - 1 END AS held_txid,
+           CASE WHEN (from_txid, from_id) > (xmin - 1, 9223372036854775807)
+                THEN from_id ELSE 9223372036854775807 END AS held_id
+    FROM start
+),
 held_back AS MATERIALIZED (
-    SELECT EXISTS (
-        SELECT 1 FROM pubsubpull_change AS c, fence
-        WHERE c.txid >= fence.xmin
-          AND (c.txid, c.id) > (%(txid)s, %(id)s)
+    -- Not EXISTS: the planner would drop the ORDER BY that keeps this a
+    -- short walk of the (txid, id) index instead of a scan of the table.
+    SELECT (
+        SELECT c.id FROM pubsubpull_change AS c
+        WHERE (c.txid, c.id) > (bounds.held_txid, bounds.held_id)
           AND c.model = ANY(%(models)s)
-    ) AS held_back
+        ORDER BY c.txid, c.id
+        LIMIT 1
+    ) IS NOT NULL AS held_back
+    FROM bounds
 )
-SELECT fence.xmin, fence.horizon_txid, fence.horizon_id, held_back.held_back,
+SELECT bounds.xmin, bounds.horizon_txid, bounds.horizon_id, held_back.held_back,
        c.id, c.txid, c.model, c.op, c.at, c.old, c.new, r.user_id, r.method, r.path
-FROM fence
+FROM bounds
 CROSS JOIN held_back
 LEFT JOIN LATERAL (
     SELECT c.*
     FROM pubsubpull_change AS c
-    WHERE (c.txid, c.id) > (%(txid)s, %(id)s)
-      AND (c.txid, c.id) > (fence.horizon_txid, fence.horizon_id)
-      AND c.txid < fence.xmin
+    WHERE (c.txid, c.id) > (bounds.from_txid, bounds.from_id)
+      AND c.txid < bounds.xmin
       AND c.model = ANY(%(models)s)
     ORDER BY c.txid, c.id
     LIMIT %(limit)s

@@ -452,3 +452,20 @@ def test_long_poll_over_http(api):
     timer.join()
     assert [c["new"]["name"] for c in page["changes"]] == ["late"]
     assert time.monotonic() - started < 5
+
+
+def test_anonymous_callers_read_only_the_models_the_setting_opens(settings):
+    settings.PUBSUBPULL = {**settings.PUBSUBPULL, "ANONYMOUS_MODELS": ["customers.country"]}
+    Country.objects.create(code="fr", name="France")
+    anonymous = Api(None)
+    assert [m["model"] for m in anonymous.json(BASE)["models"]] == ["customers.country"]
+    assert anonymous.json(f"{BASE}models/customers.country/instances/")["instances"]
+    anonymous.json(f"{BASE}models/customers.customer/instances/", 403)
+
+
+def test_a_logged_in_superuser_reads_everything():
+    client = Client()
+    client.force_login(User.objects.create_superuser("root"))
+    Customer.objects.create(name="Ada")
+    assert client.get(f"{BASE}models/customers.customer/instances/").status_code == 200
+    assert client.get(f"{BASE}changes/").json()["changes"]
