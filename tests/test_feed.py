@@ -262,3 +262,14 @@ def test_a_long_transaction_in_another_database_does_not_hold_the_feed_back():
         Customer.objects.create(name="served")
         assert names(feed.read_changes(None)) == ["served"]
         elsewhere.rollback()
+
+
+def test_a_reader_inside_a_transaction_is_not_served_its_own_uncommitted_changes():
+    from django.db import transaction
+
+    _insert_elsewhere("committed before")
+    with transaction.atomic():
+        Customer.objects.create(name="mine, not yet committed")
+        page = feed.read_changes(None)
+        assert names(page) == ["committed before"]
+    assert names(feed.read_changes(page.next)) == ["mine, not yet committed"]
