@@ -246,11 +246,7 @@ def changes(request, caller):
     next_url = _url(
         request, "changes", after=cursor, limit=request.GET.get("limit") or None, models=filter_
     )
-    return json_response(
-        {
-            "changes": [change.as_json() for change in page.changes],
-            "cursor": cursor,
-            "next": next_url,
-        },
-        Link=_link(next_url),
-    )
+    # Each change is rendered from the JSON text PostgreSQL stored.
+    tail = json.dumps({"cursor": cursor, "next": next_url}, ensure_ascii=False)
+    body = '{"changes":[' + ",".join([c.as_json_text() for c in page.changes]) + "]," + tail[1:]
+    return raw_json_response(body, Link=_link(next_url))
