@@ -1,0 +1,33 @@
+"""pubsubpull's HTTP API. In the project's urls.py::
+
+path("pubsubpull/", include("pubsubpull.urls")),
+"""
+
+from django.urls import path, register_converter
+
+from .api import views
+
+
+class PrimaryKeyConverter:
+    """Any primary key text, slashes and newlines included (URLs quote them)."""
+
+    regex = r"[\s\S]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(PrimaryKeyConverter, "pubsubpull_pk")
+
+app_name = "pubsubpull"
+
+urlpatterns = [
+    path("", views.service, name="service"),
+    path("openapi.json", views.openapi_document, name="openapi"),
+    path("changes/", views.changes, name="changes"),
+    path("models/<str:model>/instances/", views.instances, name="instances"),
+    path("models/<str:model>/instances/<pubsubpull_pk:pk>/", views.instance, name="instance"),
+]
