@@ -26,8 +26,9 @@ Measures, all through SQL on psycopg connections in autocommit mode (one
 statement, one transaction), so the client's own cost does not dilute the ratio:
 
 - ``insert 1``/``update 1``: single-row INSERT / UPDATE-by-primary-key
-  transactions from 2 concurrent clients for a fixed time, committed with the
-  server's own fsync/synchronous_commit settings;
+  transactions from 2 concurrent clients for a fixed time (in slices that
+  alternate between the variants), committed with the server's own
+  fsync/synchronous_commit settings;
 - ``INSERT``/``UPDATE``/``DELETE``: one statement over ``--rows`` rows
   (``INSERT ... SELECT generate_series``, ``UPDATE`` of every row, ``DELETE`` of
   every row), after a CHECKPOINT, on an empty table and change log.
@@ -109,6 +110,9 @@ def parse_args(argv=None):
     parser.add_argument("--rows", type=int, help="rows per bulk statement (default 100,000)")
     parser.add_argument("--seconds", type=float, help="seconds per single-row measure (default 5)")
     parser.add_argument("--clients", type=int, default=2, help="single-row clients (default 2)")
+    parser.add_argument(
+        "--slices", type=int, help="alternating slices per single-row measure (default 5)"
+    )
     parser.add_argument("--db-name", default=os.environ.get("BENCH_DB_NAME", "bench_write"))
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args(argv)
@@ -116,6 +120,7 @@ def parse_args(argv=None):
     args.rounds = args.rounds or (1 if quick else 5)
     args.rows = args.rows or (5_000 if quick else 100_000)
     args.seconds = args.seconds or (0.5 if quick else 5.0)
+    args.slices = args.slices or (1 if quick else 5)
     return args
 
 
@@ -225,13 +230,16 @@ def bulk(args, variant: str) -> dict[str, float]:
     return result
 
 
-def single_rows(args, variant: str, measure: str) -> float:
-    """Rows/s of single-row transactions from ``args.clients`` concurrent clients."""
+def prepare_single_rows(args, variant: str, measure: str) -> None:
     with connect(args) as conn:
         reset(conn, variant)
         if measure == "update 1":
             conn.execute(q(BULK_INSERT, variant), {"rows": 10_000})
             conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(TABLES[variant])))
+
+
+def single_rows(args, variant: str, measure: str, seconds: float) -> tuple[int, float]:
+    """Rows and seconds of single-row transactions from ``args.clients`` clients."""
     counts = [0] * args.clients
     start = threading.Barrier(args.clients + 1)
     stop = threading.Event()
@@ -264,11 +272,31 @@ def single_rows(args, variant: str, measure: str) -> float:
         thread.start()
     start.wait()
     started = time.perf_counter()
-    time.sleep(args.seconds)
+    time.sleep(seconds)
     stop.set()
     for thread in threads:
         thread.join()
-    return sum(counts) / (time.perf_counter() - started)
+    return sum(counts), time.perf_counter() - started
+
+
+def single_row_round(args, order: list[str], measure: str) -> dict[str, float]:
+    """Rows/s per variant, measured in short slices that alternate between them.
+
+    Other work on the server comes and goes within seconds; alternating
+    slices exposes every variant to the same mix of it.
+    """
+    order = [variant for variant in order if variant not in BULK_ONLY]
+    for variant in order:
+        prepare_single_rows(args, variant, measure)
+    done = dict.fromkeys(order, 0)
+    spent = dict.fromkeys(order, 0.0)
+    for number in range(args.slices):
+        shift = number % len(order)
+        for variant in order[shift:] + order[:shift]:
+            rows, seconds = single_rows(args, variant, measure, args.seconds / args.slices)
+            done[variant] += rows
+            spent[variant] += seconds
+    return {variant: done[variant] / spent[variant] for variant in order}
 
 
 def cached_plan_trap(args) -> list[tuple[str, float, float]]:
@@ -317,7 +345,8 @@ def main(argv=None) -> int:
         print(server_notes(args))
         print(
             f"{args.rounds} round(s); bulk statements of {args.rows:,} rows; single-row "
-            f"transactions from {args.clients} clients for {args.seconds:g} s; all through "
+            f"transactions from {args.clients} clients for {args.seconds:g} s in "
+            f"{args.slices} alternating slices; all through "
             "SQL (psycopg, autocommit)."
         )
         # rates[measure][variant] = [rows/s per round]
@@ -326,10 +355,8 @@ def main(argv=None) -> int:
             shift = number % len(variants)
             order = variants[shift:] + variants[:shift]
             for measure in ("insert 1", "update 1"):
-                for variant in order:
-                    if variant in BULK_ONLY:
-                        continue
-                    rates[measure][variant].append(single_rows(args, variant, measure))
+                for variant, rate in single_row_round(args, order, measure).items():
+                    rates[measure][variant].append(rate)
             for variant in order:
                 for measure, rate in bulk(args, variant).items():
                     rates[measure][variant].append(rate)
