@@ -339,8 +339,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     CHECKPOINTS = not args.quick
     began = time.perf_counter()
-    create_database(args)
     try:
+        create_database(args)
         variants = list(TABLES)
         print(server_notes(args))
         print(
@@ -411,9 +411,7 @@ def main(argv=None) -> int:
         print(f"\ndone in {time.perf_counter() - began:.0f} s")
     finally:
         if not args.keep:
-            from django.db import connections
-
-            connections.close_all()
+            # WITH (FORCE) also ends Django's connections, if any are left.
             drop_database(args)
     return 0
 
