@@ -65,13 +65,17 @@ class Migration(migrations.Migration):
                 (
                     "model",
                     models.CharField(
-                        help_text="The model label, e.g. shop.customer.", max_length=200
+                        db_collation="C",
+                        help_text="The model label, e.g. shop.customer.",
+                        max_length=200,
                     ),
                 ),
                 (
                     "object_pk",
                     models.TextField(
-                        help_text="The row's primary key; empty for TRUNCATE.", null=True
+                        db_collation="C",
+                        help_text="The row's primary key; empty for TRUNCATE.",
+                        null=True,
                     ),
                 ),
                 (
@@ -109,6 +113,7 @@ class Migration(migrations.Migration):
                     models.ForeignKey(
                         blank=True,
                         db_constraint=False,
+                        db_index=False,
                         null=True,
                         on_delete=django.db.models.deletion.DO_NOTHING,
                         related_name="changes",
@@ -132,6 +137,14 @@ class Migration(migrations.Migration):
             model_name="change",
             index=models.Index(
                 fields=["model", "object_pk", "id"], name="pubsubpull_change_object"
+            ),
+        ),
+        migrations.AddIndex(
+            model_name="change",
+            index=models.Index(
+                condition=models.Q(("request__isnull", False)),
+                fields=["request"],
+                name="pubsubpull_change_request",
             ),
         ),
         # The one generic trigger function every published table calls.

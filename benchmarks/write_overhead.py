@@ -1,0 +1,420 @@
+"""What change capture costs writers: rows/s with and without a trigger.
+
+Run from the repository root, after ``pip install -e '.[bench]'``::
+
+    python benchmarks/write_overhead.py            # the full run (several minutes)
+    python benchmarks/write_overhead.py --quick    # a smoke run (well under a minute)
+
+It creates a database (``--db-name``, default ``bench_write``) on the server named
+by ``DATABASE_URL`` (default ``postgres://postgres@127.0.0.1:5432/postgres``),
+builds identical tables with Django's ``migrate`` exactly as users get them
+(``benchmarks/settings.py``), measures, and drops the database.
+
+Variants, interleaved within every round (the order rotates each round):
+
+- ``no trigger``: the baseline table;
+- ``pubsubpull``: the same table registered with ``pubsubpull.register``;
+- ``pghistory``: the same table with ``pghistory.track()`` (default trackers:
+  insert and update; deletes are not recorded), and for the DELETE figure also
+  ``pghistory+del``, tracked with ``DeleteEvent`` as well;
+- ``jsonb floor`` (bulk only): not a design but a bound. The statement itself
+  (a CTE) writes ``to_jsonb()`` of every row it touched into an index-free copy
+  of the change log, with no trigger. No capture that stores each row as jsonb
+  can cost less.
+
+Measures, all through SQL on psycopg connections in autocommit mode (one
+statement, one transaction), so the client's own cost does not dilute the ratio:
+
+- ``insert 1``/``update 1``: single-row INSERT / UPDATE-by-primary-key
+  transactions from 2 concurrent clients for a fixed time (in slices that
+  alternate between the variants), committed with the server's own
+  fsync/synchronous_commit settings;
+- ``INSERT``/``UPDATE``/``DELETE``: one statement over ``--rows`` rows
+  (``INSERT ... SELECT generate_series``, ``UPDATE`` of every row, ``DELETE`` of
+  every row), after a CHECKPOINT, on an empty table and change log.
+
+The ratio is variant rows/s over no-trigger rows/s of the same round; the
+median of those per-round ratios is printed. Finally the cached-plan trap of
+DESIGN.md section 5: a large UPDATE on a connection whose earlier UPDATEs touched
+one row each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TABLES = {
+    "no trigger": "bench_writes_plain",
+    "pubsubpull": "bench_writes_published",
+    "pghistory": "bench_peer_tracked",
+    "pghistory+del": "bench_peer_trackedwithdeletes",
+    "jsonb floor": "bench_floor",
+}
+# What each variant writes besides the table, emptied before each measure.
+LOGS = {
+    "no trigger": [],
+    "pubsubpull": ["pubsubpull_change", "pubsubpull_request"],
+    "pghistory": ["bench_peer_trackedevent", "pghistory_context"],
+    "pghistory+del": ["bench_peer_trackedwithdeletesevent", "pghistory_context"],
+    "jsonb floor": ["bench_floor_log"],
+}
+# Bulk-only variants: no single-row figure, no cached-plan check.
+BULK_ONLY = {"pghistory+del", "jsonb floor"}
+# Not a design but a bound: the statement itself writes to_jsonb() of every
+# row it touched into a copy of the change log without indexes, no trigger.
+# Any capture that stores each row as jsonb costs at least this much.
+FLOOR_SETUP = [
+    "CREATE TABLE bench_floor (LIKE bench_writes_plain INCLUDING ALL)",
+    "CREATE TABLE bench_floor_log (LIKE pubsubpull_change INCLUDING DEFAULTS INCLUDING IDENTITY)",
+]
+FLOOR_LOG = (
+    "INSERT INTO bench_floor_log (txid, model, object_pk, op, at, old, new) "
+    "SELECT pg_current_xact_id()::text::bigint, 'bench.floor', w.id::text, '{op}', "
+    "statement_timestamp(), {old}, {new} FROM w"
+)
+COLUMNS = "name, email, country, newsletter, score, created, updated"
+BULK_INSERT = (
+    "INSERT INTO {table} (" + COLUMNS + ") "
+    "SELECT 'Customer ' || i, 'customer' || i || '@example.com', 'fr', i %% 2 = 0, i, "
+    "statement_timestamp(), statement_timestamp() FROM generate_series(1, %(rows)s) AS i"
+)
+BULK_UPDATE = "UPDATE {table} SET score = score + 1, updated = statement_timestamp()"
+BULK_DELETE = "DELETE FROM {table}"
+ONE_INSERT = (
+    "INSERT INTO {table} (" + COLUMNS + ") "
+    "VALUES (%s, %s, 'fr', false, 0, statement_timestamp(), statement_timestamp())"
+)
+ONE_UPDATE = "UPDATE {table} SET score = score + 1, updated = statement_timestamp() WHERE id = %s"
+# Each measure starts from a checkpoint, so none pays for another's dirty
+# pages; --quick skips them (they are slow on a busy server).
+CHECKPOINTS = True
+MEASURES = ["insert 1", "update 1", "INSERT", "UPDATE", "DELETE"]
+TARGETS = {"insert 1": 0.85, "update 1": 0.85, "INSERT": 0.45, "UPDATE": 0.33, "DELETE": 0.10}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, 1 round: a smoke run")
+    parser.add_argument("--rounds", type=int, help="rounds (default 5; 1 with --quick)")
+    parser.add_argument("--rows", type=int, help="rows per bulk statement (default 100,000)")
+    parser.add_argument("--seconds", type=float, help="seconds per single-row measure (default 5)")
+    parser.add_argument("--clients", type=int, default=2, help="single-row clients (default 2)")
+    parser.add_argument(
+        "--slices", type=int, help="alternating slices per single-row measure (default 5)"
+    )
+    parser.add_argument("--db-name", default=os.environ.get("BENCH_DB_NAME", "bench_write"))
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.rounds = args.rounds or (1 if quick else 5)
+    args.rows = args.rows or (5_000 if quick else 100_000)
+    args.seconds = args.seconds or (0.5 if quick else 5.0)
+    args.slices = args.slices or (1 if quick else 5)
+    return args
+
+
+def server_url() -> str:
+    return os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+
+def conninfo(dbname: str) -> str:
+    import dj_database_url
+
+    params = dj_database_url.parse(server_url())
+    return psycopg.conninfo.make_conninfo(
+        **{
+            key: str(params[name])
+            for key, name in [
+                ("host", "HOST"),
+                ("port", "PORT"),
+                ("user", "USER"),
+                ("password", "PASSWORD"),
+            ]
+            if params.get(name)
+        },
+        dbname=dbname,
+    )
+
+
+def create_database(args) -> None:
+    """A fresh database, with the tables and triggers made by ``migrate``."""
+    with psycopg.connect(conninfo("postgres"), autocommit=True) as conn:
+        name = sql.Identifier(args.db_name)
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+    os.environ["BENCH_DB_NAME"] = args.db_name
+    os.environ["DJANGO_SETTINGS_MODULE"] = "benchmarks.settings"
+    sys.path.insert(0, str(ROOT))
+    import django
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connections
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+    connections.close_all()
+    with psycopg.connect(conninfo(args.db_name), autocommit=True) as conn:
+        for statement in FLOOR_SETUP:
+            conn.execute(statement)
+    if not settings.PGHISTORY_INSTALLED:
+        for variant in ("pghistory", "pghistory+del"):
+            TABLES.pop(variant)
+            LOGS.pop(variant)
+
+
+def drop_database(args) -> None:
+    with psycopg.connect(conninfo("postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(args.db_name))
+        )
+
+
+def connect(args) -> psycopg.Connection:
+    return psycopg.connect(conninfo(args.db_name), autocommit=True)
+
+
+def q(template: str, variant: str) -> sql.Composed:
+    return sql.SQL(template).format(table=sql.Identifier(TABLES[variant]))
+
+
+def reset(conn, variant: str) -> None:
+    """Empty the table and what its trigger writes, and start from a checkpoint."""
+    conn.execute(q("TRUNCATE {table} RESTART IDENTITY", variant))
+    for table in dict.fromkeys(LOGS[variant]):
+        conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(table)))
+    if CHECKPOINTS:
+        conn.execute("CHECKPOINT")
+
+
+def timed(conn, statement, params=None) -> tuple[float, int]:
+    started = time.perf_counter()
+    cursor = conn.execute(statement, params)
+    return time.perf_counter() - started, cursor.rowcount
+
+
+def bulk_statements(variant: str) -> list[tuple[str, str]]:
+    statements = [("INSERT", BULK_INSERT), ("UPDATE", BULK_UPDATE), ("DELETE", BULK_DELETE)]
+    if variant != "jsonb floor":
+        return statements
+    logs = {
+        "INSERT": FLOOR_LOG.format(op="insert", old="NULL", new="to_jsonb(w)"),
+        "UPDATE": FLOOR_LOG.format(op="update", old="to_jsonb(w)", new="to_jsonb(w)"),
+        "DELETE": FLOOR_LOG.format(op="delete", old="to_jsonb(w)", new="NULL"),
+    }
+    return [
+        (measure, f"WITH w AS ({template} RETURNING *) {logs[measure]}")
+        for measure, template in statements
+    ]
+
+
+def bulk(args, variant: str) -> dict[str, float]:
+    """Rows/s of one INSERT, one UPDATE and one DELETE of ``args.rows`` rows."""
+    result = {}
+    with connect(args) as conn:
+        reset(conn, variant)
+        for measure, template in bulk_statements(variant):
+            seconds, rows = timed(conn, q(template, variant), {"rows": args.rows})
+            assert rows == args.rows, (variant, measure, rows)
+            result[measure] = rows / seconds
+    return result
+
+
+def prepare_single_rows(args, variant: str, measure: str) -> None:
+    with connect(args) as conn:
+        reset(conn, variant)
+        if measure == "update 1":
+            conn.execute(q(BULK_INSERT, variant), {"rows": 10_000})
+            conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(TABLES[variant])))
+
+
+def single_rows(args, variant: str, measure: str, seconds: float) -> tuple[int, float]:
+    """Rows and seconds of single-row transactions from ``args.clients`` clients."""
+    counts = [0] * args.clients
+    start = threading.Barrier(args.clients + 1)
+    stop = threading.Event()
+
+    def client(number: int) -> None:
+        with connect(args) as conn:
+            statement = q(ONE_INSERT if measure == "insert 1" else ONE_UPDATE, variant)
+
+            def write(done: int) -> None:
+                if measure == "insert 1":
+                    params = (f"Customer {number}-{done}", f"c{number}-{done}@example.com")
+                else:
+                    # Disjoint rows per client: no lock waits between them.
+                    params = (1 + (done * args.clients + number) % 10_000,)
+                conn.execute(statement, params, prepare=True)
+
+            # Like a long-lived application connection: the trigger function
+            # and the statement are compiled before the clock starts.
+            for warm in range(3):
+                write(-1 - warm)
+            start.wait()
+            done = 0
+            while not stop.is_set():
+                write(done)
+                done += 1
+            counts[number] = done
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    started = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return sum(counts), time.perf_counter() - started
+
+
+def single_row_round(args, order: list[str], measure: str) -> dict[str, float]:
+    """Rows/s per variant, measured in short slices that alternate between them.
+
+    Other work on the server comes and goes within seconds; alternating
+    slices exposes every variant to the same mix of it.
+    """
+    order = [variant for variant in order if variant not in BULK_ONLY]
+    for variant in order:
+        prepare_single_rows(args, variant, measure)
+    done = dict.fromkeys(order, 0)
+    spent = dict.fromkeys(order, 0.0)
+    for number in range(args.slices):
+        shift = number % len(order)
+        for variant in order[shift:] + order[:shift]:
+            rows, seconds = single_rows(args, variant, measure, args.seconds / args.slices)
+            done[variant] += rows
+            spent[variant] += seconds
+    return {variant: done[variant] / spent[variant] for variant in order}
+
+
+def cached_plan_trap(args) -> list[tuple[str, float, float]]:
+    """Seconds of a large UPDATE on a fresh connection, and after 1-row UPDATEs."""
+    results = []
+    for variant in TABLES:
+        if variant in BULK_ONLY:
+            continue
+        times = []
+        for warm in (False, True):
+            with connect(args) as conn:
+                reset(conn, variant)
+                conn.execute(q(BULK_INSERT, variant), {"rows": args.rows})
+            with connect(args) as conn:
+                if warm:
+                    # More than 5 executions: PL/pgSQL may switch to a generic plan.
+                    for pk in range(1, 11):
+                        conn.execute(q(ONE_UPDATE, variant), (pk,))
+                times.append(timed(conn, q(BULK_UPDATE, variant))[0])
+        results.append((variant, *times))
+    return results
+
+
+def server_notes(args) -> str:
+    with connect(args) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+        settings = [
+            f"{name}={conn.execute(sql.SQL('SHOW {}').format(sql.Identifier(name))).fetchone()[0]}"
+            for name in ("fsync", "synchronous_commit", "shared_buffers", "max_wal_size")
+        ]
+    return f"PostgreSQL {version}, {', '.join(settings)}, {os.cpu_count()} CPUs"
+
+
+def fmt_rate(value: float) -> str:
+    return f"{value:>10,.0f}"
+
+
+def main(argv=None) -> int:
+    global CHECKPOINTS
+    args = parse_args(argv)
+    CHECKPOINTS = not args.quick
+    began = time.perf_counter()
+    try:
+        create_database(args)
+        variants = list(TABLES)
+        print(server_notes(args))
+        print(
+            f"{args.rounds} round(s); bulk statements of {args.rows:,} rows; single-row "
+            f"transactions from {args.clients} clients for {args.seconds:g} s in "
+            f"{args.slices} alternating slices; all through "
+            "SQL (psycopg, autocommit)."
+        )
+        # rates[measure][variant] = [rows/s per round]
+        rates = {m: {v: [] for v in variants} for m in MEASURES}
+        for number in range(args.rounds):
+            shift = number % len(variants)
+            order = variants[shift:] + variants[:shift]
+            for measure in ("insert 1", "update 1"):
+                for variant, rate in single_row_round(args, order, measure).items():
+                    rates[measure][variant].append(rate)
+            for variant in order:
+                for measure, rate in bulk(args, variant).items():
+                    rates[measure][variant].append(rate)
+            line = "  ".join(
+                f"{m} {rates[m][v][-1] / rates[m]['no trigger'][-1]:.2f}"
+                for v in variants[1:]
+                for m in MEASURES
+                if rates[m][v]
+            )
+            print(f"round {number + 1}/{args.rounds} ratios ({', '.join(variants[1:])}): {line}")
+
+        print()
+        print("Median rows/s (per-round ratio to no trigger, median)")
+        header = f"{'measure':<10}" + "".join(f"{v:>24}" for v in variants) + f"{'target':>10}"
+        print(header)
+        print("-" * len(header))
+        for measure in MEASURES:
+            base = rates[measure]["no trigger"]
+            cells = []
+            for variant in variants:
+                got = rates[measure][variant]
+                if not got:
+                    cells.append(f"{'-':>24}")
+                    continue
+                rate = fmt_rate(statistics.median(got))
+                if variant == "no trigger":
+                    cells.append(f"{rate:>24}")
+                else:
+                    ratio = statistics.median(g / b for g, b in zip(got, base, strict=True))
+                    cells.append(f"{rate} ({ratio:5.1%})".rjust(24))
+            print(f"{measure:<10}" + "".join(cells) + f"{TARGETS[measure]:>10.0%}")
+        print()
+        print("Median ratio to no trigger:")
+        for variant in variants[1:]:
+            parts = []
+            for measure in MEASURES:
+                got, base = rates[measure][variant], rates[measure]["no trigger"]
+                if got:
+                    ratio = statistics.median(g / b for g, b in zip(got, base, strict=True))
+                    mark = (
+                        ""
+                        if variant != "pubsubpull"
+                        else (" ok" if ratio >= TARGETS[measure] else " MISSED")
+                    )
+                    parts.append(f"{measure} {ratio:.1%}{mark}")
+            print(f"  {variant:<14} " + ", ".join(parts))
+        print()
+        print(f"Cached-plan trap: UPDATE of {args.rows:,} rows, seconds")
+        print(f"  {'variant':<14}{'fresh connection':>18}{'after 10 1-row UPDATEs':>26}")
+        for variant, fresh, warm in cached_plan_trap(args):
+            print(f"  {variant:<14}{fresh:>18.3f}{warm:>26.3f}")
+        print(f"\ndone in {time.perf_counter() - began:.0f} s")
+    finally:
+        if not args.keep:
+            # WITH (FORCE) also ends Django's connections, if any are left.
+            drop_database(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
