@@ -9,6 +9,7 @@ was about to write anyway.
 
 from __future__ import annotations
 
+import functools
 import sys
 import sysconfig
 from pathlib import Path
@@ -68,7 +69,9 @@ def migrations_app_for(registration: Registration) -> str:
     )
 
 
-class PublishingAutodetector(MigrationAutodetector):
+class PublishingMixin:
+    """Adds trigger operations to whatever autodetector Django (or another app) uses."""
+
     def _detect_changes(self, convert_apps=None, graph=None):
         migrations = super()._detect_changes(convert_apps, graph)
         if graph is None:
@@ -117,3 +120,16 @@ class PublishingAutodetector(MigrationAutodetector):
                 dependency = leaves[0] if leaves else None  # an app without migrations
             if dependency and dependency not in migration.dependencies:
                 migration.dependencies.append(dependency)
+
+
+@functools.cache
+def publishing(base: type[MigrationAutodetector]) -> type[MigrationAutodetector]:
+    """``base`` with trigger detection mixed in.
+
+    Other apps (django-pgtrigger, for one) swap in their own autodetector by
+    patching Django's commands at start-up; pubsubpull's commands build on
+    whatever is there when they run instead of replacing it.
+    """
+    if issubclass(base, PublishingMixin):
+        return base
+    return type("PublishingAutodetector", (PublishingMixin, base), {})

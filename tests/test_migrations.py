@@ -230,6 +230,24 @@ def test_migrate_says_when_a_trigger_is_missing(project):
     assert "is outdated" in out
 
 
+def test_makemigrations_works_beside_django_pgtrigger(tmp_path, db):
+    pytest.importorskip("pgtrigger")
+    project = Project(tmp_path, extra_settings='INSTALLED_APPS += ["pgtrigger"]')
+    (project.migrations.parent / "models.py").write_text(
+        MODELS.replace(
+            "    def __str__(self):",
+            "    class Meta:\n"
+            "        triggers = [pgtrigger.Protect(name='keep', operation=pgtrigger.Delete)]\n\n"
+            "    def __str__(self):",
+        ).replace("import pubsubpull\n", "import pgtrigger\n\nimport pubsubpull\n")
+    )
+    out = project.manage("makemigrations", "roundtrip", mode="registered").stdout
+    assert "Install the pubsubpull triggers publishing roundtrip.thing" in out
+    migration = (project.migrations / "0001_initial.py").read_text()
+    assert "pgtrigger.migrations.AddTrigger" in migration
+    assert "pubsubpull.operations.Publish" in migration
+
+
 def test_publishing_a_model_of_an_installed_package_needs_a_migrations_app(project):
     (project.migrations.parent / "models.py").write_text(
         MODELS + "\nfrom django.contrib.auth.models import User\npubsubpull.register(User)\n"

@@ -2,8 +2,11 @@
 
 from django.core.management.commands import makemigrations
 
-from pubsubpull.autodetector import PublishingAutodetector
+from pubsubpull.autodetector import publishing
 
 
 class Command(makemigrations.Command):
-    autodetector = PublishingAutodetector
+    @property
+    def autodetector(self):
+        # Read at run time: another app may have patched Django's command.
+        return publishing(makemigrations.Command.autodetector)

@@ -2,8 +2,11 @@
 
 from django.core.management.commands import migrate
 
-from pubsubpull.autodetector import PublishingAutodetector
+from pubsubpull.autodetector import publishing
 
 
 class Command(migrate.Command):
-    autodetector = PublishingAutodetector
+    @property
+    def autodetector(self):
+        # Read at run time: another app may have patched Django's command.
+        return publishing(migrate.Command.autodetector)
