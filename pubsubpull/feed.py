@@ -200,6 +200,8 @@ class Page:
     # Committed changes past the cursor exist, but an older transaction is
     # still open: they are served when it ends. wait_for_changes polls then.
     held_back: bool = field(default=False, repr=False)
+    # The oldest transaction that was still running: every older one had ended.
+    fence: int = field(default=0, repr=False)
 
     @property
     def caught_up(self) -> bool:
@@ -418,10 +420,27 @@ def read_changes(
         # transaction older than the fence can write again: skip to it, so a
         # filtered feed does not rescan other models' changes on every poll.
         following = max(following, fence_position(xmin))
-    return Page(changes, following, limit, held_back=held_back and not changes)
+    return Page(changes, following, limit, held_back=held_back and not changes, fence=xmin)
 
 
 # -- Long polling ------------------------------------------------------------
+
+
+# Wake-ups. Writers send a NOTIFY only while a listener sleeps (see the end of
+# sql/capture_v1.sql): a waiter takes a number from pubsubpull_wakeup_armed
+# before it sleeps, and the listener that receives a notification moves
+# pubsubpull_wakeup_disarmed up to the numbers its waiters took, since that
+# notification woke them all. A writer that saw no arm may still be running
+# when the waiter armed; the waiter reads until the fence passes every
+# transaction that was running then, so it cannot sleep through that change.
+_ARM_SQL = (
+    "SELECT nextval('pubsubpull_wakeup_armed'), "
+    "pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+)
+_DISARM_SQL = (
+    "SELECT setval('pubsubpull_wakeup_disarmed', %(n)s) "
+    "WHERE %(n)s > (SELECT last_value FROM pubsubpull_wakeup_disarmed)"
+)
 
 
 class _Listener:
@@ -438,6 +457,7 @@ class _Listener:
     def __init__(self, alias: str):
         self.alias = alias
         self.generation = 0
+        self.armed = 0  # the highest wake-up number this listener's waiters took
         self.waiters = 0
         self.last_wait = time.monotonic()
         self.condition = threading.Condition()
@@ -476,6 +496,7 @@ class _Listener:
                     while not self.stopping.is_set():
                         for _ in conn.notifies(timeout=0.5, stop_after=1):
                             self._bump()
+                            conn.execute(_DISARM_SQL, {"n": self.armed})
                         if self._idle():
                             self.stopping.set()
             except Exception:
@@ -487,6 +508,15 @@ class _Listener:
         with _listeners_lock:
             if _listeners.get(self.alias) is self:
                 del _listeners[self.alias]
+
+    def arm(self) -> int:
+        """Ask writers for a NOTIFY; the transaction id every running one is older than."""
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(_ARM_SQL)
+            number, xmax = cursor.fetchone()
+        with self.condition:
+            self.armed = max(self.armed, number)
+        return xmax
 
     def wait(self, generation: int, timeout: float) -> None:
         with self.condition:
@@ -550,6 +580,7 @@ def wait_for_changes(
     listener = _listener(alias)
     listener.listening.wait(min(max(timeout, 0), 2.0))
     delay = 0.02
+    armed_before = None  # after arming: the transactions to outwait
     while True:
         generation = listener.generation
         page = read_changes(after, limit, models, using=alias)
@@ -557,10 +588,18 @@ def wait_for_changes(
         if page.changes or remaining <= 0:
             return page
         after = page.next
-        if page.held_back or not listener.listening.is_set():
-            # Committed changes wait for an older transaction to end; its end
-            # sends no notification, so poll, backing off.
+        if (
+            page.held_back
+            or not listener.listening.is_set()
+            or (armed_before is not None and page.fence < armed_before)
+        ):
+            # Committed changes wait for an older transaction to end, or a
+            # writer that did not see the arm may still commit; its end sends
+            # no notification, so poll, backing off.
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 1.0)
+        elif armed_before is None:
+            armed_before = listener.arm()  # then read once more before sleeping
         else:
+            armed_before = None  # a notification spends the arm: take another
             listener.wait(generation, min(_SAFETY_POLL, remaining))

@@ -151,6 +151,9 @@ class Migration(migrations.Migration):
         # capture_v1.sql is frozen: a new version is a new file and migration.
         migrations.RunSQL(
             sql=[function_sql(1)],
-            reverse_sql="DROP FUNCTION IF EXISTS pubsubpull_capture()",
+            reverse_sql=[
+                "DROP FUNCTION IF EXISTS pubsubpull_capture()",
+                "DROP SEQUENCE IF EXISTS pubsubpull_wakeup_armed, pubsubpull_wakeup_disarmed",
+            ],
         ),
     ]
