@@ -43,7 +43,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, connections, router, transaction
 
 try:
     from psycopg import ClientCursor as _ClientCursor
@@ -109,7 +109,7 @@ class _Root:
 
     def __init__(
         self,
-        fields: Callable[[], dict[str, Any]] | None = None,
+        fields: Callable[[], dict[str, Any]] | None = None,  # JSON-safe already
         user: Callable[[], Any] | None = None,
     ):
         self.started_wall = datetime.now(UTC)
@@ -118,7 +118,6 @@ class _Root:
         self._user = user
         self._resolving_user = False
         self._id: str | None = None
-        self._static: str | None = None
         self.written: list[str] = []  # aliases it changed, in order
         self.written_metadata: list[dict[str, Any]] = []  # of each block that wrote
         self.anonymous_write = False
@@ -131,7 +130,7 @@ class _Root:
 
     def static(self) -> dict[str, Any]:
         """The request's columns; computed at its first write, not for reads."""
-        fields = _clean(self._fields()) if self._fields else {}
+        fields = self._fields() if self._fields else {}
         return {"id": self.id, "started": self.started_wall.isoformat(), **fields}
 
     def user_pk(self) -> Any:
@@ -234,8 +233,16 @@ def _execute_wrapper(execute, sql, params, many, context):
 
 
 def install(connection, **kwargs) -> None:
-    """Hook the wrapper onto a PostgreSQL connection (``connection_created`` receiver)."""
+    """Hook the wrapper onto a PostgreSQL connection (``connection_created`` receiver).
+
+    Only databases that hold pubsubpull's tables: elsewhere there is no
+    trigger to read the setting and no request row to complete.
+    """
     if connection.vendor != "postgresql" or _execute_wrapper in connection.execute_wrappers:
+        return
+    from .models import Change
+
+    if not router.allow_migrate_model(connection.alias, Change):
         return
     # First in the list (the outermost wrapper): Django's execute_wrapper()
     # context manager removes the last one on exit, which must stay the
@@ -243,51 +250,67 @@ def install(connection, **kwargs) -> None:
     connection.execute_wrappers.insert(0, _execute_wrapper)
 
 
-_FINISH = (
-    "UPDATE pubsubpull_request SET status = coalesce(%s, status), "
-    "duration = coalesce(%s, duration), user_id = coalesce(user_id, %s), "
-    "metadata = metadata || %s::jsonb WHERE id = %s"
-)
+# Completes request rows: several at once when a background writer batches them.
+_COMPLETE = """
+UPDATE pubsubpull_request AS r SET
+    status = coalesce(v.status, r.status),
+    duration = coalesce(v.duration, r.duration),
+    user_id = coalesce(r.user_id, v.user_id),
+    metadata = r.metadata || v.metadata
+FROM (VALUES {rows}) AS v (id, status, duration, user_id, metadata)
+WHERE r.id = v.id
+"""
 
 
-def finish(root: _Root, *, status: int | None = None, duration: timedelta | None = None) -> None:
-    """Complete the request rows of ``root`` once its block has ended.
+def completion(
+    root: _Root, *, status: int | None = None, duration: timedelta | None = None
+) -> list[tuple[str, tuple]]:
+    """What is left to write to ``root``'s request rows once its block has ended.
 
-    Runs after the request's own transaction, so it only touches rows that a
-    surviving change wrote. Only requests that sent a write get here.
+    ``[(alias, row)]`` for ``complete()``; empty when the rows the trigger
+    wrote are complete already. Call it in the request's thread: it may read
+    the user.
     """
+    if not root.written:
+        return []
     metadata: dict[str, Any] = {}
     if len(root.written_metadata) > 1:
         for written in root.written_metadata:  # nested blocks merge into one row
             metadata.update(written)
     elif status is None and duration is None:
-        return  # a plain context block: its one row is complete already
+        return []  # a plain context block: its one row is complete already
+    # Anonymous at a write, maybe logged in since (a sign-up view).
     user_pk = root.user_pk() if root.anonymous_write else None
-    params = [status, duration, user_pk, json.dumps(metadata, cls=DjangoJSONEncoder), root.id]
-    for alias in root.written:
-        connection = connections[alias]
-        try:
-            if connection.in_atomic_block:  # inside a test's transaction, say
-                with transaction.atomic(using=alias), connection.cursor() as cursor:
-                    cursor.execute(_FINISH, params)
-                continue
-            with connection.cursor() as cursor:
-                if _client_cursor(cursor.cursor):
-                    # Alone in its transaction: status and duration are not
-                    # worth waiting for a WAL flush; the changes and the row
-                    # itself were committed durably by the request.
-                    cursor.execute(
-                        f"SELECT set_config('synchronous_commit', 'off', true); {_FINISH}",
-                        params,
-                    )
-                else:
-                    cursor.execute(_FINISH, params)
-        except DatabaseError:
-            # The response is ready and the changes are committed; a missing
-            # status is not worth turning it into an error page.
-            logger.exception(
-                "Could not record the status of request %s in database %r.", root.id, alias
-            )
+    merged = json.dumps(metadata, cls=DjangoJSONEncoder) if metadata else "{}"
+    row = (root.id, status, duration, user_pk, merged)
+    return [(alias, row) for alias in root.written]
+
+
+def complete(alias: str, rows: list[tuple]) -> None:
+    """Write ``completion()`` rows of one database, on this thread's connection.
+
+    Errors are logged, not raised: the response is ready and the changes are
+    committed; a missing status is not worth an error page.
+    """
+    from .models import Request
+
+    connection = connections[alias]
+    user_type = Request._meta.get_field("user").db_type(connection)
+    values = ", ".join(
+        [f"(%s::uuid, %s::integer, %s::interval, %s::{user_type}, %s::jsonb)"] * len(rows)
+    )
+    sql = _COMPLETE.format(rows=values)
+    params = [value for row in rows for value in row]
+    try:
+        with connection.cursor() as cursor:
+            if connection.autocommit and _client_cursor(cursor.cursor):
+                # Alone in its transaction: status and duration are not worth
+                # waiting for a WAL flush; the changes and the rows themselves
+                # were committed durably by their requests.
+                sql = f"SELECT set_config('synchronous_commit', 'off', true); {sql}"
+            cursor.execute(sql, params)
+    except DatabaseError:
+        logger.exception("Could not complete %d request row(s) in database %r.", len(rows), alias)
 
 
 def begin(root: _Root, metadata: dict[str, Any] | None = None) -> contextvars.Token:
@@ -348,8 +371,9 @@ class context(ContextDecorator):
     def __exit__(self, *exc_info) -> None:
         _active.reset(self._token)
         self._token = None
-        if self._root is not None and self._root.written:
-            finish(self._root)
+        if self._root is not None:
+            for alias, row in completion(self._root):
+                complete(alias, [row])
 
     def __call__(self, func):
         if inspect.iscoroutinefunction(func):
