@@ -178,7 +178,8 @@ class ChangeAdmin(ReadOnlyAdmin):
         if change.request_id is None:
             return "—"
         url = _admin_url(self.admin_site, Request, "change", quote(str(change.request_id)))
-        label = str(change.request) if _request_exists(change) else str(change.request_id)
+        request_row = _request_of(change)
+        label = str(request_row) if request_row is not None else str(change.request_id)
         return format_html('<a href="{}">{}</a>', url, label) if url else label
 
     @admin.display(description="changed fields")
@@ -201,12 +202,14 @@ class ChangeAdmin(ReadOnlyAdmin):
         return _pretty(change.new)
 
 
-def _request_exists(change: Change) -> bool:
+def _request_of(change: Change) -> Request | None:
+    """The change's request row; None if it has none, or it was pruned."""
+    if change.request_id is None:
+        return None
     try:
-        change.request  # noqa: B018  (loads it, or finds it gone)
+        return change.request
     except Request.DoesNotExist:
-        return False
-    return True
+        return None
 
 
 def _pretty(value: Any):
@@ -302,9 +305,8 @@ class HistoryMixin:
                 .order_by("-id")[: SHOWN_CHANGES + 1]
             )
             url = None
-            if self.admin_site.is_registered(Change) and request.user.has_perm(
-                "pubsubpull.view_change"
-            ):
+            change_admin = self.admin_site._registry.get(Change)
+            if change_admin is not None and change_admin.has_view_permission(request):
                 url = changes_url(
                     self.admin_site, model=_label_of(type(obj)), object_pk=str(obj.pk)
                 )
@@ -314,7 +316,7 @@ class HistoryMixin:
                         "change": change,
                         "diff": diff_table(change),
                         "user": change.user,
-                        "request": change.request if _request_exists(change) else None,
+                        "request": _request_of(change),
                         "request_url": _admin_url(
                             self.admin_site, Request, "change", quote(str(change.request_id))
                         )

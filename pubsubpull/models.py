@@ -180,6 +180,9 @@ class Change(ReadOnlyModel):
         if self.request_id is None:
             return None
         try:
-            return self.request.user
-        except models.ObjectDoesNotExist:  # no foreign key constraints: rows can go
+            # select_related() leaves None where a row is missing; a plain
+            # access raises instead. No foreign key constraints: rows can go.
+            request = self.request
+            return request.user if request is not None else None
+        except models.ObjectDoesNotExist:
             return None
