@@ -125,19 +125,29 @@ class ModelFilter(admin.SimpleListFilter):
         return queryset
 
 
-class UserFilter(admin.RelatedFieldListFilter):
-    """By user of the request that made the change."""
+def _titled(filter_class: type[admin.FieldListFilter], title: str) -> type:
+    """``filter_class`` with a title of our choosing (field names are terse)."""
 
-    def __init__(self, field, request, params, model, model_admin, field_path):
-        super().__init__(field, request, params, model, model_admin, field_path)
-        self.title = "user"
+    def __init__(self, *args, **kwargs):
+        filter_class.__init__(self, *args, **kwargs)
+        self.title = title
+
+    return type(f"{title.title()}Filter", (filter_class,), {"__init__": __init__})
+
+
+UserFilter = _titled(admin.RelatedFieldListFilter, "user")
 
 
 @admin.register(Change)
 class ChangeAdmin(ReadOnlyAdmin):
-    list_display = ["id", "at", "model", "object", "op", "user", "request_link", "changed"]
+    list_display = ["id", "at", "model", "object", "operation", "user", "request_link", "changed"]
     list_display_links = ["id"]
-    list_filter = [ModelFilter, "op", ("request__user", UserFilter), "at"]
+    list_filter = [
+        ModelFilter,
+        ("op", _titled(admin.ChoicesFieldListFilter, "operation")),
+        ("request__user", UserFilter),
+        ("at", _titled(admin.DateFieldListFilter, "date")),
+    ]
     list_select_related = ["request", "request__user"]
     search_fields = ["=object_pk"]
     search_help_text = "An object's primary key; combine with the model filter."
@@ -145,7 +155,7 @@ class ChangeAdmin(ReadOnlyAdmin):
     # The log grows large: counting all of it on each page costs more than it tells.
     show_full_result_count = False
     fieldsets = [
-        (None, {"fields": ["at", "model", "object", "op", "user", "request_link", "txid"]}),
+        (None, {"fields": ["at", "model", "object", "operation", "user", "request_link", "txid"]}),
         ("Changes", {"fields": ["diff"]}),
         ("Stored rows", {"fields": ["old_json", "new_json"], "classes": ["collapse"]}),
     ]
@@ -153,7 +163,7 @@ class ChangeAdmin(ReadOnlyAdmin):
         "at",
         "model",
         "object",
-        "op",
+        "operation",
         "user",
         "request_link",
         "txid",
@@ -168,6 +178,10 @@ class ChangeAdmin(ReadOnlyAdmin):
         if url:
             return format_html('<a href="{}">{}</a>', url, change.object_pk)
         return change.object_pk or "—"
+
+    @admin.display(description="operation", ordering="op")
+    def operation(self, change: Change):
+        return change.get_op_display()
 
     @admin.display(description="user")
     def user(self, change: Change):
@@ -222,7 +236,12 @@ def _pretty(value: Any):
 class RequestAdmin(ReadOnlyAdmin):
     list_display = ["started", "method", "path", "status", "user", "duration", "request_id"]
     list_display_links = ["started"]
-    list_filter = ["method", "status", ("user", UserFilter), "started"]
+    list_filter = [
+        "method",
+        "status",
+        ("user", UserFilter),
+        ("started", _titled(admin.DateFieldListFilter, "date")),
+    ]
     list_select_related = ["user"]
     search_fields = ["path", "=request_id", "=id"]
     show_full_result_count = False

@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import ContextDecorator, nullcontext
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -54,7 +54,8 @@ __all__ = ["context"]
 
 logger = logging.getLogger("pubsubpull")
 
-_SET = "SELECT set_config('pubsubpull.context', {}, true)"
+_SET = "SELECT set_config('pubsubpull.context', %s, true)"
+_SET_NAMED = "SELECT set_config('pubsubpull.context', %(pubsubpull_context)s, true)"
 
 # Statements that can change rows (and so fire the capture trigger). Leading
 # comments are skipped; a WITH counts only if it holds a data-changing verb.
@@ -96,14 +97,6 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _dollar_quotable(payload: str) -> str:
-    # JSON has "$" and "%" only inside strings, where \u escapes mean the same
-    # thing. Without them the payload can be $$-quoted (immune to
-    # standard_conforming_strings) and needs no escaping for the "%s"
-    # placeholders of the statement it precedes.
-    return payload.replace("$", "\\u0024").replace("%", "\\u0025")
-
-
 class _Root:
     """One request or job: one ``pubsubpull_request`` row per database it changes."""
 
@@ -112,7 +105,7 @@ class _Root:
         fields: Callable[[], dict[str, Any]] | None = None,  # JSON-safe already
         user: Callable[[], Any] | None = None,
     ):
-        self.started_wall = datetime.now(UTC)
+        self.started_wall = time.time()  # made a datetime only if it writes
         self.started = time.monotonic()
         self._fields = fields
         self._user = user
@@ -131,7 +124,8 @@ class _Root:
     def static(self) -> dict[str, Any]:
         """The request's columns; computed at its first write, not for reads."""
         fields = self._fields() if self._fields else {}
-        return {"id": self.id, "started": self.started_wall.isoformat(), **fields}
+        started = datetime.fromtimestamp(self.started_wall, UTC).isoformat()
+        return {"id": self.id, "started": started, **fields}
 
     def user_pk(self) -> Any:
         """The user's primary key now, or None; read late on purpose."""
@@ -174,7 +168,6 @@ class _Frame:
         else:
             user = json.dumps(_clean(user_pk), cls=DjangoJSONEncoder)
             payload = f'{self._base[:-1]},"user_id":{user}}}'
-        payload = _dollar_quotable(payload)
         self._payload = (user_pk, payload)
         return payload
 
@@ -222,13 +215,21 @@ def _execute_wrapper(execute, sql, params, many, context):
 
     raw_cursor = context["cursor"].cursor
     if not many and isinstance(sql, str) and _client_cursor(raw_cursor):
-        result = execute(f"{_SET.format(f'$${payload}$$')}; {sql}", params, many, context)
+        # The payload goes as a parameter, so the statement's text stays the
+        # same from request to request and psycopg's parse cache keeps working.
+        if params is None:  # then "%" was literal; with parameters it is "%%"
+            sql, params = f"{_SET}; {sql.replace('%', '%%')}", [payload]
+        elif isinstance(params, dict):
+            sql, params = f"{_SET_NAMED}; {sql}", {**params, "pubsubpull_context": payload}
+        else:
+            sql, params = f"{_SET}; {sql}", [payload, *params]
+        result = execute(sql, params, many, context)
         raw_cursor.nextset()  # past set_config's row, to the statement's result
         return result
     opened = transaction.atomic(using=connection.alias) if connection.autocommit else nullcontext()
     with opened:
         with connection.wrap_database_errors:
-            raw_cursor.execute(_SET.format("%s"), [payload])
+            raw_cursor.execute(_SET, [payload])
         return execute(sql, params, many, context)
 
 
@@ -250,26 +251,30 @@ def install(connection, **kwargs) -> None:
     connection.execute_wrappers.insert(0, _execute_wrapper)
 
 
-# Completes request rows: several at once when a background writer batches them.
+# Completes request rows; a background writer passes many at once. One
+# parameter whatever their number: one statement text, parsed once.
 _COMPLETE = """
 UPDATE pubsubpull_request AS r SET
     status = coalesce(v.status, r.status),
-    duration = coalesce(v.duration, r.duration),
+    duration = coalesce(make_interval(secs => v.seconds), r.duration),
     user_id = coalesce(r.user_id, v.user_id),
-    metadata = r.metadata || v.metadata
-FROM (VALUES {rows}) AS v (id, status, duration, user_id, metadata)
-WHERE r.id = v.id
+    metadata = r.metadata || coalesce(v.metadata, '{{}}')
+FROM jsonb_to_recordset(%s::jsonb)
+    AS v (id uuid, status integer, seconds double precision, user_id {user_type}, metadata jsonb)
+-- The ids again, as an array: the planner, which guesses 100 rows for any
+-- function, would otherwise hash-join a full scan of the table.
+WHERE r.id = v.id AND r.id = ANY(%s::uuid[])
 """
 
 
 def completion(
-    root: _Root, *, status: int | None = None, duration: timedelta | None = None
-) -> list[tuple[str, tuple]]:
+    root: _Root, *, status: int | None = None, duration: float | None = None
+) -> list[tuple[str, dict[str, Any]]]:
     """What is left to write to ``root``'s request rows once its block has ended.
 
     ``[(alias, row)]`` for ``complete()``; empty when the rows the trigger
-    wrote are complete already. Call it in the request's thread: it may read
-    the user.
+    wrote are complete already. ``duration`` is in seconds. Call it in the
+    request's thread: it may read the user.
     """
     if not root.written:
         return []
@@ -281,12 +286,19 @@ def completion(
         return []  # a plain context block: its one row is complete already
     # Anonymous at a write, maybe logged in since (a sign-up view).
     user_pk = root.user_pk() if root.anonymous_write else None
-    merged = json.dumps(metadata, cls=DjangoJSONEncoder) if metadata else "{}"
-    row = (root.id, status, duration, user_pk, merged)
+    row: dict[str, Any] = {"id": root.id}
+    if status is not None:
+        row["status"] = status
+    if duration is not None:
+        row["seconds"] = duration
+    if user_pk is not None:
+        row["user_id"] = user_pk
+    if metadata:
+        row["metadata"] = metadata
     return [(alias, row) for alias in root.written]
 
 
-def complete(alias: str, rows: list[tuple]) -> None:
+def complete(alias: str, rows: list[dict[str, Any]]) -> None:
     """Write ``completion()`` rows of one database, on this thread's connection.
 
     Errors are logged, not raised: the response is ready and the changes are
@@ -295,12 +307,8 @@ def complete(alias: str, rows: list[tuple]) -> None:
     from .models import Request
 
     connection = connections[alias]
-    user_type = Request._meta.get_field("user").db_type(connection)
-    values = ", ".join(
-        [f"(%s::uuid, %s::integer, %s::interval, %s::{user_type}, %s::jsonb)"] * len(rows)
-    )
-    sql = _COMPLETE.format(rows=values)
-    params = [value for row in rows for value in row]
+    sql = _COMPLETE.format(user_type=Request._meta.get_field("user").db_type(connection))
+    params = [json.dumps(rows, cls=DjangoJSONEncoder), [row["id"] for row in rows]]
     try:
         with connection.cursor() as cursor:
             if connection.autocommit and _client_cursor(cursor.cursor):
@@ -315,7 +323,7 @@ def complete(alias: str, rows: list[tuple]) -> None:
 
 def begin(root: _Root, metadata: dict[str, Any] | None = None) -> contextvars.Token:
     """Make ``root`` the active request or job of this thread or task."""
-    return _active.set(_Frame(root, _clean(metadata or {})))
+    return _active.set(_Frame(root, _clean(metadata) if metadata else {}))
 
 
 def end(token: contextvars.Token) -> None:

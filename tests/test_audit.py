@@ -475,6 +475,30 @@ def test_executemany_and_server_side_binding_cursors_are_attributed(monkeypatch)
     }
 
 
+def test_raw_sql_keeps_its_rows_counts_placeholders_and_percent_signs():
+    with pubsubpull.context(job="raw"), connection.cursor() as cursor:
+        # No parameters: "%" is literal.
+        cursor.execute("INSERT INTO customers_country VALUES ('fr', '100% France') RETURNING code")
+        assert cursor.fetchall() == [("fr",)]
+        cursor.execute(
+            "INSERT INTO customers_country VALUES (%(code)s, %(name)s) RETURNING name",
+            {"code": "de", "name": "50% Deutschland"},
+        )
+        assert cursor.fetchone() == ("50% Deutschland",)
+        cursor.execute("UPDATE customers_country SET name = name || %s", ["!"])
+        assert cursor.rowcount == 2
+        cursor.execute(
+            "/* cleanup */ -- of the German row\n"
+            "DELETE FROM customers_country WHERE name LIKE '%%!' AND code = %s",
+            ["de"],
+        )
+        assert cursor.rowcount == 1
+    assert Country.objects.get().name == "100% France!"
+    log = Change.objects.for_model(Country)
+    assert [c.op for c in log] == ["insert", "insert", "update", "update", "delete"]
+    assert {c.request.metadata["job"] for c in log} == {"raw"}
+
+
 def test_metadata_jsonb_would_refuse_does_not_break_the_write():
     with pubsubpull.context(note="nul\x00byte $$ 50% 'quoted'", when=timedelta(seconds=1)):
         Country.objects.create(code="fr", name="France")
