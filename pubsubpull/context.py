@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-import json
 import logging
 import re
 import time
@@ -75,6 +74,10 @@ def changes_data(sql: object) -> bool:
     if word == "WITH":
         return _WITH_WRITES.search(sql) is not None
     return word in _WRITES
+
+
+# One encoder for every payload: json.dumps(cls=...) builds a new one per call.
+_json = DjangoJSONEncoder(separators=(",", ":")).encode
 
 
 def _clean(value: Any) -> Any:
@@ -158,15 +161,11 @@ class _Frame:
         if cached is not None and cached[0] == user_pk:
             return cached[1]
         if self._base is None:
-            self._base = json.dumps(
-                {**root.static(), "metadata": self.metadata},
-                cls=DjangoJSONEncoder,
-                separators=(",", ":"),
-            )
+            self._base = _json({**root.static(), "metadata": self.metadata})
         if user_pk is None:
             payload = self._base
         else:
-            user = json.dumps(_clean(user_pk), cls=DjangoJSONEncoder)
+            user = _json(_clean(user_pk))
             payload = f'{self._base[:-1]},"user_id":{user}}}'
         self._payload = (user_pk, payload)
         return payload
@@ -308,7 +307,7 @@ def complete(alias: str, rows: list[dict[str, Any]]) -> None:
 
     connection = connections[alias]
     sql = _COMPLETE.format(user_type=Request._meta.get_field("user").db_type(connection))
-    params = [json.dumps(rows, cls=DjangoJSONEncoder), [row["id"] for row in rows]]
+    params = [_json(rows), [row["id"] for row in rows]]
     try:
         with connection.cursor() as cursor:
             if connection.autocommit and _client_cursor(cursor.cursor):
