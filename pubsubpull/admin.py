@@ -20,7 +20,7 @@ from typing import Any
 
 from django.apps import apps
 from django.contrib import admin
-from django.contrib.admin.utils import quote
+from django.contrib.admin.utils import quote, unquote
 from django.db import models
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html, format_html_join
@@ -73,7 +73,7 @@ def diff_table(change: Change):
 
 def _admin_url(site: admin.AdminSite, model: type[models.Model], view: str, *args) -> str | None:
     opts = model._meta
-    if model not in site._registry:
+    if not site.is_registered(model):
         return None
     try:
         return reverse(f"{site.name}:{opts.app_label}_{opts.model_name}_{view}", args=args)
@@ -315,7 +315,7 @@ class HistoryMixin:
     object_history_template = "admin/pubsubpull/object_history.html"
 
     def history_view(self, request, object_id, extra_context=None):
-        obj = self.get_object(request, admin.utils.unquote(object_id))
+        obj = self.get_object(request, unquote(object_id))
         extra: dict[str, Any] = {}
         if obj is not None and self.has_view_or_change_permission(request, obj):
             shown = list(
@@ -324,8 +324,10 @@ class HistoryMixin:
                 .order_by("-id")[: SHOWN_CHANGES + 1]
             )
             url = None
-            change_admin = self.admin_site._registry.get(Change)
-            if change_admin is not None and change_admin.has_view_permission(request):
+            site = self.admin_site
+            if site.is_registered(Change) and site.get_model_admin(Change).has_view_permission(
+                request
+            ):
                 url = changes_url(
                     self.admin_site, model=_label_of(type(obj)), object_pk=str(obj.pk)
                 )

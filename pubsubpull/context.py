@@ -16,7 +16,8 @@ How it is sent matters:
   sent as ``SELECT set_config(...); <statement>``: one round trip, and one
   simple-protocol query is one transaction even in autocommit mode. The
   cursor is then moved past the ``set_config`` result, so the caller sees the
-  statement's own rows and row count.
+  statement's own rows and row count. The value is a parameter, not SQL
+  text, so a statement's text stays the same and psycopg's parse cache works.
 - Other cursors (``server_side_binding``, ``executemany``) cannot carry two
   statements: the setting goes in a separate execute, inside a transaction
   opened for the purpose when the connection is in autocommit mode.
