@@ -165,15 +165,17 @@ class StatusWriter:
         """Wait until every queued row is written; False if ``timeout`` s passed first."""
         rows = self._queue
         deadline = None if timeout is None else time.monotonic() + timeout
-        with rows.all_tasks_done:
-            while rows.unfinished_tasks:
-                self._hurry.set()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                rows.all_tasks_done.wait(remaining)
-        self._hurry.clear()
-        return True
+        try:
+            with rows.all_tasks_done:
+                while rows.unfinished_tasks:
+                    self._hurry.set()
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    rows.all_tasks_done.wait(remaining)
+            return True
+        finally:
+            self._hurry.clear()
 
 
 status_writer = StatusWriter()
