@@ -3,6 +3,7 @@
 The public API is what this module exports; everything else may change.
 """
 
+from .context import context
 from .registry import Registration, get_registration, register, registrations, unregister
 
 __version__ = "0.1.0.dev0"
@@ -10,6 +11,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "Registration",
     "__version__",
+    "context",
     "get_registration",
     "register",
     "registrations",

@@ -8,7 +8,17 @@ class PubSubPullConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.db import connections
+        from django.db.backends.signals import connection_created
+
         from . import checks
+        from .context import install
+
+        # Every connection, of every alias and thread, sends the active
+        # request or job with its data-changing statements.
+        connection_created.connect(install, dispatch_uid="pubsubpull.context")
+        for connection in connections.all(initialized_only=True):
+            install(connection)
 
         # After `migrate`, say at once if a published table lacks its trigger
         # (registered but never migrated, or dropped by hand).

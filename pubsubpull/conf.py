@@ -26,6 +26,16 @@ DEFAULTS: dict[str, Any] = {
     # needs a service token scoped to the model, or a user with its view
     # permission.
     "ANONYMOUS_MODELS": [],
+    # The request header whose value RequestMiddleware stores as the Request's
+    # request_id (an id your proxy or client sends to correlate logs), or None.
+    "REQUEST_ID_HEADER": "X-Request-ID",
+    # A header your reverse proxy sets with the client's address, e.g.
+    # "X-Forwarded-For" or "X-Real-IP". None: use REMOTE_ADDR. Set it only
+    # behind a proxy that always sets it, or clients can choose their address.
+    "TRUSTED_PROXY_HEADER": None,
+    # How many proxies you run in front of Django: the address taken from a
+    # comma-separated TRUSTED_PROXY_HEADER is this many entries from the right.
+    "TRUSTED_PROXY_COUNT": 1,
 }
 
 

@@ -6,6 +6,8 @@ never by the ORM: the model classes are for reading.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 
@@ -83,6 +85,34 @@ class Request(ReadOnlyModel):
         return f"context {self.metadata}" if self.metadata else str(self.id)
 
 
+def _label(model_or_label: type[models.Model] | models.Model | str) -> str:
+    if isinstance(model_or_label, str):
+        return model_or_label.lower()
+    # Changes are recorded under the table's model: a proxy's are its concrete model's.
+    return model_or_label._meta.concrete_model._meta.label_lower
+
+
+class ChangeQuerySet(ReadOnlyQuerySet):
+    """Reading the audit trail: ``Change.objects.for_object(customer)``."""
+
+    def for_object(self, obj: models.Model) -> ChangeQuerySet:
+        """The changes of one model instance, oldest first.
+
+        Matched by its current primary key: changes made before an UPDATE
+        that changed the key are under the old one.
+        """
+        return self.filter(model=_label(obj), object_pk=str(obj.pk))
+
+    def for_model(self, model: type[models.Model] | str) -> ChangeQuerySet:
+        """The changes of a model's table (a class or an ``app_label.model`` label)."""
+        return self.filter(model=_label(model))
+
+    def by_user(self, user: models.Model | Any) -> ChangeQuerySet:
+        """The changes made by requests of ``user`` (an instance or a primary key)."""
+        pk = user.pk if isinstance(user, models.Model) else user
+        return self.filter(request__user_id=pk)
+
+
 class Change(ReadOnlyModel):
     """One inserted, updated or deleted row of a published table (or one TRUNCATE)."""
 
@@ -125,6 +155,8 @@ class Change(ReadOnlyModel):
     old = models.JSONField(null=True, help_text="The published columns before the change.")
     new = models.JSONField(null=True, help_text="The published columns after the change.")
 
+    objects = ChangeQuerySet.as_manager()
+
     class Meta:
         ordering = ["id"]
         indexes = [
@@ -139,6 +171,36 @@ class Change(ReadOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.op} {self.model} {self.object_pk or ''}".rstrip()
+
+    @property
+    def diff(self) -> dict[str, tuple[Any, Any]]:
+        """``{column: (old, new)}`` for the columns this change changed.
+
+        An update lists only the columns whose value changed; an insert lists
+        every column as ``(None, value)``, a delete as ``(value, None)``, and a
+        truncate nothing. Keys are the published column names as stored
+        (``country_id`` for a foreign key ``country``); values are as JSON
+        stored them (numbers, strings, ISO dates).
+        """
+        old, new = self.old or {}, self.new or {}
+        return {
+            column: (old.get(column), new.get(column))
+            for column in [*old, *(c for c in new if c not in old)]
+            if old.get(column) != new.get(column) or (column in old) != (column in new)
+        }
+
+    @property
+    def user(self):
+        """The user whose request made this change, or None (also if since deleted)."""
+        if self.request_id is None:
+            return None
+        try:
+            # select_related() leaves None where a row is missing; a plain
+            # access raises instead. No foreign key constraints: rows can go.
+            request = self.request
+            return request.user if request is not None else None
+        except models.ObjectDoesNotExist:
+            return None
 
 
 class Horizon(models.Model):

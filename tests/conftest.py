@@ -57,3 +57,17 @@ def _empty_change_log(request):
         request.getfixturevalue("transactional_db")
         with connection.cursor() as cursor:
             cursor.execute("TRUNCATE pubsubpull_change, pubsubpull_request")
+
+
+@pytest.fixture(autouse=True)
+def _request_status_written():
+    """Let no test end with request rows still queued for their status.
+
+    RequestMiddleware writes them from a background thread; one still busy
+    could touch the next test's tables or hold a connection to a database
+    about to be dropped.
+    """
+    yield
+    from pubsubpull.middleware import flush
+
+    assert flush(timeout=30), "request status rows were still queued after 30 s"

@@ -2,7 +2,9 @@
 
 The database comes from DATABASE_URL (a server; the service uses its own
 database on it, PUBLISHER_DB_NAME, default "publisher"). ./runtests.sh and the
-demo set DATABASE_URL for you.
+demo set DATABASE_URL for you. The ledger app lives in a second database on the
+same server, PUBLISHER_OTHER_DB_NAME (default: PUBLISHER_DB_NAME + "_other");
+migrate it with ``manage.py migrate --database other``.
 """
 
 import os
@@ -25,9 +27,12 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "pubsubpull",
     "customers",
+    "ledger",
 ]
 
 MIDDLEWARE = [
+    # First: it times the whole request and attributes every write to it.
+    "pubsubpull.middleware.RequestMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -54,9 +59,14 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+_name = os.environ.get("PUBLISHER_DB_NAME", "publisher")
 DATABASES = {
-    "default": django_database(DATABASE_URL, os.environ.get("PUBLISHER_DB_NAME", "publisher")),
+    "default": django_database(DATABASE_URL, _name),
+    "other": django_database(
+        DATABASE_URL, os.environ.get("PUBLISHER_OTHER_DB_NAME", f"{_name}_other")
+    ),
 }
+DATABASE_ROUTERS = ["publisher.routers.LedgerRouter"]
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True

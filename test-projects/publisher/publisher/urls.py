@@ -4,4 +4,5 @@ from django.urls import include, path
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("pubsubpull/", include("pubsubpull.urls")),
+    path("", include("customers.urls")),
 ]
