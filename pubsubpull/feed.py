@@ -435,6 +435,7 @@ def read_changes(
 # transaction that was running then, so it cannot sleep through that change.
 _ARM_SQL = (
     "SELECT nextval('pubsubpull_wakeup_armed'), "
+    "setval('pubsubpull_wakeup_armed_at', extract(epoch FROM now())::bigint), "
     "pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
 )
 _DISARM_SQL = (
@@ -513,7 +514,7 @@ class _Listener:
         """Ask writers for a NOTIFY; the transaction id every running one is older than."""
         with connections[self.alias].cursor() as cursor:
             cursor.execute(_ARM_SQL)
-            number, xmax = cursor.fetchone()
+            number, _, xmax = cursor.fetchone()
         with self.condition:
             self.armed = max(self.armed, number)
         return xmax

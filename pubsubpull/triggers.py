@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 
-from django.db import connections, transaction
+from django.db import connections, router, transaction
 
 from .registry import Registration, registrations
 
@@ -121,10 +121,12 @@ def installed_triggers(using: str = "default") -> dict[str, dict[str, str]]:
 
 
 def status(using: str = "default") -> list[TriggerStatus]:
-    """Each registered model's trigger state, then each orphaned table."""
+    """The trigger state of each model published in ``using``, then each orphaned table."""
     installed = installed_triggers(using)
     result = []
     for registration in registrations():
+        if not router.allow_migrate_model(using, registration.model):
+            continue  # its table lives in another database
         triggers = installed.pop(registration.table, {})
         expected = f"pubsubpull {fingerprint(create_sql(registration))}"
         if not triggers:

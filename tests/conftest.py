@@ -71,3 +71,12 @@ def _request_status_written():
     from pubsubpull.middleware import flush
 
     assert flush(timeout=30), "request status rows were still queued after 30 s"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _close_listeners():
+    """Close the feed's LISTEN connections before the test databases are dropped."""
+    yield
+    from pubsubpull import feed
+
+    feed.stop_listening()

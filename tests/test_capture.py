@@ -244,10 +244,16 @@ def test_listeners_are_notified_once_per_transaction_not_per_row(raw_connection)
 
         def arm():
             # What a sleeping listener does (pubsubpull.feed): ask for a NOTIFY.
-            return listener.execute("SELECT nextval('pubsubpull_wakeup_armed')").fetchone()[0]
+            return listener.execute(
+                "SELECT nextval('pubsubpull_wakeup_armed'), "
+                "setval('pubsubpull_wakeup_armed_at', extract(epoch FROM now())::bigint)"
+            ).fetchone()[0]
 
         def disarm(number):
             listener.execute("SELECT setval('pubsubpull_wakeup_disarmed', %s)", [number])
+
+        # What earlier tests' sleepers armed is spent.
+        disarm(listener.execute("SELECT last_value FROM pubsubpull_wakeup_armed").fetchone()[0])
 
         # Nobody waits: writers send no NOTIFY (it would serialise their commits).
         Customer.objects.create(name="unheard")

@@ -52,8 +52,12 @@ import os
 
 from publisher.settings import *  # noqa: F403
 
-INSTALLED_APPS = [a for a in INSTALLED_APPS if a != "customers"] + ["roundtrip"]  # noqa: F405
+INSTALLED_APPS = [  # noqa: F405
+    a for a in INSTALLED_APPS if a not in ("customers", "ledger")  # noqa: F405
+] + ["roundtrip"]
 DATABASES = {{"default": {{**DATABASES["default"], "NAME": {name!r}}}}}  # noqa: F405
+DATABASE_ROUTERS = []
+ROOT_URLCONF = "rt_urls"
 PUBSUBPULL = {{}}
 {extra}
 """
@@ -70,6 +74,7 @@ class Project:
         (app / "__init__.py").write_text("")
         (app / "migrations" / "__init__.py").write_text("")
         (app / "models.py").write_text(MODELS)
+        (tmp_path / "rt_urls.py").write_text("urlpatterns = []\n")
         (tmp_path / "rt_settings.py").write_text(
             SETTINGS.format(name=self.database, extra=textwrap.dedent(extra_settings))
         )

@@ -14,7 +14,8 @@ from customers.models import Contract, Country, Customer
 from pubsubpull import feed
 from pubsubpull.api.auth import create_token
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# ledger.entry is published from the second database ("other").
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 
 # Bounded: the whole fuzz run stays within a few seconds.
 EXAMPLES_PER_OPERATION = 25

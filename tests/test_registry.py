@@ -28,6 +28,7 @@ def test_registrations_know_what_they_publish():
         "customers.contract",
         "customers.country",
         "customers.customer",
+        "ledger.entry",
     ]
 
 
