@@ -27,7 +27,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.text import capfirst
 
-from .models import Change, Request
+from .models import Change, Request, ServiceToken
 from .registry import registrations
 
 # How many changes a history page or a request page shows before linking to
@@ -354,3 +354,42 @@ class HistoryMixin:
 
 def _label_of(model: type[models.Model]) -> str:
     return model._meta.concrete_model._meta.label_lower
+
+
+@admin.register(ServiceToken)
+class ServiceTokenAdmin(admin.ModelAdmin):
+    """Service tokens: create one here (its text is shown once) or with ``pubsubpull_token``."""
+
+    list_display = ["name", "prefix", "scope", "is_active", "created", "last_used"]
+    list_filter = ["is_active"]
+    search_fields = ["name", "prefix"]
+    readonly_fields = ["prefix", "created", "last_used"]
+    fields = ["name", "scope", "is_active", "prefix", "created", "last_used"]
+    actions = ["revoke", "reactivate"]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            from django.contrib import messages
+
+            from .api.auth import hash_token, new_token
+
+            token = new_token()
+            obj.key_hash, obj.prefix = hash_token(token), token[:12]
+            super().save_model(request, obj, form, change)
+            messages.warning(
+                request,
+                f"The token for {obj.name} is {token} — copy it now: only its hash is "
+                "stored, so it cannot be shown again.",
+            )
+            return
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request, queryset):
+        count = queryset.update(is_active=False)
+        self.message_user(request, f"Revoked {count} token(s).")
+
+    @admin.action(description="Reactivate the selected tokens")
+    def reactivate(self, request, queryset):
+        count = queryset.update(is_active=True)
+        self.message_user(request, f"Reactivated {count} token(s).")
