@@ -31,7 +31,7 @@ class Subscription(models.Model):
         help_text="Who created it (e.g. token:3 or user:7); only they see or change it.",
     )
     name = models.CharField(max_length=100)
-    callback = models.URLField(max_length=2000)
+    callback = models.CharField(max_length=2000, help_text="Checked by the SSRF guard.")
     model_labels = ArrayField(
         models.CharField(max_length=200), help_text="The models it follows (labels)."
     )
