@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from django.db import connection
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from customers.models import Customer
@@ -203,3 +204,18 @@ def test_secret_rotation_signs_with_both_during_the_grace_period(fast):
         [request] = receiver.requests
         for secret in (first.secret, rotated.secret):
             Webhook(secret).verify(request.body, request.headers)
+
+
+def test_unsubscribing_while_a_batch_is_in_flight_is_clean(fast):
+    def answer(received, n):
+        # The subscriber unsubscribes while its notification is being PUT.
+        Subscription.objects.all().delete()
+        connection.close()  # this is the receiver's thread
+        return Answer()
+
+    with Receiver(answer) as receiver:
+        subscription = make_subscription(receiver.url()).subscription
+        Customer.objects.create(name="Ada")
+        assert drain(subscription.pk) == "lost"
+        assert len(receiver.requests) == 1
+    assert not Attempt.objects.exists()

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from django.db import connection
+from django.db import IntegrityError, connection
 
 from .. import __version__, conf
 from . import batch, guard, signing
@@ -101,8 +101,10 @@ _ATTEMPT_SQL = """
 attempt AS (
     INSERT INTO pubsubpull_attempt (subscription_id, at, webhook_id, changes, first_change_id,
                                     last_change_id, status, duration, error, response, worker)
-    VALUES (%(id)s, %(at)s, %(batch)s, %(count)s, %(first)s, %(last)s, %(status)s,
-            %(duration)s, %(error)s, %(response)s, %(owner)s)
+    -- From the subscription row, so an unsubscribe meanwhile records nothing.
+    SELECT id, %(at)s, %(batch)s, %(count)s, %(first)s, %(last)s, %(status)s,
+           %(duration)s, %(error)s, %(response)s, %(owner)s
+    FROM pubsubpull_subscription WHERE id = %(id)s
 )
 SELECT count(*) FROM updated
 """
@@ -159,15 +161,38 @@ WITH updated AS (
 )
 
 
+class Unsubscribed(Exception):
+    """The subscription was deleted while a worker was delivering it."""
+
+
 def _execute(sql: str, params: dict[str, Any]) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall() if cursor.description else []
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+    except IntegrityError as e:  # deleted between our statement's snapshot and its write
+        raise Unsubscribed(params.get("id")) from e
+
+
+# A wake that finds the subscription paused, disabled or not yet due is used
+# up: clear its flag so the next change can wake it again. (A holder's flag
+# stays: the holder drains again when it lets go.)
+_SPENT_WAKE_SQL = """
+UPDATE pubsubpull_subscription
+SET wake_requested_at = NULL
+WHERE id = %(id)s AND (lease_expires IS NULL OR lease_expires < now())
+RETURNING state IN ('active', 'failing') AND next_attempt_at <= now()
+"""
 
 
 def claim(subscription_id: int, owner: str) -> Claimed | None:
     """Take the subscription for ``owner`` if it is due and nobody holds it."""
-    rows = _execute(_CLAIM_SQL, {"id": subscription_id, "owner": owner, "lease": conf.get("LEASE")})
+    params = {"id": subscription_id, "owner": owner, "lease": conf.get("LEASE")}
+    rows = _execute(_CLAIM_SQL, params)
+    if not rows:
+        spent = _execute(_SPENT_WAKE_SQL, params)
+        if spent and spent[0][0]:  # it became due meanwhile (resumed, say)
+            rows = _execute(_CLAIM_SQL, params)
     if not rows:
         return None
     (id_, name, callback, models, size, ptx, pid, pbatch, pendtx, pendid, pcount, secret, previous,
@@ -300,6 +325,8 @@ def deliver_batch(sub: Claimed, owner: str) -> str:
     """
     try:
         return _deliver_batch(sub, owner)
+    except Unsubscribed:
+        return "lost"
     except batch.CursorExpired:
         _execute(_EXPIRED_SQL, {"id": sub.id, "owner": owner})
         logger.warning("Subscription %s fell behind the pruned change log: disabled", sub.name)
