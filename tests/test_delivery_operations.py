@@ -14,10 +14,9 @@ from django.utils import timezone
 from customers.models import Customer
 from pubsubpull import feed
 from pubsubpull.delivery.attempts import prune_attempts
-from pubsubpull.delivery.deliver import drain
 from pubsubpull.delivery.models import Attempt, Subscription
 
-from .delivery_helpers import make_subscription, use_fast_settings
+from .delivery_helpers import drain_settled, make_subscription, use_fast_settings
 from .receivers import Receiver
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,7 +43,7 @@ def test_pause_resume_and_replay_from_the_admin(staff):
     with Receiver() as receiver:
         subscription = make_subscription(receiver.url()).subscription
         Customer.objects.create(name="Ada")
-        assert drain(subscription.pk) == "caught_up"
+        assert drain_settled(subscription.pk) == "caught_up"
 
         page = staff.get(CHANGELIST)
         assert page.status_code == 200 and b"billing" in page.content
@@ -54,24 +53,24 @@ def test_pause_resume_and_replay_from_the_admin(staff):
         action(staff, "pause", subscription)
         assert Subscription.objects.get().state == "paused"
         Customer.objects.create(name="Grace")
-        assert drain(subscription.pk) == "busy"
+        assert drain_settled(subscription.pk) == "busy"
         action(staff, "resume", subscription)
         assert Subscription.objects.get().state == "active"
-        assert drain(subscription.pk) == "caught_up"
+        assert drain_settled(subscription.pk) == "caught_up"
 
         # Replay from a time: everything since then comes again, in order.
         form = action(staff, "replay", subscription)
         assert b"Replay" in form.content
         since = (timezone.now() - timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
         action(staff, "replay", subscription, apply="1", since=since)
-        assert drain(subscription.pk) == "caught_up"
+        assert drain_settled(subscription.pk) == "caught_up"
         names = [c["new"]["name"] for c in receiver.accepted_changes()]
         assert names == ["Ada", "Grace", "Ada", "Grace"]
 
         # Replay from a cursor: after Ada.
         ada = feed.read_changes(None, 1, ["customers.customer"]).changes[0]
         action(staff, "replay", subscription, apply="1", cursor=ada.cursor)
-        assert drain(subscription.pk) == "caught_up"
+        assert drain_settled(subscription.pk) == "caught_up"
         assert [c["new"]["name"] for c in receiver.accepted_changes()][4:] == ["Grace"]
 
         bad = action(staff, "replay", subscription, apply="1", cursor="nonsense")
@@ -99,11 +98,11 @@ def test_old_attempts_are_pruned(settings):
     with Receiver() as receiver:
         subscription = make_subscription(receiver.url()).subscription
         Customer.objects.create(name="Ada")
-        drain(subscription.pk)
+        drain_settled(subscription.pk)
     Attempt.objects.update(at=timezone.now() - timedelta(days=30))
     Customer.objects.create(name="Grace")
     with Receiver() as receiver:
         Subscription.objects.update(callback=receiver.url())
-        drain(subscription.pk)
+        drain_settled(subscription.pk)
     assert prune_attempts() == 1
     assert Attempt.objects.count() == 1

@@ -11,10 +11,9 @@ from standardwebhooks import Webhook
 from customers.models import Customer
 from pubsubpull import feed
 from pubsubpull.api.auth import create_token
-from pubsubpull.delivery.deliver import drain
 from pubsubpull.delivery.models import Subscription
 
-from .delivery_helpers import use_fast_settings
+from .delivery_helpers import drain_settled, settle, use_fast_settings
 from .receivers import Receiver
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -69,7 +68,7 @@ def test_subscribe_inspect_and_unsubscribe(billing, receiver):
     assert state["state"] == "active" and state["lag"]["changes"] == 2
     assert state["last_attempt"] is None and "secret" not in state
 
-    assert drain(Subscription.objects.get().pk) == "caught_up"
+    assert drain_settled(Subscription.objects.get().pk) == "caught_up"
     [request] = receiver.requests
     Webhook(secret).verify(request.body, request.headers)
     state = billing.get().json()
@@ -90,15 +89,16 @@ def test_subscribe_inspect_and_unsubscribe(billing, receiver):
 
 def test_start_now_skips_the_past_and_a_cursor_starts_after_it(billing, receiver):
     Customer.objects.create(name="Before")
+    settle()  # "now" is the fence: changes of transactions that have all ended
     assert billing.put(body(receiver)).status_code == 201  # start: now
     Customer.objects.create(name="After")
-    drain(Subscription.objects.get().pk)
+    drain_settled(Subscription.objects.get().pk)
     assert [c["new"]["name"] for c in receiver.accepted_changes()] == ["After"]
 
     first = feed.read_changes(None, 1, ["customers.customer"]).changes[0]
     response = billing.put(body(receiver, start=first.cursor))
     assert response.status_code == 200
-    drain(Subscription.objects.get().pk)
+    drain_settled(Subscription.objects.get().pk)
     assert [c["new"]["name"] for c in receiver.accepted_changes()][1:] == ["After"]
 
 
@@ -109,7 +109,7 @@ def test_rotating_the_secret_returns_a_new_one_and_both_sign_for_a_while(billing
     new = rotated.json()["secret"]
     assert new != old and rotated.json()["previous_secret_expires"]
     Customer.objects.create(name="Ada")
-    drain(Subscription.objects.get().pk)
+    drain_settled(Subscription.objects.get().pk)
     [request] = receiver.requests
     Webhook(old).verify(request.body, request.headers)
     Webhook(new).verify(request.body, request.headers)
@@ -208,7 +208,7 @@ def test_a_bad_name_is_400_and_other_verbs_are_405(billing, receiver):
 def test_updating_keeps_the_position_unless_start_is_given(billing, receiver):
     billing.put(body(receiver, start="beginning"))
     Customer.objects.create(name="Ada")
-    drain(Subscription.objects.get().pk)
+    drain_settled(Subscription.objects.get().pk)
     position = billing.get().json()["position"]
     changed = billing.put(body(receiver, batch_size=7))
     assert changed.status_code == 200
