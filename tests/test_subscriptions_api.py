@@ -127,6 +127,7 @@ def test_subscriptions_belong_to_their_caller(billing, receiver):
     assert Subscription.objects.count() == 2
 
 
+@pytest.mark.django_db  # nothing to commit: validation only
 def test_a_model_the_caller_may_not_read_is_403_and_creates_nothing(billing, receiver):
     response = billing.put(body(receiver, models=["customers.contract"]))
     assert response.status_code == 403
@@ -134,12 +135,14 @@ def test_a_model_the_caller_may_not_read_is_403_and_creates_nothing(billing, rec
     assert not Subscription.objects.exists()
 
 
+@pytest.mark.django_db  # nothing to commit: validation only
 def test_no_credentials_is_401(receiver):
     assert Api().put(body(receiver)).status_code == 401
     assert Api("psp_wrong").get().status_code == 401
     assert not Subscription.objects.exists()
 
 
+@pytest.mark.django_db  # nothing to commit: validation only
 @pytest.mark.parametrize(
     "payload, field",
     [
@@ -182,6 +185,7 @@ def test_bad_bodies_are_400_and_create_nothing(billing, receiver, payload, field
     assert not Subscription.objects.exists()
 
 
+@pytest.mark.django_db  # nothing to commit: validation only
 @pytest.mark.parametrize(
     "text, code",
     [
@@ -198,6 +202,7 @@ def test_unreadable_or_huge_bodies_are_400(billing, text, code):
     assert not Subscription.objects.exists()
 
 
+@pytest.mark.django_db  # nothing to commit: validation only
 def test_a_bad_name_is_400_and_other_verbs_are_405(billing, receiver):
     response = billing.put(body(receiver), url="/pubsubpull/subscriptions/-bad/")
     assert response.status_code == 400 and response.json()["error"] == "invalid_name"
