@@ -254,3 +254,17 @@ def lag(subscription: Subscription) -> dict[str, Any]:
         count, oldest = cursor.fetchone()
     seconds = (timezone.now() - oldest).total_seconds() if oldest else 0.0
     return {"changes": count, "seconds": round(max(seconds, 0.0), 3)}
+
+
+def oldest_needed_position() -> feed.Position | None:
+    """The oldest feed position any subscription still needs, or None without any.
+
+    Pruning the change log must keep every change after it: a disabled
+    subscription keeps its backlog too, to resume in order when re-enabled.
+    """
+    oldest = (
+        Subscription.objects.order_by("position_txid", "position_id")
+        .values_list("position_txid", "position_id")
+        .first()
+    )
+    return None if oldest is None else feed.Position(*oldest)
