@@ -244,8 +244,8 @@ def test_fuzzing_the_subscription_endpoints_finds_no_server_error(live_server, s
     import httpx
     import schemathesis
     from hypothesis import HealthCheck, given
-    from schemathesis.checks import positive_data_acceptance
     from hypothesis import settings as hypothesis_settings
+    from schemathesis.checks import positive_data_acceptance
 
     use_fast_settings(settings)
     token = create_token("fuzz", ["*"])[1]
