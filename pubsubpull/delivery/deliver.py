@@ -201,7 +201,7 @@ def claim(subscription_id: int, owner: str) -> Claimed | None:
         id=id_,
         name=name,
         callback=callback,
-        models=list(models),
+        models=json.loads(models) if isinstance(models, str) else list(models),
         batch_size=size,
         position=batch.Position(ptx, pid),
         pending_batch=pbatch,
