@@ -32,7 +32,7 @@ def fast(settings):
 
 
 def feed_ids(models=("customers.customer",)):
-    return [c["id"] for c in batch.read(batch.Position(0, 0), 10_000, list(models)).changes]
+    return [c.id for c in batch.read(batch.Position(0, 0), 10_000, list(models)).changes]
 
 
 def test_a_billing_service_is_told_about_new_customers(fast):

@@ -300,21 +300,19 @@ def backoff(failures: int, retry_after: float | None = None) -> float:
     return delay
 
 
-def _payload(sub: Claimed, changes: list[dict[str, Any]], following: batch.Position) -> bytes:
-    return json.dumps(
+def _payload(sub: Claimed, page: batch.Batch, following: batch.Position) -> bytes:
+    # The changes are the feed's own JSON text: their old/new are not decoded
+    # and encoded again for every subscription.
+    head = json.dumps(
         {
             "type": "pubsubpull.changes",
-            "timestamp": changes[-1]["at"],
-            "data": {
-                "subscription": sub.name,
-                "cursor": following.encode(),
-                "changes": changes,
-            },
+            "timestamp": page.changes[-1].at_text,
+            "data": {"subscription": sub.name, "cursor": following.encode()},
         },
         separators=(",", ":"),
         ensure_ascii=False,
-        default=str,
-    ).encode()
+    )
+    return (head[:-2] + ',"changes":' + page.changes_json() + "}}").encode()
 
 
 def deliver_batch(sub: Claimed, owner: str) -> str:
@@ -394,7 +392,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
         sub.pending_batch, sub.pending, sub.pending_count = webhook_id, following, len(changes)
 
     now = datetime.now(UTC)
-    body = _payload(sub, changes, following)
+    body = _payload(sub, page, following)
     headers = {
         "content-type": "application/json",
         "webhook-id": webhook_id,
@@ -409,8 +407,8 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
         "at": now,
         "batch": webhook_id,
         "count": len(changes),
-        "first": changes[0]["id"] if changes else None,
-        "last": changes[-1]["id"] if changes else None,
+        "first": changes[0].id,
+        "last": changes[-1].id,
         "status": response.status,
         "duration": timedelta(seconds=response.duration),
         "error": response.error,
