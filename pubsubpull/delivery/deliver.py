@@ -53,6 +53,7 @@ class Claimed:
     pending_count: int
     secrets: list[str]
     failures: int
+    woken: bool = False  # a wake came while we held it (set when letting go)
 
 
 _CLAIM_SQL = """
@@ -76,9 +77,15 @@ RETURNING s.id, s.name, s.callback, s.model_labels, s.batch_size,
           s.failures
 """
 
+# Letting go also records how far an empty read skipped (past other models'
+# changes), so the next read does not scan them again.
 _RELEASE_SQL = """
 UPDATE pubsubpull_subscription
-SET lease_owner = '', lease_expires = NULL
+SET lease_owner = '', lease_expires = NULL,
+    position_txid = CASE WHEN pending_batch = '' AND (position_txid, position_id)
+        < (%(txid)s, %(pid)s) THEN %(txid)s ELSE position_txid END,
+    position_id = CASE WHEN pending_batch = '' AND (position_txid, position_id)
+        < (%(txid)s, %(pid)s) THEN %(pid)s ELSE position_id END
 WHERE id = %(id)s AND lease_owner = %(owner)s
 RETURNING wake_requested_at IS NOT NULL
 """
@@ -90,13 +97,6 @@ SET pending_batch = %(batch)s, pending_txid = %(txid)s, pending_id = %(pid)s,
 WHERE id = %(id)s AND lease_owner = %(owner)s
 """
 
-_SKIP_SQL = """
-UPDATE pubsubpull_subscription
-SET position_txid = %(txid)s, position_id = %(pid)s
-WHERE id = %(id)s AND lease_owner = %(owner)s AND pending_batch = ''
-  AND (position_txid, position_id) < (%(txid)s, %(pid)s)
-"""
-
 _ATTEMPT_SQL = """
 attempt AS (
     INSERT INTO pubsubpull_attempt (subscription_id, at, webhook_id, changes, first_change_id,
@@ -106,12 +106,20 @@ attempt AS (
            %(duration)s, %(error)s, %(response)s, %(owner)s
     FROM pubsubpull_subscription WHERE id = %(id)s
 )
-SELECT count(*) FROM updated
 """
 
 _SUCCESS_SQL = (
     """
-WITH updated AS (
+WITH more AS MATERIALIZED (
+    -- Any committed change past the new position (behind the fence or not)?
+    -- If none, the subscription is caught up and is let go in this statement;
+    -- a change committed later wakes it by its own notification.
+    SELECT EXISTS (
+        SELECT 1 FROM pubsubpull_change
+        WHERE (txid, id) > (%(txid)s, %(pid)s) AND model = ANY(%(models)s)
+    ) AS more
+),
+updated AS (
     UPDATE pubsubpull_subscription
     SET position_txid = %(txid)s, position_id = %(pid)s,
         pending_batch = '', pending_txid = NULL, pending_id = NULL, pending_count = 0,
@@ -120,12 +128,16 @@ WITH updated AS (
         state = CASE WHEN state = 'failing' THEN 'active' ELSE state END,
         state_reason = CASE WHEN state = 'failing' THEN '' ELSE state_reason END,
         next_attempt_at = now(), last_attempt_at = now(), last_success_at = now(),
-        last_error = '', lease_expires = now() + %(lease)s * interval '1 second'
+        last_error = '',
+        lease_owner = CASE WHEN (SELECT more FROM more) THEN lease_owner ELSE '' END,
+        lease_expires = CASE WHEN (SELECT more FROM more)
+                             THEN now() + %(lease)s * interval '1 second' END
     WHERE id = %(id)s AND lease_owner = %(owner)s AND pending_batch = %(batch)s
-    RETURNING id
+    RETURNING wake_requested_at IS NOT NULL AS woken
 ),
 """
     + _ATTEMPT_SQL
+    + "SELECT count(*), coalesce(bool_or(woken), false), (SELECT more FROM more) FROM updated"
 )
 
 # A failure keeps the pending batch (same changes, same webhook-id next time),
@@ -158,6 +170,7 @@ WITH updated AS (
 ),
 """
     + _ATTEMPT_SQL
+    + "SELECT count(*) FROM updated"
 )
 
 
@@ -212,9 +225,10 @@ def claim(subscription_id: int, owner: str) -> Claimed | None:
     )
 
 
-def release(subscription_id: int, owner: str) -> bool:
+def release(sub: Claimed, owner: str) -> bool:
     """Give the subscription up; True if a wake was requested while we held it."""
-    rows = _execute(_RELEASE_SQL, {"id": subscription_id, "owner": owner})
+    params = {"id": sub.id, "owner": owner, "txid": sub.position.txid, "pid": sub.position.id}
+    rows = _execute(_RELEASE_SQL, params)
     return bool(rows and rows[0][0])
 
 
@@ -318,8 +332,9 @@ def _payload(sub: Claimed, page: batch.Batch, following: batch.Position) -> byte
 def deliver_batch(sub: Claimed, owner: str) -> str:
     """Send the subscription's next batch once.
 
-    Returns ``sent``, ``caught_up``, ``held_back`` (changes wait behind an
-    older open transaction), ``failed`` or ``lost`` (the lease ran out).
+    Returns ``sent``, ``done`` (sent, caught up and let go), ``caught_up``,
+    ``held_back`` (changes wait behind an older open transaction), ``failed``
+    or ``lost`` (the lease ran out).
     """
     try:
         return _deliver_batch(sub, owner)
@@ -367,11 +382,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
         page = batch.read(sub.position, sub.batch_size, sub.models)
         if not page.changes:
             if page.next > sub.position:
-                _execute(
-                    _SKIP_SQL,
-                    {"id": sub.id, "owner": owner, "txid": page.next.txid, "pid": page.next.id},
-                )
-                sub.position = page.next
+                sub.position = page.next  # recorded when the lease is let go
             return "held_back" if page.held_back else "caught_up"
         changes, following = page.changes, page.next
         webhook_id = f"msg_{uuid.uuid4().hex}"
@@ -415,13 +426,16 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
         "response": response.body,
     }
     if ok:
-        params.update(txid=following.txid, pid=following.id, lease=conf.get("LEASE"))
-        updated = _execute(_SUCCESS_SQL, params)[0][0]
+        params.update(
+            txid=following.txid, pid=following.id, lease=conf.get("LEASE"), models=sub.models
+        )
+        updated, sub.woken, more = _execute(_SUCCESS_SQL, params)[0]
         if not updated:
             return "lost"
+        done = not more  # caught up, and let go in the same statement
         sub.position, sub.pending_batch, sub.pending, sub.pending_count = following, "", None, 0
         sub.failures = 0
-        return "sent"
+        return "done" if done else "sent"
     delay = backoff(sub.failures + 1, response.retry_after)
     disable_after = conf.get("DISABLE_AFTER")
     params.update(
@@ -462,15 +476,15 @@ def drain(subscription_id: int, budget: float = 10.0) -> str:
         try:
             outcome = _drain_claimed(sub, owner, deadline)
         finally:
-            # A failure has released the lease already.
-            woken = outcome != "failed" and release(sub.id, owner)
+            # "done" let go with the last acknowledgement, "failed" with the failure.
+            woken = sub.woken if outcome == "done" else outcome != "failed" and release(sub, owner)
         if outcome == "more" or (woken and time.monotonic() >= deadline):
             from .wake import wake_subscriptions
 
             wake_subscriptions([sub.id], force=True)
             return "more"
         if not woken:
-            return outcome
+            return "caught_up" if outcome == "done" else outcome
 
 
 def _drain_claimed(sub: Claimed, owner: str, deadline: float) -> str:
