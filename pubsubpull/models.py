@@ -255,3 +255,6 @@ class ServiceToken(models.Model):
 
     def can_read(self, label: str) -> bool:
         return self.is_active and ("*" in self.scope or label in self.scope)
+
+
+from .delivery.models import Attempt, Subscription  # noqa: E402, F401  (subscriptions)

@@ -5,7 +5,7 @@ path("pubsubpull/", include("pubsubpull.urls")),
 
 from django.urls import path, register_converter
 
-from .api import views
+from .api import subscriptions, views
 
 
 class PrimaryKeyConverter:
@@ -30,4 +30,6 @@ urlpatterns = [
     path("changes/", views.changes, name="changes"),
     path("models/<str:model>/instances/", views.instances, name="instances"),
     path("models/<str:model>/instances/<pubsubpull_pk:pk>/", views.instance, name="instance"),
+    path("subscriptions/", subscriptions.collection, name="subscriptions"),
+    path("subscriptions/<str:name>/", subscriptions.subscription, name="subscription"),
 ]

@@ -7,6 +7,7 @@ same server, PUBLISHER_OTHER_DB_NAME (default: PUBLISHER_DB_NAME + "_other");
 migrate it with ``manage.py migrate --database other``.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -25,6 +26,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_tasks_db",
     "pubsubpull",
     "customers",
     "ledger",
@@ -73,7 +75,14 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 STATIC_URL = "static/"
 
+# Delivery jobs go to the database queue; pubsubpull_worker runs them.
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+
 PUBSUBPULL = {
     # auth.User is published too; its trigger migration lives in customers.
     "MIGRATIONS_APP": "customers",
+    # The test receivers (and the subscriber service) listen on loopback.
+    "CALLBACK_ALLOW": ["127.0.0.1", "localhost", "::1"],
 }
+# Worker processes started by the tests get their short timings this way.
+PUBSUBPULL.update(json.loads(os.environ.get("PUBSUBPULL_OVERRIDES", "{}")))
