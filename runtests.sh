@@ -29,6 +29,13 @@ run_leg() {  # run_leg DIR PYTHON DJANGO-REQUIREMENT [pytest args]
     "$dir/bin/python" -m pytest "$@"
 }
 
+# Redis for the django-tasks-rq delivery test: start it when installed but down.
+if command -v redis-server >/dev/null 2>&1 && ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+    echo "runtests: starting redis-server on 127.0.0.1:6379" >&2
+    redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save '' --appendonly no >/dev/null
+    for _ in $(seq 20); do (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break; sleep 0.1; done
+fi
+
 python311=$(find_python 3.11)
 python311=${python311:-python3}
 run_leg .venv "$python311" "Django>=5.2,<5.3" "$@"

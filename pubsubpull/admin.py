@@ -393,3 +393,7 @@ class ServiceTokenAdmin(admin.ModelAdmin):
     def reactivate(self, request, queryset):
         count = queryset.update(is_active=True)
         self.message_user(request, f"Reactivated {count} token(s).")
+
+
+# Subscriptions and their delivery attempts.
+from .delivery import admin as _delivery_admin  # noqa: E402, F401

@@ -438,6 +438,11 @@ _ARM_SQL = (
     "setval('pubsubpull_wakeup_armed_at', extract(epoch FROM now())::bigint), "
     "pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
 )
+# A process that listens all the time (pubsubpull_worker) runs this every few
+# seconds instead: writers notify while its stamp is under 30 s old.
+STAY_AWAKE_SQL = "SELECT setval('pubsubpull_wakeup_always_at', extract(epoch FROM now())::bigint)"
+STAY_AWAKE_EVERY = 5.0
+
 _DISARM_SQL = (
     "SELECT setval('pubsubpull_wakeup_disarmed', %(n)s) "
     "WHERE %(n)s > (SELECT last_value FROM pubsubpull_wakeup_disarmed)"

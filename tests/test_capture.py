@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 from django.db import connection, transaction
 
 from customers.models import Address, Contract, Country, Customer, InternalNote
+from pubsubpull.feed import STAY_AWAKE_SQL
 from pubsubpull.models import Change, ChangeLogIsReadOnly, Request
 
 pytestmark = pytest.mark.django_db
@@ -252,8 +253,9 @@ def test_listeners_are_notified_once_per_transaction_not_per_row(raw_connection)
         def disarm(number):
             listener.execute("SELECT setval('pubsubpull_wakeup_disarmed', %s)", [number])
 
-        # What earlier tests' sleepers armed is spent.
+        # What earlier tests' sleepers and workers armed is spent.
         disarm(listener.execute("SELECT last_value FROM pubsubpull_wakeup_armed").fetchone()[0])
+        listener.execute("SELECT setval('pubsubpull_wakeup_always_at', 1)")
 
         # Nobody waits: writers send no NOTIFY (it would serialise their commits).
         Customer.objects.create(name="unheard")
@@ -275,3 +277,8 @@ def test_listeners_are_notified_once_per_transaction_not_per_row(raw_connection)
         disarm(number)
         Customer.objects.filter(name="c2").update(newsletter=False)
         assert received(0.5) == []
+
+        # A worker listening all the time keeps writers notifying.
+        listener.execute(STAY_AWAKE_SQL)
+        Customer.objects.filter(name="c3").update(newsletter=False)
+        assert received() == ["customers.customer"]

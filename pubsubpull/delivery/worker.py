@@ -28,7 +28,7 @@ from collections.abc import Callable
 import psycopg
 from django.db import close_old_connections, connection, transaction
 
-from .. import conf
+from .. import conf, feed
 from . import tasks, wake
 
 logger = logging.getLogger("pubsubpull.delivery")
@@ -105,10 +105,16 @@ class Worker:
                     # Notifications sent while we were not listening are lost:
                     # sweep first.
                     next_sweep = 0.0
+                    # Writers notify only while a listener asks them to.
+                    listener.execute(feed.STAY_AWAKE_SQL)
+                    next_stamp = time.monotonic() + feed.STAY_AWAKE_EVERY
                     self.ready.set()
                     backoff = 0.1
                     while not self.stop.is_set():
                         now = time.monotonic()
+                        if now >= next_stamp:
+                            listener.execute(feed.STAY_AWAKE_SQL)
+                            next_stamp = now + feed.STAY_AWAKE_EVERY
                         if now >= next_sweep:
                             self._enqueued(wake.sweep())
                             next_sweep = now + self.sweep_interval

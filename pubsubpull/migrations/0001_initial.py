@@ -153,8 +153,8 @@ class Migration(migrations.Migration):
             sql=[function_sql(1)],
             reverse_sql=[
                 "DROP FUNCTION IF EXISTS pubsubpull_capture()",
-                "DROP SEQUENCE IF EXISTS pubsubpull_wakeup_armed, pubsubpull_wakeup_armed_at, "
-                "pubsubpull_wakeup_disarmed",
+                "DROP SEQUENCE IF EXISTS pubsubpull_wakeup_always_at, pubsubpull_wakeup_armed, "
+                "pubsubpull_wakeup_armed_at, pubsubpull_wakeup_disarmed",
             ],
         ),
     ]

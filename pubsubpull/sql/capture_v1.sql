@@ -13,13 +13,17 @@
 -- and stamp "armed_at" (epoch seconds); a listener woken by a NOTIFY moves
 -- "disarmed" up to the numbers its sleepers took. Writers notify only while
 -- armed > disarmed and the last arm is under 30 s old (sleepers re-arm every
--- few seconds; an arm left by a process that died expires). Sequences are
--- read outside MVCC, so a writer sees an arm at once whatever its isolation.
+-- few seconds; an arm left by a process that died expires). A worker that
+-- listens all the time (pubsubpull_worker) stamps "always_at" instead, every
+-- few seconds: writers notify while that stamp is under 30 s old. Sequences
+-- are read outside MVCC, so a writer sees an arm at once whatever its
+-- isolation.
+CREATE SEQUENCE IF NOT EXISTS pubsubpull_wakeup_always_at;
 CREATE SEQUENCE IF NOT EXISTS pubsubpull_wakeup_armed;
 CREATE SEQUENCE IF NOT EXISTS pubsubpull_wakeup_armed_at;
 CREATE SEQUENCE IF NOT EXISTS pubsubpull_wakeup_disarmed;
-SELECT setval('pubsubpull_wakeup_armed', 1), setval('pubsubpull_wakeup_armed_at', 1),
-       setval('pubsubpull_wakeup_disarmed', 1);
+SELECT setval('pubsubpull_wakeup_always_at', 1), setval('pubsubpull_wakeup_armed', 1),
+       setval('pubsubpull_wakeup_armed_at', 1), setval('pubsubpull_wakeup_disarmed', 1);
 
 CREATE OR REPLACE FUNCTION pubsubpull_capture() RETURNS trigger
 LANGUAGE plpgsql
@@ -111,10 +115,11 @@ BEGIN
     -- notifying writers cannot share WAL flushes (single-row commits ran at
     -- 55-60% of their speed without capture with it, 85% without).
     -- Identical notifications are folded into one per transaction.
-    IF (SELECT last_value FROM pubsubpull_wakeup_armed)
-           > (SELECT last_value FROM pubsubpull_wakeup_disarmed)
-       AND (SELECT last_value FROM pubsubpull_wakeup_armed_at)
-           > extract(epoch FROM now()) - 30 THEN
+    IF (SELECT last_value FROM pubsubpull_wakeup_always_at) > extract(epoch FROM now()) - 30
+       OR ((SELECT last_value FROM pubsubpull_wakeup_armed)
+               > (SELECT last_value FROM pubsubpull_wakeup_disarmed)
+           AND (SELECT last_value FROM pubsubpull_wakeup_armed_at)
+               > extract(epoch FROM now()) - 30) THEN
         PERFORM pg_notify('pubsubpull', model_label);
     END IF;
     RETURN NULL;
