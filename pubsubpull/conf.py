@@ -26,6 +26,9 @@ DEFAULTS: dict[str, Any] = {
     # needs a service token scoped to the model, or a user with its view
     # permission.
     "ANONYMOUS_MODELS": [],
+    # pubsubpull_prune deletes changes older than this (seconds) unless told
+    # --older-than; never one a subscription has not received.
+    "RETENTION": 30 * 24 * 3600.0,
     # The request header whose value RequestMiddleware stores as the Request's
     # request_id (an id your proxy or client sends to correlate logs), or None.
     "REQUEST_ID_HEADER": "X-Request-ID",

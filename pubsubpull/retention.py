@@ -1,0 +1,115 @@
+"""Pruning: old changes, the requests they belonged to, and old delivery attempts.
+
+Changes go oldest first in feed order, in batches of short transactions, so
+no long lock is held and the feed keeps serving. A change is kept while any
+subscription (active, failing, paused or disabled: each keeps its backlog)
+has not received it, and while a transaction older than it may still be
+running. The feed's horizon (``sql/horizon_v1.sql``) follows the deletes, so a
+cursor from before the pruned range answers 410 and its reader re-snapshots.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import connections, transaction
+from django.utils import timezone
+
+from . import conf
+from .delivery.attempts import prune_attempts
+from .delivery.subscriptions import oldest_needed_position
+
+MAX_ID = 9223372036854775807
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str) -> timedelta:
+    """``"30d"``, ``"12h"``, ``"90m"``, ``"3600s"`` or ``"2w"`` as a timedelta."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(
+            f"{text!r} is not an age: use a number and a unit, e.g. 30d, 12h, 90m, 3600s, 2w."
+        )
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+# One batch: the oldest changes in feed order that every subscription has
+# received and no running transaction can precede, up to the first one that
+# is not old enough (a prefix, so the pruned range has no holes).
+_BATCH_SQL = """
+WITH batch AS (
+    SELECT id, txid, at FROM pubsubpull_change
+    WHERE (txid, id) <= (%(keep_txid)s, %(keep_id)s)
+      AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+    ORDER BY txid, id
+    LIMIT %(batch)s
+),
+prefix AS (
+    SELECT id FROM (
+        SELECT id, bool_and(at < %(cutoff)s) OVER (ORDER BY txid, id) AS old FROM batch
+    ) AS b
+    WHERE old
+)
+DELETE FROM pubsubpull_change AS c USING prefix WHERE c.id = prefix.id
+"""
+
+_REQUESTS_SQL = """
+DELETE FROM pubsubpull_request WHERE id IN (
+    SELECT r.id FROM pubsubpull_request AS r
+    WHERE r.started < %(cutoff)s
+      AND NOT EXISTS (SELECT 1 FROM pubsubpull_change AS c WHERE c.request_id = r.id)
+    LIMIT %(batch)s
+)
+"""
+
+
+@dataclass
+class Pruned:
+    changes: int = 0
+    requests: int = 0
+    attempts: int = 0
+
+
+def prune(
+    older_than: timedelta | None = None,
+    *,
+    batch_size: int = 10_000,
+    using: str = "default",
+    progress: Callable[[Pruned], None] | None = None,
+) -> Pruned:
+    """Delete changes older than ``older_than`` (default: the RETENTION setting).
+
+    Returns how many changes, requests and attempts went. ``progress`` is
+    called after each batch.
+    """
+    if older_than is None:
+        older_than = timedelta(seconds=conf.get("RETENTION"))
+    cutoff: datetime = timezone.now() - older_than
+    keep = oldest_needed_position()
+    keep_txid, keep_id = (keep.txid, keep.id) if keep is not None else (MAX_ID, MAX_ID)
+    result = Pruned()
+    params = {
+        "cutoff": cutoff,
+        "batch": batch_size,
+        "keep_txid": keep_txid,
+        "keep_id": keep_id,
+    }
+    for sql, attribute in ((_BATCH_SQL, "changes"), (_REQUESTS_SQL, "requests")):
+        while True:
+            with transaction.atomic(using=using), connections[using].cursor() as cursor:
+                cursor.execute(sql, params)
+                deleted = cursor.rowcount
+            setattr(result, attribute, getattr(result, attribute) + deleted)
+            if progress:
+                progress(result)
+            if deleted < batch_size:
+                break
+    result.attempts = prune_attempts()
+    if progress:
+        progress(result)
+    return result
