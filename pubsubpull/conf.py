@@ -26,6 +26,11 @@ DEFAULTS: dict[str, Any] = {
     # needs a service token scoped to the model, or a user with its view
     # permission.
     "ANONYMOUS_MODELS": [],
+    # The health endpoint calls a worker stale when its heartbeat (every few
+    # seconds) is older than this, and answers 503 when
+    # HEALTH_REQUIRE_WORKER and no worker is fresh.
+    "HEALTH_WORKER_STALE": 30.0,
+    "HEALTH_REQUIRE_WORKER": True,
     # pubsubpull_prune deletes changes older than this (seconds) unless told
     # --older-than; never one a subscription has not received.
     "RETENTION": 30 * 24 * 3600.0,

@@ -5,7 +5,7 @@ path("pubsubpull/", include("pubsubpull.urls")),
 
 from django.urls import path, register_converter
 
-from .api import subscriptions, views
+from .api import operations, subscriptions, views
 
 
 class PrimaryKeyConverter:
@@ -31,5 +31,7 @@ urlpatterns = [
     path("models/<str:model>/instances/", views.instances, name="instances"),
     path("models/<str:model>/instances/<pubsubpull_pk:pk>/", views.instance, name="instance"),
     path("subscriptions/", subscriptions.collection, name="subscriptions"),
+    path("health/", operations.health, name="health"),
+    path("metrics", operations.metrics, name="metrics"),
     path("subscriptions/<str:name>/", subscriptions.subscription, name="subscription"),
 ]

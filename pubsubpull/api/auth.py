@@ -100,6 +100,12 @@ def _bearer(request) -> str | None:
     return credentials
 
 
+def has_credentials(request) -> bool:
+    """Whether the request carries a bearer token or a logged-in user."""
+    user = getattr(request, "user", None)
+    return _bearer(request) is not None or bool(user is not None and user.is_authenticated)
+
+
 def authenticate(request) -> Caller:
     """The caller of ``request``; raises NotAuthenticated or PermissionDenied (CSRF)."""
     from ..models import ServiceToken

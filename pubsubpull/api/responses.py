@@ -47,14 +47,15 @@ def error_response(status: int, code: str, detail: str, **extra: Any) -> HttpRes
     return response
 
 
-def endpoint(*methods: str):
+def endpoint(*methods: str, public: bool = False):
     """Make a view a pubsubpull endpoint answering only ``methods``.
 
     Any other verb (HEAD, POST, PATCH, OPTIONS, ...) is 405 with ``Allow``.
     Authentication errors and :class:`ApiError` become JSON errors. The view
     runs outside ATOMIC_REQUESTS: its reads are single statements, and a long
     poll must not hold a transaction open. CSRF is checked by
-    :func:`auth.authenticate` for session callers only.
+    :func:`auth.authenticate` for session callers only. A ``public`` endpoint
+    also answers callers without credentials (as anonymous).
     """
     allowed = ", ".join(methods)
 
@@ -70,7 +71,12 @@ def endpoint(*methods: str):
                 response.headers["Allow"] = allowed
                 return response
             try:
-                caller = auth.authenticate(request)
+                try:
+                    caller = auth.authenticate(request)
+                except auth.NotAuthenticated:
+                    if not public or auth.has_credentials(request):
+                        raise
+                    caller = auth.Caller()
                 return view(request, caller, *args, **kwargs)
             except auth.NotAuthenticated as exc:
                 return error_response(401, "not_authenticated", str(exc))

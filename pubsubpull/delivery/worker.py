@@ -21,6 +21,8 @@ subscription row's lease decides who delivers, never the job.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -29,11 +31,17 @@ import psycopg
 from django.db import close_old_connections, connection, transaction
 
 from .. import conf, feed
+from ..models import WorkerHeartbeat
 from . import tasks, wake
 
 logger = logging.getLogger("pubsubpull.delivery")
 
 CHANNEL = "pubsubpull"
+
+_HEARTBEAT_SQL = """
+INSERT INTO pubsubpull_workerheartbeat (name, started, last_seen) VALUES (%s, now(), now())
+ON CONFLICT (name) DO UPDATE SET last_seen = now()
+"""
 
 
 def _uses_database_backend() -> bool:
@@ -64,6 +72,7 @@ class Worker:
         self.stop = threading.Event()
         self.ready = threading.Event()
         self._jobs = threading.Semaphore(0)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._threads: list[threading.Thread] = []
 
     # -- waking ---------------------------------------------------------------
@@ -107,6 +116,7 @@ class Worker:
                     next_sweep = 0.0
                     # Writers notify only while a listener asks them to.
                     listener.execute(feed.STAY_AWAKE_SQL)
+                    self._heartbeat()
                     next_stamp = time.monotonic() + feed.STAY_AWAKE_EVERY
                     self.ready.set()
                     backoff = 0.1
@@ -114,6 +124,7 @@ class Worker:
                         now = time.monotonic()
                         if now >= next_stamp:
                             listener.execute(feed.STAY_AWAKE_SQL)
+                            self._heartbeat()
                             next_stamp = now + feed.STAY_AWAKE_EVERY
                         if now >= next_sweep:
                             self._enqueued(wake.sweep())
@@ -134,7 +145,16 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
         for thread in self._threads:
             thread.join(timeout=conf.get("TIMEOUT") + 5)
+        try:
+            WorkerHeartbeat.objects.filter(name=self.name).delete()
+        except Exception:  # the database may be what stopped us
+            logger.warning("pubsubpull worker: could not remove its heartbeat", exc_info=True)
         connection.close()
+
+    def _heartbeat(self) -> None:
+        """Tell the health endpoint this worker is alive (see WorkerHeartbeat)."""
+        with connection.cursor() as cursor:
+            cursor.execute(_HEARTBEAT_SQL, [self.name])
 
     # -- running jobs (django-tasks-db) --------------------------------------
 
