@@ -501,8 +501,12 @@ class _Listener:
                     backoff = 0.1
                     while not self.stopping.is_set():
                         for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            # Only arms taken before the waiters see this bump
+                            # are spent; a waiter that armed later re-arms
+                            # when it notices the bump (wait_for_changes).
+                            spent = self.armed
                             self._bump()
-                            conn.execute(_DISARM_SQL, {"n": self.armed})
+                            conn.execute(_DISARM_SQL, {"n": spent})
                         if self._idle():
                             self.stopping.set()
             except Exception:
@@ -587,6 +591,7 @@ def wait_for_changes(
     listener.listening.wait(min(max(timeout, 0), 2.0))
     delay = 0.02
     armed_before = None  # after arming: the transactions to outwait
+    armed_generation = None  # the listener's generation when we armed
     while True:
         generation = listener.generation
         page = read_changes(after, limit, models, using=alias)
@@ -604,8 +609,11 @@ def wait_for_changes(
             # no notification, so poll, backing off.
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 1.0)
-        elif armed_before is None:
-            armed_before = listener.arm()  # then read once more before sleeping
+        elif armed_before is None or listener.generation != armed_generation:
+            # Arm (again, if a notification since may have spent it), then
+            # read once more before sleeping.
+            armed_generation = listener.generation
+            armed_before = listener.arm()
         else:
             armed_before = None  # a notification spends the arm: take another
             listener.wait(generation, min(_SAFETY_POLL, remaining))
