@@ -15,6 +15,44 @@ DEFAULTS: dict[str, Any] = {
     # installed packages (auth.User, say). Models of your own apps get theirs
     # in their own app's migrations.
     "MIGRATIONS_APP": None,
+    # Subscriptions (pubsubpull.delivery). Times are in seconds.
+    #
+    # Callbacks may not resolve to private, loopback, link-local, multicast
+    # or cloud-metadata addresses unless listed here, as host names
+    # ("billing.internal"), addresses or networks ("10.0.0.0/8").
+    "CALLBACK_ALLOW": [],
+    # Changes per PUT unless a subscription asks for another batch_size, at
+    # most MAX_BATCH_SIZE.
+    "BATCH_SIZE": 100,
+    "MAX_BATCH_SIZE": 1000,
+    # Per PUT: connecting, and the whole request. Redirects are never followed.
+    "CONNECT_TIMEOUT": 5.0,
+    "TIMEOUT": 15.0,
+    # Retries back off exponentially from RETRY_BASE to RETRY_MAX, with
+    # jitter; a Retry-After of a 429 or 503 is honoured up to RETRY_MAX.
+    "RETRY_BASE": 2.0,
+    "RETRY_MAX": 3600.0,
+    # A subscription failing without a success for this long is disabled; its
+    # backlog is kept and re-enabling it resumes in order.
+    "DISABLE_AFTER": 3 * 24 * 3600.0,
+    # How long a worker holds a subscription per batch. Longer than TIMEOUT;
+    # a killed worker's batch is redelivered by another this soon.
+    "LEASE": 25.0,
+    # Workers also sweep for due subscriptions this often (retries, and any
+    # wake-up a lost notification or job missed).
+    "SWEEP_INTERVAL": 2.0,
+    # Threads of pubsubpull_worker that run delivery jobs.
+    "WORKER_THREADS": 4,
+    # Which TASKS backend and queue delivery jobs go to.
+    "TASK_BACKEND": "default",
+    "TASK_QUEUE": "default",
+    # After rotate_secret, the old secret keeps signing beside the new one
+    # this long, so receivers can switch without losing a notification.
+    "SECRET_GRACE": 24 * 3600.0,
+    # How much of a receiver's response body an attempt record keeps (bytes).
+    "RESPONSE_EXCERPT": 4096,
+    # Attempt records older than this are removed by prune_attempts().
+    "ATTEMPT_RETENTION": 7 * 24 * 3600.0,
 }
 
 

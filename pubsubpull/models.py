@@ -124,3 +124,6 @@ class Change(ReadOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.op} {self.model} {self.object_pk or ''}".rstrip()
+
+
+from .delivery.models import Attempt, Subscription  # noqa: E402, F401  (subscriptions)

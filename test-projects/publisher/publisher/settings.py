@@ -23,6 +23,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_tasks_db",
     "pubsubpull",
     "customers",
 ]
@@ -65,7 +66,12 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 STATIC_URL = "static/"
 
+# Delivery jobs go to the database queue; pubsubpull_worker runs them.
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+
 PUBSUBPULL = {
     # auth.User is published too; its trigger migration lives in customers.
     "MIGRATIONS_APP": "customers",
+    # The test receivers (and the subscriber service) listen on loopback.
+    "CALLBACK_ALLOW": ["127.0.0.1", "localhost", "::1"],
 }

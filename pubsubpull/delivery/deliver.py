@@ -1,0 +1,449 @@
+"""Deliver a subscription's backlog: claim it, PUT batches, record, advance or back off.
+
+One batch in flight per subscription: a worker first claims the subscription
+(``FOR UPDATE SKIP LOCKED`` and a lease of ``LEASE`` seconds, in one short
+statement), then sends batch after batch, renewing the lease, until the
+receiver is caught up, fails, or the worker's time budget runs out. No
+transaction is held open during a request: an open transaction would hold
+back every reader's feed fence.
+
+The position only moves after a 2xx, in the statement that records the
+attempt, and only while the worker still holds the lease. A worker that dies
+mid-request leaves its lease to expire and its batch (same changes, same
+``webhook-id``) to be sent again by another worker: at least once, in order.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from django.db import connection
+
+from .. import __version__, conf
+from . import batch, guard, signing
+
+logger = logging.getLogger("pubsubpull.delivery")
+
+USER_AGENT = f"django-pubsubpull/{__version__}"
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Claimed:
+    id: int
+    name: str
+    callback: str
+    models: list[str]
+    batch_size: int
+    position: batch.Position
+    pending_batch: str
+    pending: batch.Position | None
+    pending_count: int
+    secrets: list[str]
+    failures: int
+
+
+_CLAIM_SQL = """
+UPDATE pubsubpull_subscription AS s
+SET lease_owner = %(owner)s,
+    lease_expires = now() + %(lease)s * interval '1 second',
+    wake_requested_at = NULL
+FROM (
+    SELECT id FROM pubsubpull_subscription
+    WHERE id = %(id)s
+      AND state IN ('active', 'failing')
+      AND next_attempt_at <= now()
+      AND (lease_expires IS NULL OR lease_expires < now())
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE s.id = due.id
+RETURNING s.id, s.name, s.callback, s.model_labels, s.batch_size,
+          s.position_txid, s.position_id, s.pending_batch, s.pending_txid, s.pending_id,
+          s.pending_count, s.secret,
+          CASE WHEN s.previous_secret_expires > now() THEN s.previous_secret ELSE '' END,
+          s.failures
+"""
+
+_RELEASE_SQL = """
+UPDATE pubsubpull_subscription
+SET lease_owner = '', lease_expires = NULL
+WHERE id = %(id)s AND lease_owner = %(owner)s
+RETURNING wake_requested_at IS NOT NULL
+"""
+
+_BEGIN_BATCH_SQL = """
+UPDATE pubsubpull_subscription
+SET pending_batch = %(batch)s, pending_txid = %(txid)s, pending_id = %(pid)s,
+    pending_count = %(count)s, lease_expires = now() + %(lease)s * interval '1 second'
+WHERE id = %(id)s AND lease_owner = %(owner)s
+"""
+
+_SKIP_SQL = """
+UPDATE pubsubpull_subscription
+SET position_txid = %(txid)s, position_id = %(pid)s
+WHERE id = %(id)s AND lease_owner = %(owner)s AND pending_batch = ''
+  AND (position_txid, position_id) < (%(txid)s, %(pid)s)
+"""
+
+_ATTEMPT_SQL = """
+attempt AS (
+    INSERT INTO pubsubpull_attempt (subscription_id, at, webhook_id, changes, first_change_id,
+                                    last_change_id, status, duration, error, response, worker)
+    VALUES (%(id)s, %(at)s, %(batch)s, %(count)s, %(first)s, %(last)s, %(status)s,
+            %(duration)s, %(error)s, %(response)s, %(owner)s)
+)
+SELECT count(*) FROM updated
+"""
+
+_SUCCESS_SQL = (
+    """
+WITH updated AS (
+    UPDATE pubsubpull_subscription
+    SET position_txid = %(txid)s, position_id = %(pid)s,
+        pending_batch = '', pending_txid = NULL, pending_id = NULL, pending_count = 0,
+        delivered = delivered + %(count)s,
+        failures = 0, failing_since = NULL,
+        state = CASE WHEN state = 'failing' THEN 'active' ELSE state END,
+        state_reason = CASE WHEN state = 'failing' THEN '' ELSE state_reason END,
+        next_attempt_at = now(), last_attempt_at = now(), last_success_at = now(),
+        last_error = '', lease_expires = now() + %(lease)s * interval '1 second'
+    WHERE id = %(id)s AND lease_owner = %(owner)s AND pending_batch = %(batch)s
+    RETURNING id
+),
+"""
+    + _ATTEMPT_SQL
+)
+
+# A failure keeps the pending batch (same changes, same webhook-id next time),
+# counts the streak, and disables the subscription when the receiver said 410
+# or has been failing for DISABLE_AFTER. A pause by an operator meanwhile wins.
+_FAILURE_SQL = (
+    """
+WITH updated AS (
+    UPDATE pubsubpull_subscription
+    SET failures = failures + 1,
+        failing_since = coalesce(failing_since, now()),
+        state = CASE
+            WHEN state IN ('paused', 'disabled') THEN state
+            WHEN %(gone)s THEN 'disabled'
+            WHEN now() - coalesce(failing_since, now())
+                 >= %(disable_after)s * interval '1 second' THEN 'disabled'
+            ELSE 'failing' END,
+        state_reason = CASE
+            WHEN state IN ('paused', 'disabled') THEN state_reason
+            WHEN %(gone)s THEN 'The receiver answered 410 Gone.'
+            WHEN now() - coalesce(failing_since, now())
+                 >= %(disable_after)s * interval '1 second'
+                THEN 'Every delivery failed for ' || %(disable_after_text)s || '.'
+            ELSE 'Retrying with backoff.' END,
+        next_attempt_at = now() + %(delay)s * interval '1 second',
+        last_attempt_at = now(), last_error = %(error)s,
+        lease_owner = '', lease_expires = NULL
+    WHERE id = %(id)s AND lease_owner = %(owner)s
+    RETURNING id
+),
+"""
+    + _ATTEMPT_SQL
+)
+
+
+def _execute(sql: str, params: dict[str, Any]) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def claim(subscription_id: int, owner: str) -> Claimed | None:
+    """Take the subscription for ``owner`` if it is due and nobody holds it."""
+    rows = _execute(_CLAIM_SQL, {"id": subscription_id, "owner": owner, "lease": conf.get("LEASE")})
+    if not rows:
+        return None
+    (id_, name, callback, models, size, ptx, pid, pbatch, pendtx, pendid, pcount, secret, previous,
+     failures) = rows[0]  # fmt: skip
+    return Claimed(
+        id=id_,
+        name=name,
+        callback=callback,
+        models=list(models),
+        batch_size=size,
+        position=batch.Position(ptx, pid),
+        pending_batch=pbatch,
+        pending=batch.Position(pendtx, pendid) if pbatch else None,
+        pending_count=pcount,
+        secrets=[secret, previous],
+        failures=failures,
+    )
+
+
+def release(subscription_id: int, owner: str) -> bool:
+    """Give the subscription up; True if a wake was requested while we held it."""
+    rows = _execute(_RELEASE_SQL, {"id": subscription_id, "owner": owner})
+    return bool(rows and rows[0][0])
+
+
+@dataclass
+class Response:
+    status: int | None
+    error: str
+    body: str
+    retry_after: float | None
+    duration: float
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+_client: httpx.Client | None = None
+_client_lock = threading.Lock()
+
+
+def http_client() -> httpx.Client:
+    """The process's guarded HTTP client (connections are pooled per callback host)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = guard.client(headers={"user-agent": USER_AGENT})
+        return _client
+
+
+def send(url: str, body: bytes, headers: dict[str, str]) -> Response:
+    """PUT ``body`` to ``url`` once; never raises for what the receiver or network does."""
+    excerpt_size = conf.get("RESPONSE_EXCERPT")
+    total = conf.get("TIMEOUT")
+    timeout = httpx.Timeout(total, connect=conf.get("CONNECT_TIMEOUT"))
+    started = time.monotonic()
+    status, error, excerpt, retry_after = None, "", b"", None
+    try:
+        with http_client().stream(
+            "PUT", url, content=body, headers=headers, timeout=timeout
+        ) as response:
+            status = response.status_code
+            if status in (429, 503):
+                retry_after = _retry_after(response.headers.get("retry-after"))
+            for chunk in response.iter_raw():
+                excerpt += chunk
+                if len(excerpt) >= excerpt_size or time.monotonic() - started > total:
+                    break
+    except httpx.TimeoutException as e:
+        error = f"timed out after {time.monotonic() - started:.1f} s ({type(e).__name__})"
+    except httpx.HTTPError as e:
+        error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    duration = time.monotonic() - started
+    text = excerpt[:excerpt_size].decode("utf-8", "replace")
+    if status is not None and not 200 <= status < 300 and not error:
+        error = f"HTTP {status}"
+    return Response(status, error, text, retry_after, duration)
+
+
+def backoff(failures: int, retry_after: float | None = None) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row (1 for the first).
+
+    Exponential from RETRY_BASE, capped at RETRY_MAX, with jitter (half to all
+    of it) so receivers coming back are not hit by every subscription at once.
+    A Retry-After is honoured, up to RETRY_MAX.
+    """
+    base, cap = conf.get("RETRY_BASE"), conf.get("RETRY_MAX")
+    delay = min(cap, base * 2 ** min(max(failures - 1, 0), 60))
+    delay *= random.uniform(0.5, 1.0)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+def _payload(sub: Claimed, changes: list[dict[str, Any]], following: batch.Position) -> bytes:
+    return json.dumps(
+        {
+            "type": "pubsubpull.changes",
+            "timestamp": changes[-1]["at"],
+            "data": {
+                "subscription": sub.name,
+                "cursor": following.encode(),
+                "changes": changes,
+            },
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    ).encode()
+
+
+def deliver_batch(sub: Claimed, owner: str) -> str:
+    """Send the subscription's next batch once.
+
+    Returns ``sent``, ``caught_up``, ``held_back`` (changes wait behind an
+    older open transaction), ``failed`` or ``lost`` (the lease ran out).
+    """
+    if sub.pending_batch:
+        # A retry carries exactly the batch that was sent before: the first
+        # pending_count changes after the position (nothing new can sort
+        # before the pending end; it was at or before a fence).
+        page = batch.read(sub.position, sub.pending_count, sub.models)
+        changes, following, webhook_id = page.changes, sub.pending, sub.pending_batch
+        if not changes:
+            # Its changes were deleted from the log behind our back: forget
+            # the batch and read afresh from the position.
+            _execute(
+                "UPDATE pubsubpull_subscription SET pending_batch = '', pending_count = 0 "
+                "WHERE id = %(id)s AND lease_owner = %(owner)s",
+                {"id": sub.id, "owner": owner},
+            )
+            sub.pending_batch, sub.pending, sub.pending_count = "", None, 0
+            return "sent"
+        _execute(
+            "UPDATE pubsubpull_subscription SET lease_expires = now() + %(lease)s "
+            "* interval '1 second' WHERE id = %(id)s AND lease_owner = %(owner)s",
+            {"id": sub.id, "owner": owner, "lease": conf.get("LEASE")},
+        )
+    else:
+        page = batch.read(sub.position, sub.batch_size, sub.models)
+        if not page.changes:
+            if page.next > sub.position:
+                _execute(
+                    _SKIP_SQL,
+                    {"id": sub.id, "owner": owner, "txid": page.next.txid, "pid": page.next.id},
+                )
+                sub.position = page.next
+            return "held_back" if page.held_back else "caught_up"
+        changes, following = page.changes, page.next
+        webhook_id = f"msg_{uuid.uuid4().hex}"
+        started = _execute(
+            _BEGIN_BATCH_SQL + " RETURNING id",
+            {
+                "id": sub.id,
+                "owner": owner,
+                "batch": webhook_id,
+                "txid": following.txid,
+                "pid": following.id,
+                "count": len(changes),
+                "lease": conf.get("LEASE"),
+            },
+        )
+        if not started:
+            return "lost"
+        sub.pending_batch, sub.pending, sub.pending_count = webhook_id, following, len(changes)
+
+    now = datetime.now(UTC)
+    body = _payload(sub, changes, following)
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signing.signature(sub.secrets, webhook_id, now, body.decode()),
+    }
+    response = send(sub.callback, body, headers)
+    ok = response.status is not None and 200 <= response.status < 300
+    params: dict[str, Any] = {
+        "id": sub.id,
+        "owner": owner,
+        "at": now,
+        "batch": webhook_id,
+        "count": len(changes),
+        "first": changes[0]["id"] if changes else None,
+        "last": changes[-1]["id"] if changes else None,
+        "status": response.status,
+        "duration": timedelta(seconds=response.duration),
+        "error": response.error,
+        "response": response.body,
+    }
+    if ok:
+        params.update(txid=following.txid, pid=following.id, lease=conf.get("LEASE"))
+        updated = _execute(_SUCCESS_SQL, params)[0][0]
+        if not updated:
+            return "lost"
+        sub.position, sub.pending_batch, sub.pending, sub.pending_count = following, "", None, 0
+        sub.failures = 0
+        return "sent"
+    delay = backoff(sub.failures + 1, response.retry_after)
+    disable_after = conf.get("DISABLE_AFTER")
+    params.update(
+        gone=response.status == 410,
+        delay=delay,
+        disable_after=disable_after,
+        disable_after_text=str(timedelta(seconds=disable_after)),
+    )
+    _execute(_FAILURE_SQL, params)
+    logger.info(
+        "Delivery of %s to subscription %s failed (%s); next try in %.1f s",
+        webhook_id,
+        sub.name,
+        response.error,
+        delay,
+    )
+    return "failed"
+
+
+# How long a claimed subscription waits for changes held back by an older
+# open transaction before leaving them to the next wake or sweep.
+HELD_BACK_WAIT = 2.0
+
+
+def drain(subscription_id: int, budget: float = 10.0) -> str:
+    """Deliver a subscription until it is caught up, fails, or ``budget`` seconds pass.
+
+    Safe to call from any number of workers at once: only one holds the
+    subscription; the others return ``busy``. Returns how it ended.
+    """
+    owner = f"{WORKER_NAME}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + budget
+    while True:
+        sub = claim(subscription_id, owner)
+        if sub is None:
+            return "busy"
+        outcome = "lost"
+        try:
+            outcome = _drain_claimed(sub, owner, deadline)
+        finally:
+            # A failure has released the lease already.
+            woken = outcome != "failed" and release(sub.id, owner)
+        if outcome == "more" or (woken and time.monotonic() >= deadline):
+            from .wake import wake_subscriptions
+
+            wake_subscriptions([sub.id], force=True)
+            return "more"
+        if not woken:
+            return outcome
+
+
+def _drain_claimed(sub: Claimed, owner: str, deadline: float) -> str:
+    held_until = None
+    delay = 0.002
+    while True:
+        outcome = deliver_batch(sub, owner)
+        if outcome == "sent":
+            held_until = None
+            if time.monotonic() >= deadline:
+                return "more"
+            continue
+        if outcome == "held_back":
+            now = time.monotonic()
+            held_until = held_until or min(now + HELD_BACK_WAIT, deadline)
+            if now < held_until:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+                continue
+        return outcome

@@ -1,0 +1,114 @@
+"""Subscriptions and their delivery attempts.
+
+All the state that matters for delivery lives here, not in the job queue: a
+job only says "look at subscription N", so a lost job costs a sweep interval
+and a duplicated one a redundant wake, never a lost or reordered change.
+"""
+
+from __future__ import annotations
+
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+
+
+class Subscription(models.Model):
+    """Another service's wish to be told about changes to some models.
+
+    ``position`` is the feed position (txid, change id) of the last change the
+    receiver acknowledged with a 2xx; delivery resumes after it. A batch that
+    was sent but not acknowledged is remembered (``pending_*``) so that its
+    retries carry exactly the same changes under the same ``webhook-id``.
+    """
+
+    class State(models.TextChoices):
+        ACTIVE = "active"
+        FAILING = "failing", "failing (retrying with backoff)"
+        DISABLED = "disabled"
+        PAUSED = "paused"
+
+    owner = models.CharField(
+        max_length=200,
+        help_text="Who created it (e.g. token:3 or user:7); only they see or change it.",
+    )
+    name = models.CharField(max_length=100)
+    callback = models.URLField(max_length=2000)
+    model_labels = ArrayField(
+        models.CharField(max_length=200), help_text="The models it follows (labels)."
+    )
+    batch_size = models.PositiveIntegerField(default=100)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
+    state_reason = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    position_txid = models.BigIntegerField(default=0)
+    position_id = models.BigIntegerField(default=0)
+    delivered = models.BigIntegerField(default=0, help_text="Changes acknowledged so far.")
+
+    pending_batch = models.CharField(
+        max_length=64, blank=True, help_text="webhook-id of the batch sent but not acknowledged."
+    )
+    pending_txid = models.BigIntegerField(null=True, blank=True)
+    pending_id = models.BigIntegerField(null=True, blank=True)
+    pending_count = models.PositiveIntegerField(default=0)
+
+    next_attempt_at = models.DateTimeField(auto_now_add=True)
+    failures = models.PositiveIntegerField(default=0, help_text="Failed attempts in a row.")
+    failing_since = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    # Which worker holds the subscription, until when. A killed worker's lease
+    # runs out in seconds and another worker redelivers its batch.
+    lease_owner = models.CharField(max_length=100, blank=True)
+    lease_expires = models.DateTimeField(null=True, blank=True)
+    wake_requested_at = models.DateTimeField(null=True, blank=True)
+
+    # Standard Webhooks signs with the raw secret, so it is stored as is.
+    secret = models.CharField(max_length=100)
+    previous_secret = models.CharField(max_length=100, blank=True)
+    previous_secret_expires = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["owner", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="pubsubpull_subscription_name")
+        ]
+        indexes = [
+            models.Index(fields=["state", "next_attempt_at"], name="pubsubpull_subscription_due")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.owner})"
+
+
+class Attempt(models.Model):
+    """One PUT of a batch to a subscription's callback, whatever came of it."""
+
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.CASCADE, related_name="attempts"
+    )
+    at = models.DateTimeField()
+    webhook_id = models.CharField(max_length=64)
+    changes = models.PositiveIntegerField()
+    first_change_id = models.BigIntegerField(null=True)
+    last_change_id = models.BigIntegerField(null=True)
+    status = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="HTTP status; empty when no response came."
+    )
+    duration = models.DurationField()
+    error = models.TextField(blank=True)
+    response = models.TextField(blank=True, help_text="The start of the response body.")
+    worker = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [models.Index(fields=["subscription", "-at"], name="pubsubpull_attempt_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.webhook_id} → {self.status or self.error[:40]}"
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300

@@ -1,0 +1,243 @@
+"""Create, change and remove subscriptions: what the HTTP API and the admin call.
+
+Example (what ``PUT /subscriptions/billing/`` does for the caller ``token:3``)::
+
+    from pubsubpull.delivery.subscriptions import subscribe
+
+    result = subscribe("token:3", "billing", {
+        "callback": "https://billing.internal/pubsubpull/",
+        "models": ["customers.customer"],
+    })
+    result.secret   # whsec_…, only when created or rotated
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from .. import conf
+from ..registry import get_registration
+from . import batch, guard, signing
+from .models import Subscription
+
+FIELDS = {"callback", "models", "batch_size", "start", "rotate_secret"}
+
+
+class InvalidSubscription(ValueError):
+    """A subscription request that cannot be accepted; ``errors`` maps field to message."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+
+
+@dataclass
+class Subscribed:
+    subscription: Subscription
+    created: bool
+    secret: str | None
+
+
+def current_position() -> batch.Position:
+    """The feed position from which only changes committed from now on follow."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        xmin = cursor.fetchone()[0]
+    return batch.Position(max(xmin - 1, 0), batch.MAX_ID)
+
+
+def decode_start(start: Any) -> batch.Position:
+    """``"now"``, ``"beginning"`` or a feed cursor, as a feed position."""
+    if start in (None, "now"):
+        return current_position()
+    if start == "beginning":
+        return batch.Position(0, 0)
+    if isinstance(start, str):
+        try:
+            return batch.Position.decode(start)
+        except ValueError:
+            pass
+    raise InvalidSubscription(
+        {"start": 'must be "now" (the default), "beginning", or a cursor from the change feed'}
+    )
+
+
+def validate(data: Any, *, creating: bool) -> dict[str, Any]:
+    """Check a subscription request body; the cleaned values, or InvalidSubscription."""
+    if not isinstance(data, dict):
+        raise InvalidSubscription({"body": "must be a JSON object"})
+    errors: dict[str, str] = {}
+    unknown = sorted(set(data) - FIELDS)
+    if unknown:
+        errors["body"] = f"unknown fields {unknown}; expected some of {sorted(FIELDS)}"
+    cleaned: dict[str, Any] = {}
+
+    callback = data.get("callback")
+    if callback is None and creating:
+        errors["callback"] = "is required: the URL notifications are PUT to"
+    elif callback is not None:
+        if not isinstance(callback, str) or len(callback) > 2000:
+            errors["callback"] = "must be a URL (a string of at most 2000 characters)"
+        else:
+            try:
+                guard.check_url(callback)
+                cleaned["callback"] = callback
+            except guard.CallbackRefused as e:
+                errors["callback"] = str(e)
+
+    models = data.get("models")
+    if models is None and creating:
+        errors["models"] = 'is required: a list of model labels, e.g. ["customers.customer"]'
+    elif models is not None:
+        if (
+            not isinstance(models, list)
+            or not models
+            or not all(isinstance(m, str) for m in models)
+        ):
+            errors["models"] = 'must be a non-empty list of model labels, e.g. ["shop.customer"]'
+        else:
+            labels = [m.lower() for m in models]
+            unknown_models = [m for m in labels if get_registration(m) is None]
+            if unknown_models:
+                errors["models"] = f"not published models: {', '.join(unknown_models)}"
+            else:
+                cleaned["models"] = sorted(set(labels))
+
+    size = data.get("batch_size")
+    if size is not None:
+        largest = conf.get("MAX_BATCH_SIZE")
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= largest:
+            errors["batch_size"] = f"must be an integer from 1 to {largest}"
+        else:
+            cleaned["batch_size"] = size
+
+    rotate = data.get("rotate_secret", False)
+    if not isinstance(rotate, bool):
+        errors["rotate_secret"] = "must be true or false"
+    cleaned["rotate_secret"] = rotate
+
+    if "start" in data:
+        try:
+            cleaned["start"] = decode_start(data["start"])
+        except InvalidSubscription as e:
+            errors.update(e.errors)
+    if errors:
+        raise InvalidSubscription(errors)
+    return cleaned
+
+
+def subscribe(owner: str, name: str, data: Any) -> Subscribed:
+    """Create the subscription ``name`` of ``owner``, or update it to match ``data``.
+
+    Idempotent: the same request twice leaves one subscription as it was
+    after the first. ``start`` only applies when it is given (an update
+    without it keeps the position). A disabled or failing subscription is
+    retried at once, resuming where it stopped. Raises InvalidSubscription.
+    """
+    with transaction.atomic():
+        existing = Subscription.objects.select_for_update().filter(owner=owner, name=name).first()
+        cleaned = validate(data, creating=existing is None)
+        secret = None
+        if existing is None:
+            start = cleaned.get("start") or current_position()
+            secret = signing.new_secret()
+            subscription = Subscription.objects.create(
+                owner=owner,
+                name=name,
+                callback=cleaned["callback"],
+                model_labels=cleaned["models"],
+                batch_size=cleaned.get("batch_size", conf.get("BATCH_SIZE")),
+                position_txid=start.txid,
+                position_id=start.id,
+                secret=secret,
+                next_attempt_at=timezone.now(),
+            )
+            created = True
+        else:
+            subscription, created = existing, False
+            if "callback" in cleaned:
+                subscription.callback = cleaned["callback"]
+            if "batch_size" in cleaned:
+                subscription.batch_size = cleaned["batch_size"]
+            moved = False
+            if "models" in cleaned and cleaned["models"] != sorted(subscription.model_labels):
+                subscription.model_labels = cleaned["models"]
+                moved = True
+            if "start" in cleaned:
+                subscription.position_txid = cleaned["start"].txid
+                subscription.position_id = cleaned["start"].id
+                moved = True
+            if moved:  # the batch in flight no longer matches
+                forget_pending(subscription)
+            if cleaned["rotate_secret"]:
+                secret = signing.new_secret()
+                subscription.previous_secret = subscription.secret
+                subscription.previous_secret_expires = timezone.now() + timedelta(
+                    seconds=conf.get("SECRET_GRACE")
+                )
+                subscription.secret = secret
+            if subscription.state in (Subscription.State.DISABLED, Subscription.State.FAILING):
+                resume(subscription, save=False)
+            subscription.save()
+        transaction.on_commit(lambda: notify(subscription))
+    return Subscribed(subscription, created, secret)
+
+
+def forget_pending(subscription: Subscription) -> None:
+    subscription.pending_batch = ""
+    subscription.pending_txid = subscription.pending_id = None
+    subscription.pending_count = 0
+
+
+def resume(subscription: Subscription, save: bool = True) -> None:
+    """Deliver again from where it stopped, at once (after a pause, 410 or a failure streak)."""
+    subscription.state = Subscription.State.ACTIVE
+    subscription.state_reason = ""
+    subscription.failures = 0
+    subscription.failing_since = None
+    subscription.next_attempt_at = timezone.now()
+    if save:
+        subscription.save()
+        notify(subscription)
+
+
+def pause(subscription: Subscription, reason: str = "Paused by an operator.") -> None:
+    subscription.state = Subscription.State.PAUSED
+    subscription.state_reason = reason
+    subscription.save()
+
+
+def replay(subscription: Subscription, position: batch.Position) -> None:
+    """Deliver again from ``position`` (a cursor or a point in time, see the admin)."""
+    subscription.position_txid, subscription.position_id = position
+    forget_pending(subscription)
+    subscription.save()
+    notify(subscription)
+
+
+def notify(subscription: Subscription) -> None:
+    """Wake the workers for this subscription now rather than at the next sweep."""
+    with connection.cursor() as cursor:
+        for label in subscription.model_labels:
+            cursor.execute("SELECT pg_notify('pubsubpull', %s)", [label])
+
+
+def lag(subscription: Subscription) -> dict[str, Any]:
+    """How far behind the subscription is: changes not yet acknowledged, and seconds."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT count(*), min(at)
+            FROM pubsubpull_change
+            WHERE (txid, id) > (%s, %s) AND model = ANY(%s)
+            """,
+            [subscription.position_txid, subscription.position_id, subscription.model_labels],
+        )
+        count, oldest = cursor.fetchone()
+    seconds = (timezone.now() - oldest).total_seconds() if oldest else 0.0
+    return {"changes": count, "seconds": round(max(seconds, 0.0), 3)}

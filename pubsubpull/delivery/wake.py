@@ -1,0 +1,71 @@
+"""Ask for subscriptions to be delivered: by model (a NOTIFY), by id, or by sweep.
+
+A wake is recorded in the subscription row (``wake_requested_at``) before a
+job is enqueued. That row is what coalesces: while a job is pending, further
+changes enqueue nothing; while a worker holds the subscription, they only set
+the flag, and the worker drains again when it lets go. A job that is lost
+leaves the flag set; after LEASE seconds the next wake or sweep enqueues
+another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db import connection
+
+from .. import conf
+from . import tasks
+
+_WAKE_SQL = """
+UPDATE pubsubpull_subscription
+SET wake_requested_at = now()
+WHERE state IN ('active', 'failing')
+  AND next_attempt_at <= now()
+  AND ({match})
+  AND (%(force)s OR wake_requested_at IS NULL
+       OR wake_requested_at < now() - %(stale)s * interval '1 second')
+RETURNING id, coalesce(lease_expires >= now(), false)
+"""
+
+# Due subscriptions nobody holds that have a batch to retry or committed
+# changes past their position (before the feed's fence).
+_SWEEP_MATCH = """
+(lease_expires IS NULL OR lease_expires < now())
+AND (pending_batch <> '' OR EXISTS (
+    SELECT 1 FROM pubsubpull_change AS c
+    WHERE (c.txid, c.id) > (position_txid, position_id)
+      AND c.model = ANY(model_labels)
+      AND c.txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+))
+"""
+
+
+def _wake(match: str, params: dict) -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _WAKE_SQL.format(match=match),
+            {"force": False, "stale": conf.get("LEASE"), **params},
+        )
+        rows = cursor.fetchall()
+    enqueued = []
+    for id_, leased in rows:
+        if not leased:  # a holder sees the flag when it lets go
+            tasks.enqueue(id_)
+            enqueued.append(id_)
+    return enqueued
+
+
+def wake_models(labels: Iterable[str]) -> list[int]:
+    """Wake the subscriptions that follow any of ``labels``; the ids enqueued."""
+    return _wake("model_labels && %(labels)s::varchar[]", {"labels": sorted(set(labels))})
+
+
+def wake_subscriptions(ids: Iterable[int], force: bool = False) -> list[int]:
+    """Wake these subscriptions (``force``: even if a wake is pending)."""
+    return _wake("id = ANY(%(ids)s)", {"ids": list(ids), "force": force})
+
+
+def sweep() -> list[int]:
+    """Wake every due subscription with something to deliver that no job is on."""
+    return _wake(_SWEEP_MATCH, {})

@@ -1,0 +1,56 @@
+"""Fixtures for delivery tests: subscriptions, a worker in a thread, fast settings."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pubsubpull.delivery.subscriptions import subscribe
+from pubsubpull.delivery.worker import Worker
+
+FAST = {
+    "RETRY_BASE": 0.05,
+    "RETRY_MAX": 1.0,
+    "LEASE": 2.0,
+    "TIMEOUT": 1.0,
+    "CONNECT_TIMEOUT": 1.0,
+    "SWEEP_INTERVAL": 0.2,
+}
+
+
+def use_fast_settings(settings):
+    """Short backoff, lease and timeouts (the test settings allow loopback receivers)."""
+    settings.PUBSUBPULL = {**settings.PUBSUBPULL, **FAST}
+    return settings
+
+
+def make_subscription(callback, name="billing", owner="token:1", **fields):
+    data = {"callback": callback, "models": ["customers.customer"], "start": "beginning"}
+    data.update(fields)
+    return subscribe(owner, name, data)
+
+
+class WorkerThread:
+    def __init__(self, **kwargs):
+        kwargs.setdefault("threads", 2)
+        kwargs.setdefault("poll", 0.2)
+        self.worker = Worker(**kwargs, log=lambda message: None)
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.worker.ready.wait(10), "the worker did not start listening"
+        return self.worker
+
+    def __exit__(self, *exc):
+        self.worker.stop.set()
+        self.thread.join(15)
+        assert not self.thread.is_alive()
+
+
+def wait_until(predicate, timeout=10.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout} s")
+        time.sleep(interval)
