@@ -5,6 +5,7 @@ database on it, PUBLISHER_DB_NAME, default "publisher"). ./runtests.sh and the
 demo set DATABASE_URL for you.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -75,3 +76,5 @@ PUBSUBPULL = {
     # The test receivers (and the subscriber service) listen on loopback.
     "CALLBACK_ALLOW": ["127.0.0.1", "localhost", "::1"],
 }
+# Worker processes started by the tests get their short timings this way.
+PUBSUBPULL.update(json.loads(os.environ.get("PUBSUBPULL_OVERRIDES", "{}")))
