@@ -15,6 +15,17 @@ DEFAULTS: dict[str, Any] = {
     # installed packages (auth.User, say). Models of your own apps get theirs
     # in their own app's migrations.
     "MIGRATIONS_APP": None,
+    # Pull over HTTP (pubsubpull.urls). Pages of instances and changes hold
+    # PAGE_SIZE items unless the caller asks for another ?limit=, at most
+    # MAX_PAGE_SIZE.
+    "PAGE_SIZE": 100,
+    "MAX_PAGE_SIZE": 5000,
+    # The longest ?wait= a change feed request may long-poll, in seconds.
+    "MAX_WAIT": 60,
+    # Model labels anonymous callers may read; none by default. Everyone else
+    # needs a service token scoped to the model, or a user with its view
+    # permission.
+    "ANONYMOUS_MODELS": [],
     # Subscriptions (pubsubpull.delivery). Times are in seconds.
     #
     # Callbacks may not resolve to private, loopback, link-local, multicast

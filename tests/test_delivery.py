@@ -52,7 +52,7 @@ def test_a_billing_service_is_told_about_new_customers(fast):
     subscription = Subscription.objects.get()
     assert subscription.delivered == 3
     assert subscription.state == "active"
-    position = (subscription.position_txid, subscription.position_id)
+    position = batch.Position(subscription.position_txid, subscription.position_id)
     assert position >= batch.Position.decode(changes[-1]["cursor"])
     [attempt] = Attempt.objects.all()
     assert attempt.status == 200 and attempt.changes == 3 and attempt.response == '{"ok": true}'

@@ -298,6 +298,25 @@ def deliver_batch(sub: Claimed, owner: str) -> str:
     Returns ``sent``, ``caught_up``, ``held_back`` (changes wait behind an
     older open transaction), ``failed`` or ``lost`` (the lease ran out).
     """
+    try:
+        return _deliver_batch(sub, owner)
+    except batch.CursorExpired:
+        _execute(_EXPIRED_SQL, {"id": sub.id, "owner": owner})
+        logger.warning("Subscription %s fell behind the pruned change log: disabled", sub.name)
+        return "failed"
+
+
+_EXPIRED_SQL = """
+UPDATE pubsubpull_subscription
+SET state = 'disabled', lease_owner = '', lease_expires = NULL,
+    state_reason = 'The change log was pruned past this subscription''s position, so '
+        'changes may be missing. Take a new snapshot and subscribe again with start '
+        'set to its feed_position.'
+WHERE id = %(id)s AND lease_owner = %(owner)s
+"""
+
+
+def _deliver_batch(sub: Claimed, owner: str) -> str:
     if sub.pending_batch:
         # A retry carries exactly the batch that was sent before: the first
         # pending_count changes after the position (nothing new can sort

@@ -20,9 +20,9 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from .. import conf
+from .. import conf, feed
 from ..registry import get_registration
-from . import batch, guard, signing
+from . import guard, signing
 from .models import Subscription
 
 FIELDS = {"callback", "models", "batch_size", "start", "rotate_secret"}
@@ -43,24 +43,16 @@ class Subscribed:
     secret: str | None
 
 
-def current_position() -> batch.Position:
-    """The feed position from which only changes committed from now on follow."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        xmin = cursor.fetchone()[0]
-    return batch.Position(max(xmin - 1, 0), batch.MAX_ID)
-
-
-def decode_start(start: Any) -> batch.Position:
+def decode_start(start: Any) -> feed.Position:
     """``"now"``, ``"beginning"`` or a feed cursor, as a feed position."""
     if start in (None, "now"):
-        return current_position()
+        return feed.current_position()
     if start == "beginning":
-        return batch.Position(0, 0)
+        return feed.START
     if isinstance(start, str):
         try:
-            return batch.Position.decode(start)
-        except ValueError:
+            return feed.Position.decode(start)
+        except feed.InvalidCursor:
             pass
     raise InvalidSubscription(
         {"start": 'must be "now" (the default), "beginning", or a cursor from the change feed'}
@@ -144,7 +136,7 @@ def subscribe(owner: str, name: str, data: Any) -> Subscribed:
         cleaned = validate(data, creating=existing is None)
         secret = None
         if existing is None:
-            start = cleaned.get("start") or current_position()
+            start = cleaned.get("start") or feed.current_position()
             secret = signing.new_secret()
             subscription = Subscription.objects.create(
                 owner=owner,
@@ -212,9 +204,9 @@ def pause(subscription: Subscription, reason: str = "Paused by an operator.") ->
     subscription.save()
 
 
-def replay(subscription: Subscription, position: batch.Position) -> None:
+def replay(subscription: Subscription, position: feed.Position) -> None:
     """Deliver again from ``position`` (a cursor or a point in time, see the admin)."""
-    subscription.position_txid, subscription.position_id = position
+    subscription.position_txid, subscription.position_id = position.txid, position.id
     forget_pending(subscription)
     subscription.save()
     notify(subscription)

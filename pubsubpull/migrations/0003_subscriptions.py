@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("pubsubpull", "0001_initial"),
+        ("pubsubpull", "0002_servicetoken"),
     ]
 
     operations = [

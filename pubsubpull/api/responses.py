@@ -1,0 +1,84 @@
+"""JSON responses, errors and the method guard shared by pubsubpull's views."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from django.db import transaction
+from django.http import HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from . import auth
+
+JSON = "application/json"
+
+
+class ApiError(Exception):
+    """Raised inside a view to answer with a JSON error."""
+
+    def __init__(self, status: int, code: str, detail: str, **extra: Any):
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.extra = extra
+
+
+def json_response(data: Any, status: int = 200, **headers: str) -> HttpResponse:
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return raw_json_response(body, status, **headers)
+
+
+def raw_json_response(body: str, status: int = 200, **headers: str) -> HttpResponse:
+    """A response from JSON text already rendered (by PostgreSQL, say)."""
+    response = HttpResponse(body.encode(), status=status, content_type=JSON)
+    for name, value in headers.items():
+        response.headers[name.replace("_", "-")] = value
+    return response
+
+
+def error_response(status: int, code: str, detail: str, **extra: Any) -> HttpResponse:
+    """``{"status": 404, "error": "unknown_model", "detail": "..."}``"""
+    response = json_response({"status": status, "error": code, "detail": detail, **extra}, status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="pubsubpull"'
+    return response
+
+
+def endpoint(*methods: str):
+    """Make a view a pubsubpull endpoint answering only ``methods``.
+
+    Any other verb (HEAD, POST, PATCH, OPTIONS, ...) is 405 with ``Allow``.
+    Authentication errors and :class:`ApiError` become JSON errors. The view
+    runs outside ATOMIC_REQUESTS: its reads are single statements, and a long
+    poll must not hold a transaction open. CSRF is checked by
+    :func:`auth.authenticate` for session callers only.
+    """
+    allowed = ", ".join(methods)
+
+    def decorate(view):
+        @functools.wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if request.method not in methods:
+                response = error_response(
+                    405,
+                    "method_not_allowed",
+                    f"{request.method} is not allowed here; use {allowed}.",
+                )
+                response.headers["Allow"] = allowed
+                return response
+            try:
+                caller = auth.authenticate(request)
+                return view(request, caller, *args, **kwargs)
+            except auth.NotAuthenticated as exc:
+                return error_response(401, "not_authenticated", str(exc))
+            except auth.PermissionDenied as exc:
+                return error_response(403, "permission_denied", str(exc))
+            except ApiError as exc:
+                return error_response(exc.status, exc.code, exc.detail, **exc.extra)
+
+        return csrf_exempt(transaction.non_atomic_requests(wrapper))
+
+    return decorate

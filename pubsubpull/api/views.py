@@ -1,0 +1,241 @@
+"""The pull API: service document, instance snapshots, one instance, the change feed.
+
+Plain Django views returning JSON; see docs/http-api.rst and the OpenAPI
+document served at ``openapi.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from urllib.parse import quote, urlencode
+
+from django.urls import reverse
+from django.utils.http import parse_etags
+
+from .. import __version__, conf, feed, snapshot
+from ..registry import get_registration, registrations
+from . import openapi
+from .responses import ApiError, endpoint, json_response, raw_json_response
+
+
+def _url(request, name: str, *args, **query) -> str:
+    path = reverse(f"pubsubpull:{name}", args=args)
+    query = {k: v for k, v in query.items() if v is not None}
+    if query:
+        path += "?" + urlencode(query, safe=",")
+    return request.build_absolute_uri(path)
+
+
+def _instance_url(request, label: str, pk_text: str) -> str:
+    base = reverse("pubsubpull:instances", args=[label])
+    return request.build_absolute_uri(base + quote(pk_text, safe="") + "/")
+
+
+def _limit(request) -> int:
+    text = request.GET.get("limit")
+    maximum = conf.get("MAX_PAGE_SIZE")
+    if text is None or text == "":
+        return min(conf.get("PAGE_SIZE"), maximum)
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= maximum:
+        raise ApiError(
+            400, "invalid_limit", f"limit must be a whole number from 1 to {maximum}, not {text!r}."
+        )
+    return int(text)
+
+
+def _readable(caller, label: str):
+    registration = get_registration(label)
+    if registration is None or registration.label != label:
+        raise ApiError(
+            404,
+            "unknown_model",
+            f"{label!r} is not a published model. The service document lists them.",
+        )
+    if not caller.can_read(label):
+        raise ApiError(403, "permission_denied", f"The {caller.name} may not read {label}.")
+    return registration
+
+
+def _link(url: str, rel: str = "next") -> str:
+    return f'<{url}>; rel="{rel}"'
+
+
+@endpoint("GET")
+def service(request, caller):
+    """What this service publishes, and where to pull it from."""
+    models = []
+    for registration in registrations():
+        if not caller.can_read(registration.label):
+            continue
+        label = registration.label
+        models.append(
+            {
+                "model": label,
+                "pk": registration.pk_column,
+                "fields": registration.published_columns,
+                "instances": _url(request, "instances", label),
+                "changes": _url(request, "changes", models=label),
+            }
+        )
+    service_path = reverse("pubsubpull:service")
+    return json_response(
+        {
+            "service": "django-pubsubpull",
+            "version": __version__,
+            "models": models,
+            "links": {
+                "self": request.build_absolute_uri(service_path),
+                "changes": _url(request, "changes"),
+                "subscriptions": request.build_absolute_uri(service_path + "subscriptions/"),
+                "openapi": _url(request, "openapi"),
+            },
+        }
+    )
+
+
+@endpoint("GET")
+def openapi_document(request, caller):
+    labels = [r.label for r in registrations() if caller.can_read(r.label)]
+    server = request.build_absolute_uri(reverse("pubsubpull:service")).rstrip("/")
+    return json_response(openapi.document(labels, server))
+
+
+@endpoint("GET")
+def instances(request, caller, model):
+    """A keyset page of a model's rows; the first page also gives feed_position."""
+    registration = _readable(caller, model)
+    limit = _limit(request)
+    after = request.GET.get("after") or None
+    try:
+        page = snapshot.read_instances(registration, after=after, limit=limit)
+    except snapshot.InvalidAfter as exc:
+        raise ApiError(400, "invalid_after", str(exc)) from None
+
+    label = registration.label
+    items = []
+    for instance in page.instances:
+        url = json.dumps(_instance_url(request, label, instance.pk_text), ensure_ascii=False)
+        sequence = "null" if instance.sequence is None else str(instance.sequence)
+        items.append(
+            f'{{"pk":{instance.pk_json},"url":{url},"sequence":{sequence},'
+            f'"fields":{instance.fields_json}}}'
+        )
+    head = {"model": label}
+    headers = {}
+    if page.feed_position is not None:
+        head["feed_position"] = page.feed_position.encode()
+        head["changes"] = _url(
+            request, "changes", after=head["feed_position"], models=label, limit=limit
+        )
+    if page.next is not None:
+        head["next"] = _url(request, "instances", label, after=page.next, limit=limit)
+        headers["Link"] = _link(head["next"])
+    else:
+        head["next"] = None
+    body = json.dumps(head, ensure_ascii=False, separators=(",", ":"))
+    body = body[:-1] + ',"instances":[' + ",".join(items) + "]}"
+    return raw_json_response(body, **headers)
+
+
+@endpoint("GET")
+def instance(request, caller, model, pk):
+    """One row, with an ETag; 304 when the caller's copy is current."""
+    registration = _readable(caller, model)
+    try:
+        found = snapshot.read_instance(registration, pk)
+    except LookupError:
+        found = None
+    if found is None:
+        raise ApiError(404, "unknown_instance", f"{registration.label} has no instance {pk!r}.")
+    url = json.dumps(_instance_url(request, registration.label, found.pk_text), ensure_ascii=False)
+    sequence = "null" if found.sequence is None else str(found.sequence)
+    body = (
+        f'{{"model":{json.dumps(registration.label)},"pk":{found.pk_json},"url":{url},'
+        f'"sequence":{sequence},"fields":{found.fields_json}}}'
+    )
+    etag = '"' + hashlib.sha256(body.encode()).hexdigest()[:32] + '"'
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None:
+        etags = parse_etags(if_none_match)
+        if "*" in etags or etag in etags or f"W/{etag}" in etags:
+            response = raw_json_response("", 304, ETag=etag)
+            del response.headers["Content-Type"]
+            return response
+    return raw_json_response(body, ETag=etag)
+
+
+def _wait(request) -> float:
+    text = request.GET.get("wait")
+    if text is None or text == "":
+        return 0.0
+    maximum = conf.get("MAX_WAIT")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 <= value <= maximum):
+        raise ApiError(
+            400, "invalid_wait", f"wait must be a number of seconds from 0 to {maximum}."
+        )
+    return value
+
+
+def _feed_models(request, caller) -> list[str]:
+    text = request.GET.get("models")
+    if text is None or text.strip() == "":
+        labels = [r.label for r in registrations() if caller.can_read(r.label)]
+        if not labels:
+            raise ApiError(403, "permission_denied", f"The {caller.name} may read no model.")
+        return labels
+    labels = sorted({label.strip() for label in text.split(",") if label.strip()})
+    for label in labels:
+        registration = get_registration(label)
+        if registration is None or registration.label != label:
+            raise ApiError(
+                400,
+                "invalid_models",
+                f"models names {label!r}, which is not a published model. Give a "
+                "comma-separated list of model labels from the service document.",
+            )
+        if not caller.can_read(label):
+            raise ApiError(403, "permission_denied", f"The {caller.name} may not read {label}.")
+    return labels
+
+
+@endpoint("GET")
+def changes(request, caller):
+    """The gap-free change feed."""
+    models = _feed_models(request, caller)
+    limit = _limit(request)
+    wait = _wait(request)
+    after = request.GET.get("after") or None
+    try:
+        if wait > 0:
+            page = feed.wait_for_changes(after, limit, models, timeout=wait)
+        else:
+            page = feed.read_changes(after, limit, models)
+    except feed.InvalidCursor as exc:
+        raise ApiError(400, "invalid_cursor", str(exc)) from None
+    except feed.CursorExpired as exc:
+        raise ApiError(
+            410,
+            "cursor_expired",
+            str(exc),
+            snapshot={label: _url(request, "instances", label) for label in models},
+        ) from None
+
+    cursor = page.next.encode()
+    filter_ = request.GET.get("models")
+    next_url = _url(
+        request, "changes", after=cursor, limit=request.GET.get("limit") or None, models=filter_
+    )
+    return json_response(
+        {
+            "changes": [change.as_json() for change in page.changes],
+            "cursor": cursor,
+            "next": next_url,
+        },
+        Link=_link(next_url),
+    )

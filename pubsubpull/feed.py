@@ -1,0 +1,501 @@
+"""The gap-free change feed: read the change log in commit-safe order, page by page.
+
+Change ids are taken before commit, so reading by id alone skips a change
+whose transaction commits after a later id has been read. The feed orders by
+``(txid, id)`` instead and serves only changes of transactions older than the
+reading statement's snapshot ``xmin``: every such transaction has ended, so
+nothing can ever appear before a position once it has been served.
+
+The HTTP change feed (``pubsubpull.api``) and the delivery worker both read
+through this module::
+
+    from pubsubpull import feed
+
+    page = feed.read_changes(after=stored_cursor, limit=500, models=["shop.customer"])
+    for change in page.changes:
+        handle(change.as_json())
+    stored_cursor = page.next.encode()       # store it with what handle() did
+
+``read_changes`` raises ``CursorExpired`` when the log has been pruned past the
+cursor (re-snapshot), ``wait_for_changes`` long-polls, woken by the trigger's
+NOTIFY.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import datetime
+import json
+import re
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from django.db import connections, router
+
+from .registry import Registration, get_registration, registrations
+
+MAX_ID = 2**63 - 1
+CHANNEL = "pubsubpull"
+
+
+class InvalidCursor(ValueError):
+    """A cursor string that this server did not hand out."""
+
+
+class CursorExpired(Exception):
+    """The change log has been pruned past the cursor: changes after it may be gone.
+
+    The reader must take a new snapshot (its ``feed_position`` is a valid cursor).
+    """
+
+    def __init__(self, cursor: Position, horizon: Position):
+        self.cursor = cursor
+        self.horizon = horizon
+        super().__init__(
+            "The change log has been pruned past this cursor, so changes after it may "
+            "be missing. Take a new snapshot of the instances and follow the feed from "
+            "its feed_position."
+        )
+
+
+_CURSOR = re.compile(r"c1\.(\d{1,19})\.(\d{1,19})")
+_BASE64 = re.compile(r"[A-Za-z0-9_-]{1,60}")
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """A place in the feed: everything at or before ``(txid, id)`` has been read."""
+
+    txid: int
+    id: int
+
+    def encode(self) -> str:
+        """The opaque cursor string clients store and send back as ``after``."""
+        raw = f"c1.{self.txid}.{self.id}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, cursor: str) -> Position:
+        """Parse a cursor from :meth:`encode`; raise :class:`InvalidCursor` otherwise."""
+        raw = ""
+        if isinstance(cursor, str) and _BASE64.fullmatch(cursor):
+            with contextlib.suppress(binascii.Error, ValueError):
+                raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        match = _CURSOR.fullmatch(raw)
+        # Only the canonical spelling: one cursor, one string.
+        if match is None or cls(int(match[1]), int(match[2])).encode() != cursor:
+            raise InvalidCursor(
+                f"{cursor!r} is not a feed cursor. Use the cursor or next link of a "
+                "previous page, or the feed_position of a snapshot; leave it out to "
+                "start at the oldest retained change."
+            )
+        txid, id_ = int(match[1]), int(match[2])
+        if txid > MAX_ID or id_ > MAX_ID:
+            raise InvalidCursor(f"{cursor!r} is not a feed cursor (out of range).")
+        return cls(txid, id_)
+
+    @classmethod
+    def coerce(cls, value: Position | str | None) -> Position | None:
+        if value is None or isinstance(value, Position):
+            return value
+        return cls.decode(value)
+
+
+START = Position(0, 0)
+
+
+@dataclass
+class FeedChange:
+    """One change as the feed serves it: published fields only."""
+
+    id: int
+    txid: int
+    model: str
+    pk: Any
+    op: str
+    at: datetime.datetime
+    old: dict[str, Any] | None
+    new: dict[str, Any] | None
+    user_id: int | None = None
+    method: str | None = None
+    path: str | None = None
+
+    @property
+    def position(self) -> Position:
+        return Position(self.txid, self.id)
+
+    @property
+    def cursor(self) -> str:
+        return self.position.encode()
+
+    @property
+    def sequence(self) -> int:
+        """Orders the changes of one object; compare it to drop stale events."""
+        return self.id
+
+    def as_json(self) -> dict[str, Any]:
+        """The change as a JSON-ready dict, as the HTTP feed and deliveries carry it."""
+        request = None
+        if self.method is not None:
+            request = {"user": self.user_id, "method": self.method, "path": self.path}
+        return {
+            "id": self.id,
+            "cursor": self.cursor,
+            "model": self.model,
+            "pk": self.pk,
+            "op": self.op,
+            "at": self.at.isoformat(),
+            "sequence": self.id,
+            "old": self.old,
+            "new": self.new,
+            "request": request,
+        }
+
+
+@dataclass
+class Page:
+    """A page of the feed.
+
+    ``next`` is where to continue; it moves past the page even when the page
+    holds fewer than ``limit`` changes (nothing else can appear before it), so
+    store it, not the last change's position. An empty page means caught up.
+    """
+
+    changes: list[FeedChange]
+    next: Position
+    limit: int
+    # Committed changes past the cursor exist, but an older transaction is
+    # still open: they are served when it ends. wait_for_changes polls then.
+    held_back: bool = field(default=False, repr=False)
+
+    @property
+    def caught_up(self) -> bool:
+        return len(self.changes) < self.limit
+
+
+# Everything in one statement, so one snapshot decides: the fence, the
+# horizon (how far the log has been pruned), the page, and whether committed
+# changes wait behind the fence.
+#
+# The fence is the oldest transaction still running when the snapshot was
+# taken: nothing before it can change any more. Transaction ids are
+# cluster-wide, so a long transaction in another database on the same server
+# would hold every feed back; when the statement is its own transaction
+# (%(local)s), a running xid that pg_stat_activity shows belonging to another
+# database is skipped. Only positive proof skips one: an xid it cannot place
+# (a prepared transaction, stats hidden from this role) still fences. In a
+# longer transaction the activity view may be older than the snapshot, so
+# then the fence is plainly the snapshot's xmin.
+_PAGE_SQL = """
+WITH snap AS MATERIALIZED (
+    SELECT pg_current_snapshot() AS s
+),
+fence AS MATERIALIZED (
+    SELECT coalesce(
+               (SELECT min(running.x::text::bigint)
+                FROM (
+                    SELECT x FROM pg_snapshot_xip(snap.s) AS x
+                    WHERE NOT (%(local)s AND x::xid IN (
+                        SELECT a.backend_xid FROM pg_stat_activity AS a
+                        WHERE a.backend_xid IS NOT NULL
+                          AND a.datid IS DISTINCT FROM
+                              (SELECT oid FROM pg_database WHERE datname = current_database())
+                    ))
+                    -- The reader's own uncommitted changes are not news yet.
+                    UNION ALL SELECT pg_current_xact_id_if_assigned()
+                ) AS running (x)),
+               pg_snapshot_xmax(snap.s)::text::bigint
+           ) AS xmin,
+           coalesce(h.txid, 0) AS horizon_txid,
+           coalesce(h.change_id, 0) AS horizon_id
+    FROM snap
+    LEFT JOIN pubsubpull_horizon AS h ON h.id = 1
+),
+held_back AS MATERIALIZED (
+    SELECT EXISTS (
+        SELECT 1 FROM pubsubpull_change AS c, fence
+        WHERE c.txid >= fence.xmin
+          AND (c.txid, c.id) > (%(txid)s, %(id)s)
+          AND c.model = ANY(%(models)s)
+    ) AS held_back
+)
+SELECT fence.xmin, fence.horizon_txid, fence.horizon_id, held_back.held_back,
+       c.id, c.txid, c.model, c.op, c.at, c.old, c.new, r.user_id, r.method, r.path
+FROM fence
+CROSS JOIN held_back
+LEFT JOIN LATERAL (
+    SELECT c.*
+    FROM pubsubpull_change AS c
+    WHERE (c.txid, c.id) > (%(txid)s, %(id)s)
+      AND (c.txid, c.id) > (fence.horizon_txid, fence.horizon_id)
+      AND c.txid < fence.xmin
+      AND c.model = ANY(%(models)s)
+    ORDER BY c.txid, c.id
+    LIMIT %(limit)s
+) AS c ON true
+LEFT JOIN pubsubpull_request AS r ON r.id = c.request_id
+ORDER BY c.txid, c.id
+"""
+
+_POSITION_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
+
+def _database(using: str | None) -> str:
+    from .models import Change
+
+    return using or router.db_for_read(Change)
+
+
+def feed_models(models: Iterable[str] | None = None) -> list[Registration]:
+    """The registrations a feed over ``models`` (labels; None: all) serves.
+
+    Raises ``LookupError`` naming a label that is not a published model.
+    """
+    if models is None:
+        return registrations()
+    chosen = []
+    for label in models:
+        registration = get_registration(label)
+        if registration is None:
+            raise LookupError(label)
+        chosen.append(registration)
+    return chosen
+
+
+def fence_position(xmin: int) -> Position:
+    """The feed position just before transaction ``xmin``: all older ones have ended."""
+    return Position(max(xmin - 1, 0), MAX_ID)
+
+
+def current_position(using: str | None = None) -> Position:
+    """A cursor from which the feed serves only changes committed from now on.
+
+    Some changes committed just before may follow too (at least once, never
+    fewer).
+    """
+    with connections[_database(using)].cursor() as cursor:
+        cursor.execute(_POSITION_SQL)
+        return fence_position(cursor.fetchone()[0])
+
+
+def _published(values: Any, columns: frozenset[str]) -> dict[str, Any] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = json.loads(values)
+    # A registration narrowed since the change was written: serve what it
+    # publishes now, nothing more.
+    if not columns.issuperset(values):
+        values = {k: v for k, v in values.items() if k in columns}
+    return values
+
+
+def read_changes(
+    after: Position | str | None = None,
+    limit: int = 100,
+    models: Iterable[str] | None = None,
+    *,
+    using: str | None = None,
+) -> Page:
+    """Read the next page of the feed after ``after`` (a Position or cursor string).
+
+    ``after=None`` starts at the oldest retained change. ``models`` limits the
+    feed to these model labels (all published models by default). Raises
+    :class:`InvalidCursor` for a malformed cursor string, :class:`CursorExpired`
+    when the log has been pruned past ``after``, ``LookupError`` for a label
+    that is not published.
+    """
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    explicit = Position.coerce(after)
+    start = explicit or START
+    chosen = {r.label: r for r in feed_models(models)}
+    columns = {label: frozenset(r.published_columns) for label, r in chosen.items()}
+    params = {
+        "txid": start.txid,
+        "id": start.id,
+        "models": sorted(chosen),
+        "limit": limit,
+    }
+    connection = connections[_database(using)]
+    params["local"] = connection.get_autocommit() and not connection.in_atomic_block
+    with connection.cursor() as cursor:
+        cursor.execute(_PAGE_SQL, params)
+        rows = cursor.fetchall()
+
+    xmin, horizon_txid, horizon_id, held_back = rows[0][:4]
+    horizon = Position(horizon_txid, horizon_id)
+    if explicit is not None and explicit < horizon:
+        raise CursorExpired(explicit, horizon)
+
+    changes = []
+    for row in rows:
+        id_, txid, label, op, at, old, new, user_id, method, path = row[4:]
+        if id_ is None:
+            break  # the fence row alone: nothing to serve
+        old = _published(old, columns[label])
+        new = _published(new, columns[label])
+        values = new if new is not None else old
+        pk = None if values is None else values.get(chosen[label].pk_column)
+        changes.append(FeedChange(id_, txid, label, pk, op, at, old, new, user_id, method, path))
+
+    following = max(start, horizon)
+    if changes:
+        following = max(following, changes[-1].position)
+    if len(changes) < limit:
+        # Every matching change before the fence was on this page, and no
+        # transaction older than the fence can write again: skip to it, so a
+        # filtered feed does not rescan other models' changes on every poll.
+        following = max(following, fence_position(xmin))
+    return Page(changes, following, limit, held_back=held_back and not changes)
+
+
+# -- Long polling ------------------------------------------------------------
+
+
+class _Listener:
+    """One LISTEN connection per process and database, shared by all waiters.
+
+    Each notification bumps ``generation``; a waiter notes the generation
+    before it reads, and sleeps until it moves. The connection is its own,
+    in autocommit: no Django connection is held while anyone waits. It is
+    closed after a minute without waiters.
+    """
+
+    IDLE = 60.0
+
+    def __init__(self, alias: str):
+        self.alias = alias
+        self.generation = 0
+        self.waiters = 0
+        self.last_wait = time.monotonic()
+        self.condition = threading.Condition()
+        self.listening = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"pubsubpull-listen-{alias}")
+        self.thread.daemon = True
+        self.thread.start()
+
+    def _connect(self) -> psycopg.Connection:
+        params = connections[self.alias].get_connection_params()
+        params.pop("cursor_factory", None)
+        params.pop("context", None)
+        return psycopg.connect(**params, autocommit=True)
+
+    def _bump(self) -> None:
+        with self.condition:
+            self.generation += 1
+            self.condition.notify_all()
+
+    def _idle(self) -> bool:
+        with self.condition:
+            return self.waiters == 0 and time.monotonic() - self.last_wait > self.IDLE
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self.stopping.is_set():
+            try:
+                with self._connect() as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.listening.set()
+                    # Notifications sent while not listening are lost: wake
+                    # every waiter to read again.
+                    self._bump()
+                    backoff = 0.1
+                    while not self.stopping.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._bump()
+                        if self._idle():
+                            self.stopping.set()
+            except Exception:
+                self.listening.clear()
+                self._bump()
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self.listening.clear()
+        with _listeners_lock:
+            if _listeners.get(self.alias) is self:
+                del _listeners[self.alias]
+
+    def wait(self, generation: int, timeout: float) -> None:
+        with self.condition:
+            self.waiters += 1
+            try:
+                self.condition.wait_for(lambda: self.generation != generation, timeout)
+            finally:
+                self.waiters -= 1
+                self.last_wait = time.monotonic()
+
+
+_listeners: dict[str, _Listener] = {}
+_listeners_lock = threading.Lock()
+
+
+def _listener(alias: str) -> _Listener:
+    with _listeners_lock:
+        listener = _listeners.get(alias)
+        if listener is None or listener.stopping.is_set():
+            listener = _listeners[alias] = _Listener(alias)
+        with listener.condition:
+            listener.last_wait = time.monotonic()
+        return listener
+
+
+def stop_listening(timeout: float = 5.0) -> None:
+    """Close this process's LISTEN connections (they reopen when someone waits).
+
+    For tests and orderly shutdowns; an idle listener closes by itself.
+    """
+    with _listeners_lock:
+        stopping = list(_listeners.values())
+        _listeners.clear()
+    for listener in stopping:
+        listener.stopping.set()
+    for listener in stopping:
+        listener.thread.join(timeout)
+
+
+# A waiter reads again at least this often, in case notifications do not
+# arrive (a connection pooler in transaction mode drops LISTEN).
+_SAFETY_POLL = 5.0
+
+
+def wait_for_changes(
+    after: Position | str | None = None,
+    limit: int = 100,
+    models: Iterable[str] | None = None,
+    *,
+    timeout: float,
+    using: str | None = None,
+) -> Page:
+    """Like :func:`read_changes`, but wait up to ``timeout`` seconds for a change.
+
+    Returns as soon as a page has changes, or an empty page at the timeout.
+    Woken by the capture trigger's NOTIFY, so a change is served within
+    milliseconds of its commit (of the commit of every older transaction).
+    """
+    alias = _database(using)
+    deadline = time.monotonic() + max(timeout, 0)
+    listener = _listener(alias)
+    listener.listening.wait(min(max(timeout, 0), 2.0))
+    delay = 0.02
+    while True:
+        generation = listener.generation
+        page = read_changes(after, limit, models, using=alias)
+        remaining = deadline - time.monotonic()
+        if page.changes or remaining <= 0:
+            return page
+        after = page.next
+        if page.held_back or not listener.listening.is_set():
+            # Committed changes wait for an older transaction to end; its end
+            # sends no notification, so poll, backing off.
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
+        else:
+            listener.wait(generation, min(_SAFETY_POLL, remaining))

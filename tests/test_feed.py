@@ -1,0 +1,264 @@
+"""The change feed is gap-free: whatever order transactions commit in, a reader sees each
+committed change exactly once and never a rolled-back one."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import psycopg
+import pytest
+from django.db import connection, connections
+
+from customers.models import Country, Customer
+from pubsubpull import feed
+from tests.conftest import dsn
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_listeners():
+    """Long polls open a LISTEN connection; close it before the test database is dropped."""
+    yield
+    feed.stop_listening()
+
+
+INSERT = "INSERT INTO customers_customer (name, email, newsletter, notes, created, updated) "
+INSERT += "VALUES (%s, '', false, '', now(), now())"
+
+
+def names(page):
+    return [c.new["name"] for c in page.changes]
+
+
+def follow(after=None, **kwargs):
+    """Read the feed until caught up; return every change and the final cursor."""
+    seen = []
+    while True:
+        page = feed.read_changes(after, **kwargs)
+        seen.extend(page.changes)
+        after = page.next
+        if not page.changes:
+            return seen, after
+
+
+@pytest.mark.parametrize("older_commits_later", [True, False])
+def test_two_transactions_committing_out_of_order_are_both_seen(older_commits_later):
+    """A takes a change id, B a higher one and commits, a reader reads, then A commits."""
+    with psycopg.connect(dsn()) as a, psycopg.connect(dsn()) as b:
+        if not older_commits_later:
+            # B's transaction is the older one (lower txid) but writes last.
+            b.execute("SELECT pg_current_xact_id()")
+        a.execute(INSERT, ["A"])
+        b.execute(INSERT, ["B"])
+        b.commit()
+        (a_id,) = a.execute("SELECT id FROM pubsubpull_change WHERE new->>'name' = 'A'").fetchone()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT id FROM pubsubpull_change WHERE new->>'name' = 'B'")
+            (b_id,) = cursor.fetchone()
+        assert a_id < b_id, "A took the lower change id"
+
+        first = feed.read_changes(None)
+        # Reading by id alone would now serve B and move past A's id for good.
+        assert "A" not in names(first)
+
+        a.commit()
+    seen, _ = follow(first.next)
+    assert sorted(names(first) + [c.new["name"] for c in seen]) == ["A", "B"]
+
+
+def test_an_open_transaction_holds_the_feed_back_without_losing_anything():
+    with psycopg.connect(dsn()) as blocker:
+        blocker.execute("SELECT pg_current_xact_id()")  # takes an xid, writes nothing
+        Customer.objects.create(name="after the blocker")
+        page = feed.read_changes(None)
+        assert page.changes == [] and page.held_back
+        blocker.rollback()
+    page = feed.read_changes(page.next)
+    assert names(page) == ["after the blocker"]
+
+
+def test_rolled_back_changes_never_appear():
+    with psycopg.connect(dsn()) as writer:
+        writer.execute(INSERT, ["rolled back"])
+        writer.rollback()
+        writer.execute(INSERT, ["kept"])
+        writer.commit()
+    seen, _ = follow()
+    assert [c.new["name"] for c in seen] == ["kept"]
+
+
+def test_many_writers_with_random_commit_delays_and_rollbacks():
+    """Every committed change is read exactly once, in (txid, id) order; nothing else."""
+    rng = random.Random(20151127)
+    writers, transactions = 4, 500
+    committed: set[str] = set()
+    rolled_back: set[str] = set()
+    lock = threading.Lock()
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def write(number: int, seed: int) -> None:
+        local = random.Random(seed)
+        try:
+            with psycopg.connect(dsn()) as conn:
+                for t in range(transactions):
+                    batch = [f"w{number}-t{t}-r{r}" for r in range(local.randint(1, 3))]
+                    for name in batch:
+                        conn.execute(INSERT, [name])
+                    if local.random() < 0.3:
+                        time.sleep(local.random() * 0.003)
+                    if local.random() < 0.2:
+                        conn.rollback()
+                        with lock:
+                            rolled_back.update(batch)
+                    else:
+                        conn.commit()
+                        with lock:
+                            committed.update(batch)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    read: list[feed.FeedChange] = []
+
+    def follow_feed() -> None:
+        after = None
+        try:
+            while True:
+                finished = done.is_set()
+                page = feed.read_changes(after, limit=rng.choice([1, 7, 50, 200]))
+                read.extend(page.changes)
+                after = page.next
+                if finished and not page.changes and not page.held_back:
+                    return
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=write, args=(n, rng.random())) for n in range(writers)]
+    reader = threading.Thread(target=follow_feed)
+    reader.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done.set()
+    reader.join(60)
+    assert not errors, errors
+    assert not reader.is_alive()
+
+    names_read = [c.new["name"] for c in read]
+    assert len(names_read) == len(set(names_read)), "a change was read twice"
+    assert set(names_read) == committed
+    assert not rolled_back & set(names_read)
+    positions = [c.position for c in read]
+    assert positions == sorted(positions)
+    assert len(committed) > 2000
+
+
+def test_feed_filters_by_model_and_skips_ahead_when_caught_up():
+    Country.objects.create(code="fr", name="France")
+    Customer.objects.create(name="Ada")
+    page = feed.read_changes(None, models=["customers.country"])
+    assert [c.model for c in page.changes] == ["customers.country"]
+    assert page.next > page.changes[-1].position
+    with pytest.raises(LookupError):
+        feed.read_changes(None, models=["customers.internalnote"])
+
+
+@pytest.mark.parametrize("rows", [1, 2, 9, 10, 11])
+def test_pages_of_any_size_are_read_whole(rows):
+    Customer.objects.bulk_create([Customer(name=f"c{i}") for i in range(rows)])
+    for i in range(rows):
+        Customer.objects.filter(name=f"c{i}").update(email=f"c{i}@example.com")
+    seen, after = [], None
+    pages = 0
+    while True:
+        page = feed.read_changes(after, limit=10)
+        pages += 1
+        seen.extend(page.changes)
+        after = page.next
+        if page.caught_up:
+            break
+    assert [(c.op, c.new["name"]) for c in seen] == [("insert", f"c{i}") for i in range(rows)] + [
+        ("update", f"c{i}") for i in range(rows)
+    ]
+    assert pages == 2 * rows // 10 + 1
+
+
+def test_cursors_are_opaque_and_garbage_is_refused():
+    position = feed.Position(123, 456)
+    assert feed.Position.decode(position.encode()) == position
+    for garbage in ["", "x", "123.456", "YzEuMS4y====", "c1.1.2", "🙂", "a" * 500]:
+        with pytest.raises(feed.InvalidCursor):
+            feed.Position.decode(garbage)
+
+
+def test_a_cursor_older_than_the_retained_log_is_gone():
+    Customer.objects.bulk_create([Customer(name=f"c{i}") for i in range(5)])
+    first = feed.read_changes(None, limit=2)
+    second = feed.read_changes(first.next, limit=2)
+    # An operator prunes the first three changes by hand.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM pubsubpull_change WHERE id IN "
+            "(SELECT id FROM pubsubpull_change ORDER BY txid, id LIMIT 3)"
+        )
+    with pytest.raises(feed.CursorExpired) as gone:
+        feed.read_changes(first.next)
+    assert "snapshot" in str(gone.value)
+    # Past the horizon a cursor still works, and a new reader starts there.
+    assert names(feed.read_changes(second.next)) == ["c4"]
+    assert names(feed.read_changes(None)) == ["c3", "c4"]
+
+
+def test_long_poll_wakes_on_notify():
+    _, after = follow()
+    started = time.monotonic()
+    timer = threading.Timer(0.3, lambda: _insert_elsewhere("late"))
+    timer.start()
+    page = feed.wait_for_changes(after, timeout=10)
+    elapsed = time.monotonic() - started
+    timer.join()
+    assert names(page) == ["late"]
+    assert 0.25 < elapsed < 3
+
+
+def test_long_poll_serves_a_change_held_back_by_an_older_transaction():
+    _, after = follow()
+    blocker = psycopg.connect(dsn())
+    blocker.execute("SELECT pg_current_xact_id()")
+    _insert_elsewhere("held back")
+    timer = threading.Timer(0.4, blocker.rollback)
+    timer.start()
+    started = time.monotonic()
+    page = feed.wait_for_changes(after, timeout=10)
+    timer.join()
+    blocker.close()
+    assert names(page) == ["held back"]
+    assert time.monotonic() - started < 3
+
+
+def test_long_poll_times_out_with_an_empty_page():
+    _, after = follow()
+    started = time.monotonic()
+    page = feed.wait_for_changes(after, timeout=0.3)
+    assert page.changes == []
+    assert 0.25 < time.monotonic() - started < 2
+
+
+def _insert_elsewhere(name: str) -> None:
+    with psycopg.connect(dsn(), autocommit=True) as conn:
+        conn.execute(INSERT, [name])
+
+
+def test_a_long_transaction_in_another_database_does_not_hold_the_feed_back():
+    """Microservices share PostgreSQL servers; xids are cluster-wide, databases are not."""
+    with psycopg.connect(dsn("postgres")) as elsewhere:
+        elsewhere.execute("SELECT pg_current_xact_id()")
+        Customer.objects.create(name="served")
+        assert names(feed.read_changes(None)) == ["served"]
+        elsewhere.rollback()
