@@ -5,7 +5,7 @@ path("pubsubpull/", include("pubsubpull.urls")),
 
 from django.urls import path
 
-from .api import views
+from .api import subscriptions, views
 
 app_name = "pubsubpull"
 
@@ -15,4 +15,6 @@ urlpatterns = [
     path("changes/", views.changes, name="changes"),
     path("models/<str:model>/instances/", views.instances, name="instances"),
     path("models/<str:model>/instances/<path:pk>/", views.instance, name="instance"),
+    path("subscriptions/", subscriptions.collection, name="subscriptions"),
+    path("subscriptions/<str:name>/", subscriptions.subscription, name="subscription"),
 ]

@@ -347,6 +347,10 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
             },
         },
     }
+    from . import subscriptions  # the subscription endpoints describe themselves
+
+    paths.update(subscriptions.PATHS)
+    schemas.update(subscriptions.SCHEMAS)
     for label in labels:
         registration = get_registration(label)
         if registration is None:

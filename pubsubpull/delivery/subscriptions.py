@@ -13,6 +13,7 @@ Example (what ``PUT /subscriptions/billing/`` does for the caller ``token:3``)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -34,6 +35,10 @@ class InvalidSubscription(ValueError):
     def __init__(self, errors: dict[str, str]):
         self.errors = errors
         super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+
+
+class NotAllowed(PermissionError):
+    """The caller may not read a model it wants to subscribe to."""
 
 
 @dataclass
@@ -123,17 +128,23 @@ def validate(data: Any, *, creating: bool) -> dict[str, Any]:
     return cleaned
 
 
-def subscribe(owner: str, name: str, data: Any) -> Subscribed:
+def subscribe(
+    owner: str, name: str, data: Any, may_read: Callable[[str], bool] | None = None
+) -> Subscribed:
     """Create the subscription ``name`` of ``owner``, or update it to match ``data``.
 
     Idempotent: the same request twice leaves one subscription as it was
     after the first. ``start`` only applies when it is given (an update
     without it keeps the position). A disabled or failing subscription is
-    retried at once, resuming where it stopped. Raises InvalidSubscription.
+    retried at once, resuming where it stopped. Raises InvalidSubscription,
+    or NotAllowed when ``may_read`` refuses one of the models.
     """
     with transaction.atomic():
         existing = Subscription.objects.select_for_update().filter(owner=owner, name=name).first()
         cleaned = validate(data, creating=existing is None)
+        refused = [m for m in cleaned.get("models", []) if may_read and not may_read(m)]
+        if refused:
+            raise NotAllowed(f"You may not read {', '.join(refused)}, so you cannot subscribe.")
         secret = None
         if existing is None:
             start = cleaned.get("start") or feed.current_position()
