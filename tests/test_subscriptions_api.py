@@ -156,18 +156,18 @@ def test_no_credentials_is_401(receiver):
         (
             {"callback": "RECEIVER", "models": ["customers.customer"], "batch_size": "ten"},
             "batch_size",
-        ),  # noqa: E501
+        ),
         ({"callback": "RECEIVER", "models": ["customers.customer"], "batch_size": 0}, "batch_size"),
         (
             {"callback": "RECEIVER", "models": ["customers.customer"], "batch_size": True},
             "batch_size",
-        ),  # noqa: E501
+        ),
         ({"callback": "RECEIVER", "models": ["customers.customer"], "start": "yesterday"}, "start"),
         ({"callback": "RECEIVER", "models": ["customers.customer"], "start": 5}, "start"),
         (
             {"callback": "RECEIVER", "models": ["customers.customer"], "rotate_secret": "yes"},
             "rotate_secret",
-        ),  # noqa: E501
+        ),
         ({"callback": "RECEIVER", "models": ["customers.customer"], "colour": "red"}, "body"),
         (["RECEIVER"], "body"),
     ],
