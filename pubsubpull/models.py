@@ -180,4 +180,10 @@ class ServiceToken(models.Model):
         return self.is_active and ("*" in self.scope or label in self.scope)
 
 
+from .client.models import (  # noqa: E402, F401  (pull and receive)
+    MirrorTombstone,
+    PullCursor,
+    ReceivedBatch,
+    RemoteSubscription,
+)
 from .delivery.models import Attempt, Subscription  # noqa: E402, F401  (subscriptions)
