@@ -171,11 +171,14 @@ def pull(
         "service_url": service_url,
         "handler": path,
         "model_labels": labels,
-        "token": auth or "",
-        "page_size": page_size or conf.get("PULL_PAGE_SIZE"),
         "every": every,
         "once": once,
     }
+    # Left out, these keep what the cursor has (or get their defaults).
+    if auth is not None:
+        settings["token"] = auth
+    if page_size is not None:
+        settings["page_size"] = page_size
     cursor = PullCursor.objects.filter(name=name).first()
     if cursor is None:
         phase, position = PullCursor.Phase.SNAPSHOT, ""
@@ -184,8 +187,9 @@ def pull(
             position = _feed_head(Publisher(service_url, auth or ""), labels)
         elif start != "beginning":
             phase, position = PullCursor.Phase.FEED, start
+        defaults = {"page_size": conf.get("PULL_PAGE_SIZE"), **settings}
         cursor, created = PullCursor.objects.get_or_create(
-            name=name, defaults={**settings, "phase": phase, "feed_position": position}
+            name=name, defaults={**defaults, "phase": phase, "feed_position": position}
         )
     else:
         created = False
@@ -433,6 +437,7 @@ def run(
     progress: Callable[[Progress], None] | None = None,
     stop_when_caught_up: bool = False,
     now: bool = False,
+    raise_errors: bool = False,
 ) -> str:
     """Run a pull until caught up or ``budget`` seconds pass (the job, and the command).
 
@@ -440,7 +445,7 @@ def run(
     (the budget ran out: it is enqueued again), ``caught_up``, ``done``
     (a pull_down finished) or ``failed`` (the error is recorded in the
     cursor, which is retried after a backoff). ``now`` runs it even if a
-    backoff is pending.
+    backoff is pending; ``raise_errors`` raises the error after recording it.
     """
     owner = f"{WORKER_NAME}:{uuid.uuid4().hex[:8]}"
     cursor = _claim(cursor_id, owner, now)
@@ -478,6 +483,8 @@ def run(
             next_run_at=now_ + timedelta(seconds=delay),
         )
         cursor.failures, cursor.last_error = failures, error
+        if raise_errors:
+            raise
         return "failed"
     if outcome == "caught_up" and cursor.every > 0:
         _release(cursor, owner, next_run_at=timezone.now() + timedelta(seconds=cursor.every))
