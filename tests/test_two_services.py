@@ -19,6 +19,7 @@ import httpx
 import psycopg
 import pytest
 from django.contrib.auth.models import User
+from django.utils import timezone
 from standardwebhooks import Webhook
 
 from customers.models import Country, Customer
@@ -282,3 +283,43 @@ def test_publisher_down_for_a_while_the_client_backs_off_and_catches_up(billing,
         wait_until(lambda: billing.sql("SELECT failures FROM pubsubpull_pullcursor") == [(0,)])
     finally:
         switch.down()
+
+
+def test_billing_mirrors_customers_by_push_and_catches_up_after_a_gap(billing, settings):
+    use_fast_settings(settings)
+    from pubsubpull.delivery.models import Subscription
+
+    Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(30))
+    billing.start_server()
+    # A copy made now (snapshot and feed), then a subscription from where it ended.
+    billing.shell(
+        "from billing.mirrors import customers; "
+        f"customers.subscribe('{billing.url}/hooks/customers/')"
+    )
+    assert mirrored_customers(billing) == published_customers()
+
+    with WorkerThread():
+        first = Customer.objects.order_by("pk").first()
+        first.name = "pushed"
+        first.save()
+        Customer.objects.order_by("pk").last().delete()
+        Customer.objects.create(name="new")
+        wait_until(lambda: mirrored_customers(billing) == published_customers())
+
+        # The subscription stops (paused at the publisher); changes go on.
+        Subscription.objects.update(state="paused")
+        Customer.objects.filter(pk=first.pk).update(name="while paused")
+        Customer.objects.create(name="also while paused")
+        time.sleep(0.5)
+        assert mirrored_customers(billing) != published_customers()
+
+        # At start-up billing pulls from the last change it handled.
+        billing.shell("from billing.mirrors import customers; print(customers.catch_up())")
+        assert mirrored_customers(billing) == published_customers()
+
+        # The subscription resumes and delivers what catch_up applied already.
+        Subscription.objects.update(state="active", next_attempt_at=timezone.now())
+        Customer.objects.create(name="after")
+        wait_until(lambda: mirrored_customers(billing) == published_customers())
+    [(received,)] = billing.sql("SELECT received FROM pubsubpull_remotesubscription")
+    assert received >= 4

@@ -129,8 +129,10 @@ def instances(request, caller, model):
 
     label = registration.label
     items = []
+    # Resolved once per page, not per row: it is most of a page's Python time.
+    base = request.build_absolute_uri(reverse("pubsubpull:instances", args=[label]))
     for instance in page.instances:
-        url = json.dumps(_instance_url(request, label, instance.pk_text), ensure_ascii=False)
+        url = json.dumps(base + quote(instance.pk_text, safe="") + "/", ensure_ascii=False)
         sequence = "null" if instance.sequence is None else str(instance.sequence)
         items.append(
             f'{{"pk":{instance.pk_json},"url":{url},"sequence":{sequence},'

@@ -165,7 +165,7 @@ class Mirror:
 
     def handle_events(self, events: list[Event]) -> None:
         """Apply a page of events: newest per object, in two statements."""
-        latest: dict[str, Event] = {}
+        latest: dict[Any, Event] = {}
         truncated: int | None = None
         for event in events:
             if event.model != self.label:
@@ -177,10 +177,10 @@ class Mirror:
                 latest = {}
                 self._truncate(truncated)
                 continue
-            text = json.dumps(event.pk)
-            known = latest.get(text)
+            # Primary keys come from JSON: numbers and strings, hashable.
+            known = latest.get(event.pk)
             if known is None or (event.sequence or 0) >= (known.sequence or 0):
-                latest[text] = event
+                latest[event.pk] = event
         self._apply(latest)
 
     def _columns(self):
@@ -193,7 +193,7 @@ class Mirror:
 
         return table, column(self.key), column(self.sequence), [column(f) for f in self.fields]
 
-    def _apply(self, latest: dict[str, Event]) -> None:
+    def _apply(self, latest: dict[Any, Event]) -> None:
         if not latest:
             return
         upserts, deletes = [], []

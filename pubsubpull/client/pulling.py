@@ -24,6 +24,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -273,6 +274,39 @@ class Runner:
         self.progress = progress
         self.handler = resolve_handler(cursor.handler)
         self.publisher = Publisher(cursor.service_url, cursor.token)
+        self._fetcher: ThreadPoolExecutor | None = None
+        self._prefetched: tuple[tuple, Future] | None = None
+
+    # While the handler works on one page the next one is already on its
+    # way (keyset pages and feed pages say where the next one starts), so
+    # the publisher's time and ours overlap. A prefetched page is only used
+    # if the cursor did move to where it starts.
+    def get(self, url: str, params: dict[str, Any] | None = None, timeout=None) -> dict:
+        key = (url, tuple(sorted((params or {}).items())))
+        if self._prefetched is not None:
+            prefetched_key, future = self._prefetched
+            self._prefetched = None
+            if prefetched_key == key:
+                return future.result()
+            future.cancel()
+        return get_json(url, token=self.cursor.token, params=params, timeout=timeout)
+
+    def prefetch(self, url: str, params: dict[str, Any] | None = None, timeout=None) -> None:
+        if self._fetcher is None:
+            self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="pubsubpull-prefetch")
+        key = (url, tuple(sorted((params or {}).items())))
+        future = self._fetcher.submit(
+            get_json, url, token=self.cursor.token, params=params, timeout=timeout
+        )
+        self._prefetched = (key, future)
+
+    def close(self) -> None:
+        if self._prefetched is not None:
+            self._prefetched[1].cancel()
+            self._prefetched = None
+        if self._fetcher is not None:
+            self._fetcher.shutdown(wait=False, cancel_futures=True)
+            self._fetcher = None
 
     # Each page: the handler's work and the cursor's move, in one transaction.
     def commit(self, events: list[Event], **fields: Any) -> None:
@@ -333,7 +367,9 @@ class Runner:
             url, params = cursor.snapshot_next, None
         else:
             url, params = self.publisher.instances_url(models[0]), {"limit": cursor.page_size}
-        body = get_json(url, token=cursor.token, params=params)
+        body = self.get(url, params)
+        if body.get("next"):
+            self.prefetch(body["next"])
         label = body.get("model", models[0])
         events = [Event.from_instance(label, item) for item in body["instances"]]
         fields: dict[str, Any] = {"snapshot_models": models}
@@ -364,17 +400,17 @@ class Runner:
         if wait > 0:
             params["wait"] = f"{wait:.1f}"
         try:
-            body = get_json(
-                self.publisher.changes_url(),
-                token=cursor.token,
-                params=params,
-                timeout=conf.get("PULL_TIMEOUT") + wait,
+            body = self.get(
+                self.publisher.changes_url(), params, timeout=conf.get("PULL_TIMEOUT") + wait
             )
         except Gone as e:
             self.restart_snapshot(f"the publisher's change log no longer reaches our cursor ({e})")
             return False
         events = [Event.from_change(item) for item in body["changes"]]
         caught_up = len(events) < cursor.page_size
+        if not caught_up:
+            following = {k: v for k, v in params.items() if k != "wait"}
+            self.prefetch(self.publisher.changes_url(), {**following, "after": body["cursor"]})
         fields: dict[str, Any] = {}
         if body["cursor"] != cursor.feed_position:
             fields["feed_position"] = body["cursor"]
@@ -455,7 +491,10 @@ def run(
     deadline = time.monotonic() + budget
     try:
         runner = Runner(cursor, owner, deadline, progress)
-        outcome = runner.run(stop_when_caught_up=stop_when_caught_up)
+        try:
+            outcome = runner.run(stop_when_caught_up=stop_when_caught_up)
+        finally:
+            runner.close()
     except LostLease:
         logger.warning("pull %s: another worker took the cursor; leaving it", cursor.name)
         return "busy"

@@ -43,7 +43,7 @@ class Bar:
             self.done, self.started = 0, time.monotonic()
             self.stream.write("\nthe publisher's log no longer reaches the cursor: new snapshot\n")
         now = time.monotonic()
-        if now - self.last_drawn < (0.2 if self.tty else 5.0) and not progress.caught_up:
+        if now - self.last_drawn < (0.2 if self.tty else 5.0):
             return
         self.last_drawn = now
         self.draw(progress.phase, progress.caught_up)
