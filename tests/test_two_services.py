@@ -290,7 +290,7 @@ def test_billing_mirrors_customers_by_push_and_catches_up_after_a_gap(billing, s
     from pubsubpull.delivery.models import Subscription
 
     Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(30))
-    billing.start_server()
+    server = billing.start_server()
     # A copy made now (snapshot and feed), then a subscription from where it ended.
     billing.shell(
         "from billing.mirrors import customers; "
@@ -306,19 +306,21 @@ def test_billing_mirrors_customers_by_push_and_catches_up_after_a_gap(billing, s
         Customer.objects.create(name="new")
         wait_until(lambda: mirrored_customers(billing) == published_customers())
 
-        # The subscription stops (paused at the publisher); changes go on.
-        Subscription.objects.update(state="paused")
-        Customer.objects.filter(pk=first.pk).update(name="while paused")
-        Customer.objects.create(name="also while paused")
-        time.sleep(0.5)
+        # Billing's web server goes down; changes go on.
+        server.stop()
+        billing.processes.remove(server)
+        Customer.objects.filter(pk=first.pk).update(name="while down")
+        Customer.objects.create(name="also while down")
+        wait_until(lambda: Subscription.objects.get().failures >= 1)
         assert mirrored_customers(billing) != published_customers()
 
-        # At start-up billing pulls from the last change it handled.
+        # At start-up billing pulls from the last change it handled...
         billing.shell("from billing.mirrors import customers; print(customers.catch_up())")
         assert mirrored_customers(billing) == published_customers()
 
-        # The subscription resumes and delivers what catch_up applied already.
-        Subscription.objects.update(state="active", next_attempt_at=timezone.now())
+        # ...and the publisher's retries bring what catch_up applied already.
+        billing.start_server()
+        Subscription.objects.update(next_attempt_at=timezone.now())
         Customer.objects.create(name="after")
         wait_until(lambda: mirrored_customers(billing) == published_customers())
     [(received,)] = billing.sql("SELECT received FROM pubsubpull_remotesubscription")
