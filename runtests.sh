@@ -37,8 +37,12 @@ make_venv() {  # make_venv DIR PYTHON DJANGO-REQUIREMENT
     fi
     if [ "$(cat "$dir/.stamp" 2>/dev/null)" != "$stamp" ]; then
         echo "runtests: installing into $dir ($django)" >&2
-        "$dir/bin/python" -m pip install -q --upgrade pip >&2
-        "$dir/bin/python" -m pip install -q -e ".[test,embedded]" "$django" >&2
+        if ! { "$dir/bin/python" -m pip install --upgrade pip &&
+               "$dir/bin/python" -m pip install -e ".[test,embedded]" "$django"; } >"$dir/install.log" 2>&1; then
+            cat "$dir/install.log" >&2
+            echo "runtests: installing into $dir failed (log above)" >&2
+            exit 1
+        fi
         echo "$stamp" > "$dir/.stamp"
     fi
 }

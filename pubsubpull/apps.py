@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class PubSubPullConfig(AppConfig):
@@ -7,4 +8,8 @@ class PubSubPullConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
+        from . import checks
+
+        # After `migrate`, say at once if a published table lacks its trigger
+        # (registered but never migrated, or dropped by hand).
+        post_migrate.connect(checks.warn_after_migrate, sender=self)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from django.core import checks
 from django.db import connections, router
 from django.db.migrations.executor import MigrationExecutor
@@ -71,3 +73,11 @@ def check_triggers(app_configs=None, databases=None, **kwargs):
                 )
             )
     return warnings
+
+
+def warn_after_migrate(sender, using="default", verbosity=1, stdout=None, **kwargs):
+    """post_migrate receiver: print trigger warnings for the migrated database."""
+    if verbosity < 1:
+        return
+    for warning in check_triggers(databases=[using]):
+        print(f"{warning.id}: {warning.msg}\n\tHINT: {warning.hint}", file=stdout or sys.stderr)

@@ -119,12 +119,22 @@ class FeedChange:
     model: str
     pk: Any
     op: str
-    at: datetime.datetime
+    at_text: str
+    """When the statement that made the change started, ISO 8601 as PostgreSQL
+    renders timestamps in the snapshot's fields too."""
     old: dict[str, Any] | None
     new: dict[str, Any] | None
     user_id: int | None = None
     method: str | None = None
     path: str | None = None
+    # old and new as JSON text, kept as PostgreSQL rendered them when nothing
+    # had to be removed: serving a page then re-encodes nothing.
+    old_json: str | None = field(default=None, repr=False)
+    new_json: str | None = field(default=None, repr=False)
+
+    @property
+    def at(self) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(self.at_text)
 
     @property
     def position(self) -> Position:
@@ -139,23 +149,40 @@ class FeedChange:
         """Orders the changes of one object; compare it to drop stale events."""
         return self.id
 
+    @property
+    def request(self) -> dict[str, Any] | None:
+        if self.method is None:
+            return None
+        return {"user": self.user_id, "method": self.method, "path": self.path}
+
     def as_json(self) -> dict[str, Any]:
         """The change as a JSON-ready dict, as the HTTP feed and deliveries carry it."""
-        request = None
-        if self.method is not None:
-            request = {"user": self.user_id, "method": self.method, "path": self.path}
         return {
             "id": self.id,
             "cursor": self.cursor,
             "model": self.model,
             "pk": self.pk,
             "op": self.op,
-            "at": self.at.isoformat(),
+            "at": self.at_text,
             "sequence": self.id,
             "old": self.old,
             "new": self.new,
-            "request": request,
+            "request": self.request,
         }
+
+    def as_json_text(self) -> str:
+        """``json.dumps(self.as_json())``, without encoding old and new again."""
+
+        def dumps(value: Any) -> str:
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+        old = self.old_json if self.old_json is not None else dumps(self.old)
+        new = self.new_json if self.new_json is not None else dumps(self.new)
+        return (
+            f'{{"id":{self.id},"cursor":"{self.cursor}","model":{dumps(self.model)},'
+            f'"pk":{dumps(self.pk)},"op":"{self.op}","at":{dumps(self.at_text)},'
+            f'"sequence":{self.id},"old":{old},"new":{new},"request":{dumps(self.request)}}}'
+        )
 
 
 @dataclass
@@ -186,12 +213,12 @@ class Page:
 # The fence is the oldest transaction still running when the snapshot was
 # taken: nothing before it can change any more. Transaction ids are
 # cluster-wide, so a long transaction in another database on the same server
-# would hold every feed back; when the statement is its own transaction
-# (%(local)s), a running xid that pg_stat_activity shows belonging to another
-# database is skipped. Only positive proof skips one: an xid it cannot place
-# (a prepared transaction, stats hidden from this role) still fences. In a
-# longer transaction the activity view may be older than the snapshot, so
-# then the fence is plainly the snapshot's xmin.
+# would hold every feed back; a running xid that pg_stat_activity shows
+# belonging to another database is skipped. Only positive proof skips one:
+# an xid it cannot place (ended meanwhile, a prepared transaction, stats
+# hidden from this role) still fences. The proof holds because the activity
+# is read after the snapshot was taken (see read_changes), and xids are never
+# reused nor backends moved between databases.
 _PAGE_SQL = """
 WITH snap AS MATERIALIZED (
     SELECT pg_current_snapshot() AS s
@@ -201,12 +228,12 @@ fence AS MATERIALIZED (
                (SELECT min(running.x::text::bigint)
                 FROM (
                     SELECT x FROM pg_snapshot_xip(snap.s) AS x
-                    WHERE NOT (%(local)s AND x::xid IN (
+                    WHERE x::xid NOT IN (
                         SELECT a.backend_xid FROM pg_stat_activity AS a
                         WHERE a.backend_xid IS NOT NULL
                           AND a.datid IS DISTINCT FROM
                               (SELECT oid FROM pg_database WHERE datname = current_database())
-                    ))
+                    )
                     -- The reader's own uncommitted changes are not news yet.
                     UNION ALL SELECT pg_current_xact_id_if_assigned()
                 ) AS running (x)),
@@ -217,24 +244,46 @@ fence AS MATERIALIZED (
     FROM snap
     LEFT JOIN pubsubpull_horizon AS h ON h.id = 1
 ),
+start AS MATERIALIZED (
+    -- One start position (the later of the cursor and the horizon) and one
+    -- for the held-back check, so each scan is one index range.
+    SELECT fence.*,
+           CASE WHEN (%(txid)s, %(id)s) >= (horizon_txid, horizon_id)
+                THEN %(txid)s ELSE horizon_txid END AS from_txid,
+           CASE WHEN (%(txid)s, %(id)s) >= (horizon_txid, horizon_id)
+                THEN %(id)s ELSE horizon_id END AS from_id
+    FROM fence
+),
+bounds AS MATERIALIZED (
+    SELECT start.*,
+           CASE WHEN (from_txid, from_id) > (xmin - 1, 9223372036854775807)
+                THEN from_txid ELSE xmin - 1 END AS held_txid,
+           CASE WHEN (from_txid, from_id) > (xmin - 1, 9223372036854775807)
+                THEN from_id ELSE 9223372036854775807 END AS held_id
+    FROM start
+),
 held_back AS MATERIALIZED (
-    SELECT EXISTS (
-        SELECT 1 FROM pubsubpull_change AS c, fence
-        WHERE c.txid >= fence.xmin
-          AND (c.txid, c.id) > (%(txid)s, %(id)s)
+    -- Not EXISTS: the planner would drop the ORDER BY that keeps this a
+    -- short walk of the (txid, id) index instead of a scan of the table.
+    SELECT (
+        SELECT c.id FROM pubsubpull_change AS c
+        WHERE (c.txid, c.id) > (bounds.held_txid, bounds.held_id)
           AND c.model = ANY(%(models)s)
-    ) AS held_back
+        ORDER BY c.txid, c.id
+        LIMIT 1
+    ) IS NOT NULL AS held_back
+    FROM bounds
 )
-SELECT fence.xmin, fence.horizon_txid, fence.horizon_id, held_back.held_back,
-       c.id, c.txid, c.model, c.op, c.at, c.old, c.new, r.user_id, r.method, r.path
-FROM fence
+SELECT bounds.xmin, bounds.horizon_txid, bounds.horizon_id, held_back.held_back,
+       c.id, c.txid, c.model, c.op, to_jsonb(c.at) #>> '{}', c.old, c.new,
+       r.user_id, r.method, r.path
+FROM bounds
 CROSS JOIN held_back
 LEFT JOIN LATERAL (
     SELECT c.*
     FROM pubsubpull_change AS c
-    WHERE (c.txid, c.id) > (%(txid)s, %(id)s)
-      AND (c.txid, c.id) > (fence.horizon_txid, fence.horizon_id)
-      AND c.txid < fence.xmin
+    WHERE (c.txid, c.id) > (bounds.from_txid, bounds.from_id)
+      AND c.txid < bounds.xmin
       AND c.model = ANY(%(models)s)
     ORDER BY c.txid, c.id
     LIMIT %(limit)s
@@ -284,16 +333,19 @@ def current_position(using: str | None = None) -> Position:
         return fence_position(cursor.fetchone()[0])
 
 
-def _published(values: Any, columns: frozenset[str]) -> dict[str, Any] | None:
-    if values is None:
-        return None
-    if isinstance(values, str):
-        values = json.loads(values)
+def _published(text: Any, columns: frozenset[str]) -> tuple[dict[str, Any] | None, str | None]:
+    """The published part of a stored old/new value, as a dict and as JSON text."""
+    if text is None:
+        return None, "null"
+    if not isinstance(text, str):  # a connection that decodes jsonb itself
+        text = json.dumps(text, ensure_ascii=False)
+    values = json.loads(text)
     # A registration narrowed since the change was written: serve what it
     # publishes now, nothing more.
     if not columns.issuperset(values):
         values = {k: v for k, v in values.items() if k in columns}
-    return values
+        text = None
+    return values, text
 
 
 def read_changes(
@@ -324,10 +376,19 @@ def read_changes(
         "limit": limit,
     }
     connection = connections[_database(using)]
-    params["local"] = connection.get_autocommit() and not connection.in_atomic_block
     with connection.cursor() as cursor:
+        if not connection.get_autocommit() or connection.in_atomic_block:
+            # pg_stat_activity is cached for the rest of a transaction: drop
+            # the cache so the page statement reads it after its snapshot.
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
         cursor.execute(_PAGE_SQL, params)
         rows = cursor.fetchall()
+        if rows[0][3] and len(rows) < limit:
+            # Held back. Often by a transaction of another database that
+            # ended between the snapshot and the activity check, so could not
+            # be placed: a fresh snapshot usually serves the page.
+            cursor.execute(_PAGE_SQL, params)
+            rows = cursor.fetchall()
 
     xmin, horizon_txid, horizon_id, held_back = rows[0][:4]
     horizon = Position(horizon_txid, horizon_id)
@@ -339,11 +400,15 @@ def read_changes(
         id_, txid, label, op, at, old, new, user_id, method, path = row[4:]
         if id_ is None:
             break  # the fence row alone: nothing to serve
-        old = _published(old, columns[label])
-        new = _published(new, columns[label])
+        old, old_json = _published(old, columns[label])
+        new, new_json = _published(new, columns[label])
         values = new if new is not None else old
         pk = None if values is None else values.get(chosen[label].pk_column)
-        changes.append(FeedChange(id_, txid, label, pk, op, at, old, new, user_id, method, path))
+        changes.append(
+            FeedChange(
+                id_, txid, label, pk, op, at, old, new, user_id, method, path, old_json, new_json
+            )
+        )
 
     following = max(start, horizon)
     if changes:

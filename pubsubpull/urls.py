@@ -3,9 +3,24 @@
 path("pubsubpull/", include("pubsubpull.urls")),
 """
 
-from django.urls import path
+from django.urls import path, register_converter
 
 from .api import subscriptions, views
+
+
+class PrimaryKeyConverter:
+    """Any primary key text, slashes and newlines included (URLs quote them)."""
+
+    regex = r"[\s\S]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(PrimaryKeyConverter, "pubsubpull_pk")
 
 app_name = "pubsubpull"
 
@@ -14,7 +29,7 @@ urlpatterns = [
     path("openapi.json", views.openapi_document, name="openapi"),
     path("changes/", views.changes, name="changes"),
     path("models/<str:model>/instances/", views.instances, name="instances"),
-    path("models/<str:model>/instances/<path:pk>/", views.instance, name="instance"),
+    path("models/<str:model>/instances/<pubsubpull_pk:pk>/", views.instance, name="instance"),
     path("subscriptions/", subscriptions.collection, name="subscriptions"),
     path("subscriptions/<str:name>/", subscriptions.subscription, name="subscription"),
 ]

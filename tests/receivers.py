@@ -112,7 +112,7 @@ class Receiver:
     def accepted_changes(self, path: str | None = None) -> list[dict[str, Any]]:
         return [c for r in self.accepted(path) for c in r.changes]
 
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         with self.lock:
             while not predicate():

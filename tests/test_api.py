@@ -214,8 +214,13 @@ def test_uuid_primary_keys(api):
 def test_character_primary_keys_are_quoted_in_urls(api):
     Country.objects.create(code="a/", name="Slash")
     Country.objects.create(code="é ", name="Accent")
-    for item in api.json(f"{BASE}models/customers.country/instances/")["instances"]:
-        assert api.json(item["url"])["pk"] == item["pk"]
+    Country.objects.create(code='"%', name="Quote")
+    Country.objects.create(code="ok", name="Plain")
+    items = api.json(f"{BASE}models/customers.country/instances/")["instances"]
+    assert {item["url"].split("/")[-2] for item in items} == {"a%2F", "%C3%A9%20", "%22%25", "ok"}
+    for item in items:
+        one = api.json(item["url"])
+        assert one["pk"] == item["pk"] and one["url"] == item["url"]
 
 
 def test_unicode_and_big_values(api):
@@ -269,7 +274,8 @@ def test_excluded_fields_appear_nowhere(api):
         bodies += [api.get(item["url"]).content for item in page["instances"]]
     bodies.append(api.get(f"{BASE}changes/").content)
     for body in bodies:
-        assert b"secret" not in body
+        for value in (b"the secret note", b"the secret reason", b"another secret"):
+            assert value not in body
         for name in (b'"password"', b'"notes"', b'"discount_reason"'):
             assert name not in body
 
@@ -447,3 +453,20 @@ def test_long_poll_over_http(api):
     timer.join()
     assert [c["new"]["name"] for c in page["changes"]] == ["late"]
     assert time.monotonic() - started < 5
+
+
+def test_anonymous_callers_read_only_the_models_the_setting_opens(settings):
+    settings.PUBSUBPULL = {**settings.PUBSUBPULL, "ANONYMOUS_MODELS": ["customers.country"]}
+    Country.objects.create(code="fr", name="France")
+    anonymous = Api(None)
+    assert [m["model"] for m in anonymous.json(BASE)["models"]] == ["customers.country"]
+    assert anonymous.json(f"{BASE}models/customers.country/instances/")["instances"]
+    anonymous.json(f"{BASE}models/customers.customer/instances/", 403)
+
+
+def test_a_logged_in_superuser_reads_everything():
+    client = Client()
+    client.force_login(User.objects.create_superuser("root"))
+    Customer.objects.create(name="Ada")
+    assert client.get(f"{BASE}models/customers.customer/instances/").status_code == 200
+    assert client.get(f"{BASE}changes/").json()["changes"]

@@ -8,11 +8,10 @@ import pytest
 
 from customers.models import Customer
 from pubsubpull.delivery import guard
-from pubsubpull.delivery.deliver import drain
 from pubsubpull.delivery.models import Attempt, Subscription
 from pubsubpull.delivery.subscriptions import InvalidSubscription
 
-from .delivery_helpers import make_subscription, use_fast_settings
+from .delivery_helpers import drain_settled, make_subscription, use_fast_settings
 from .receivers import Receiver
 
 
@@ -119,7 +118,7 @@ def test_dns_rebinding_cannot_swap_the_address_after_the_check(settings, allow, 
         allow()
         subscription = make_subscription(f"http://rebind.example:{receiver.port}/").subscription
         Customer.objects.create(name="Ada")
-        assert drain(subscription.pk) == "failed"
+        assert drain_settled(subscription.pk) == "failed"
         assert receiver.requests == []
         assert "loopback" in Attempt.objects.get().error
 
@@ -132,6 +131,6 @@ def test_the_connection_goes_to_the_checked_address_with_the_right_host(settings
         allow("127.0.0.0/8")
         subscription = make_subscription(f"http://billing.example:{receiver.port}/h/").subscription
         Customer.objects.create(name="Ada")
-        assert drain(subscription.pk) == "caught_up"
+        assert drain_settled(subscription.pk) == "caught_up"
         [request] = receiver.requests
         assert request.headers["host"] == f"billing.example:{receiver.port}"

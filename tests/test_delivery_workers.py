@@ -60,14 +60,14 @@ def test_two_workers_one_killed_mid_delivery_loses_nothing():
         try:
             for n in range(12):
                 Customer.objects.create(name=f"c{n}")
-            receiver.wait_for(lambda: len(receiver.requests) >= 1, timeout=20)
+            receiver.wait_for(lambda: len(receiver.requests) >= 1)
             subscription.refresh_from_db()
             holder = int(subscription.lease_owner.split(":")[1])
             victim = next(w for w in workers if w.pid == holder)
             os.kill(victim.pid, signal.SIGKILL)
             killed_at = time.time()
             victim.wait(5)
-            receiver.wait_for(lambda: len(receiver.accepted_changes()) == 12, timeout=20)
+            receiver.wait_for(lambda: len(receiver.accepted_changes()) == 12)
         finally:
             for worker in workers:
                 if worker.poll() is None:

@@ -214,6 +214,22 @@ def test_makemigrations_check_reports_a_missing_trigger_migration(project):
     assert "Install the pubsubpull triggers publishing roundtrip.thing" in result.stdout
 
 
+def test_migrate_says_when_a_trigger_is_missing(project):
+    project.manage("makemigrations", "roundtrip", mode="plain")
+    out = project.manage("migrate", mode="registered").stdout
+    assert "roundtrip.thing (roundtrip_thing) is missing" in out  # registered, not migrated
+    out = project.manage("migrate", mode="registered").stdout
+    assert "have changes that are not yet reflected in a migration" in out
+
+    project.manage("makemigrations", "roundtrip", mode="registered")
+    out = project.manage("migrate", mode="registered").stdout
+    assert "pubsubpull.W001" not in out
+    project.sql("DROP TRIGGER pubsubpull_insert ON roundtrip_thing")
+    out = project.manage("migrate", mode="registered").stdout
+    assert "pubsubpull.W001: The pubsubpull trigger of roundtrip.thing" in out
+    assert "is outdated" in out
+
+
 def test_publishing_a_model_of_an_installed_package_needs_a_migrations_app(project):
     (project.migrations.parent / "models.py").write_text(
         MODELS + "\nfrom django.contrib.auth.models import User\npubsubpull.register(User)\n"

@@ -7,6 +7,7 @@ validates real responses against it, and a schemathesis run fuzzes it.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.db import models
@@ -73,12 +74,15 @@ _ERRORS = {
     "401": _error("No credentials, or a wrong or revoked token."),
     "403": _error("The caller may not read this model."),
 }
-_LIMIT = {
-    "name": "limit",
-    "in": "query",
-    "description": "Items per page.",
-    "schema": {"type": "integer", "minimum": 1},
-}
+
+
+def _limit() -> dict[str, Any]:
+    return {
+        "name": "limit",
+        "in": "query",
+        "description": "Items per page.",
+        "schema": {"type": "integer", "minimum": 1, "maximum": conf.get("MAX_PAGE_SIZE")},
+    }
 
 
 def _instances_paths(registration: Registration) -> dict[str, Any]:
@@ -99,7 +103,7 @@ def _instances_paths(registration: Registration) -> dict[str, Any]:
                         "description": "The page token from the previous page's next link.",
                         "schema": {"type": "string"},
                     },
-                    _LIMIT,
+                    _limit(),
                 ],
                 "responses": {
                     "200": {
@@ -232,6 +236,8 @@ _ERROR = {
 
 def document(labels: list[str], server: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document for the models ``labels``, served under ``server``."""
+    one = "|".join(re.escape(label) for label in labels) or "(?!)"
+    labels_pattern = f"^({one})(,({one}))*$"
     paths: dict[str, Any] = {
         "/": {
             "get": {
@@ -260,12 +266,12 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
                         "feed_position. Leave out to start at the oldest retained change.",
                         "schema": {"type": "string"},
                     },
-                    _LIMIT,
+                    _limit(),
                     {
                         "name": "models",
                         "in": "query",
                         "description": "Comma-separated model labels (default: all readable).",
-                        "schema": {"type": "string"},
+                        "schema": {"type": "string", "pattern": labels_pattern},
                     },
                     {
                         "name": "wait",

@@ -103,7 +103,7 @@ def _body(request) -> Any:
         raise ApiError(400, "body_too_large", f"The body must be at most {MAX_BODY} bytes.")
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
         raise ApiError(
             400,
             "invalid_json",

@@ -9,7 +9,6 @@ reading statement's snapshot xmin, in the same statement), the same order
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from .. import feed
 
@@ -20,9 +19,13 @@ CursorExpired = feed.CursorExpired
 
 @dataclass
 class Batch:
-    changes: list[dict[str, Any]]
+    changes: list[feed.FeedChange]
     next: feed.Position
     held_back: bool
+
+    def changes_json(self) -> str:
+        """The changes as a JSON array, exactly as the HTTP feed serves them."""
+        return "[" + ",".join(c.as_json_text() for c in self.changes) + "]"
 
 
 def read(after: feed.Position, limit: int, models: list[str]) -> Batch:
@@ -35,4 +38,4 @@ def read(after: feed.Position, limit: int, models: list[str]) -> Batch:
     that started at the beginning follows the oldest retained change instead.
     """
     page = feed.read_changes(None if after == START else after, limit, models)
-    return Batch([c.as_json() for c in page.changes], page.next, page.held_back)
+    return Batch(page.changes, page.next, page.held_back)

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from django.db import connection
+from django.db import IntegrityError, connection
 
 from .. import __version__, conf
 from . import batch, guard, signing
@@ -53,6 +53,7 @@ class Claimed:
     pending_count: int
     secrets: list[str]
     failures: int
+    woken: bool = False  # a wake came while we held it (set when letting go)
 
 
 _CLAIM_SQL = """
@@ -76,9 +77,15 @@ RETURNING s.id, s.name, s.callback, s.model_labels, s.batch_size,
           s.failures
 """
 
+# Letting go also records how far an empty read skipped (past other models'
+# changes), so the next read does not scan them again.
 _RELEASE_SQL = """
 UPDATE pubsubpull_subscription
-SET lease_owner = '', lease_expires = NULL
+SET lease_owner = '', lease_expires = NULL,
+    position_txid = CASE WHEN pending_batch = '' AND (position_txid, position_id)
+        < (%(txid)s, %(pid)s) THEN %(txid)s ELSE position_txid END,
+    position_id = CASE WHEN pending_batch = '' AND (position_txid, position_id)
+        < (%(txid)s, %(pid)s) THEN %(pid)s ELSE position_id END
 WHERE id = %(id)s AND lease_owner = %(owner)s
 RETURNING wake_requested_at IS NOT NULL
 """
@@ -90,26 +97,29 @@ SET pending_batch = %(batch)s, pending_txid = %(txid)s, pending_id = %(pid)s,
 WHERE id = %(id)s AND lease_owner = %(owner)s
 """
 
-_SKIP_SQL = """
-UPDATE pubsubpull_subscription
-SET position_txid = %(txid)s, position_id = %(pid)s
-WHERE id = %(id)s AND lease_owner = %(owner)s AND pending_batch = ''
-  AND (position_txid, position_id) < (%(txid)s, %(pid)s)
-"""
-
 _ATTEMPT_SQL = """
 attempt AS (
     INSERT INTO pubsubpull_attempt (subscription_id, at, webhook_id, changes, first_change_id,
                                     last_change_id, status, duration, error, response, worker)
-    VALUES (%(id)s, %(at)s, %(batch)s, %(count)s, %(first)s, %(last)s, %(status)s,
-            %(duration)s, %(error)s, %(response)s, %(owner)s)
+    -- From the subscription row, so an unsubscribe meanwhile records nothing.
+    SELECT id, %(at)s, %(batch)s, %(count)s, %(first)s, %(last)s, %(status)s,
+           %(duration)s, %(error)s, %(response)s, %(owner)s
+    FROM pubsubpull_subscription WHERE id = %(id)s
 )
-SELECT count(*) FROM updated
 """
 
 _SUCCESS_SQL = (
     """
-WITH updated AS (
+WITH more AS MATERIALIZED (
+    -- Any committed change past the new position (behind the fence or not)?
+    -- If none, the subscription is caught up and is let go in this statement;
+    -- a change committed later wakes it by its own notification.
+    SELECT EXISTS (
+        SELECT 1 FROM pubsubpull_change
+        WHERE (txid, id) > (%(txid)s, %(pid)s) AND model = ANY(%(models)s)
+    ) AS more
+),
+updated AS (
     UPDATE pubsubpull_subscription
     SET position_txid = %(txid)s, position_id = %(pid)s,
         pending_batch = '', pending_txid = NULL, pending_id = NULL, pending_count = 0,
@@ -118,12 +128,16 @@ WITH updated AS (
         state = CASE WHEN state = 'failing' THEN 'active' ELSE state END,
         state_reason = CASE WHEN state = 'failing' THEN '' ELSE state_reason END,
         next_attempt_at = now(), last_attempt_at = now(), last_success_at = now(),
-        last_error = '', lease_expires = now() + %(lease)s * interval '1 second'
+        last_error = '',
+        lease_owner = CASE WHEN (SELECT more FROM more) THEN lease_owner ELSE '' END,
+        lease_expires = CASE WHEN (SELECT more FROM more)
+                             THEN now() + %(lease)s * interval '1 second' END
     WHERE id = %(id)s AND lease_owner = %(owner)s AND pending_batch = %(batch)s
-    RETURNING id
+    RETURNING wake_requested_at IS NOT NULL AS woken
 ),
 """
     + _ATTEMPT_SQL
+    + "SELECT count(*), coalesce(bool_or(woken), false), (SELECT more FROM more) FROM updated"
 )
 
 # A failure keeps the pending batch (same changes, same webhook-id next time),
@@ -156,18 +170,42 @@ WITH updated AS (
 ),
 """
     + _ATTEMPT_SQL
+    + "SELECT count(*) FROM updated"
 )
 
 
+class Unsubscribed(Exception):
+    """The subscription was deleted while a worker was delivering it."""
+
+
 def _execute(sql: str, params: dict[str, Any]) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall() if cursor.description else []
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+    except IntegrityError as e:  # deleted between our statement's snapshot and its write
+        raise Unsubscribed(params.get("id")) from e
+
+
+# A wake that finds the subscription paused, disabled or not yet due is used
+# up: clear its flag so the next change can wake it again. (A holder's flag
+# stays: the holder drains again when it lets go.)
+_SPENT_WAKE_SQL = """
+UPDATE pubsubpull_subscription
+SET wake_requested_at = NULL
+WHERE id = %(id)s AND (lease_expires IS NULL OR lease_expires < now())
+RETURNING state IN ('active', 'failing') AND next_attempt_at <= now()
+"""
 
 
 def claim(subscription_id: int, owner: str) -> Claimed | None:
     """Take the subscription for ``owner`` if it is due and nobody holds it."""
-    rows = _execute(_CLAIM_SQL, {"id": subscription_id, "owner": owner, "lease": conf.get("LEASE")})
+    params = {"id": subscription_id, "owner": owner, "lease": conf.get("LEASE")}
+    rows = _execute(_CLAIM_SQL, params)
+    if not rows:
+        spent = _execute(_SPENT_WAKE_SQL, params)
+        if spent and spent[0][0]:  # it became due meanwhile (resumed, say)
+            rows = _execute(_CLAIM_SQL, params)
     if not rows:
         return None
     (id_, name, callback, models, size, ptx, pid, pbatch, pendtx, pendid, pcount, secret, previous,
@@ -176,7 +214,7 @@ def claim(subscription_id: int, owner: str) -> Claimed | None:
         id=id_,
         name=name,
         callback=callback,
-        models=list(models),
+        models=json.loads(models) if isinstance(models, str) else list(models),
         batch_size=size,
         position=batch.Position(ptx, pid),
         pending_batch=pbatch,
@@ -187,9 +225,10 @@ def claim(subscription_id: int, owner: str) -> Claimed | None:
     )
 
 
-def release(subscription_id: int, owner: str) -> bool:
+def release(sub: Claimed, owner: str) -> bool:
     """Give the subscription up; True if a wake was requested while we held it."""
-    rows = _execute(_RELEASE_SQL, {"id": subscription_id, "owner": owner})
+    params = {"id": sub.id, "owner": owner, "txid": sub.position.txid, "pid": sub.position.id}
+    rows = _execute(_RELEASE_SQL, params)
     return bool(rows and rows[0][0])
 
 
@@ -275,31 +314,32 @@ def backoff(failures: int, retry_after: float | None = None) -> float:
     return delay
 
 
-def _payload(sub: Claimed, changes: list[dict[str, Any]], following: batch.Position) -> bytes:
-    return json.dumps(
+def _payload(sub: Claimed, page: batch.Batch, following: batch.Position) -> bytes:
+    # The changes are the feed's own JSON text: their old/new are not decoded
+    # and encoded again for every subscription.
+    head = json.dumps(
         {
             "type": "pubsubpull.changes",
-            "timestamp": changes[-1]["at"],
-            "data": {
-                "subscription": sub.name,
-                "cursor": following.encode(),
-                "changes": changes,
-            },
+            "timestamp": page.changes[-1].at_text,
+            "data": {"subscription": sub.name, "cursor": following.encode()},
         },
         separators=(",", ":"),
         ensure_ascii=False,
-        default=str,
-    ).encode()
+    )
+    return (head[:-2] + ',"changes":' + page.changes_json() + "}}").encode()
 
 
 def deliver_batch(sub: Claimed, owner: str) -> str:
     """Send the subscription's next batch once.
 
-    Returns ``sent``, ``caught_up``, ``held_back`` (changes wait behind an
-    older open transaction), ``failed`` or ``lost`` (the lease ran out).
+    Returns ``sent``, ``done`` (sent, caught up and let go), ``caught_up``,
+    ``held_back`` (changes wait behind an older open transaction), ``failed``
+    or ``lost`` (the lease ran out).
     """
     try:
         return _deliver_batch(sub, owner)
+    except Unsubscribed:
+        return "lost"
     except batch.CursorExpired:
         _execute(_EXPIRED_SQL, {"id": sub.id, "owner": owner})
         logger.warning("Subscription %s fell behind the pruned change log: disabled", sub.name)
@@ -342,11 +382,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
         page = batch.read(sub.position, sub.batch_size, sub.models)
         if not page.changes:
             if page.next > sub.position:
-                _execute(
-                    _SKIP_SQL,
-                    {"id": sub.id, "owner": owner, "txid": page.next.txid, "pid": page.next.id},
-                )
-                sub.position = page.next
+                sub.position = page.next  # recorded when the lease is let go
             return "held_back" if page.held_back else "caught_up"
         changes, following = page.changes, page.next
         webhook_id = f"msg_{uuid.uuid4().hex}"
@@ -367,7 +403,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
         sub.pending_batch, sub.pending, sub.pending_count = webhook_id, following, len(changes)
 
     now = datetime.now(UTC)
-    body = _payload(sub, changes, following)
+    body = _payload(sub, page, following)
     headers = {
         "content-type": "application/json",
         "webhook-id": webhook_id,
@@ -382,21 +418,24 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
         "at": now,
         "batch": webhook_id,
         "count": len(changes),
-        "first": changes[0]["id"] if changes else None,
-        "last": changes[-1]["id"] if changes else None,
+        "first": changes[0].id,
+        "last": changes[-1].id,
         "status": response.status,
         "duration": timedelta(seconds=response.duration),
         "error": response.error,
         "response": response.body,
     }
     if ok:
-        params.update(txid=following.txid, pid=following.id, lease=conf.get("LEASE"))
-        updated = _execute(_SUCCESS_SQL, params)[0][0]
+        params.update(
+            txid=following.txid, pid=following.id, lease=conf.get("LEASE"), models=sub.models
+        )
+        updated, sub.woken, more = _execute(_SUCCESS_SQL, params)[0]
         if not updated:
             return "lost"
+        done = not more  # caught up, and let go in the same statement
         sub.position, sub.pending_batch, sub.pending, sub.pending_count = following, "", None, 0
         sub.failures = 0
-        return "sent"
+        return "done" if done else "sent"
     delay = backoff(sub.failures + 1, response.retry_after)
     disable_after = conf.get("DISABLE_AFTER")
     params.update(
@@ -437,15 +476,15 @@ def drain(subscription_id: int, budget: float = 10.0) -> str:
         try:
             outcome = _drain_claimed(sub, owner, deadline)
         finally:
-            # A failure has released the lease already.
-            woken = outcome != "failed" and release(sub.id, owner)
+            # "done" let go with the last acknowledgement, "failed" with the failure.
+            woken = sub.woken if outcome == "done" else outcome != "failed" and release(sub, owner)
         if outcome == "more" or (woken and time.monotonic() >= deadline):
             from .wake import wake_subscriptions
 
             wake_subscriptions([sub.id], force=True)
             return "more"
         if not woken:
-            return outcome
+            return "caught_up" if outcome == "done" else outcome
 
 
 def _drain_claimed(sub: Claimed, owner: str, deadline: float) -> str:

@@ -49,7 +49,7 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     """Every address ``host`` resolves to (tests replace this to fake DNS)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
+    except (OSError, UnicodeError, ValueError) as e:  # unknown, or not a valid name
         raise CallbackRefused(f"the callback host {host!r} does not resolve: {e}") from None
     return list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
 
@@ -110,6 +110,10 @@ def checked_addresses(host: str, port: int) -> list[IPAddress]:
 
 def check_url(url: str) -> None:
     """Raise CallbackRefused unless ``url`` is an acceptable callback right now."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise CallbackRefused(
+            "the callback is not a valid URL: it contains spaces or control characters"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port

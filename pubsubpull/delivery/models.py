@@ -7,7 +7,6 @@ and a duplicated one a redundant wake, never a lost or reordered change.
 
 from __future__ import annotations
 
-from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 
@@ -31,10 +30,10 @@ class Subscription(models.Model):
         help_text="Who created it (e.g. token:3 or user:7); only they see or change it.",
     )
     name = models.CharField(max_length=100)
-    callback = models.URLField(max_length=2000)
-    model_labels = ArrayField(
-        models.CharField(max_length=200), help_text="The models it follows (labels)."
-    )
+    callback = models.CharField(max_length=2000, help_text="Checked by the SSRF guard.")
+    # A JSON list, not an ArrayField: that would make every project add
+    # django.contrib.postgres to INSTALLED_APPS on Django 6.1.
+    model_labels = models.JSONField(default=list, help_text="The models it follows (labels).")
     batch_size = models.PositiveIntegerField(default=100)
     state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
     state_reason = models.TextField(blank=True)

@@ -204,22 +204,32 @@ def resume(subscription: Subscription, save: bool = True) -> None:
     subscription.failures = 0
     subscription.failing_since = None
     subscription.next_attempt_at = timezone.now()
+    subscription.wake_requested_at = None  # whatever woke it before found it stopped
     if save:
-        subscription.save()
+        # Only these fields: a worker may be moving the position meanwhile.
+        subscription.save(
+            update_fields=[*_STATE_FIELDS, "next_attempt_at", "wake_requested_at", "updated"]
+        )
         notify(subscription)
+
+
+_STATE_FIELDS = ["state", "state_reason", "failures", "failing_since"]
+_POSITION_FIELDS = ["position_txid", "position_id", "pending_batch", "pending_txid"]
+_POSITION_FIELDS += ["pending_id", "pending_count"]
 
 
 def pause(subscription: Subscription, reason: str = "Paused by an operator.") -> None:
     subscription.state = Subscription.State.PAUSED
     subscription.state_reason = reason
-    subscription.save()
+    subscription.save(update_fields=["state", "state_reason", "updated"])
 
 
 def replay(subscription: Subscription, position: feed.Position) -> None:
     """Deliver again from ``position`` (a cursor or a point in time, see the admin)."""
     subscription.position_txid, subscription.position_id = position.txid, position.id
     forget_pending(subscription)
-    subscription.save()
+    # A worker holding it now finds its batch forgotten and does not advance.
+    subscription.save(update_fields=[*_POSITION_FIELDS, "updated"])
     notify(subscription)
 
 
@@ -244,3 +254,17 @@ def lag(subscription: Subscription) -> dict[str, Any]:
         count, oldest = cursor.fetchone()
     seconds = (timezone.now() - oldest).total_seconds() if oldest else 0.0
     return {"changes": count, "seconds": round(max(seconds, 0.0), 3)}
+
+
+def oldest_needed_position() -> feed.Position | None:
+    """The oldest feed position any subscription still needs, or None without any.
+
+    Pruning the change log must keep every change after it: a disabled
+    subscription keeps its backlog too, to resume in order when re-enabled.
+    """
+    oldest = (
+        Subscription.objects.order_by("position_txid", "position_id")
+        .values_list("position_txid", "position_id")
+        .first()
+    )
+    return None if oldest is None else feed.Position(*oldest)

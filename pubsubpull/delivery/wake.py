@@ -35,7 +35,7 @@ _SWEEP_MATCH = """
 AND (pending_batch <> '' OR EXISTS (
     SELECT 1 FROM pubsubpull_change AS c
     WHERE (c.txid, c.id) > (position_txid, position_id)
-      AND c.model = ANY(model_labels)
+      AND model_labels ? c.model
       AND c.txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
 ))
 """
@@ -58,7 +58,7 @@ def _wake(match: str, params: dict) -> list[int]:
 
 def wake_models(labels: Iterable[str]) -> list[int]:
     """Wake the subscriptions that follow any of ``labels``; the ids enqueued."""
-    return _wake("model_labels && %(labels)s::varchar[]", {"labels": sorted(set(labels))})
+    return _wake("model_labels ?| %(labels)s::text[]", {"labels": sorted(set(labels))})
 
 
 def wake_subscriptions(ids: Iterable[int], force: bool = False) -> list[int]:

@@ -69,7 +69,7 @@ class Migration(migrations.Migration):
         migrations.RunSQL(
             sql=[resources.files("pubsubpull").joinpath("sql/horizon_v1.sql").read_text()],
             reverse_sql=[
-                "DROP TRIGGER IF EXISTS pubsubpull_move_horizon ON pubsubpull_change",
+                "DROP TRIGGER IF EXISTS horizon_follows_deletes ON pubsubpull_change",
                 "DROP FUNCTION IF EXISTS pubsubpull_move_horizon()",
             ],
         ),

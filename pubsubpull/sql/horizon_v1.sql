@@ -24,7 +24,9 @@ BEGIN
 END;
 $function$;
 
-CREATE TRIGGER pubsubpull_move_horizon
+-- Not named pubsubpull_*: those names are the capture triggers' (tools list
+-- them by prefix); this one belongs to the change table itself.
+CREATE TRIGGER horizon_follows_deletes
 AFTER DELETE ON pubsubpull_change
 REFERENCING OLD TABLE AS old_rows
 FOR EACH STATEMENT EXECUTE FUNCTION pubsubpull_move_horizon();

@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-import dj_database_url
+from scripts.postgres import django_database
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -55,11 +55,9 @@ TEMPLATES = [
     },
 ]
 
-_server = dj_database_url.parse(
-    os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-)
+DATABASE_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 DATABASES = {
-    "default": {**_server, "NAME": os.environ.get("PUBLISHER_DB_NAME", "publisher")},
+    "default": django_database(DATABASE_URL, os.environ.get("PUBLISHER_DB_NAME", "publisher")),
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

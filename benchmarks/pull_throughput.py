@@ -1,0 +1,266 @@
+"""How fast a whole table can be pulled over HTTP, and whether memory stays flat.
+
+For each size (100,000 and 1,000,000 customers by default) it fills the
+publisher's customers table (the trigger records one insert change per row),
+starts the publisher as a real server process (gunicorn, one sync worker, on
+127.0.0.1), and reads every row with an HTTP client (httpx, in its own
+process, parsing every page):
+
+- through the instances endpoint (the snapshot),
+- through the change feed (every insert change),
+
+beside ``COPY (SELECT ...) TO STDOUT`` of the same rows in the same run, the
+physical limit. It prints rows/s, the ratio to COPY, and the peak RSS of the
+server worker and of the client.
+
+Run it (needs the bench extra: pip install -e ".[bench]")::
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \\
+        python benchmarks/pull_throughput.py [--sizes 100000 1000000] [--limit 5000]
+
+It uses its own database, PUBLISHER_DB_NAME (default bench_pull), dropped and
+created anew.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLISHER = ROOT / "test-projects" / "publisher"
+
+os.environ.setdefault("PUBLISHER_DB_NAME", "bench_pull")
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+os.environ["DJANGO_SETTINGS_MODULE"] = "publisher.settings"
+os.environ["DJANGO_DEBUG"] = "0"
+sys.path[:0] = [str(PUBLISHER), str(ROOT)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- The client: a separate process, so its peak RSS is its own ---------------------------
+
+
+def client(url: str, token: str, key: str) -> None:
+    """Follow ``url`` page by page; print rows and peak RSS as JSON."""
+    import httpx
+
+    rows = 0
+    started = time.perf_counter()
+    with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
+        while url:
+            page = http.get(url)
+            page.raise_for_status()
+            body = page.json()
+            items = body[key]
+            rows += len(items)
+            url = (body["next"] if items else None) if key == "changes" else body["next"]
+    elapsed = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"rows": rows, "seconds": elapsed, "peak_rss": peak}))
+
+
+# -- The driver ---------------------------------------------------------------------------
+
+
+def setup_database() -> None:
+    import django
+    import psycopg
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    db = settings.DATABASES["default"]
+    name = db["NAME"]
+    admin = psycopg.connect(
+        host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname="postgres",
+        password=db["PASSWORD"] or None, autocommit=True,
+    )  # fmt: skip
+    with admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    call_command("migrate", verbosity=0)
+
+
+def fill(rows: int) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE customers_customer CASCADE")
+        cursor.execute("TRUNCATE pubsubpull_change, pubsubpull_request")
+        cursor.execute(
+            """
+            INSERT INTO customers_customer (name, email, newsletter, notes, created, updated)
+            SELECT 'Customer ' || i || ' Müller-Łukasiewicz',
+                   'customer' || i || '@example.com', i %% 3 = 0,
+                   repeat('internal ', 10), now(), now()
+            FROM generate_series(1, %s) AS i
+            """,
+            [rows],
+        )
+    connection.close()
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE customers_customer")
+        cursor.execute("VACUUM ANALYZE pubsubpull_change")
+
+
+def copy_rate(rows: int) -> dict:
+    """COPY of the same published columns, and of the same JSON, to the client."""
+    from django.db import connection
+
+    from pubsubpull import get_registration
+
+    registration = get_registration("customers.customer")
+    columns = ", ".join(f't."{c}"' for c in registration.published_columns)
+    results = {}
+    for name, query in {
+        "copy_columns": f"COPY (SELECT {columns} FROM customers_customer AS t ORDER BY t.id) "
+        "TO STDOUT",
+        "copy_json": "COPY (SELECT to_jsonb(p) FROM customers_customer AS t CROSS JOIN "
+        f"LATERAL (SELECT {columns}) AS p ORDER BY t.id) TO STDOUT",
+    }.items():
+        connection.ensure_connection()
+        started = time.perf_counter()
+        count = 0
+        with connection.connection.cursor() as cursor, cursor.copy(query) as copy:
+            for data in copy:
+                count += bytes(data).count(b"\n")
+        elapsed = time.perf_counter() - started
+        assert count == rows, (count, rows)
+        results[name] = rows / elapsed
+    connection.close()
+    return results
+
+
+class Server:
+    """gunicorn serving the publisher, and a thread sampling its worker's peak RSS."""
+
+    def __init__(self):
+        import psutil
+
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "gunicorn", "--chdir", str(PUBLISHER),
+                "--workers", "1", "--bind", f"127.0.0.1:{self.port}", "--timeout", "300",
+                "--log-level", "warning", "django.core.wsgi:get_wsgi_application()",
+            ],
+            env={**os.environ, "PYTHONPATH": f"{PUBLISHER}:{ROOT}"},
+        )  # fmt: skip
+        self.peak = 0
+        self._stop = threading.Event()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        self._parent = psutil.Process(self.process.pid)
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for worker in self._parent.children():
+                    self.peak = max(self.peak, worker.memory_info().rss)
+            except Exception:
+                pass
+            time.sleep(0.05)
+
+    def reset_peak(self) -> None:
+        self.peak = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def measure(server: Server, url: str, token: str, key: str, rows: int) -> dict:
+    server.reset_peak()
+    output = subprocess.run(
+        [sys.executable, __file__, "--client", url, token, key],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result = json.loads(output)
+    assert result["rows"] == rows, (result, rows)
+    return {
+        "rate": rows / result["seconds"],
+        "client_rss": result["peak_rss"],
+        "server_rss": server.peak,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--limit", type=int, default=5000, help="items per page")
+    parser.add_argument("--client", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        client(*args.client)
+        return
+
+    setup_database()
+    from django.db import connection
+
+    from pubsubpull.api.auth import create_token
+
+    token = create_token(f"bench-{time.time()}", ["*"])[1]
+    connection.close()
+    mb = 1024 * 1024
+    print(f"{'rows':>9}  {'what':<10} {'rows/s':>9} {'÷ COPY':>7} {'server RSS':>11} "
+          f"{'client RSS':>11}")  # fmt: skip
+    for rows in args.sizes:
+        fill(rows)
+        copies = copy_rate(rows)
+        server = Server()
+        base = f"http://127.0.0.1:{server.port}/pubsubpull"
+        try:
+            results = {
+                "snapshot": measure(
+                    server,
+                    f"{base}/models/customers.customer/instances/?limit={args.limit}",
+                    token,
+                    "instances",
+                    rows,
+                ),
+                "feed": measure(
+                    server, f"{base}/changes/?limit={args.limit}", token, "changes", rows
+                ),
+            }
+        finally:
+            server.stop()
+        for name, rate in copies.items():
+            print(f"{rows:>9}  {name:<10} {rate:>9,.0f}")
+        for name, result in results.items():
+            ratio = result["rate"] / copies["copy_columns"]
+            print(
+                f"{rows:>9}  {name:<10} {result['rate']:>9,.0f} {ratio:>7.2f} "
+                f"{result['server_rss'] / mb:>8.0f} MB {result['client_rss'] / mb:>8.0f} MB"
+            )
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Django admin for subscriptions: state, lag, attempts; pause, resume, replay.
+
+``pubsubpull/admin.py`` imports this module; nothing here is public API.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.db import connection
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+
+from .. import feed
+from . import subscriptions
+from .models import Attempt, Subscription
+
+
+class ReplayForm(forms.Form):
+    cursor = forms.CharField(
+        required=False, help_text="A feed cursor: deliver every change after it."
+    )
+    since = forms.DateTimeField(
+        required=False, help_text="Or a time: deliver every change made since then."
+    )
+
+    def clean(self):
+        data = super().clean()
+        if bool(data.get("cursor")) == bool(data.get("since")):
+            raise forms.ValidationError("Give either a cursor or a time.")
+        if data.get("cursor"):
+            try:
+                data["position"] = feed.Position.decode(data["cursor"])
+            except feed.InvalidCursor as e:
+                raise forms.ValidationError(str(e)) from None
+        return data
+
+
+def position_since(subscription: Subscription, since) -> feed.Position:
+    """The position just before the first change of the subscription's models since ``since``."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT txid, id FROM pubsubpull_change
+            WHERE at >= %s AND model = ANY(%s)
+            ORDER BY txid, id LIMIT 1
+            """,
+            [since, subscription.model_labels],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return feed.current_position()
+    return feed.Position(row[0], row[1] - 1)
+
+
+class AttemptInline(admin.TabularInline):
+    model = Attempt
+    fields = ["at", "webhook_id", "changes", "status", "duration", "error", "worker"]
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    ordering = ["-at"]
+    show_change_link = True
+
+    def get_queryset(self, request):
+        # The newest few; the attempts list has the rest.
+        queryset = super().get_queryset(request)
+        recent = queryset.order_by("-at").values_list("pk", flat=True)[:20]
+        return queryset.filter(pk__in=list(recent))
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "owner",
+        "state",
+        "callback",
+        "models_list",
+        "lag",
+        "delivered",
+        "failures",
+        "next_attempt_at",
+        "last_success_at",
+    ]
+    list_filter = ["state"]
+    search_fields = ["name", "owner", "callback"]
+    actions = ["pause", "resume", "replay"]
+    inlines = [AttemptInline]
+    readonly_fields = [
+        "owner",
+        "name",
+        "state",
+        "state_reason",
+        "lag",
+        "attempts_link",
+        "position_cursor",
+        "delivered",
+        "pending_batch",
+        "pending_count",
+        "failures",
+        "failing_since",
+        "next_attempt_at",
+        "last_attempt_at",
+        "last_success_at",
+        "last_error",
+        "lease_owner",
+        "lease_expires",
+        "created",
+        "updated",
+    ]
+    fields = ["callback", "batch_size", *readonly_fields]
+
+    def has_add_permission(self, request):
+        return False  # subscribers PUT their own, and get the secret then
+
+    @admin.display(description="models")
+    def models_list(self, obj):
+        return ", ".join(obj.model_labels)
+
+    @admin.display(description="lag")
+    def lag(self, obj):
+        lag = subscriptions.lag(obj)
+        return f"{lag['changes']} changes, {lag['seconds']:.0f} s"
+
+    @admin.display(description="position")
+    def position_cursor(self, obj):
+        return feed.Position(obj.position_txid, obj.position_id).encode()
+
+    @admin.display(description="attempts")
+    def attempts_link(self, obj):
+        url = reverse("admin:pubsubpull_attempt_changelist") + f"?subscription__id__exact={obj.pk}"
+        return format_html('<a href="{}">{} attempts</a>', url, obj.attempts.count())
+
+    @admin.action(description="Pause delivery")
+    def pause(self, request, queryset):
+        for subscription in queryset:
+            subscriptions.pause(subscription)
+        self.message_user(request, f"Paused {len(queryset)} subscription(s).")
+
+    @admin.action(description="Resume delivery (retry now, in order from the position)")
+    def resume(self, request, queryset):
+        for subscription in queryset:
+            subscriptions.resume(subscription)
+        self.message_user(request, f"Resumed {len(queryset)} subscription(s).")
+
+    @admin.action(description="Replay from a cursor or a time…")
+    def replay(self, request, queryset):
+        form = ReplayForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            for subscription in queryset:
+                position = form.cleaned_data.get("position") or position_since(
+                    subscription, form.cleaned_data["since"]
+                )
+                subscriptions.replay(subscription, position)
+            self.message_user(
+                request, f"Replaying {len(queryset)} subscription(s).", messages.SUCCESS
+            )
+            return None
+        return TemplateResponse(
+            request,
+            "pubsubpull/replay.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Replay subscriptions",
+                "form": form,
+                "subscriptions": queryset,
+                "opts": self.model._meta,
+                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            },
+        )
+
+
+@admin.register(Attempt)
+class AttemptAdmin(admin.ModelAdmin):
+    list_display = ["at", "subscription", "webhook_id", "changes", "status", "duration", "error"]
+    list_filter = ["status"]
+    search_fields = ["webhook_id", "subscription__name"]
+    list_select_related = ["subscription"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
