@@ -86,7 +86,7 @@ def test_a_pull_reads_the_instances_then_follows_the_feed(customers_url, token):
     assert event.sequence > 0 and event.cursor
     # 5 + 3, and the snapshot's changes again if its fence lay behind them
     # (another transaction on the server was running): at least once.
-    assert cursor.rows in (8, 13)
+    assert 8 <= cursor.rows <= 13
 
 
 def test_pull_up_starts_at_the_head_and_pull_down_stops(customers_url, token):
@@ -148,7 +148,7 @@ def test_a_handler_error_stops_its_cursor_others_keep_going(customers_url, token
     client_handlers.fail_on.clear()
     assert catch_up(failing) == "caught_up"
     assert failing.failures == 0 and failing.state == "active"
-    assert failing.rows in (4, 8)  # with the snapshot's changes again if its fence lagged
+    assert failing.rows >= 4  # and some of the snapshot's changes again if its fence lagged
     recorded = [
         e.pk for e in client_handlers.seen if not isinstance(e, tuple) and e.op == "snapshot"
     ]
