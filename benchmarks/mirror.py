@@ -17,8 +17,9 @@ each customer's name and country).
 2. Full copy: ``manage.py pubsubpull_pull`` runs billing's mirror in the
    foreground (snapshot pages of 5,000, then the feed) until caught up; the
    copy is checked row for row. Beside it, in the same run, the same table is
-   copied with ``pg_dump -t customers_customer | psql`` into an empty database:
-   the limit for a full copy.
+   copied with ``pg_dump -t customers_customer | psql`` into an empty database
+   (the limit for a full copy), and the snapshot is read over HTTP by a plain
+   httpx loop that writes nothing (the ceiling for any pull-based copy).
 3. Lag: billing's worker follows the feed (long poll) while one client commits
    ``--rate`` single-row UPDATEs a second for ``--seconds``; each update's
    commit time is compared with the moment the mirrored row shows it (billing's
@@ -168,8 +169,13 @@ class Bench:
         return process
 
     def stop(self) -> None:
-        for process in self.processes:
+        # The worker first, so it does not log the publisher's going away.
+        for process in reversed(self.processes):
             process.terminate()
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
         for process in self.processes:
             try:
                 process.wait(20)
@@ -196,6 +202,23 @@ class Bench:
         if done.returncode:
             raise SystemExit(f"the mirror failed:\n{done.stdout}")
         return elapsed
+
+    def read_only(self) -> float:
+        """The snapshot read over HTTP and parsed, nothing written: the mirror's ceiling."""
+        import httpx
+
+        started = time.monotonic()
+        headers = {"authorization": f"Bearer {self.token}"}
+        url = self.url + "models/customers.customer/instances/?limit=5000"
+        rows = 0
+        with httpx.Client(timeout=60) as client:
+            while url:
+                page = client.get(url, headers=headers).json()
+                rows += len(page["instances"])
+                url = page["next"]
+        if rows != self.args.rows:
+            raise SystemExit(f"read {rows} rows")
+        return time.monotonic() - started
 
     def check(self) -> None:
         query = (
@@ -350,6 +373,12 @@ def main() -> None:
         bench.serve()
         dump = bench.dump_restore()
         print(f"  pg_dump | psql       {dump:7.1f} s  {args.rows / dump:10,.0f} rows/s", flush=True)
+        read = bench.read_only()
+        print(
+            f"  snapshot read only   {read:7.1f} s  {args.rows / read:10,.0f} rows/s"
+            f"   {read / dump:.1f}x dump/restore (HTTP + JSON, nothing written)",
+            flush=True,
+        )
         mirror = bench.mirror()
         bench.check()
         print(
