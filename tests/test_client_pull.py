@@ -224,3 +224,16 @@ def test_the_pull_command_shows_progress_and_stops_when_caught_up(customers_url,
         call_command(
             "pubsubpull_pull", customers_url, handler="tests.client_handlers.record", token="nope"
         )
+
+
+def test_the_receiver_forgets_old_webhook_ids():
+    from datetime import timedelta
+
+    from pubsubpull.client.models import ReceivedBatch
+    from pubsubpull.client.receiver import prune_received
+
+    ReceivedBatch.objects.create(webhook_id="msg_old")
+    ReceivedBatch.objects.create(webhook_id="msg_new")
+    ReceivedBatch.objects.filter(webhook_id="msg_old").update(at=timezone.now() - timedelta(days=8))
+    assert prune_received() == 1
+    assert list(ReceivedBatch.objects.values_list("webhook_id", flat=True)) == ["msg_new"]

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+from datetime import timedelta
 from typing import Any
 
 from django.db import connection, transaction
@@ -37,9 +39,10 @@ from django.views.decorators.csrf import csrf_exempt
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from .. import conf
 from ..feed import InvalidCursor, Position
 from .events import Event
-from .models import RemoteSubscription
+from .models import ReceivedBatch, RemoteSubscription
 from .pulling import Handler, call_handler, resolve_handler
 from .source import Publisher, SourceError, request, split_source
 
@@ -151,6 +154,8 @@ class Receiver(View):
 
         try:
             self._handle(verified, headers["webhook-id"], changes, cursor)
+            if random.random() < 0.01:
+                prune_received()
         except Exception:
             logger.exception("Receiver: the handler failed on %s", headers["webhook-id"])
             return _error(
@@ -182,6 +187,14 @@ class Receiver(View):
             locked.received += len(events)
             locked.last_received_at = timezone.now()
             locked.save(update_fields=["position", "received", "last_received_at"])
+
+
+def prune_received() -> int:
+    """Forget webhook-ids older than RECEIVED_RETENTION (a redelivery that old is
+    still dropped by its position); the receiver calls it now and then."""
+    cutoff = timezone.now() - timedelta(seconds=conf.get("RECEIVED_RETENTION"))
+    deleted, _ = ReceivedBatch.objects.filter(at__lt=cutoff).delete()
+    return deleted
 
 
 def receiver(handler: Handler | str, *, subscription: str | None = None):
