@@ -5,8 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-from django.db import connection
-
 from pubsubpull.delivery.deliver import drain
 from pubsubpull.delivery.subscriptions import subscribe
 from pubsubpull.delivery.worker import Worker
@@ -60,23 +58,26 @@ def wait_until(predicate, timeout=60.0, interval=0.05):
 
 
 def settle(timeout=60.0):
-    """Wait until every committed change is behind the feed's fence.
+    """Wait until the feed serves every change committed so far.
 
-    The fence is the cluster's oldest open transaction: a long transaction of
-    another test run or benchmark on the same PostgreSQL server holds it back
-    (it answers for every database of the server). Tests that expect a drain
-    to deliver what they just committed wait for that first.
+    The feed's fence is the oldest transaction still open: a long transaction
+    of another test run or benchmark on the same PostgreSQL server can hold it
+    back. Tests that expect a drain to deliver what they just committed wait
+    for that first.
     """
+    from pubsubpull import feed
+    from pubsubpull.models import Change
 
-    def behind():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT coalesce(max(txid), 0) < "
-                "pg_snapshot_xmin(pg_current_snapshot())::text::bigint FROM pubsubpull_change"
-            )
-            return cursor.fetchone()[0]
+    newest = Change.objects.order_by("-txid", "-id").values_list("txid", "id").first()
+    if newest is None:
+        return
+    before = feed.Position(newest[0], newest[1] - 1)
 
-    wait_until(behind, timeout=timeout, interval=0.02)
+    def served():
+        changes = feed.read_changes(before, 1).changes
+        return bool(changes) and changes[0].id == newest[1]
+
+    wait_until(served, timeout=timeout, interval=0.02)
 
 
 def drain_settled(subscription_id):

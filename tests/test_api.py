@@ -322,6 +322,8 @@ def test_unknown_instance_is_404(api, pk):
         ("models/customers.customer/instances/?after=azEuYWJj", 400, "invalid_after"),
         ("changes/?after=garbage", 400, "invalid_cursor"),
         ("changes/?models=customers.nothing", 400, "invalid_models"),
+        ("changes/?models=,", 400, "invalid_models"),
+        ("changes/?models=customers.customer,,customers.country", 400, "invalid_models"),
         ("changes/?wait=-1", 400, "invalid_wait"),
         ("changes/?wait=nan", 400, "invalid_wait"),
         ("changes/?wait=3600", 400, "invalid_wait"),

@@ -218,7 +218,7 @@ def _feed_models(request, caller) -> list[str]:
         if not labels:
             raise ApiError(403, "permission_denied", f"The {caller.name} may read no model.")
         return labels
-    labels = sorted({label.strip() for label in text.split(",") if label.strip()})
+    labels = sorted({label.strip() for label in text.split(",")})
     for label in labels:
         registration = get_registration(label)
         if registration is None or registration.label != label:

@@ -29,14 +29,15 @@ RETURNING id, coalesce(lease_expires >= now(), false)
 """
 
 # Due subscriptions nobody holds that have a batch to retry or committed
-# changes past their position (before the feed's fence).
+# changes past their position. Whether those are behind the feed's fence yet
+# is the feed's to say when the job reads them (a job finding them held back
+# by an open transaction waits for it a little, then the next sweep retries).
 _SWEEP_MATCH = """
 (lease_expires IS NULL OR lease_expires < now())
 AND (pending_batch <> '' OR EXISTS (
     SELECT 1 FROM pubsubpull_change AS c
     WHERE (c.txid, c.id) > (position_txid, position_id)
       AND model_labels ? c.model
-      AND c.txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
 ))
 """
 
