@@ -8,12 +8,47 @@ from .registry import Registration, get_registration, register, registrations, u
 
 __version__ = "0.1.0.dev0"
 
+# The subscribing side. Imported lazily: these need Django's app registry,
+# and ``import pubsubpull`` happens in models.py files before it is ready.
+_CLIENT = {
+    "Event": "pubsubpull.client.events",
+    "Mirror": "pubsubpull.client.mirror",
+    "mirror": "pubsubpull.client.mirror",
+    "pull": "pubsubpull.client.pulling",
+    "pull_down": "pubsubpull.client.pulling",
+    "pull_up": "pubsubpull.client.pulling",
+    "Receiver": "pubsubpull.client.receiver",
+    "receiver": "pubsubpull.client.receiver",
+    "subscribe": "pubsubpull.client.receiver",
+    "unsubscribe": "pubsubpull.client.receiver",
+}
+
+
+def __getattr__(name: str):
+    module = _CLIENT.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pubsubpull' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 __all__ = [
+    "Event",
+    "Mirror",
+    "Receiver",
     "Registration",
     "__version__",
     "context",
     "get_registration",
+    "mirror",
+    "pull",
+    "pull_down",
+    "pull_up",
+    "receiver",
     "register",
     "registrations",
+    "subscribe",
     "unregister",
+    "unsubscribe",
 ]

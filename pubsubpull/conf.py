@@ -82,6 +82,29 @@ DEFAULTS: dict[str, Any] = {
     "RESPONSE_EXCERPT": 4096,
     # Attempt records older than this are removed by prune_attempts().
     "ATTEMPT_RETENTION": 7 * 24 * 3600.0,
+    # Pulling from another service (pubsubpull.client). Times are in seconds.
+    #
+    # Instances or changes asked for per page (the publisher caps it at its
+    # MAX_PAGE_SIZE).
+    "PULL_PAGE_SIZE": 1000,
+    # A pull that follows the feed long-polls this long per request.
+    "PULL_WAIT": 20.0,
+    # Per request to the publisher, on top of the long poll.
+    "PULL_TIMEOUT": 15.0,
+    # How long a worker holds a cursor without committing a page; a killed
+    # worker's cursor is taken up by another this soon. Longer than
+    # PULL_WAIT + PULL_TIMEOUT plus a page's handler time.
+    "PULL_LEASE": 60.0,
+    # A pull job runs this long, then enqueues its successor (so jobs of
+    # many cursors take turns on the worker threads).
+    "PULL_BUDGET": 30.0,
+    # Failures back off exponentially from PULL_RETRY_BASE to PULL_RETRY_MAX,
+    # with jitter; a publisher's Retry-After is honoured up to the cap.
+    "PULL_RETRY_BASE": 1.0,
+    "PULL_RETRY_MAX": 300.0,
+    # The receiver remembers the webhook-id of each batch it handled this
+    # long, to drop redeliveries (older ones are also dropped by position).
+    "RECEIVED_RETENTION": 7 * 24 * 3600.0,
 }
 
 

@@ -275,4 +275,10 @@ class WorkerHeartbeat(models.Model):
         return self.name
 
 
+from .client.models import (  # noqa: E402, F401  (pull and receive)
+    MirrorTombstone,
+    PullCursor,
+    ReceivedBatch,
+    RemoteSubscription,
+)
 from .delivery.models import Attempt, Subscription  # noqa: E402, F401  (subscriptions)

@@ -42,9 +42,13 @@ from .registry import Registration, get_registration
 # text is computed as the trigger computes object_pk.
 _PAGE_SQL = """
 WITH fence AS MATERIALIZED (
-    SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin
+    SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
+           coalesce(h.txid, 0) AS horizon_txid, coalesce(h.change_id, 0) AS horizon_id
+    FROM (SELECT 1) AS one
+    LEFT JOIN pubsubpull_horizon AS h ON h.id = 1
 )
-SELECT fence.xmin, page.pk_json, page.pk_text, page.sequence, page.fields
+SELECT fence.xmin, fence.horizon_txid, fence.horizon_id,
+       page.pk_json, page.pk_text, page.sequence, page.fields
 FROM fence
 LEFT JOIN LATERAL (
     SELECT t.{pk} AS key,
@@ -156,9 +160,13 @@ def _query(registration: Registration, where: str, params: dict, limit: int | No
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    xmin = rows[0][0]
-    instances = [Instance(*row[1:]) for row in rows if row[1] is not None]
-    return xmin, instances
+    xmin, horizon_txid, horizon_id = rows[0][:3]
+    instances = [Instance(*row[3:]) for row in rows if row[3] is not None]
+    # The xmin is the whole server's: a long transaction in another
+    # database can hold it behind changes that were pruned since. This page
+    # already shows what those changes did (they committed before the prune
+    # this statement sees), so the feed may start after them.
+    return max(fence_position(xmin), Position(horizon_txid, horizon_id)), instances
 
 
 def read_instances(
@@ -178,12 +186,11 @@ def read_instances(
     if limit < 1:
         raise ValueError("limit must be at least 1")
     if after is None:
-        xmin, instances = _query(registration, "true", {}, limit, using)
-        position = fence_position(xmin)
+        position, instances = _query(registration, "true", {}, limit, using)
     else:
         key = decode_after(registration, after)
         pk = connections[using or "default"].ops.quote_name(registration.pk_column)
-        xmin, instances = _query(registration, f"t.{pk} > %(after)s", {"after": key}, limit, using)
+        _, instances = _query(registration, f"t.{pk} > %(after)s", {"after": key}, limit, using)
         position = None
     following = encode_after(instances[-1].pk_text) if len(instances) == limit else None
     return InstancePage(instances, following, position)

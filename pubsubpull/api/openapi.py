@@ -343,6 +343,11 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
                         "fields": {"type": "array", "items": {"type": "string"}},
                         "instances": {"type": "string", "format": "uri"},
                         "changes": {"type": "string", "format": "uri"},
+                        "count": {
+                            "type": ["integer", "null"],
+                            "description": "Rows, as PostgreSQL's statistics estimate "
+                            "them; null when unknown. For progress bars.",
+                        },
                     },
                 },
             },

@@ -31,6 +31,8 @@ import psycopg
 from django.db import close_old_connections, connection, transaction
 
 from .. import conf, feed
+from ..client import tasks as pull_tasks
+from ..client import wake as pull_wake
 from ..models import WorkerHeartbeat
 from . import tasks, wake
 
@@ -127,7 +129,7 @@ class Worker:
                             self._heartbeat()
                             next_stamp = now + feed.STAY_AWAKE_EVERY
                         if now >= next_sweep:
-                            self._enqueued(wake.sweep())
+                            self._enqueued(wake.sweep() + pull_wake.sweep())
                             next_sweep = now + self.sweep_interval
                         labels = set()
                         timeout = min(max(next_sweep - time.monotonic(), 0.0), 0.5)
@@ -176,7 +178,8 @@ class Worker:
         jobs = DBTaskResult.objects.ready().filter(
             backend_name=name,
             queue_name=conf.get("TASK_QUEUE"),
-            task_path=tasks.deliver.module_path,
+            # Pull jobs too: a subscribing service runs this same worker.
+            task_path__in=[tasks.deliver.module_path, pull_tasks.pull_job.module_path],
         )
         while not self.stop.is_set():
             try:

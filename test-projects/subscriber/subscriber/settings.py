@@ -5,6 +5,7 @@ database on it, SUBSCRIBER_DB_NAME, default "subscriber"). ./runtests.sh and the
 demo set DATABASE_URL for you.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -23,6 +24,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_tasks_db",
     "pubsubpull",
     "billing",
 ]
@@ -62,3 +64,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
 STATIC_URL = "static/"
+
+# Pull jobs go to the database queue; pubsubpull_worker runs them.
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+
+PUBSUBPULL = {}
+# Worker processes started by the tests get their short timings this way.
+PUBSUBPULL.update(json.loads(os.environ.get("PUBSUBPULL_OVERRIDES", "{}")))
+
+# Where the customers service publishes, and billing's token there
+# (manage.py pubsubpull_token create billing --models customers.customer there).
+CUSTOMERS_URL = os.environ.get("CUSTOMERS_URL", "http://127.0.0.1:8000/pubsubpull/")
+CUSTOMERS_TOKEN = os.environ.get("CUSTOMERS_TOKEN", "")

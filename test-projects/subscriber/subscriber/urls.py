@@ -1,6 +1,12 @@
 from django.contrib import admin
 from django.urls import path
 
+import pubsubpull
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # The callback URL of billing's subscription to new users.
+    path("hooks/users/", pubsubpull.receiver("billing.handlers.welcome")),
+    # Push mode of the customers mirror.
+    path("hooks/customers/", pubsubpull.receiver("billing.mirrors.customers")),
 ]

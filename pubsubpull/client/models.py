@@ -1,0 +1,144 @@
+"""What a subscribing service keeps: pull cursors, subscriptions it made, batches it took.
+
+The state that matters lives in these rows, not in the job queue: a pull job
+only says "run cursor N", so a lost job costs a sweep and a duplicated one a
+redundant wake, never a skipped or repeated page.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class PullCursor(models.Model):
+    """One pull of another service: where it is, how it is doing.
+
+    ``phase`` is ``snapshot`` while the instances are read page by page
+    (``snapshot_next`` is the next page's URL, ``snapshot_models`` the models
+    still to read), then ``feed`` (``feed_position`` is the last cursor whose
+    page was handled and committed), and ``done`` for a ``pull_down`` that
+    has walked everything once.
+    """
+
+    class Phase(models.TextChoices):
+        SNAPSHOT = "snapshot"
+        FEED = "feed"
+        DONE = "done"
+
+    class State(models.TextChoices):
+        ACTIVE = "active"
+        FAILING = "failing", "failing (retrying with backoff)"
+        PAUSED = "paused"
+
+    name = models.CharField(max_length=200, unique=True)
+    source = models.URLField(
+        max_length=2000, help_text="The publisher's service document or one instances URL."
+    )
+    service_url = models.URLField(max_length=2000, help_text="The publisher's service document.")
+    handler = models.CharField(max_length=300, help_text="Dotted path of the handler.")
+    model_labels = models.JSONField(
+        default=list, blank=True, help_text="The models pulled; empty for all readable ones."
+    )
+    token = models.TextField(
+        blank=True, help_text="Bearer token for the publisher (pubsubpull_token create there)."
+    )
+    page_size = models.PositiveIntegerField(default=1000)
+    every = models.FloatField(
+        default=0.0,
+        help_text="Seconds between looks for new changes once caught up; 0 follows "
+        "the feed continuously by long poll.",
+    )
+    once = models.BooleanField(
+        default=False, help_text="pull_down: stop when caught up (phase done)."
+    )
+
+    state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
+    phase = models.CharField(max_length=16, choices=Phase.choices, default=Phase.SNAPSHOT)
+    snapshot_models = models.JSONField(default=list, blank=True)
+    snapshot_next = models.TextField(blank=True)
+    feed_position = models.CharField(max_length=200, blank=True)
+    snapshots = models.PositiveIntegerField(
+        default=0, help_text="Snapshots started (a 410 from the publisher starts another)."
+    )
+    rows = models.BigIntegerField(default=0, help_text="Instances and changes handled.")
+
+    created = models.DateTimeField(auto_now_add=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    failures = models.PositiveIntegerField(default=0, help_text="Failed attempts in a row.")
+    next_run_at = models.DateTimeField(auto_now_add=True)
+
+    lease_owner = models.CharField(max_length=100, blank=True)
+    lease_expires = models.DateTimeField(null=True, blank=True)
+    wake_requested_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [models.Index(fields=["state", "next_run_at"], name="pubsubpull_pullcursor_due")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RemoteSubscription(models.Model):
+    """A subscription this service made at a publisher, with the secret that signs it.
+
+    ``pubsubpull.subscribe`` writes it; the receiver reads the secret to verify
+    notifications and stores the cursor of the last change it handled, in the
+    handler's transaction (a pull from there fills any gap).
+    """
+
+    publisher = models.URLField(max_length=2000, help_text="The publisher's service document.")
+    name = models.CharField(max_length=100)
+    callback = models.URLField(max_length=2000)
+    model_labels = models.JSONField(default=list)
+    secret = models.CharField(max_length=100)
+    token = models.TextField(blank=True)
+    position = models.CharField(
+        max_length=200, blank=True, help_text="Feed cursor of the last change handled."
+    )
+    received = models.BigIntegerField(default=0, help_text="Changes handled.")
+    created = models.DateTimeField(auto_now_add=True)
+    last_received_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["publisher", "name"], name="pubsubpull_remotesubscription_name"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.publisher}"
+
+
+class ReceivedBatch(models.Model):
+    """A notification batch the receiver handled (committed), by its ``webhook-id``."""
+
+    webhook_id = models.CharField(max_length=100, unique=True)
+    subscription = models.ForeignKey(
+        RemoteSubscription, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    changes = models.PositiveIntegerField(default=0)
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return self.webhook_id
+
+
+class MirrorTombstone(models.Model):
+    """A deleted remote object of a mirror, so an older event cannot bring it back."""
+
+    mirror = models.CharField(max_length=200)
+    object_pk = models.TextField()
+    sequence = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["mirror", "object_pk"], name="pubsubpull_tombstone_pk")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mirror} {self.object_pk} deleted at {self.sequence}"

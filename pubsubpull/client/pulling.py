@@ -1,0 +1,536 @@
+"""Pull another service: its instances page by page, then its change feed, for ever.
+
+A :class:`~pubsubpull.client.models.PullCursor` row says where a pull is. A job
+(``pubsubpull.client.tasks.pull_job``, run by ``manage.py pubsubpull_worker``)
+takes the cursor with a lease, reads a page over HTTP with no transaction
+open, then calls the handler for the page's events and moves the cursor in
+one transaction. So a crash anywhere redoes a page, never skips one, and a
+handler's own writes commit exactly when the cursor moves past them.
+
+A handler is a callable taking one :class:`~pubsubpull.client.events.Event`,
+or an object with ``handle_events(events)`` taking a page at a time (a
+mirror does that to write a page in one statement). Jobs run in other
+processes, so a handler is stored by its dotted path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import random
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .. import conf
+from .events import Event
+from .models import PullCursor
+from .source import Gone, Publisher, SourceError, get_json, split_source
+
+logger = logging.getLogger("pubsubpull.client")
+
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+Handler = Callable[[Event], Any] | Any
+
+
+class LostLease(Exception):
+    """Another worker took the cursor (ours expired): leave the page to it."""
+
+
+# -- handlers ------------------------------------------------------------------
+
+
+def handler_path(handler: Handler | str) -> str:
+    """The dotted path a worker imports ``handler`` by.
+
+    A function or class is found by its module and name; any other object
+    (a mirror, say) by the module-level name it was assigned to.
+    """
+    if isinstance(handler, str):
+        resolve_handler(handler)  # fail now, not in a worker later
+        return handler
+    qualname = getattr(handler, "__qualname__", None)
+    module = getattr(handler, "__module__", None)
+    if qualname and module and "<" not in qualname:
+        return f"{module}.{qualname}"
+    module = getattr(handler, "defined_in", None) or module
+    namespace = vars(sys.modules[module]) if module in sys.modules else {}
+    for name, value in namespace.items():
+        if value is handler:
+            return f"{module}.{name}"
+    raise ValueError(
+        f"{handler!r} cannot be found by a dotted path, so a worker could not import it. "
+        "Define it at module level (a function, or a mirror assigned to a module "
+        "variable) or pass its dotted path as a string."
+    )
+
+
+def resolve_handler(path: str) -> Handler:
+    """Import ``package.module.name`` (also ``package.module.Class.method``)."""
+    parts = path.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            target: Any = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        try:
+            for attribute in parts[split:]:
+                target = getattr(target, attribute)
+        except AttributeError:
+            break
+        return target
+    raise ImportError(
+        f"No handler at {path!r}: give a dotted path like 'billing.handlers.on_user'."
+    )
+
+
+def call_handler(handler: Handler, events: list[Event]) -> None:
+    """Give ``events`` (in order) to the handler: all at once if it takes pages."""
+    handle_events = getattr(handler, "handle_events", None)
+    if handle_events is not None:
+        handle_events(events)
+        return
+    for event in events:
+        handler(event)
+
+
+# -- starting a pull -------------------------------------------------------------
+
+
+def _feed_head(publisher: Publisher, labels: list[str]) -> str:
+    """A cursor past every change committed by now (the feed's end, as of its fence)."""
+    page = get_json(
+        publisher.instances_url(labels[0] if labels else publisher.labels()[0]),
+        token=publisher.token,
+        params={"limit": 1},
+    )
+    # A snapshot's feed_position may lie a little behind (the fence is the
+    # oldest running transaction of the whole server): walk to the end.
+    cursor = page["feed_position"]
+    params: dict[str, Any] = {"limit": 5000}
+    if labels:
+        params["models"] = ",".join(labels)
+    while True:
+        body = get_json(
+            publisher.changes_url(), token=publisher.token, params={**params, "after": cursor}
+        )
+        cursor = body["cursor"]
+        if not body["changes"]:
+            return cursor
+
+
+def pull(
+    url: str,
+    handler: Handler | str,
+    *,
+    models: Iterable[str] | None = None,
+    start: str = "beginning",
+    page_size: int | None = None,
+    every: float = 0.0,
+    auth: str | None = None,
+    name: str | None = None,
+    once: bool = False,
+    enqueue: bool = True,
+) -> PullCursor:
+    """Follow a publisher: every instance, then every change, handled in order.
+
+    ``url`` is the publisher's service document (``…/pubsubpull/``) or one
+    model's instances URL; ``models`` narrows the pull to these labels.
+    ``start`` is ``"beginning"`` (a snapshot of the instances, then the feed
+    from where the snapshot began), ``"now"`` (only changes from now on) or a
+    feed cursor. ``every`` is how often to look for changes once caught up (0:
+    follow continuously by long poll). ``auth`` is a bearer token of the
+    publisher (``manage.py pubsubpull_token create`` there).
+
+    Idempotent: the cursor is named ``name`` (default: the handler's dotted
+    path); calling again keeps its position and updates its settings. The
+    work is done by ``manage.py pubsubpull_worker``. Example::
+
+        def on_change(event):
+            print(event.op, event.model, event.pk, event.data)
+
+        pubsubpull.pull("http://customers/pubsubpull/", on_change, auth=TOKEN)
+    """
+    path = handler_path(handler)
+    service_url, named = split_source(url)
+    labels = sorted(set(models if models is not None else (named or [])))
+    name = name or path
+    settings = {
+        "source": url,
+        "service_url": service_url,
+        "handler": path,
+        "model_labels": labels,
+        "every": every,
+        "once": once,
+    }
+    # Left out, these keep what the cursor has (or get their defaults).
+    if auth is not None:
+        settings["token"] = auth
+    if page_size is not None:
+        settings["page_size"] = page_size
+    cursor = PullCursor.objects.filter(name=name).first()
+    if cursor is None:
+        phase, position = PullCursor.Phase.SNAPSHOT, ""
+        if start == "now":
+            phase = PullCursor.Phase.FEED
+            position = _feed_head(Publisher(service_url, auth or ""), labels)
+        elif start != "beginning":
+            phase, position = PullCursor.Phase.FEED, start
+        defaults = {"page_size": conf.get("PULL_PAGE_SIZE"), **settings}
+        cursor, created = PullCursor.objects.get_or_create(
+            name=name, defaults={**defaults, "phase": phase, "feed_position": position}
+        )
+    else:
+        created = False
+    if not created:
+        for key, value in settings.items():
+            setattr(cursor, key, value)
+        if cursor.phase == PullCursor.Phase.DONE and not once:
+            cursor.phase = PullCursor.Phase.FEED
+        cursor.save()
+    if enqueue:
+        from .wake import wake_cursors
+
+        wake_cursors([cursor.id], force=True)
+    return cursor
+
+
+def pull_up(url: str, handler: Handler | str, **options: Any) -> PullCursor:
+    """Follow only what changes from now on (no snapshot): :func:`pull` with start="now"."""
+    return pull(url, handler, **{**options, "start": "now"})
+
+
+def pull_down(url: str, handler: Handler | str, **options: Any) -> PullCursor:
+    """Walk everything once (the snapshot, then the feed up to now) and stop."""
+    return pull(url, handler, **{**options, "once": True})
+
+
+# -- running a pull --------------------------------------------------------------
+
+
+def backoff(failures: int, retry_after: float | None = None) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row, with jitter."""
+    base, cap = conf.get("PULL_RETRY_BASE"), conf.get("PULL_RETRY_MAX")
+    delay = min(cap, base * 2 ** min(max(failures - 1, 0), 60)) * random.uniform(0.5, 1.0)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+_CLAIM_SQL = """
+UPDATE pubsubpull_pullcursor
+SET lease_owner = %(owner)s,
+    lease_expires = now() + %(lease)s * interval '1 second',
+    wake_requested_at = NULL
+WHERE id = (
+    SELECT id FROM pubsubpull_pullcursor
+    WHERE id = %(id)s
+      AND state IN ('active', 'failing')
+      AND phase <> 'done'
+      AND (%(now)s OR next_run_at <= now())
+      AND (lease_expires IS NULL OR lease_expires < now())
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id
+"""
+
+
+@dataclass
+class Progress:
+    """What a foreground pull reports after each page."""
+
+    cursor: PullCursor
+    handled: int
+    phase: str
+    caught_up: bool = False
+    restarted: bool = False
+
+
+class Runner:
+    """One claimed cursor, run page by page until a deadline."""
+
+    def __init__(
+        self,
+        cursor: PullCursor,
+        owner: str,
+        deadline: float,
+        progress: Callable[[Progress], None] | None = None,
+    ):
+        self.cursor = cursor
+        self.owner = owner
+        self.deadline = deadline
+        self.progress = progress
+        self.handler = resolve_handler(cursor.handler)
+        self.publisher = Publisher(cursor.service_url, cursor.token)
+        self._fetcher: ThreadPoolExecutor | None = None
+        self._prefetched: tuple[tuple, Future] | None = None
+
+    # While the handler works on one page the next one is already on its
+    # way (keyset pages and feed pages say where the next one starts), so
+    # the publisher's time and ours overlap. A prefetched page is only used
+    # if the cursor did move to where it starts.
+    def get(self, url: str, params: dict[str, Any] | None = None, timeout=None) -> dict:
+        key = (url, tuple(sorted((params or {}).items())))
+        if self._prefetched is not None:
+            prefetched_key, future = self._prefetched
+            self._prefetched = None
+            if prefetched_key == key:
+                return future.result()
+            future.cancel()
+        return get_json(url, token=self.cursor.token, params=params, timeout=timeout)
+
+    def prefetch(self, url: str, params: dict[str, Any] | None = None, timeout=None) -> None:
+        if self._fetcher is None:
+            self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="pubsubpull-prefetch")
+        key = (url, tuple(sorted((params or {}).items())))
+        future = self._fetcher.submit(
+            get_json, url, token=self.cursor.token, params=params, timeout=timeout
+        )
+        self._prefetched = (key, future)
+
+    def close(self) -> None:
+        if self._prefetched is not None:
+            self._prefetched[1].cancel()
+            self._prefetched = None
+        if self._fetcher is not None:
+            self._fetcher.shutdown(wait=False, cancel_futures=True)
+            self._fetcher = None
+
+    # Each page: the handler's work and the cursor's move, in one transaction.
+    def commit(self, events: list[Event], **fields: Any) -> None:
+        cursor = self.cursor
+        with transaction.atomic():
+            held = (
+                PullCursor.objects.select_for_update()
+                .filter(id=cursor.id, lease_owner=self.owner)
+                .values_list("phase", "snapshot_next", "feed_position")
+                .first()
+            )
+            if held != (cursor.phase, cursor.snapshot_next, cursor.feed_position):
+                raise LostLease(cursor.name)
+            if events:
+                call_handler(self.handler, events)
+            now = timezone.now()
+            PullCursor.objects.filter(id=cursor.id).update(
+                **fields,
+                rows=F("rows") + len(events),
+                last_success_at=now,
+                failures=0,
+                state=PullCursor.State.ACTIVE,
+                lease_expires=now + timedelta(seconds=conf.get("PULL_LEASE")),
+            )
+        for key, value in fields.items():
+            setattr(cursor, key, value)
+        cursor.rows += len(events)
+        cursor.failures = 0
+
+    def restart_snapshot(self, reason: str) -> None:
+        cursor = self.cursor
+        logger.warning(
+            "pull %s: %s; taking a new snapshot (snapshot number %d)",
+            cursor.name,
+            reason,
+            cursor.snapshots + 1,
+        )
+        self.commit(
+            [],
+            phase=PullCursor.Phase.SNAPSHOT,
+            snapshot_models=[],
+            snapshot_next="",
+            feed_position="",
+        )
+        if self.progress:
+            self.progress(Progress(cursor, 0, cursor.phase, restarted=True))
+
+    def snapshot_page(self) -> None:
+        cursor = self.cursor
+        models = list(cursor.snapshot_models)
+        fresh = not models and not cursor.snapshot_next
+        if fresh:
+            models = list(cursor.model_labels) or self.publisher.labels()
+            if not models:
+                self.commit([], phase=PullCursor.Phase.FEED)
+                return
+        if cursor.snapshot_next:
+            url, params = cursor.snapshot_next, None
+        else:
+            url, params = self.publisher.instances_url(models[0]), {"limit": cursor.page_size}
+        body = self.get(url, params)
+        if body.get("next"):
+            self.prefetch(body["next"])
+        label = body.get("model", models[0])
+        events = [Event.from_instance(label, item) for item in body["instances"]]
+        fields: dict[str, Any] = {"snapshot_models": models}
+        if fresh:
+            fields["snapshots"] = cursor.snapshots + 1
+        if body.get("feed_position") and not cursor.feed_position:
+            # The first page of the first model: following the feed from
+            # here after the last page misses nothing (later models' pages
+            # only add changes the sequences let handlers drop).
+            fields["feed_position"] = body["feed_position"]
+        fields["snapshot_next"] = body.get("next") or ""
+        if not fields["snapshot_next"]:
+            fields["snapshot_models"] = models[1:]
+            if not models[1:]:
+                fields["phase"] = PullCursor.Phase.FEED
+        self.commit(events, **fields)
+        if self.progress:
+            self.progress(Progress(cursor, len(events), PullCursor.Phase.SNAPSHOT))
+
+    def feed_page(self, wait: float) -> bool:
+        """Handle one page of the feed; True if caught up."""
+        cursor = self.cursor
+        params: dict[str, Any] = {"limit": cursor.page_size}
+        if cursor.feed_position:
+            params["after"] = cursor.feed_position
+        if cursor.model_labels:
+            params["models"] = ",".join(cursor.model_labels)
+        if wait > 0:
+            params["wait"] = f"{wait:.1f}"
+        try:
+            body = self.get(
+                self.publisher.changes_url(), params, timeout=conf.get("PULL_TIMEOUT") + wait
+            )
+        except Gone as e:
+            self.restart_snapshot(f"the publisher's change log no longer reaches our cursor ({e})")
+            return False
+        events = [Event.from_change(item) for item in body["changes"]]
+        caught_up = len(events) < cursor.page_size
+        if not caught_up:
+            following = {k: v for k, v in params.items() if k != "wait"}
+            self.prefetch(self.publisher.changes_url(), {**following, "after": body["cursor"]})
+        fields: dict[str, Any] = {}
+        if body["cursor"] != cursor.feed_position:
+            fields["feed_position"] = body["cursor"]
+        if caught_up and cursor.once:
+            fields["phase"] = PullCursor.Phase.DONE
+        if events or fields:
+            self.commit(events, **fields)
+        if self.progress:
+            self.progress(Progress(cursor, len(events), PullCursor.Phase.FEED, caught_up))
+        return caught_up
+
+    def run(self, *, stop_when_caught_up: bool = False) -> str:
+        """Pages until the deadline: ``more``, ``caught_up`` or ``done``."""
+        cursor = self.cursor
+        wait = 0.0
+        while True:
+            if cursor.phase == PullCursor.Phase.DONE:
+                return "done"
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                return "more"
+            if cursor.phase == PullCursor.Phase.SNAPSHOT:
+                self.snapshot_page()
+                continue
+            caught_up = self.feed_page(min(wait, remaining))
+            if not caught_up:
+                wait = 0.0
+                continue
+            if cursor.phase == PullCursor.Phase.DONE:
+                return "done"
+            if stop_when_caught_up or cursor.every > 0:
+                return "caught_up"
+            # Follow: long-poll for the next change while the budget lasts.
+            wait = conf.get("PULL_WAIT")
+
+
+def _claim(cursor_id: int, owner: str, now: bool) -> PullCursor | None:
+    from django.db import connection
+
+    with connection.cursor() as db:
+        db.execute(
+            _CLAIM_SQL,
+            {"id": cursor_id, "owner": owner, "lease": conf.get("PULL_LEASE"), "now": now},
+        )
+        if not db.fetchall():
+            return None
+    return PullCursor.objects.get(id=cursor_id)
+
+
+def _release(cursor: PullCursor, owner: str, **fields: Any) -> None:
+    PullCursor.objects.filter(id=cursor.id, lease_owner=owner).update(
+        lease_owner="", lease_expires=None, **fields
+    )
+
+
+def run(
+    cursor_id: int,
+    *,
+    budget: float | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    stop_when_caught_up: bool = False,
+    now: bool = False,
+    raise_errors: bool = False,
+) -> str:
+    """Run a pull until caught up or ``budget`` seconds pass (the job, and the command).
+
+    Returns ``busy`` (another worker holds it, or it is not due), ``more``
+    (the budget ran out: it is enqueued again), ``caught_up``, ``done``
+    (a pull_down finished) or ``failed`` (the error is recorded in the
+    cursor, which is retried after a backoff). ``now`` runs it even if a
+    backoff is pending; ``raise_errors`` raises the error after recording it.
+    """
+    owner = f"{WORKER_NAME}:{uuid.uuid4().hex[:8]}"
+    cursor = _claim(cursor_id, owner, now)
+    if cursor is None:
+        return "busy"
+    budget = conf.get("PULL_BUDGET") if budget is None else budget
+    deadline = time.monotonic() + budget
+    try:
+        runner = Runner(cursor, owner, deadline, progress)
+        try:
+            outcome = runner.run(stop_when_caught_up=stop_when_caught_up)
+        finally:
+            runner.close()
+    except LostLease:
+        logger.warning("pull %s: another worker took the cursor; leaving it", cursor.name)
+        return "busy"
+    except Exception as e:
+        failures = cursor.failures + 1
+        retry_after = e.retry_after if isinstance(e, SourceError) else None
+        delay = backoff(failures, retry_after)
+        error = f"{type(e).__name__}: {e}"
+        logger.log(
+            logging.WARNING if isinstance(e, SourceError) else logging.ERROR,
+            "pull %s failed (%s); next try in %.1f s",
+            cursor.name,
+            error,
+            delay,
+            exc_info=not isinstance(e, SourceError),
+        )
+        now_ = timezone.now()
+        _release(
+            cursor,
+            owner,
+            state=PullCursor.State.FAILING,
+            failures=failures,
+            last_error=error[:4000],
+            last_error_at=now_,
+            next_run_at=now_ + timedelta(seconds=delay),
+        )
+        cursor.failures, cursor.last_error = failures, error
+        if raise_errors:
+            raise
+        return "failed"
+    if outcome == "caught_up" and cursor.every > 0:
+        _release(cursor, owner, next_run_at=timezone.now() + timedelta(seconds=cursor.every))
+    else:
+        _release(cursor, owner)
+    if outcome == "more" and progress is None:
+        from .wake import wake_cursors
+
+        wake_cursors([cursor.id], force=True)
+    return outcome

@@ -1,0 +1,161 @@
+"""Talking to a publisher over HTTP: its service document, instance pages, the feed.
+
+Every answer that is not a 200 becomes a :class:`SourceError` that says whether
+to retry and when (``retry_after`` from the publisher's ``Retry-After``), and a
+410 (the publisher's log has been pruned past our cursor) is :class:`Gone`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import threading
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from .. import __version__, conf
+
+USER_AGENT = f"django-pubsubpull/{__version__} (pull)"
+
+
+class SourceError(Exception):
+    """The publisher could not be read; try again later (``retry_after`` seconds if known)."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Gone(SourceError):
+    """410: the feed cursor is older than the publisher's log; take a new snapshot."""
+
+
+def split_source(url: str) -> tuple[str, list[str] | None]:
+    """The service document URL and the models a source URL names.
+
+    ``…/pubsubpull/models/shop.customer/instances/`` names one model; any other
+    URL is taken as the service document itself (all models it lists).
+    """
+    parts = urlsplit(url)
+    segments = parts.path.split("/")
+    if "models" in segments:
+        at = len(segments) - 1 - segments[::-1].index("models")
+        rest = [s for s in segments[at + 1 :] if s]
+        if len(rest) == 2 and rest[1] == "instances":
+            path = "/".join(segments[:at]) + "/"
+            return urlunsplit((parts.scheme, parts.netloc, path, "", "")), [rest[0]]
+    path = parts.path if parts.path.endswith("/") else parts.path + "/"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, "")), None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+_client: httpx.Client | None = None
+_client_lock = threading.Lock()
+
+
+def http_client() -> httpx.Client:
+    """The process's HTTP client for publishers (pooled, thread-safe)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = httpx.Client(
+                headers={"user-agent": USER_AGENT, "accept": "application/json"},
+                timeout=httpx.Timeout(conf.get("PULL_TIMEOUT"), connect=5.0),
+                follow_redirects=False,
+            )
+        return _client
+
+
+def request(
+    method: str,
+    url: str,
+    *,
+    token: str = "",
+    params: dict[str, Any] | None = None,
+    json: Any = None,
+    timeout: float | None = None,
+) -> httpx.Response:
+    """One request to a publisher; raises SourceError unless it answered 2xx."""
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    kwargs: dict[str, Any] = {"params": params, "headers": headers}
+    if json is not None:
+        kwargs["json"] = json
+    if timeout is not None:
+        kwargs["timeout"] = httpx.Timeout(timeout, connect=5.0)
+    try:
+        response = http_client().request(method, url, **kwargs)
+    except httpx.HTTPError as e:
+        raise SourceError(f"{method} {url}: {type(e).__name__}: {e}".rstrip(": ")) from e
+    if 200 <= response.status_code < 300:
+        return response
+    detail = ""
+    try:
+        detail = response.json().get("detail", "")
+    except (ValueError, AttributeError):
+        detail = response.text[:300]
+    message = f"{method} {response.request.url} answered {response.status_code}: {detail}".rstrip()
+    retry_after = _retry_after(response.headers.get("retry-after"))
+    if response.status_code == 410:
+        raise Gone(message, 410, retry_after)
+    raise SourceError(message, response.status_code, retry_after)
+
+
+def get_json(url: str, *, token: str = "", params=None, timeout=None) -> dict[str, Any]:
+    response = request("GET", url, token=token, params=params, timeout=timeout)
+    try:
+        return response.json()
+    except ValueError as e:
+        raise SourceError(f"GET {url} did not answer JSON") from e
+
+
+class Publisher:
+    """A publisher's service document, read once, and URLs from it."""
+
+    def __init__(self, service_url: str, token: str = ""):
+        self.service_url = service_url
+        self.token = token
+        self._document: dict[str, Any] | None = None
+
+    @property
+    def document(self) -> dict[str, Any]:
+        if self._document is None:
+            self._document = get_json(self.service_url, token=self.token)
+        return self._document
+
+    def labels(self) -> list[str]:
+        """Every model the publisher lets us read."""
+        return [m["model"] for m in self.document["models"]]
+
+    def instances_url(self, label: str) -> str:
+        for model in self.document["models"]:
+            if model["model"] == label:
+                return model["instances"]
+        raise SourceError(
+            f"{self.service_url} does not publish {label!r} to us (its service document "
+            f"lists {', '.join(self.labels()) or 'no model'}); check the label and the "
+            "token's scope."
+        )
+
+    def changes_url(self) -> str:
+        return self.document["links"]["changes"].split("?")[0]
+
+    def subscription_url(self, name: str) -> str:
+        return self.document["links"]["subscriptions"] + f"{name}/"
