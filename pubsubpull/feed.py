@@ -500,7 +500,9 @@ class _Listener:
                     self._bump()
                     backoff = 0.1
                     while not self.stopping.is_set():
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                        # (notifies() holds the connection's lock while it
+                        # yields: query only after it returned.)
+                        if any(True for _ in conn.notifies(timeout=0.5, stop_after=1)):
                             # Only arms taken before the waiters see this bump
                             # are spent; a waiter that armed later re-arms
                             # when it notices the bump (wait_for_changes).

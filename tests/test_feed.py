@@ -298,3 +298,16 @@ def test_changes_render_as_json_text_exactly_as_their_dicts():
         assert change.at.tzinfo is not None
     assert changes[-1].old == {"id": 7} and changes[-1].pk == 7
     assert "secret" not in changes[-1].as_json_text()
+
+
+def test_long_polls_keep_waking_one_after_another():
+    """The listener keeps serving notifications after the first (it once hung on one)."""
+    for n in range(3):
+        _, after = follow()
+        started = time.monotonic()
+        timer = threading.Timer(0.2, lambda n=n: _insert_elsewhere(f"late {n}"))
+        timer.start()
+        page = feed.wait_for_changes(after, timeout=10)
+        timer.join()
+        assert names(page) == [f"late {n}"]
+        assert time.monotonic() - started < 3
