@@ -22,3 +22,9 @@ def welcome_pulled(event):
     if delay:
         time.sleep(delay)  # the tests kill the worker in the middle of a page
     welcome(event, via="pull")
+
+
+def show(event):
+    """Print each event: the demo's pull from scratch (manage.py pubsubpull_pull)."""
+    name = (event.data or event.old or {}).get("name", "")
+    print(f"{event.op:<8} {event.model} {event.pk} {name}".rstrip())

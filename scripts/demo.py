@@ -1,0 +1,237 @@
+"""Run the two-service demo: a publisher (customers) and a subscriber (billing).
+
+Started by ./demo.sh, which makes the virtual environment and finds PostgreSQL
+(DATABASE_URL, the local cluster, or an embedded server) first. This script
+creates and migrates both services' databases, starts each service's web
+server and worker on 127.0.0.1, prints what to try, and stops everything it
+started on Ctrl-C. ``--tour`` runs a scripted walk-through instead and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts.postgres import django_database  # noqa: E402
+
+PROJECTS = ROOT / "test-projects"
+
+
+def free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+class Service:
+    """One Django project of test-projects/, on its own database."""
+
+    def __init__(self, name: str, database: str, port: int, url: str):
+        self.name = name
+        self.dir = PROJECTS / name
+        self.database = database
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            f"{name.upper()}_DB_NAME": database,
+            "DJANGO_SETTINGS_MODULE": f"{name}.settings",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def manage(self, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+        if args[0] == "shell":
+            args = ("shell", "-v0", *args[1:])  # no list of auto-imports
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=self.dir,
+            env={**self.env, **kwargs.pop("env", {})},
+            check=check,
+            **kwargs,
+        )
+
+    def start(self, *args: str, log: Path) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", *args],
+            cwd=self.dir,
+            env=self.env,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us; we stop each group
+        )
+
+
+def ensure_database(url: str, name: str) -> None:
+    settings = django_database(url)
+    params = {k.lower(): v for k, v in settings.items() if k in ("HOST", "PORT", "USER") and v}
+    with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def wait_http(url: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer within {seconds:.0f} s") from None
+            time.sleep(0.3)
+
+
+class Demo:
+    def __init__(self, database_url: str, logs: Path):
+        self.database_url = database_url
+        self.logs = logs
+        self.processes: list[tuple[str, subprocess.Popen]] = []
+        prefix = os.environ.get("DEMO_DB_PREFIX", "demo")
+        self.publisher = Service("publisher", f"{prefix}_publisher", free_port(8001), database_url)
+        self.subscriber = Service(
+            "subscriber", f"{prefix}_subscriber", free_port(8002), database_url
+        )
+
+    def prepare(self) -> None:
+        self.logs.mkdir(exist_ok=True)
+        for service in (self.publisher, self.subscriber):
+            ensure_database(self.database_url, service.database)
+            print(f"demo: migrating the {service.name} ({service.database})")
+            service.manage("migrate", "--no-input", "-v0")
+            service.manage(
+                "shell",
+                "-c",
+                "from django.contrib.auth.models import User\n"
+                "if not User.objects.filter(username='admin').exists():\n"
+                "    User.objects.create_superuser('admin', 'admin@example.com', 'admin')",
+            )
+        # The publisher keeps its loyalty ledger in a second database.
+        ensure_database(self.database_url, f"{self.publisher.database}_other")
+        self.publisher.manage("migrate", "--database", "other", "--no-input", "-v0")
+        # Billing's token at customers: a new one each run (only its hash is kept).
+        self.publisher.manage(
+            "pubsubpull_token", "delete", "billing", capture_output=True, check=False
+        )
+        token = self.publisher.manage(
+            "pubsubpull_token", "create", "billing", "--models", "customers.customer",
+            "auth.user", capture_output=True, text=True,
+        ).stdout.strip().splitlines()[-1]  # fmt: skip
+        self.subscriber.env["CUSTOMERS_URL"] = self.publisher.url + "/pubsubpull/"
+        self.subscriber.env["CUSTOMERS_TOKEN"] = token
+
+    def start(self) -> None:
+        for service in (self.publisher, self.subscriber):
+            for role, args in (
+                ("web", ["runserver", f"127.0.0.1:{service.port}", "--noreload"]),
+                ("worker", ["pubsubpull_worker"]),
+            ):
+                log = self.logs / f"{service.name}-{role}.log"
+                self.processes.append((f"{service.name} {role}", service.start(*args, log=log)))
+        for service in (self.publisher, self.subscriber):
+            wait_http(service.url + "/admin/login/")
+            print(f"demo: the {service.name} serves {service.url}", flush=True)
+        # Billing subscribes to new users (pushed to its receiver) and mirrors
+        # customers (pulled by its worker).
+        self.subscriber.manage(
+            "shell",
+            "-c",
+            "import pubsubpull\n"
+            "from django.conf import settings\n"
+            "from billing.mirrors import customers\n"
+            "pubsubpull.subscribe(settings.CUSTOMERS_URL, 'billing-users',\n"
+            f"    '{self.subscriber.url}/hooks/users/', models=['auth.user'],\n"
+            "    auth=settings.CUSTOMERS_TOKEN)\n"
+            "customers.pull()",
+        )
+
+    def stop(self) -> None:
+        for _, process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for name, process in self.processes:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"demo: {name} did not stop in time; killing it")
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.processes.clear()
+
+    def watch(self) -> None:
+        """Wait for Ctrl-C, or for a process that dies."""
+        while True:
+            for name, process in self.processes:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {process.returncode}; see {self.logs}/")
+            time.sleep(0.5)
+
+    def banner(self) -> None:
+        p, s = self.publisher.url, self.subscriber.url
+        print(
+            f"""
+demo: running. Ctrl-C stops everything.
+
+  publisher (customers)  {p}/admin/   log in as admin / admin
+  subscriber (billing)   {s}/admin/   admin / admin as well
+
+Try:
+  - add or edit a Customer in the publisher's admin, then see who changed what in
+    Changes ({p}/admin/pubsubpull/change/) and the customer's History button;
+  - watch billing's copy follow: {s}/admin/billing/customercountry/
+    and its welcomes to new users: {s}/admin/billing/welcome/
+  - subscriptions and their deliveries: {p}/admin/pubsubpull/subscription/
+  - the HTTP API: {p}/pubsubpull/ (log in to the admin first, or use a token).
+Logs are in {self.logs}/.
+"""
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tour", action="store_true", help="run the scripted tour and exit")
+    args = parser.parse_args()
+    database_url = os.environ["DATABASE_URL"]
+    demo = Demo(database_url, Path(os.environ.get("DEMO_LOGS", ROOT / ".demo-logs")))
+    # SIGTERM (from a supervisor or CI) stops cleanly, like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        demo.prepare()
+        demo.start()
+        if args.tour:
+            from scripts.tour import run_tour
+
+            run_tour(demo)
+            return 0
+        demo.banner()
+        demo.watch()
+    except KeyboardInterrupt:
+        print("\ndemo: stopping")
+    finally:
+        demo.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
