@@ -7,15 +7,14 @@ to retry and when (``retry_after`` from the publisher's ``Retry-After``), and a
 
 from __future__ import annotations
 
-import email.utils
 import threading
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from .. import __version__, conf
+from ..retry_after import parse_retry_after
 
 USER_AGENT = f"django-pubsubpull/{__version__} (pull)"
 
@@ -49,22 +48,6 @@ def split_source(url: str) -> tuple[str, list[str] | None]:
             return urlunsplit((parts.scheme, parts.netloc, path, "", "")), [rest[0]]
     path = parts.path if parts.path.endswith("/") else parts.path + "/"
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, "")), None
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 _client: httpx.Client | None = None
@@ -112,7 +95,7 @@ def request(
     except (ValueError, AttributeError):
         detail = response.text[:300]
     message = f"{method} {response.request.url} answered {response.status_code}: {detail}".rstrip()
-    retry_after = _retry_after(response.headers.get("retry-after"))
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
     if response.status_code == 410:
         raise Gone(message, 410, retry_after)
     raise SourceError(message, response.status_code, retry_after)

@@ -15,7 +15,6 @@ mid-request leaves its lease to expire and its batch (same changes, same
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ import httpx
 from django.db import IntegrityError, connection
 
 from .. import __version__, conf
+from ..retry_after import parse_retry_after
 from . import batch, guard, signing
 
 logger = logging.getLogger("pubsubpull.delivery")
@@ -241,22 +241,6 @@ class Response:
     duration: float
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
-
-
 _client: httpx.Client | None = None
 _client_lock = threading.Lock()
 
@@ -283,7 +267,7 @@ def send(url: str, body: bytes, headers: dict[str, str]) -> Response:
         ) as response:
             status = response.status_code
             if status in (429, 503):
-                retry_after = _retry_after(response.headers.get("retry-after"))
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
             for chunk in response.iter_raw():
                 excerpt += chunk
                 if len(excerpt) >= excerpt_size or time.monotonic() - started > total:
