@@ -324,6 +324,15 @@ def fence_position(xmin: int) -> Position:
     return Position(max(xmin - 1, 0), MAX_ID)
 
 
+def current_fence(using: str | None = None) -> int:
+    """The oldest transaction of this database still running: every older one has ended.
+
+    Transactions of other databases on the same server do not count (see the
+    page query above).
+    """
+    return read_changes(None, limit=1, using=using).fence
+
+
 def current_position(using: str | None = None) -> Position:
     """A cursor from which the feed serves only changes committed from now on.
 

@@ -10,6 +10,7 @@ cursor from before the pruned range answers 410 and its reader re-snapshots.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ from datetime import datetime, timedelta
 from django.db import connections, transaction
 from django.utils import timezone
 
-from . import conf
+from . import conf, feed
 from .delivery.attempts import prune_attempts
 from .delivery.subscriptions import oldest_needed_position
+
+logger = logging.getLogger("pubsubpull")
 
 MAX_ID = 9223372036854775807
 
@@ -39,13 +42,13 @@ def parse_age(text: str) -> timedelta:
 
 
 # One batch: the oldest changes in feed order that every subscription has
-# received and no running transaction can precede, up to the first one that
+# received and no running transaction of this database can precede, up to the first one that
 # is not old enough (a prefix, so the pruned range has no holes).
 _BATCH_SQL = """
 WITH batch AS (
     SELECT id, txid, at FROM pubsubpull_change
     WHERE (txid, id) <= (%(keep_txid)s, %(keep_id)s)
-      AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+      AND txid < %(fence)s
     ORDER BY txid, id
     LIMIT %(batch)s
 ),
@@ -101,6 +104,7 @@ def prune(
     }
     for sql, attribute in ((_BATCH_SQL, "changes"), (_REQUESTS_SQL, "requests")):
         while True:
+            params["fence"] = feed.current_fence(using)
             with transaction.atomic(using=using), connections[using].cursor() as cursor:
                 cursor.execute(sql, params)
                 deleted = cursor.rowcount
@@ -112,4 +116,12 @@ def prune(
     result.attempts = prune_attempts()
     if progress:
         progress(result)
+    logger.info(
+        "Pruned %d changes, %d requests and %d attempts older than %s",
+        result.changes,
+        result.requests,
+        result.attempts,
+        cutoff.isoformat(),
+        extra={"pubsubpull": {"event": "pruned", "cutoff": cutoff.isoformat(), **vars(result)}},
+    )
     return result

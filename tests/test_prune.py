@@ -64,6 +64,16 @@ def test_a_paused_subscription_keeps_its_backlog_and_old_cursors_get_410():
     assert list(Change.objects.values_list("new__name", flat=True)) == ["fresh"]
 
 
+def test_pruning_is_logged_with_structured_details(caplog):
+    Customer.objects.create(name="old")
+    age_everything()
+    with caplog.at_level("INFO", logger="pubsubpull"):
+        prune("--older-than", "1d")
+    (record,) = [r for r in caplog.records if getattr(r, "pubsubpull", {}).get("event") == "pruned"]
+    assert record.pubsubpull["changes"] == 1
+    assert record.name == "pubsubpull"
+
+
 def test_requests_go_with_their_last_change_and_young_changes_stay():
     with pubsubpull.context(job="import"):
         Customer.objects.create(name="old")

@@ -343,6 +343,14 @@ class Runner:
             cursor.name,
             reason,
             cursor.snapshots + 1,
+            extra={
+                "pubsubpull": {
+                    "event": "pull_resnapshot",
+                    "cursor": cursor.name,
+                    "reason": reason,
+                    "snapshots": cursor.snapshots + 1,
+                }
+            },
         )
         self.commit(
             [],

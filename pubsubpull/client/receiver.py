@@ -141,7 +141,12 @@ class Receiver(View):
             except (WebhookVerificationError, ValueError) as e:
                 reason = str(e) or type(e).__name__
         if verified is None:
-            logger.warning("Receiver: refused a notification for %s: %s", name, reason)
+            logger.warning(
+                "Receiver: refused a notification for %s: %s",
+                name,
+                reason,
+                extra={"pubsubpull": {"event": "notification_refused", "subscription": name}},
+            )
             return _error(401, "invalid_signature", f"The signature does not verify: {reason}.")
         try:
             data = payload["data"]

@@ -326,7 +326,11 @@ def deliver_batch(sub: Claimed, owner: str) -> str:
         return "lost"
     except batch.CursorExpired:
         _execute(_EXPIRED_SQL, {"id": sub.id, "owner": owner})
-        logger.warning("Subscription %s fell behind the pruned change log: disabled", sub.name)
+        logger.warning(
+            "Subscription %s fell behind the pruned change log: disabled",
+            sub.name,
+            extra={"pubsubpull": {"event": "subscription_disabled", "subscription": sub.name}},
+        )
         return "failed"
 
 
@@ -435,6 +439,16 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
         sub.name,
         response.error,
         delay,
+        extra={
+            "pubsubpull": {
+                "event": "delivery_failed",
+                "subscription": sub.name,
+                "webhook_id": webhook_id,
+                "status": response.status,
+                "error": response.error,
+                "retry_in": delay,
+            }
+        },
     )
     return "failed"
 
