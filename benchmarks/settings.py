@@ -8,7 +8,7 @@ installed when django-pghistory is (``pip install -e '.[bench]'``).
 import importlib.util
 import os
 
-import dj_database_url
+from scripts.postgres import django_database
 
 SECRET_KEY = "benchmarks-not-secret"
 DEBUG = False
@@ -27,7 +27,9 @@ INSTALLED_APPS = [
 if PGHISTORY_INSTALLED:
     INSTALLED_APPS += ["pgtrigger", "pghistory", "benchmarks.peer"]
 
-_server = dj_database_url.parse(
-    os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-)
-DATABASES = {"default": {**_server, "NAME": os.environ.get("BENCH_DB_NAME", "bench_write")}}
+DATABASES = {
+    "default": django_database(
+        os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+        os.environ.get("BENCH_DB_NAME", "bench_write"),
+    )
+}

@@ -53,6 +53,7 @@ import psycopg
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # benchmarks.settings and scripts.postgres
 
 TABLES = {
     "no trigger": "bench_writes_plain",
@@ -129,9 +130,9 @@ def server_url() -> str:
 
 
 def conninfo(dbname: str) -> str:
-    import dj_database_url
+    from scripts.postgres import django_database
 
-    params = dj_database_url.parse(server_url())
+    params = django_database(server_url())
     return psycopg.conninfo.make_conninfo(
         **{
             key: str(params[name])
@@ -155,7 +156,6 @@ def create_database(args) -> None:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
     os.environ["BENCH_DB_NAME"] = args.db_name
     os.environ["DJANGO_SETTINGS_MODULE"] = "benchmarks.settings"
-    sys.path.insert(0, str(ROOT))
     import django
     from django.conf import settings
     from django.core.management import call_command
