@@ -1,9 +1,10 @@
 """Snapshots: a published model's rows, keyset page by keyset page, published fields only.
 
-PostgreSQL renders each row as JSON the way the capture trigger does
-(``to_jsonb`` of the published columns), so an instance and a change of it
-look alike, and a page costs one query and no Python per field. Pages are
-bounded by ``limit``, so memory stays flat however large the table.
+PostgreSQL renders each item whole, as the API serves it: the published
+columns as JSON (the same values the capture trigger's ``to_jsonb`` stores, so
+an instance and a change of it look alike), the pk, its URL and its sequence.
+A page costs one query and no Python per row. Pages are bounded by ``limit``,
+so memory stays flat however large the table.
 
 The first page also gives ``feed_position``: a feed cursor from the same
 statement's snapshot. Following the feed from there after the last page
@@ -26,7 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -36,10 +37,13 @@ from django.db import connections, router
 from .feed import Position, fence_position
 from .registry import Registration, get_registration
 
-# One template for every model; {names} are quoted identifiers of the
-# registration's table and published columns. The sequence is the newest
-# change of the row, found through the (model, object_pk, id) index; the pk
-# text is computed as the trigger computes object_pk.
+# One template for every model; {names} are quoted identifiers and SQL
+# expressions made from the registration (see _query). PostgreSQL renders each
+# item whole, as the API serves it, so a page costs the view no Python per row:
+# ``row_to_json`` of the published columns (half the cost of ``to_jsonb`` and
+# the same values), the pk as JSON and as URL text, and the sequence: the
+# newest change of the row, one probe of the (model, object_pk, id) index. The
+# pk text is what the trigger stores as object_pk (``to_jsonb(row) ->> pk``).
 _PAGE_SQL = """
 WITH fence AS MATERIALIZED (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
@@ -47,24 +51,46 @@ WITH fence AS MATERIALIZED (
     FROM (SELECT 1) AS one
     LEFT JOIN pubsubpull_horizon AS h ON h.id = 1
 )
-SELECT fence.xmin, fence.horizon_txid, fence.horizon_id,
-       page.pk_json, page.pk_text, page.sequence, page.fields
+SELECT fence.xmin, fence.horizon_txid, fence.horizon_id, page.pk_text, page.item
 FROM fence
 LEFT JOIN LATERAL (
-    SELECT t.{pk} AS key,
-           to_jsonb(t.{pk})::text AS pk_json,
-           to_jsonb(t.{pk}) #>> '{{}}' AS pk_text,
-           (SELECT max(c.id) FROM pubsubpull_change AS c
-            WHERE c.model = %(label)s AND c.object_pk = to_jsonb(t.{pk}) #>> '{{}}') AS sequence,
-           to_jsonb(published)::text AS fields
-    FROM {table} AS t
-    CROSS JOIN LATERAL (SELECT {columns}) AS published
-    WHERE {where}
-    ORDER BY t.{pk}
-    LIMIT %(limit)s
+    SELECT keyed.key, keyed.pk_text,
+           '{{"pk":' || keyed.pk_json
+           || ',"url":"' || %(url_prefix)s || {url_segment} || '/","sequence":'
+           || coalesce((SELECT max(c.id) FROM pubsubpull_change AS c
+                        WHERE c.model = %(label)s AND c.object_pk = keyed.pk_text)::text, 'null')
+           || ',"fields":' || keyed.fields || '}}' AS item
+    FROM (
+        SELECT t.{pk} AS key, {pk_text} AS pk_text, {pk_json} AS pk_json,
+               row_to_json(published)::text AS fields
+        FROM {table} AS t
+        CROSS JOIN LATERAL (SELECT {columns}) AS published
+        WHERE {where}
+        ORDER BY t.{pk}
+        LIMIT %(limit)s
+    ) AS keyed
 ) AS page ON true
 ORDER BY page.key
 """
+
+# A primary key that is not plain URL text, percent-encoded as UTF-8 (what
+# urllib.parse.quote(pk, safe="") gives).
+_PERCENT_ENCODED = """
+CASE WHEN keyed.pk_text ~ '^[A-Za-z0-9_.~-]+$' THEN keyed.pk_text
+ELSE coalesce((
+    SELECT string_agg(
+        CASE WHEN ch ~ '[A-Za-z0-9_.~-]' THEN ch
+        ELSE upper(regexp_replace(encode(convert_to(ch, 'UTF8'), 'hex'), '(..)', '%%\\1', 'g'))
+        END, '' ORDER BY n)
+    FROM regexp_split_to_table(keyed.pk_text, '') WITH ORDINALITY AS chars(ch, n)
+), '') END
+"""
+
+# Column types whose ::text is the text to_jsonb gives (so it matches
+# object_pk and is cheaper), and the ones of those always plain in a URL.
+_INTEGERS = ("smallint", "integer", "bigint")
+_TEXT_AS_JSON = (*_INTEGERS, "uuid", "varchar", "text")
+_PLAIN_IN_URL = (*_INTEGERS, "uuid")
 
 
 class InvalidAfter(ValueError):
@@ -73,29 +99,45 @@ class InvalidAfter(ValueError):
 
 @dataclass
 class Instance:
-    """One row: its primary key, the id of its newest change, its published fields."""
+    """One row: its primary key, the id of its newest change, its published fields.
 
-    pk_json: str
+    ``json`` is the item as the instances endpoint serves it
+    (``{"pk": ..., "url": ..., "sequence": ..., "fields": {...}}``).
+    """
+
     pk_text: str
-    sequence: int | None
-    fields_json: str
+    json: str
 
     @cached_property
+    def _item(self) -> dict[str, Any]:
+        return json.loads(self.json)
+
+    @property
     def pk(self) -> Any:
-        return json.loads(self.pk_json)
+        return self._item["pk"]
 
-    @cached_property
+    @property
+    def sequence(self) -> int | None:
+        return self._item["sequence"]
+
+    @property
     def fields(self) -> dict[str, Any]:
-        return json.loads(self.fields_json)
+        return self._item["fields"]
 
 
 @dataclass
 class InstancePage:
-    instances: list[Instance]
+    items: list[str]
+    """The page's items as JSON text, as the instances endpoint serves them."""
     next: str | None
     """The ``after`` token of the next page; None on the last page."""
     feed_position: Position | None
     """On the first page: where to follow the feed from after the snapshot."""
+    pk_texts: list[str] = field(default_factory=list, repr=False)
+
+    @cached_property
+    def instances(self) -> list[Instance]:
+        return [Instance(pk, item) for pk, item in zip(self.pk_texts, self.items, strict=True)]
 
 
 def _registration(model: Registration | str | type) -> Registration:
@@ -139,34 +181,53 @@ def to_pk(registration: Registration, text: str, error: type[Exception] = Lookup
     return value
 
 
-def _query(registration: Registration, where: str, params: dict, limit: int | None, using):
+def _query(
+    registration: Registration,
+    where: str,
+    params: dict,
+    limit: int | None,
+    using,
+    url_prefix: str,
+):
     alias = using or router.db_for_read(registration.model)
     connection = connections[alias]
     quote = connection.ops.quote_name
+    pk_field = registration.model._meta.pk
+    pk = quote(registration.pk_column)
+    pk_type = (pk_field.db_type(connection) or "").split("(")[0].strip().lower()
+    pk_text = f"t.{pk}::text" if pk_type in _TEXT_AS_JSON else f"to_jsonb(t.{pk}) #>> '{{}}'"
     sql = _PAGE_SQL.format(
-        pk=quote(registration.pk_column),
+        pk=pk,
+        pk_text=pk_text,
+        pk_json=f"t.{pk}::text" if pk_type in _INTEGERS else f"to_json(t.{pk})::text",
+        url_segment="keyed.pk_text" if pk_type in _PLAIN_IN_URL else _PERCENT_ENCODED,
         table=quote(registration.table),
         columns=", ".join(f"t.{quote(c)}" for c in registration.published_columns),
         where=where,
     )
     if limit is None:
         sql = sql.replace("LIMIT %(limit)s", "")
-    pk_field = registration.model._meta.pk
     params = {
         **{k: pk_field.get_db_prep_value(v, connection) for k, v in params.items()},
         "label": registration.label,
         "limit": limit,
+        # Inside a JSON string: escaped once here, not per row.
+        "url_prefix": json.dumps(url_prefix, ensure_ascii=False)[1:-1],
     }
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     xmin, horizon_txid, horizon_id = rows[0][:3]
-    instances = [Instance(*row[3:]) for row in rows if row[3] is not None]
+    if rows[0][3] is None:
+        pk_texts, items = [], []
+    else:
+        pk_texts = [row[3] for row in rows]
+        items = [row[4] for row in rows]
     # The xmin is the whole server's: a long transaction in another
     # database can hold it behind changes that were pruned since. This page
     # already shows what those changes did (they committed before the prune
     # this statement sees), so the feed may start after them.
-    return max(fence_position(xmin), Position(horizon_txid, horizon_id)), instances
+    return max(fence_position(xmin), Position(horizon_txid, horizon_id)), pk_texts, items
 
 
 def read_instances(
@@ -175,29 +236,37 @@ def read_instances(
     limit: int = 100,
     *,
     using: str | None = None,
+    url_prefix: str = "",
 ) -> InstancePage:
     """One keyset page of a published model's rows, ordered by primary key.
 
     ``after`` is the ``next`` token of the previous page (None for the first
-    page). Raises ``InvalidAfter`` for a token that is not one, ``LookupError``
-    for a model that is not published.
+    page). Each item's ``url`` is ``url_prefix`` followed by its primary key
+    and a slash. Raises ``InvalidAfter`` for a token that is not one,
+    ``LookupError`` for a model that is not published.
     """
     registration = _registration(model)
     if limit < 1:
         raise ValueError("limit must be at least 1")
     if after is None:
-        position, instances = _query(registration, "true", {}, limit, using)
+        position, pk_texts, items = _query(registration, "true", {}, limit, using, url_prefix)
     else:
         key = decode_after(registration, after)
         pk = connections[using or "default"].ops.quote_name(registration.pk_column)
-        _, instances = _query(registration, f"t.{pk} > %(after)s", {"after": key}, limit, using)
+        _, pk_texts, items = _query(
+            registration, f"t.{pk} > %(after)s", {"after": key}, limit, using, url_prefix
+        )
         position = None
-    following = encode_after(instances[-1].pk_text) if len(instances) == limit else None
-    return InstancePage(instances, following, position)
+    following = encode_after(pk_texts[-1]) if len(items) == limit else None
+    return InstancePage(items, following, position, pk_texts)
 
 
 def read_instance(
-    model: Registration | str | type, pk: Any, *, using: str | None = None
+    model: Registration | str | type,
+    pk: Any,
+    *,
+    using: str | None = None,
+    url_prefix: str = "",
 ) -> Instance | None:
     """One row by primary key (a value, or its text as in a URL); None when there is none."""
     registration = _registration(model)
@@ -205,5 +274,5 @@ def read_instance(
         pk = to_pk(registration, pk)
     quote = connections[using or "default"].ops.quote_name
     where = f"t.{quote(registration.pk_column)} = %(pk)s"
-    _, instances = _query(registration, where, {"pk": pk}, None, using)
-    return instances[0] if instances else None
+    _, pk_texts, items = _query(registration, where, {"pk": pk}, None, using, url_prefix)
+    return Instance(pk_texts[0], items[0]) if items else None
