@@ -48,6 +48,21 @@ def _limit(request) -> int:
     return int(text)
 
 
+def _parts(request) -> int:
+    text = request.GET.get("parts")
+    if text is None or text == "":
+        return 1
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= snapshot.MAX_PARTS:
+        raise ApiError(
+            400,
+            "invalid_parts",
+            f"parts must be a whole number from 1 to {snapshot.MAX_PARTS}, not {text!r}.",
+        )
+    if request.GET.get("after"):
+        raise ApiError(400, "invalid_parts", "parts is for the first page only (leave out after).")
+    return int(text)
+
+
 def _readable(caller, label: str):
     registration = get_registration(label)
     if registration is None or registration.label != label:
@@ -123,6 +138,7 @@ def instances(request, caller, model):
     """A keyset page of a model's rows; the first page also gives feed_position."""
     registration = _readable(caller, model)
     limit = _limit(request)
+    parts = _parts(request)
     after = request.GET.get("after") or None
     try:
         # Items arrive rendered by PostgreSQL, URLs included: no Python per row.
@@ -131,6 +147,7 @@ def instances(request, caller, model):
             after=after,
             limit=limit,
             url_prefix=_instance_url(request, registration.label, ""),
+            parts=parts,
         )
     except snapshot.InvalidAfter as exc:
         raise ApiError(400, "invalid_after", str(exc)) from None
@@ -148,8 +165,12 @@ def instances(request, caller, model):
         headers["Link"] = _link(head["next"])
     else:
         head["next"] = None
-    body = json.dumps(head, ensure_ascii=False, separators=(",", ":"))
-    body = body[:-1] + ',"instances":[' + ",".join(page.items) + "]}"
+    if request.GET.get("parts"):
+        head["parts"] = [
+            _url(request, "instances", label, after=start, limit=limit) for start in page.parts
+        ]
+    head_json = json.dumps(head, ensure_ascii=False, separators=(",", ":")).encode()
+    body = b"".join([head_json[:-1], b',"instances":[', b",".join(page.items), b"]}"])
     return raw_json_response(body, **headers)
 
 
