@@ -261,3 +261,12 @@ def test_publisher_pages_parse_as_json_would(body):
     else:
         assert parsed == expected
         assert repr(parsed) == repr(expected)  # ints stay ints
+
+
+def test_a_mirror_page_keeps_integers_beyond_64_bits():
+    import json
+
+    from pubsubpull.client.mirror import _dumps
+
+    records = [{"k": 1, "s": 2, "f0": "Ada é"}, {"k": 10**30, "s": 3, "f0": None}]
+    assert json.loads(_dumps(records)) == records
