@@ -10,7 +10,7 @@
 -- a new file (capture_v3.sql) and a new migration, never an edit of this one.
 --
 -- What changed from version 1 (same rows stored, less work per statement; see
--- benchmarks/README.rst, "Changes made to the capture"):
+-- benchmarks/README.rst, "Per statement: capture function version 2"):
 -- - the wake-up gate reads the sequences with pg_sequence_last_value() in a
 --   plain expression, instead of a query scanning four sequence relations;
 -- - the context setting is parsed as JSON once, not twice;
