@@ -334,8 +334,13 @@ def test_the_request_row_holds_what_the_context_says(context):
     context = {"id": str(uuid.uuid4()), **context}
     payload = json.dumps(context)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('pubsubpull.context', %s, true)", [payload])
-        cursor.execute("INSERT INTO customers_country (code, name) VALUES ('fr', 'France')")
+        # One execute: pubsubpull's own wrapper on Django's connection would
+        # otherwise send its (empty) context with the INSERT.
+        cursor.execute(
+            "SELECT set_config('pubsubpull.context', %s, true); "
+            "INSERT INTO customers_country (code, name) VALUES ('fr', 'France')",
+            [payload],
+        )
         cursor.execute("SELECT at FROM pubsubpull_change WHERE request_id = %s", [context["id"]])
         (at,) = cursor.fetchone()
         cursor.execute(
@@ -358,7 +363,11 @@ def test_a_request_row_is_written_once_for_several_statements(changes):
                 "INSERT INTO customers_country (code, name) VALUES (%s, 'x')",
                 [context, code],
             )
-        cursor.execute("UPDATE customers_country SET name = 'y'")
+        cursor.execute(
+            "SELECT set_config('pubsubpull.context', %s, true); "
+            "UPDATE customers_country SET name = 'y'",
+            [context],
+        )
     assert Request.objects.count() == 1
     assert {c["request_id"] for c in changes()} == {Request.objects.get().id}
     assert len(changes()) == 6
