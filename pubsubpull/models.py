@@ -1,6 +1,6 @@
 """The change log and the requests that caused the changes.
 
-Rows of both tables are written by the database trigger (``sql/capture_v1.sql``),
+Rows of both tables are written by the database trigger (``sql/capture_v2.sql``),
 never by the ORM: the model classes are for reading.
 """
 

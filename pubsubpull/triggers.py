@@ -1,10 +1,12 @@
 """The SQL that publishes a table, and what the database has installed.
 
 Every published table carries four statement-level triggers that call the one
-generic function in ``sql/capture_v1.sql``. Their SQL is generated here, frozen
-into a migration by ``makemigrations``, and fingerprinted in ``COMMENT ON
-TRIGGER`` so ``manage.py pubsubpull_triggers`` can tell installed triggers from
-outdated, missing and orphaned ones.
+generic function ``pubsubpull_capture``, installed from ``sql/capture_v<n>.sql``
+by pubsubpull's own migrations (0001 installs version 1, 0006 version 2).
+The triggers' SQL is generated here, frozen into a migration by
+``makemigrations``, and fingerprinted in ``COMMENT ON TRIGGER`` so
+``manage.py pubsubpull_triggers`` can tell installed triggers from outdated,
+missing and orphaned ones.
 """
 
 from __future__ import annotations
@@ -30,9 +32,17 @@ TRIGGERS = (
 TRIGGER_NAMES = tuple(name for name, _, _ in TRIGGERS)
 
 
-def function_sql(version: int = 1) -> str:
-    """The capture function's SQL, as frozen in ``sql/capture_v<version>.sql``."""
-    return resources.files("pubsubpull").joinpath(f"sql/capture_v{version}.sql").read_text()
+def function_sql(version: int = 1, *, function_only: bool = False) -> str:
+    """The capture function's SQL, as frozen in ``sql/capture_v<version>.sql``.
+
+    ``function_only`` leaves out what comes before ``CREATE OR REPLACE
+    FUNCTION`` (version 1 also creates and resets the wake-up sequences, which
+    going back from version 2 must not do: it would strand armed sleepers).
+    """
+    text = resources.files("pubsubpull").joinpath(f"sql/capture_v{version}.sql").read_text()
+    if function_only:
+        text = text[text.index("CREATE OR REPLACE FUNCTION") :]
+    return text
 
 
 def quote_name(name: str) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import decimal
+import json
 import time
+import uuid
 
 import psycopg
 import pytest
@@ -282,3 +284,123 @@ def test_listeners_are_notified_once_per_transaction_not_per_row(raw_connection)
         listener.execute(STAY_AWAKE_SQL)
         Customer.objects.filter(name="c3").update(newsletter=False)
         assert received() == ["customers.customer"]
+
+
+# What version 1 of the capture function (sql/capture_v1.sql) stored for a
+# context: the request row as jsonb_populate_record() of defaults merged with it.
+_REQUEST_ROW_V1 = """
+SELECT to_jsonb(jsonb_populate_record(
+    NULL::pubsubpull_request,
+    jsonb_build_object(
+        'method', '', 'path', '', 'query_string', '', 'user_agent', '',
+        'request_id', '', 'metadata', '{}'::jsonb, 'started', %s::timestamptz
+    ) || %s::jsonb
+))
+"""
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {  # what the request middleware sends for a signed-in user
+            "started": "2026-11-30T03:00:00.123456+00:00",
+            "method": "PATCH",
+            "path": "/customers/1/",
+            "query_string": "a=1&b=%C3%A9",
+            "remote_addr": "10.1.2.3",
+            "user_agent": "curl/8.0 «é»",
+            "request_id": "req-42",
+            "metadata": {"view": "customer", "tags": [1, "two", None]},
+            "user_id": 7,
+        },
+        {  # anonymous, and no client address known
+            "started": "2026-11-30T03:00:00+01:00",
+            "method": "POST",
+            "path": "/",
+            "query_string": "",
+            "remote_addr": None,
+            "user_agent": "",
+            "request_id": "",
+            "metadata": {},
+        },
+        {"started": "2026-11-30T03:00:00+00:00", "remote_addr": "::1", "metadata": {}},
+        {"started": "2026-11-30T03:00:00+00:00", "metadata": {"command": "import"}},  # a job
+        {},  # nothing but the id: started is the statement's time
+    ],
+    ids=["request", "anonymous", "ipv6", "job", "bare"],
+)
+def test_the_request_row_holds_what_the_context_says(context):
+    """Version 2 builds the row column by column; it stores what version 1 stored."""
+    context = {"id": str(uuid.uuid4()), **context}
+    payload = json.dumps(context)
+    with connection.cursor() as cursor:
+        # One execute: pubsubpull's own wrapper on Django's connection would
+        # otherwise send its (empty) context with the INSERT.
+        cursor.execute(
+            "SELECT set_config('pubsubpull.context', %s, true); "
+            "INSERT INTO customers_country (code, name) VALUES ('fr', 'France')",
+            [payload],
+        )
+        cursor.execute("SELECT at FROM pubsubpull_change WHERE request_id = %s", [context["id"]])
+        (at,) = cursor.fetchone()
+        cursor.execute(
+            "SELECT to_jsonb(r) FROM pubsubpull_request AS r WHERE id = %s", [context["id"]]
+        )
+        (stored,) = cursor.fetchone()
+        cursor.execute(_REQUEST_ROW_V1, [at, payload])
+        (expected,) = cursor.fetchone()
+    stored, expected = json.loads(stored), json.loads(expected)
+    assert stored == expected
+    assert stored["user_id"] == context.get("user_id")
+
+
+def test_a_request_row_is_written_once_for_several_statements(changes):
+    context = json.dumps({"id": str(uuid.uuid4()), "started": "2026-11-30T03:00:00+00:00"})
+    with connection.cursor() as cursor:
+        for code in ("fr", "de", "it"):
+            cursor.execute(
+                "SELECT set_config('pubsubpull.context', %s, true); "
+                "INSERT INTO customers_country (code, name) VALUES (%s, 'x')",
+                [context, code],
+            )
+        cursor.execute(
+            "SELECT set_config('pubsubpull.context', %s, true); "
+            "UPDATE customers_country SET name = 'y'",
+            [context],
+        )
+    assert Request.objects.count() == 1
+    assert {c["request_id"] for c in changes()} == {Request.objects.get().id}
+    assert len(changes()) == 6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_row_statements_on_one_connection_then_many_rows(raw_connection, changes):
+    """Single-row statements (the common case) and bulk ones share the cached plans."""
+    raw_connection.execute("INSERT INTO customers_country (code, name) VALUES ('de', 'Germany')")
+    raw_connection.execute("UPDATE customers_country SET name = 'Deutschland' WHERE code = 'de'")
+    raw_connection.execute("UPDATE customers_country SET code = 'at' WHERE code = 'de'")  # the pk
+    raw_connection.execute("UPDATE customers_country SET name = name WHERE code = 'at'")  # no-op
+    raw_connection.execute("UPDATE customers_country SET name = 'x' WHERE code = 'zz'")  # no row
+    raw_connection.execute("DELETE FROM customers_country WHERE code = 'zz'")
+    raw_connection.execute(
+        "INSERT INTO customers_country (code, name) "
+        "SELECT chr(98 + i / 26) || chr(97 + i % 26), 'Country ' || i "
+        "FROM generate_series(0, 89) AS i"
+    )
+    raw_connection.execute("UPDATE customers_country SET code = upper(code), name = name || '!'")
+    raw_connection.execute("DELETE FROM customers_country WHERE code = 'AT'")
+
+    log = changes(model="customers.country")
+    ops = [(c["op"], c["object_pk"]) for c in log]
+    assert ops[:3] == [("insert", "de"), ("update", "de"), ("update", "at")]
+    assert log[2]["old"]["code"] == "de" and log[2]["new"]["code"] == "at"
+    assert [op for op, _ in ops[3:93]] == ["insert"] * 90
+    updates = log[93:184]
+    assert len(updates) == 91
+    assert all(
+        c["op"] == "update"
+        and c["object_pk"] == c["new"]["code"] == c["old"]["code"].upper()
+        and c["new"]["name"] == c["old"]["name"] + "!"
+        for c in updates
+    )
+    assert ops[184:] == [("delete", "AT")]

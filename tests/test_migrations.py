@@ -292,3 +292,45 @@ def test_a_model_on_a_database_that_is_not_postgresql_is_an_error(tmp_path):
     assert result.returncode != 0
     assert "pubsubpull.E001" in result.stderr
     assert "roundtrip.thing is published, but its database 'default' is sqlite" in result.stderr
+
+
+def _capture_source(cursor) -> str:
+    cursor.execute("SELECT prosrc FROM pg_proc WHERE proname = 'pubsubpull_capture'")
+    (source,) = cursor.fetchone()
+    return source
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migration_0006_installs_capture_v2_and_reverses_to_v1(changes):
+    """The function is replaced in place: the triggers call whichever is installed."""
+    from django.core.management import call_command
+    from django.db import connection
+
+    from customers.models import Country
+    from pubsubpull import triggers
+
+    with connection.cursor() as cursor:
+        assert "pg_sequence_last_value" in _capture_source(cursor)
+        # A sleeper's arm must survive going back and forth.
+        cursor.execute("SELECT nextval('pubsubpull_wakeup_armed')")
+        (armed,) = cursor.fetchone()
+    before = {s.table: s.state for s in triggers.status()}
+    try:
+        call_command("migrate", "pubsubpull", "0005", verbosity=0)
+        with connection.cursor() as cursor:
+            assert "FROM pubsubpull_wakeup_always_at" in _capture_source(cursor)
+            cursor.execute("SELECT last_value FROM pubsubpull_wakeup_armed")
+            assert cursor.fetchone() == (armed,)
+        Country.objects.create(code="fr", name="France")
+        assert [c["op"] for c in changes(model="customers.country")] == ["insert"]
+    finally:
+        call_command("migrate", "pubsubpull", verbosity=0)
+    with connection.cursor() as cursor:
+        assert "pg_sequence_last_value" in _capture_source(cursor)
+        cursor.execute("SELECT last_value FROM pubsubpull_wakeup_armed")
+        assert cursor.fetchone() == (armed,)
+    Country.objects.filter(code="fr").update(name="République française")
+    assert [c["op"] for c in changes(model="customers.country")] == ["insert", "update"]
+    # The triggers' own SQL did not change, so neither did their fingerprints.
+    assert {s.table: s.state for s in triggers.status()} == before
+    assert set(before.values()) == {"installed"}
