@@ -8,15 +8,16 @@ data-changing statement, on every database alias, while a request (see
 
 How it is sent matters:
 
-- ``set_config(..., true)`` lasts until the end of the transaction, so the
-  setting must travel in the same transaction as the statement. Under
-  PgBouncer's transaction pooling nothing else reaches the right server
-  connection, and a session-level ``SET`` would leak into other clients.
+- ``set_config(..., true)`` (or ``SET LOCAL``, the same thing) lasts until
+  the end of the transaction, so the setting must travel in the same
+  transaction as the statement. Under PgBouncer's transaction pooling nothing
+  else reaches the right server connection, and a session-level ``SET`` would
+  leak into other clients.
 - With Django's default psycopg cursors (client-side binding) the statement is
-  sent as ``SELECT set_config(...); <statement>``: one round trip, and one
-  simple-protocol query is one transaction even in autocommit mode. The
-  cursor is then moved past the ``set_config`` result, so the caller sees the
-  statement's own rows and row count. The value is a parameter, not SQL
+  sent as ``SET LOCAL pubsubpull.context = '...'; <statement>``: one round
+  trip, and one simple-protocol query is one transaction even in autocommit
+  mode. The cursor is then moved past the ``SET`` result, so the caller sees
+  the statement's own rows and row count. The value is a parameter, not SQL
   text, so a statement's text stays the same and psycopg's parse cache works.
 - Other cursors (``server_side_binding``, ``executemany``) cannot carry two
   statements: the setting goes in a separate execute, inside a transaction
@@ -56,7 +57,11 @@ __all__ = ["context"]
 logger = logging.getLogger("pubsubpull")
 
 _SET = "SELECT set_config('pubsubpull.context', %s, true)"
-_SET_NAMED = "SELECT set_config('pubsubpull.context', %(pubsubpull_context)s, true)"
+# The same as a prefix bound client-side: SET LOCAL is a utility statement,
+# neither planned nor returning a row, which PostgreSQL and psycopg handle in
+# less time than a SELECT.
+_PREFIX = "SET LOCAL pubsubpull.context = %s"
+_PREFIX_NAMED = "SET LOCAL pubsubpull.context = %(pubsubpull_context)s"
 
 # Statements that can change rows (and so fire the capture trigger). Leading
 # comments are skipped; a WITH counts only if it holds a data-changing verb.
@@ -234,13 +239,13 @@ def _execute_wrapper(execute, sql, params, many, context):
         # The payload goes as a parameter, so the statement's text stays the
         # same from request to request and psycopg's parse cache keeps working.
         if params is None:  # then "%" was literal; with parameters it is "%%"
-            sql, params = f"{_SET}; {sql.replace('%', '%%')}", [payload]
+            sql, params = f"{_PREFIX}; {sql.replace('%', '%%')}", [payload]
         elif isinstance(params, dict):
-            sql, params = f"{_SET_NAMED}; {sql}", {**params, "pubsubpull_context": payload}
+            sql, params = f"{_PREFIX_NAMED}; {sql}", {**params, "pubsubpull_context": payload}
         else:
-            sql, params = f"{_SET}; {sql}", [payload, *params]
+            sql, params = f"{_PREFIX}; {sql}", [payload, *params]
         result = execute(sql, params, many, context)
-        raw_cursor.nextset()  # past set_config's row, to the statement's result
+        raw_cursor.nextset()  # past SET's result, to the statement's
         return result
     opened = transaction.atomic(using=connection.alias) if connection.autocommit else nullcontext()
     with opened:

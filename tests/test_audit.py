@@ -179,7 +179,7 @@ def test_writes_carry_the_context_and_reads_do_not(client, ada):
     with CaptureQueriesContext(connection) as queries:
         put(client, f"/customers/{ada.pk}/", {"name": "Ada L."})
     sent = [q["sql"] for q in queries.captured_queries]
-    writes = [q for q in sent if q.lstrip().startswith("SELECT set_config('pubsubpull.context'")]
+    writes = [q for q in sent if q.lstrip().startswith("SET LOCAL pubsubpull.context = ")]
     assert writes, sent
     assert all("UPDATE" in q or "INSERT" in q for q in writes)
     reads = [q for q in sent if q not in writes and q.lstrip().startswith("SELECT")]
