@@ -84,6 +84,25 @@ def test_an_anonymous_request_is_recorded_with_how_it_was_made(client, ada, atom
     assert row.metadata == {}
 
 
+def test_an_anonymous_write_leaves_the_session_and_the_response_alone(client, ada):
+    # Without a session the user can only be anonymous: the middleware knows
+    # it without resolving request.user, so the session is not "accessed" and
+    # the response does not gain Vary: Cookie.
+    response = put(client, f"/customers/{ada.pk}/", {"name": "Ada L."})
+    assert response.status_code == 200
+    assert "Cookie" not in response.get("Vary", "")
+    assert Request.objects.get().user is None
+
+
+def test_request_ids_are_time_ordered(client, ada):
+    for name in ("Ada", "Ada L.", "Ada Lovelace"):
+        put(client, f"/customers/{ada.pk}/", {"name": name})
+    rows = list(Request.objects.order_by("started"))
+    assert [row.id.version for row in rows] == [7, 7, 7]
+    # Millisecond precision: requests within one millisecond are unordered.
+    assert [str(row.id)[:13] for row in rows] == sorted(str(row.id)[:13] for row in rows)
+
+
 def test_an_authenticated_request_is_attributed_to_its_user(client, ada, grace, atomic_requests):
     client.force_login(grace)
     assert put(client, f"/customers/{ada.pk}/", {"newsletter": True}).status_code == 200
