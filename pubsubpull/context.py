@@ -283,8 +283,10 @@ UPDATE pubsubpull_request AS r SET
 FROM jsonb_to_recordset(%s::jsonb)
     AS v (id uuid, status integer, seconds double precision, user_id {user_type}, metadata jsonb)
 -- The ids again, as an array: the planner, which guesses 100 rows for any
--- function, would otherwise hash-join a full scan of the table.
-WHERE r.id = v.id AND r.id = ANY(%s::uuid[])
+-- function, would otherwise hash-join a full scan of the table. Sent as one
+-- comma-separated string: psycopg quotes a list element by element, about
+-- 2 us per id.
+WHERE r.id = v.id AND r.id = ANY(string_to_array(%s, ',')::uuid[])
 """
 
 
@@ -329,7 +331,7 @@ def complete(alias: str, rows: list[dict[str, Any]]) -> None:
 
     connection = connections[alias]
     sql = _COMPLETE.format(user_type=Request._meta.get_field("user").db_type(connection))
-    params = [_json(rows), [row["id"] for row in rows]]
+    params = [_json(rows), ",".join(row["id"] for row in rows)]
     try:
         with connection.cursor() as cursor:
             if connection.autocommit and _client_cursor(cursor.cursor):
