@@ -527,6 +527,17 @@ def test_metadata_jsonb_would_refuse_does_not_break_the_write():
     }
 
 
+def test_backslashes_and_quotes_reach_the_trigger_intact(client, ada):
+    # The context travels as a literal in "SET LOCAL ... = '...'": psycopg
+    # writes backslashes as an E'' string, which SET must read back exactly.
+    path = f"/customers/{ada.pk}/"
+    query = "q=C:\\temp\\new&who=O'Brien&\\'"
+    put(client, f"{path}?{query}", {"name": "Ada"}, HTTP_USER_AGENT="a\\b \"c\" 'd' 100%")
+    row = Request.objects.get()
+    assert row.query_string == query
+    assert row.user_agent == "a\\b \"c\" 'd' 100%"
+
+
 # --- settings: proxies and request ids --------------------------------------------------------
 
 
