@@ -2,12 +2,15 @@
 
 For each size (100,000 and 1,000,000 customers by default) it fills the
 publisher's customers table (the trigger records one insert change per row),
-starts the publisher as a real server process (gunicorn, one sync worker, on
-127.0.0.1), and reads every row with an HTTP client (httpx, in its own
-process, parsing every page):
+starts the publisher as a real server process (gunicorn, two sync workers,
+or ``--parts`` if more, on 127.0.0.1), and reads every row with an HTTP client
+(httpx, in its own process, parsing every page with orjson as pubsubpull's
+pull client does, and asking for the next page while it parses one):
 
-- through the instances endpoint (the snapshot),
-- through the change feed (every insert change),
+- through the instances endpoint (``snapshot``: one page after another),
+- through the instances endpoint split into ``--parts`` key ranges, each
+  followed by its own thread (``snapshot x2``: as many pages served at once),
+- through the change feed (``feed``: every insert change),
 
 beside ``COPY (SELECT ...) TO STDOUT`` of the same rows in the same run, the
 physical limit. It prints rows/s, the ratio to COPY, and the peak RSS of the
@@ -16,7 +19,7 @@ server worker and of the client.
 Run it (needs the bench extra: pip install -e ".[bench]")::
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \\
-        python benchmarks/pull_throughput.py [--sizes 100000 1000000] [--limit 5000]
+        python benchmarks/pull_throughput.py [--sizes 100000 1000000] [--limit 5000] [--parts 2]
 
 It uses its own database, PUBLISHER_DB_NAME (default bench_pull), dropped and
 created anew.
@@ -54,21 +57,53 @@ def free_port() -> int:
 # -- The client: a separate process, so its peak RSS is its own ---------------------------
 
 
-def client(url: str, token: str, key: str) -> None:
-    """Follow ``url`` page by page; print rows and peak RSS as JSON."""
+def client(url: str, token: str, key: str, parts: str = "1") -> None:
+    """Follow ``url`` page by page; print rows and peak RSS as JSON.
+
+    Pipelined as pubsubpull's pull client is: the next page (its URL is in
+    the Link header) is fetched on a second connection while this one is
+    parsed, with the pull client's parser (orjson). Every row is parsed.
+    With ``parts`` above 1 the first page asks for that many key ranges, and
+    each range is followed by its own thread, so as many pages are served at
+    once.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     import httpx
 
-    rows = 0
+    from pubsubpull.client.source import parse_json
+
+    def fetch(url: str) -> tuple[bytes, str | None]:
+        response = http.get(url)
+        response.raise_for_status()
+        return response.content, response.links.get("next", {}).get("url")
+
+    def follow(url: str) -> int:
+        rows = 0
+        with ThreadPoolExecutor(1) as fetcher:
+            pending = fetcher.submit(fetch, url)
+            while pending is not None:
+                content, following = pending.result()
+                pending = fetcher.submit(fetch, following) if following else None
+                items = parse_json(content)[key]
+                rows += len(items)
+                if key == "changes" and not items:
+                    pending = None  # caught up (the page asked for after it is not counted)
+        return rows
+
     started = time.perf_counter()
-    with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
-        while url:
-            page = http.get(url)
-            page.raise_for_status()
-            body = page.json()
-            items = body[key]
-            rows += len(items)
-            url = (body["next"] if items else None) if key == "changes" else body["next"]
-    elapsed = time.perf_counter() - started
+    limits = httpx.Limits(max_connections=2 * int(parts) + 2)
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(headers=headers, timeout=120, limits=limits) as http:
+        if parts == "1":
+            rows = follow(url)
+        else:
+            first = parse_json(fetch(f"{url}&parts={parts}")[0])
+            starts = [first["next"], *first["parts"]]
+            rows = len(first[key])
+            with ThreadPoolExecutor(len(starts)) as readers:
+                rows += sum(readers.map(follow, [s for s in starts if s]))
+        elapsed = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"rows": rows, "seconds": elapsed, "peak_rss": peak}))
 
@@ -149,14 +184,14 @@ def copy_rate(rows: int) -> dict:
 class Server:
     """gunicorn serving the publisher, and a thread sampling its worker's peak RSS."""
 
-    def __init__(self):
+    def __init__(self, workers: int):
         import psutil
 
         self.port = free_port()
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "gunicorn", "--chdir", str(PUBLISHER),
-                "--workers", "1", "--bind", f"127.0.0.1:{self.port}", "--timeout", "300",
+                "--workers", str(workers), "--bind", f"127.0.0.1:{self.port}", "--timeout", "300",
                 "--log-level", "warning", "django.core.wsgi:get_wsgi_application()",
             ],
             env={**os.environ, "PYTHONPATH": f"{PUBLISHER}:{ROOT}"},
@@ -194,10 +229,10 @@ class Server:
         self.process.wait(30)
 
 
-def measure(server: Server, url: str, token: str, key: str, rows: int) -> dict:
+def measure(server: Server, url: str, token: str, key: str, rows: int, parts: int = 1) -> dict:
     server.reset_peak()
     output = subprocess.run(
-        [sys.executable, __file__, "--client", url, token, key],
+        [sys.executable, __file__, "--client", url, token, key, str(parts)],
         check=True,
         capture_output=True,
         text=True,
@@ -215,7 +250,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--limit", type=int, default=5000, help="items per page")
-    parser.add_argument("--client", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--parts", type=int, default=2, help="key ranges read at once (the snapshot xN line)"
+    )
+    parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         client(*args.client)
@@ -234,16 +272,14 @@ def main() -> None:
     for rows in args.sizes:
         fill(rows)
         copies = copy_rate(rows)
-        server = Server()
+        server = Server(max(2, args.parts))
         base = f"http://127.0.0.1:{server.port}/pubsubpull"
+        instances = f"{base}/models/customers.customer/instances/?limit={args.limit}"
         try:
             results = {
-                "snapshot": measure(
-                    server,
-                    f"{base}/models/customers.customer/instances/?limit={args.limit}",
-                    token,
-                    "instances",
-                    rows,
+                "snapshot": measure(server, instances, token, "instances", rows),
+                f"snapshot x{args.parts}": measure(
+                    server, instances, token, "instances", rows, args.parts
                 ),
                 "feed": measure(
                     server, f"{base}/changes/?limit={args.limit}", token, "changes", rows

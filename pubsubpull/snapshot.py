@@ -1,9 +1,10 @@
 """Snapshots: a published model's rows, keyset page by keyset page, published fields only.
 
-PostgreSQL renders each row as JSON the way the capture trigger does
-(``to_jsonb`` of the published columns), so an instance and a change of it
-look alike, and a page costs one query and no Python per field. Pages are
-bounded by ``limit``, so memory stays flat however large the table.
+PostgreSQL renders each item whole, as the API serves it: the published
+columns as JSON (the same values the capture trigger's ``to_jsonb`` stores, so
+an instance and a change of it look alike), the pk, its URL and its sequence.
+A page costs one query and no Python per row. Pages are bounded by ``limit``,
+so memory stays flat however large the table.
 
 The first page also gives ``feed_position``: a feed cursor from the same
 statement's snapshot. Following the feed from there after the last page
@@ -26,20 +27,24 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import psycopg
 from django.core.exceptions import ValidationError
 from django.db import connections, router
 
 from .feed import Position, fence_position
 from .registry import Registration, get_registration
 
-# One template for every model; {names} are quoted identifiers of the
-# registration's table and published columns. The sequence is the newest
-# change of the row, found through the (model, object_pk, id) index; the pk
-# text is computed as the trigger computes object_pk.
+# One template for every model; {names} are quoted identifiers and SQL
+# expressions made from the registration (see _query). PostgreSQL renders each
+# item whole, as the API serves it, so a page costs the view no Python per row:
+# ``row_to_json`` of the published columns (half the cost of ``to_jsonb`` and
+# the same values), the pk as JSON and as URL text, and the sequence: the
+# newest change of the row, one probe of the (model, object_pk, id) index. The
+# pk text is what the trigger stores as object_pk (``to_jsonb(row) ->> pk``).
 _PAGE_SQL = """
 WITH fence AS MATERIALIZED (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
@@ -47,24 +52,51 @@ WITH fence AS MATERIALIZED (
     FROM (SELECT 1) AS one
     LEFT JOIN pubsubpull_horizon AS h ON h.id = 1
 )
-SELECT fence.xmin, fence.horizon_txid, fence.horizon_id,
-       page.pk_json, page.pk_text, page.sequence, page.fields
+SELECT fence.xmin, fence.horizon_txid, fence.horizon_id, page.pk_text, page.item
 FROM fence
 LEFT JOIN LATERAL (
-    SELECT t.{pk} AS key,
-           to_jsonb(t.{pk})::text AS pk_json,
-           to_jsonb(t.{pk}) #>> '{{}}' AS pk_text,
-           (SELECT max(c.id) FROM pubsubpull_change AS c
-            WHERE c.model = %(label)s AND c.object_pk = to_jsonb(t.{pk}) #>> '{{}}') AS sequence,
-           to_jsonb(published)::text AS fields
-    FROM {table} AS t
-    CROSS JOIN LATERAL (SELECT {columns}) AS published
-    WHERE {where}
-    ORDER BY t.{pk}
-    LIMIT %(limit)s
+    SELECT keyed.key, keyed.pk_text, convert_to(
+           '{{"pk":' || keyed.pk_json
+           || ',"url":"' || %(url_prefix)s || {url_segment} || '/","sequence":'
+           || coalesce((SELECT max(c.id) FROM pubsubpull_change AS c
+                        WHERE c.model = %(label)s AND c.object_pk = keyed.pk_text)::text, 'null')
+           || ',"fields":' || keyed.fields || '}}', 'UTF8') AS item
+    FROM (
+        SELECT t.{pk} AS key, {pk_text} AS pk_text, {pk_json} AS pk_json,
+               row_to_json(published)::text AS fields
+        FROM {table} AS t
+        CROSS JOIN LATERAL (SELECT {columns}) AS published
+        WHERE {where}
+        ORDER BY t.{pk}
+        LIMIT %(limit)s
+    ) AS keyed
 ) AS page ON true
 ORDER BY page.key
 """
+
+# A primary key that is not plain URL text, percent-encoded as UTF-8 (what
+# urllib.parse.quote(pk, safe="") gives).
+_PERCENT_ENCODED = """
+CASE WHEN keyed.pk_text ~ '^[A-Za-z0-9_.~-]+$' THEN keyed.pk_text
+ELSE coalesce((
+    SELECT string_agg(
+        CASE WHEN ch ~ '[A-Za-z0-9_.~-]' THEN ch
+        ELSE upper(regexp_replace(encode(convert_to(ch, 'UTF8'), 'hex'), '(..)', '%%\\1', 'g'))
+        END, '' ORDER BY n)
+    FROM regexp_split_to_table(keyed.pk_text, '') WITH ORDINALITY AS chars(ch, n)
+), '') END
+"""
+
+# Column types whose ::text is the text to_jsonb gives (so it matches
+# object_pk and is cheaper), and the ones of those always plain in a URL.
+_INTEGERS = ("smallint", "integer", "bigint")
+_TEXT_AS_JSON = (*_INTEGERS, "uuid", "varchar", "text")
+_PLAIN_IN_URL = (*_INTEGERS, "uuid")
+
+
+# The most ranges a first page splits the keys into (``parts``): enough for
+# every core of a big reader; each range is read by one reader.
+MAX_PARTS = 16
 
 
 class InvalidAfter(ValueError):
@@ -73,29 +105,52 @@ class InvalidAfter(ValueError):
 
 @dataclass
 class Instance:
-    """One row: its primary key, the id of its newest change, its published fields."""
+    """One row: its primary key, the id of its newest change, its published fields.
 
-    pk_json: str
+    ``json`` is the item as the instances endpoint serves it
+    (``{"pk": ..., "url": ..., "sequence": ..., "fields": {...}}``).
+    """
+
     pk_text: str
-    sequence: int | None
-    fields_json: str
+    json: str
 
     @cached_property
+    def _item(self) -> dict[str, Any]:
+        return json.loads(self.json)
+
+    @classmethod
+    def _from_page(cls, pk_text: str, item: bytes) -> Instance:
+        return cls(pk_text, item.decode())
+
+    @property
     def pk(self) -> Any:
-        return json.loads(self.pk_json)
+        return self._item["pk"]
 
-    @cached_property
+    @property
+    def sequence(self) -> int | None:
+        return self._item["sequence"]
+
+    @property
     def fields(self) -> dict[str, Any]:
-        return json.loads(self.fields_json)
+        return self._item["fields"]
 
 
 @dataclass
 class InstancePage:
-    instances: list[Instance]
+    items: list[bytes]
+    """The page's items as UTF-8 JSON, as the instances endpoint serves them."""
     next: str | None
     """The ``after`` token of the next page; None on the last page."""
     feed_position: Position | None
     """On the first page: where to follow the feed from after the snapshot."""
+    pk_texts: list[str] = field(default_factory=list, repr=False)
+    parts: list[str] = field(default_factory=list)
+    """With ``parts``: the ``after`` tokens of the first pages of the other ranges."""
+
+    @cached_property
+    def instances(self) -> list[Instance]:
+        pairs = zip(self.pk_texts, self.items, strict=True)
+        return [Instance._from_page(pk, item) for pk, item in pairs]
 
 
 def _registration(model: Registration | str | type) -> Registration:
@@ -107,21 +162,36 @@ def _registration(model: Registration | str | type) -> Registration:
     return registration
 
 
-def encode_after(pk_text: str) -> str:
-    return base64.urlsafe_b64encode(f"k1.{pk_text}".encode()).decode().rstrip("=")
+def encode_after(pk_text: str, until: str | None = None) -> str:
+    """A page token: rows after ``pk_text``, up to and including ``until`` if given."""
+    raw = f"k1.{pk_text}" if until is None else "k2." + json.dumps([pk_text, until])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_after(registration: Registration, token: str) -> Any:
-    """The primary key value an ``after`` token stands for; InvalidAfter if none."""
+def decode_after(registration: Registration, token: str) -> tuple[Any, str | None]:
+    """The primary key an ``after`` token starts after, and its part's last key's text.
+
+    InvalidAfter if it is no token of this model.
+    """
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("utf-8")
     except (binascii.Error, ValueError):
         raw = ""
-    if not raw.startswith("k1."):
+    after, until = None, None
+    if raw.startswith("k1."):
+        after = raw[3:]
+    elif raw.startswith("k2."):
+        try:
+            after, until = json.loads(raw[3:])
+        except (ValueError, TypeError):
+            after = None
+        if not isinstance(after, str) or not isinstance(until, str):
+            after = None
+    if after is None:
         raise InvalidAfter(
             f"{token!r} is not a page token: use the next link of the previous page."
         )
-    return to_pk(registration, raw[3:], InvalidAfter)
+    return to_pk(registration, after, InvalidAfter), until
 
 
 def to_pk(registration: Registration, text: str, error: type[Exception] = LookupError) -> Any:
@@ -139,34 +209,59 @@ def to_pk(registration: Registration, text: str, error: type[Exception] = Lookup
     return value
 
 
-def _query(registration: Registration, where: str, params: dict, limit: int | None, using):
+def _query(
+    registration: Registration,
+    where: str,
+    params: dict,
+    limit: int | None,
+    using,
+    url_prefix: str,
+):
     alias = using or router.db_for_read(registration.model)
     connection = connections[alias]
     quote = connection.ops.quote_name
+    pk_field = registration.model._meta.pk
+    pk = quote(registration.pk_column)
+    pk_type = (pk_field.db_type(connection) or "").split("(")[0].strip().lower()
+    pk_text = f"t.{pk}::text" if pk_type in _TEXT_AS_JSON else f"to_jsonb(t.{pk}) #>> '{{}}'"
     sql = _PAGE_SQL.format(
-        pk=quote(registration.pk_column),
+        pk=pk,
+        pk_text=pk_text,
+        pk_json=f"t.{pk}::text" if pk_type in _INTEGERS else f"to_json(t.{pk})::text",
+        url_segment="keyed.pk_text" if pk_type in _PLAIN_IN_URL else _PERCENT_ENCODED,
         table=quote(registration.table),
         columns=", ".join(f"t.{quote(c)}" for c in registration.published_columns),
         where=where,
     )
     if limit is None:
         sql = sql.replace("LIMIT %(limit)s", "")
-    pk_field = registration.model._meta.pk
     params = {
         **{k: pk_field.get_db_prep_value(v, connection) for k, v in params.items()},
         "label": registration.label,
         "limit": limit,
+        # Inside a JSON string: escaped once here, not per row.
+        "url_prefix": json.dumps(url_prefix, ensure_ascii=False)[1:-1],
     }
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    # Binary results give each item as the bytes the response is made of:
+    # no UTF-8 decoding and encoding again, half the view's CPU time for a
+    # page of 5,000. Django's cursors are client-side (text results only), so
+    # this one statement goes through psycopg's own cursor, on Django's
+    # connection (same transaction, same adapters).
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, binary=True)
         rows = cursor.fetchall()
     xmin, horizon_txid, horizon_id = rows[0][:3]
-    instances = [Instance(*row[3:]) for row in rows if row[3] is not None]
+    if rows[0][3] is None:
+        pk_texts, items = [], []
+    else:
+        pk_texts = [row[3] for row in rows]
+        items = [row[4] for row in rows]
     # The xmin is the whole server's: a long transaction in another
     # database can hold it behind changes that were pruned since. This page
     # already shows what those changes did (they committed before the prune
     # this statement sees), so the feed may start after them.
-    return max(fence_position(xmin), Position(horizon_txid, horizon_id)), instances
+    return max(fence_position(xmin), Position(horizon_txid, horizon_id)), pk_texts, items
 
 
 def read_instances(
@@ -175,29 +270,91 @@ def read_instances(
     limit: int = 100,
     *,
     using: str | None = None,
+    url_prefix: str = "",
+    parts: int = 1,
 ) -> InstancePage:
     """One keyset page of a published model's rows, ordered by primary key.
 
     ``after`` is the ``next`` token of the previous page (None for the first
-    page). Raises ``InvalidAfter`` for a token that is not one, ``LookupError``
-    for a model that is not published.
+    page). Each item's ``url`` is ``url_prefix`` followed by its primary key
+    and a slash. Raises ``InvalidAfter`` for a token that is not one,
+    ``LookupError`` for a model that is not published.
+
+    ``parts`` (first page only) splits the primary keys into up to that many
+    ranges that can be read in parallel: this page and its ``next`` pages are
+    the first range, ``page.parts`` holds the ``after`` tokens that start the
+    others (fewer ranges when the table's statistics give fewer split keys).
     """
     registration = _registration(model)
     if limit < 1:
         raise ValueError("limit must be at least 1")
-    if after is None:
-        position, instances = _query(registration, "true", {}, limit, using)
-    else:
-        key = decode_after(registration, after)
-        pk = connections[using or "default"].ops.quote_name(registration.pk_column)
-        _, instances = _query(registration, f"t.{pk} > %(after)s", {"after": key}, limit, using)
-        position = None
-    following = encode_after(instances[-1].pk_text) if len(instances) == limit else None
-    return InstancePage(instances, following, position)
+    if parts < 1:
+        raise ValueError("parts must be at least 1")
+    pk = connections[using or "default"].ops.quote_name(registration.pk_column)
+    conditions, params = [], {}
+    until = None
+    starts: list[str] = []
+    if after is not None:
+        if parts != 1:
+            raise ValueError("parts is for the first page only")
+        params["after"], until = decode_after(registration, after)
+        conditions.append(f"t.{pk} > %(after)s")
+    elif parts > 1:
+        splits = _split_keys(registration, parts, using)
+        if splits:
+            until = splits[0]
+            bounds = [*splits[1:], None]
+            starts = [encode_after(s, u) for s, u in zip(splits, bounds, strict=True)]
+    if until is not None:
+        params["until"] = to_pk(registration, until, InvalidAfter)
+        conditions.append(f"t.{pk} <= %(until)s")
+    position, pk_texts, items = _query(
+        registration, " AND ".join(conditions) or "true", params, limit, using, url_prefix
+    )
+    following = encode_after(pk_texts[-1], until) if len(items) == limit else None
+    if following is not None and pk_texts[-1] == until:
+        following = None  # the part ends exactly here
+    return InstancePage(items, following, position if after is None else None, pk_texts, starts)
+
+
+# The planner's histogram of the key column: up to 101 keys that split the
+# table into parts of about equal row counts, for free (ANALYZE keeps it).
+_HISTOGRAM_SQL = """
+SELECT histogram_bounds::text::text[] FROM pg_stats
+WHERE tablename = %(table)s AND attname = %(column)s
+ORDER BY schemaname = current_schema() DESC
+LIMIT 1
+"""
+
+
+def _split_keys(registration: Registration, parts: int, using) -> list[str]:
+    """Up to ``parts - 1`` primary keys (as text), ascending, splitting the table evenly."""
+    connection = connections[using or router.db_for_read(registration.model)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _HISTOGRAM_SQL, {"table": registration.table, "column": registration.pk_column}
+        )
+        row = cursor.fetchone()
+    bounds = (row[0] if row else None) or []
+    keys: list[str] = []
+    for i in range(1, parts):
+        text = bounds[round(i * (len(bounds) - 1) / parts)] if len(bounds) > 2 else None
+        if text is None or (keys and keys[-1] == text):
+            continue
+        try:
+            to_pk(registration, text)
+        except LookupError:
+            continue
+        keys.append(text)
+    return keys
 
 
 def read_instance(
-    model: Registration | str | type, pk: Any, *, using: str | None = None
+    model: Registration | str | type,
+    pk: Any,
+    *,
+    using: str | None = None,
+    url_prefix: str = "",
 ) -> Instance | None:
     """One row by primary key (a value, or its text as in a URL); None when there is none."""
     registration = _registration(model)
@@ -205,5 +362,5 @@ def read_instance(
         pk = to_pk(registration, pk)
     quote = connections[using or "default"].ops.quote_name
     where = f"t.{quote(registration.pk_column)} = %(pk)s"
-    _, instances = _query(registration, where, {"pk": pk}, None, using)
-    return instances[0] if instances else None
+    _, pk_texts, items = _query(registration, where, {"pk": pk}, None, using, url_prefix)
+    return Instance._from_page(pk_texts[0], items[0]) if items else None

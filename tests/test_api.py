@@ -163,6 +163,46 @@ def test_instance_pages_of_any_size(api, rows):
     assert pages == rows // 5 + 1
 
 
+def _pages(api, url: str) -> list[dict]:
+    pages = [api.json(url)]
+    while pages[-1]["next"]:
+        pages.append(api.json(pages[-1]["next"]))
+    return pages
+
+
+def test_parts_split_the_snapshot_into_ranges_read_in_parallel(api):
+    """A big reader asks for parts, reads each range on its own, and misses nothing."""
+    Customer.objects.bulk_create([Customer(name=f"c{i}", notes="secret") for i in range(60)])
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE customers_customer")
+    first = api.json(f"{BASE}models/customers.customer/instances/?limit=7&parts=3")
+    assert first["feed_position"]
+    assert len(first["parts"]) == 2
+    ranges = [[item["pk"] for page in _pages(api, first["next"]) for item in page["instances"]]]
+    ranges[0][:0] = [item["pk"] for item in first["instances"]]
+    # Meanwhile a row is written in the last range: the feed brings it.
+    Customer.objects.create(name="late")
+    for url in first["parts"]:
+        pages = _pages(api, url)
+        assert all("feed_position" not in page and "parts" not in page for page in pages)
+        ranges.append([item["pk"] for page in pages for item in page["instances"]])
+    assert all(len(r) > 5 for r in ranges)  # about a third each
+    everything = [pk for r in ranges for pk in r]
+    assert everything == sorted(Customer.objects.values_list("pk", flat=True))
+    copy = {pk: None for pk in everything}
+    api.follow(copy, first["feed_position"], "customers.customer")
+    assert sorted(copy) == sorted(published_customers())
+
+
+def test_parts_without_statistics_is_one_range(api):
+    Country.objects.bulk_create([Country(code=f"{c}{c}", name=c) for c in "abc"])
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM pg_statistic WHERE starelid = 'customers_country'::regclass")
+    first = api.json(f"{BASE}models/customers.country/instances/?limit=2&parts=4")
+    assert first["parts"] == []
+    assert [i["pk"] for p in _pages(api, first["next"]) for i in p["instances"]] == ["cc"]
+
+
 def test_instances_carry_url_and_sequence(api):
     customer = Customer.objects.create(name="Ada")
     Customer.objects.filter(pk=customer.pk).update(name="Ada L.")
@@ -320,6 +360,13 @@ def test_unknown_instance_is_404(api, pk):
         ("models/customers.customer/instances/?limit=999999999", 400, "invalid_limit"),
         ("models/customers.customer/instances/?after=garbage", 400, "invalid_after"),
         ("models/customers.customer/instances/?after=azEuYWJj", 400, "invalid_after"),
+        # k2.["1"] and k2.[1, 2]: range tokens that are not from a page.
+        ("models/customers.customer/instances/?after=azIuWyIxIl0", 400, "invalid_after"),
+        ("models/customers.customer/instances/?after=azIuWzEsIDJd", 400, "invalid_after"),
+        ("models/customers.customer/instances/?parts=0", 400, "invalid_parts"),
+        ("models/customers.customer/instances/?parts=17", 400, "invalid_parts"),
+        ("models/customers.customer/instances/?parts=two", 400, "invalid_parts"),
+        ("models/customers.customer/instances/?parts=2&after=azEuMQ", 400, "invalid_parts"),
         ("changes/?after=garbage", 400, "invalid_cursor"),
         ("changes/?models=customers.nothing", 400, "invalid_models"),
         ("changes/?models=,", 400, "invalid_models"),

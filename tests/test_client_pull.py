@@ -237,3 +237,36 @@ def test_the_receiver_forgets_old_webhook_ids():
     ReceivedBatch.objects.filter(webhook_id="msg_old").update(at=timezone.now() - timedelta(days=8))
     assert prune_received() == 1
     assert list(ReceivedBatch.objects.values_list("webhook_id", flat=True)) == ["msg_new"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [{"pk": 1, "fields": {"name": "Ada \\u00e9", "n": 0.5}}], "next": null}',
+        # Beyond 64 bits orjson would give a float: the value must stay exact.
+        b'{"fields": {"big": 123456789012345678901234567890, "neg": -9223372036854775809}}',
+        # What orjson refuses and json accepts.
+        b'{"fields": {"nan": NaN, "huge": 1.5e400}}',
+    ],
+)
+def test_publisher_pages_parse_as_json_would(body):
+    import json
+    import math
+
+    from pubsubpull.client.source import parse_json
+
+    parsed, expected = parse_json(body), json.loads(body)
+    if "nan" in expected.get("fields", {}):
+        assert math.isnan(parsed["fields"]["nan"]) and parsed["fields"]["huge"] == math.inf
+    else:
+        assert parsed == expected
+        assert repr(parsed) == repr(expected)  # ints stay ints
+
+
+def test_a_mirror_page_keeps_integers_beyond_64_bits():
+    import json
+
+    from pubsubpull.client.mirror import _dumps
+
+    records = [{"k": 1, "s": 2, "f0": "Ada é"}, {"k": 10**30, "s": 3, "f0": None}]
+    assert json.loads(_dumps(records)) == records

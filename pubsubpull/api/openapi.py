@@ -14,6 +14,7 @@ from django.db import models
 
 from .. import __version__, conf
 from ..registry import Registration, get_registration
+from ..snapshot import MAX_PARTS
 
 _STRING_FIELDS = (
     models.CharField,
@@ -104,6 +105,16 @@ def _instances_paths(registration: Registration) -> dict[str, Any]:
                         "schema": {"type": "string"},
                     },
                     _limit(),
+                    {
+                        "name": "parts",
+                        "in": "query",
+                        "description": (
+                            "First page only: split the primary keys into up to this many "
+                            "ranges to read in parallel. This page and its next links are the "
+                            "first range; parts lists the first pages of the others."
+                        ),
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PARTS},
+                    },
                 ],
                 "responses": {
                     "200": {
@@ -125,6 +136,10 @@ def _instances_paths(registration: Registration) -> dict[str, Any]:
                                         "changes": {"type": "string", "format": "uri"},
                                         "next": {"type": ["string", "null"], "format": "uri"},
                                         "instances": {"type": "array", "items": instance_ref},
+                                        "parts": {
+                                            "type": "array",
+                                            "items": {"type": "string", "format": "uri"},
+                                        },
                                     },
                                     "additionalProperties": False,
                                 }

@@ -31,9 +31,11 @@ def json_response(data: Any, status: int = 200, **headers: str) -> HttpResponse:
     return raw_json_response(body, status, **headers)
 
 
-def raw_json_response(body: str, status: int = 200, **headers: str) -> HttpResponse:
-    """A response from JSON text already rendered (by PostgreSQL, say)."""
-    response = HttpResponse(body.encode(), status=status, content_type=JSON)
+def raw_json_response(body: str | bytes, status: int = 200, **headers: str) -> HttpResponse:
+    """A response from JSON already rendered (by PostgreSQL, say), as text or UTF-8."""
+    if isinstance(body, str):
+        body = body.encode()
+    response = HttpResponse(body, status=status, content_type=JSON)
     for name, value in headers.items():
         response.headers[name.replace("_", "-")] = value
     return response

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from urllib.parse import quote, urlencode
 
 from django.db import connection
@@ -30,16 +29,6 @@ def _url(request, name: str, *args, **query) -> str:
     return request.build_absolute_uri(path)
 
 
-_PLAIN_PK = re.compile(r"[A-Za-z0-9_.~-]+")
-
-
-def _quote_pk(pk_text: str) -> str:
-    """The pk as a URL path segment, JSON-escaped (integers and UUIDs pass as they are)."""
-    if _PLAIN_PK.fullmatch(pk_text):
-        return pk_text
-    return json.dumps(quote(pk_text, safe=""))[1:-1]
-
-
 def _instance_url(request, label: str, pk_text: str) -> str:
     base = reverse("pubsubpull:instances", args=[label])
     if pk_text:
@@ -56,6 +45,21 @@ def _limit(request) -> int:
         raise ApiError(
             400, "invalid_limit", f"limit must be a whole number from 1 to {maximum}, not {text!r}."
         )
+    return int(text)
+
+
+def _parts(request) -> int:
+    text = request.GET.get("parts")
+    if text is None or text == "":
+        return 1
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= snapshot.MAX_PARTS:
+        raise ApiError(
+            400,
+            "invalid_parts",
+            f"parts must be a whole number from 1 to {snapshot.MAX_PARTS}, not {text!r}.",
+        )
+    if request.GET.get("after"):
+        raise ApiError(400, "invalid_parts", "parts is for the first page only (leave out after).")
     return int(text)
 
 
@@ -134,23 +138,21 @@ def instances(request, caller, model):
     """A keyset page of a model's rows; the first page also gives feed_position."""
     registration = _readable(caller, model)
     limit = _limit(request)
+    parts = _parts(request)
     after = request.GET.get("after") or None
     try:
-        page = snapshot.read_instances(registration, after=after, limit=limit)
+        # Items arrive rendered by PostgreSQL, URLs included: no Python per row.
+        page = snapshot.read_instances(
+            registration,
+            after=after,
+            limit=limit,
+            url_prefix=_instance_url(request, registration.label, ""),
+            parts=parts,
+        )
     except snapshot.InvalidAfter as exc:
         raise ApiError(400, "invalid_after", str(exc)) from None
 
     label = registration.label
-    # Rows arrive as JSON text from PostgreSQL; only the URL is made here,
-    # from one reversed prefix (reverse() per row would cost more than the row).
-    prefix = json.dumps(_instance_url(request, label, ""), ensure_ascii=False)[:-1]
-    items = ",".join(
-        [
-            f'{{"pk":{i.pk_json},"url":{prefix}{_quote_pk(i.pk_text)}/",'
-            f'"sequence":{"null" if i.sequence is None else i.sequence},"fields":{i.fields_json}}}'
-            for i in page.instances
-        ]
-    )
     head = {"model": label}
     headers = {}
     if page.feed_position is not None:
@@ -163,8 +165,12 @@ def instances(request, caller, model):
         headers["Link"] = _link(head["next"])
     else:
         head["next"] = None
-    body = json.dumps(head, ensure_ascii=False, separators=(",", ":"))
-    body = body[:-1] + ',"instances":[' + items + "]}"
+    if request.GET.get("parts"):
+        head["parts"] = [
+            _url(request, "instances", label, after=start, limit=limit) for start in page.parts
+        ]
+    head_json = json.dumps(head, ensure_ascii=False, separators=(",", ":")).encode()
+    body = b"".join([head_json[:-1], b',"instances":[', b",".join(page.items), b"]}"])
     return raw_json_response(body, **headers)
 
 
@@ -173,17 +179,14 @@ def instance(request, caller, model, pk):
     """One row, with an ETag; 304 when the caller's copy is current."""
     registration = _readable(caller, model)
     try:
-        found = snapshot.read_instance(registration, pk)
+        found = snapshot.read_instance(
+            registration, pk, url_prefix=_instance_url(request, registration.label, "")
+        )
     except LookupError:
         found = None
     if found is None:
         raise ApiError(404, "unknown_instance", f"{registration.label} has no instance {pk!r}.")
-    url = json.dumps(_instance_url(request, registration.label, found.pk_text), ensure_ascii=False)
-    sequence = "null" if found.sequence is None else str(found.sequence)
-    body = (
-        f'{{"model":{json.dumps(registration.label)},"pk":{found.pk_json},"url":{url},'
-        f'"sequence":{sequence},"fields":{found.fields_json}}}'
-    )
+    body = '{"model":' + json.dumps(registration.label) + "," + found.json[1:]
     etag = '"' + hashlib.sha256(body.encode()).hexdigest()[:32] + '"'
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match is not None:

