@@ -17,6 +17,13 @@ view at least 85%.
 DATABASE_URL names the server (else it is found as ./runtests.sh does); the
 benchmark creates and drops its own database, BENCH_DB_NAME (default
 pubsubpull_bench_request). --check exits 1 when a target is missed.
+
+--in-process leaves HTTP out: two worker processes (with and without the
+middleware) call the site's WSGI handler directly, and it prints the CPU
+time per request of each (the request's thread, its PostgreSQL backend, and
+everything else: the status writer and its backend), medians of interleaved
+rounds. Steadier than requests/s on a shared machine; for finding where time
+goes.
 """
 
 from __future__ import annotations
@@ -212,6 +219,129 @@ def load(port: int, view: str, seconds: float, clients: int) -> tuple[int, float
     return sum(counts), elapsed
 
 
+def in_process_worker(middleware: bool) -> None:
+    """Serve "view count" lines on stdin: run the requests, print their CPU as JSON."""
+    import json
+
+    import django
+
+    django.setup()
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.db import connection
+    from django.test import RequestFactory
+
+    handler, factory = WSGIHandler(), RequestFactory()
+
+    def start_response(status, headers, exc_info=None):
+        assert status.startswith("200"), status
+
+    def one(view: str) -> None:
+        method, path = VIEWS[view]
+        request = factory.generic(method, path, b"", REMOTE_ADDR="127.0.0.1")
+        response = handler(request.environ, start_response)
+        b"".join(response)
+        response.close()
+
+    for _ in range(200):  # warm up: imports, connections, plans
+        for view in VIEWS:
+            one(view)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, pid = pg_backend_pid() FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s",
+            [application_name(middleware)],
+        )
+        backends = cursor.fetchall()
+    mine = next(pid for pid, own in backends if own)
+    own_stat = open(f"/proc/{mine}/schedstat", "rb")  # noqa: SIM115 (read per request)
+
+    def own_backend() -> int:
+        own_stat.seek(0)
+        return int(own_stat.read().split()[0])
+
+    for line in sys.stdin:
+        view, count = line.split()
+        thread, backend = [], []
+        pids = {pid for pid, _ in backends}
+        before = time.process_time_ns() + cpu_ns(pids)
+        for _ in range(int(count)):
+            t0, b0 = time.thread_time_ns(), own_backend()
+            one(view)
+            thread.append(time.thread_time_ns() - t0)
+            backend.append(own_backend() - b0)
+        if middleware:
+            from pubsubpull.middleware import status_writer
+
+            status_writer._queue.join()  # its batches as they come, no hurry
+        total = (time.process_time_ns() + cpu_ns(pids) - before) / int(count)
+        print(
+            json.dumps(
+                {
+                    "python": statistics.median(thread) / 1e3,
+                    "postgresql": statistics.median(backend) / 1e3,
+                    "other": (total - statistics.mean(thread) - statistics.mean(backend)) / 1e3,
+                    "total": total / 1e3,
+                }
+            ),
+            flush=True,
+        )
+
+
+def in_process(args, db_name: str, url: str) -> None:
+    import json
+
+    count = max(int(args.seconds * 400), 50)
+    workers = {
+        name: subprocess.Popen(
+            [sys.executable, __file__, "--in-process-worker", name],
+            env=environment(db_name, url, name == "with"),
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("with", "without")
+    }
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    try:
+        for n in range(args.rounds):
+            order = ["with", "without"] if n % 2 == 0 else ["without", "with"]
+            for view in VIEWS:
+                for name in (*order, *order[::-1]):
+                    workers[name].stdin.write(f"{view} {count}\n")
+                    workers[name].stdin.flush()
+                    reply = workers[name].stdout.readline()
+                    if not reply:
+                        raise SystemExit(f"the in-process worker ({name}) exited")
+                    results.setdefault((view, name), []).append(json.loads(reply))
+            print(f"round {n + 1:2} done", flush=True)
+    finally:
+        for worker in workers.values():
+            worker.stdin.close()
+            worker.wait(timeout=30)
+    print()
+    for view in VIEWS:
+        for name in ("with", "without"):
+            rows = results[view, name]
+            cells = ", ".join(
+                f"{key} {statistics.median(row[key] for row in rows):6.0f}"
+                for key in ("python", "postgresql", "other", "total")
+            )
+            print(f"{view:5} {name:7}  us per request: {cells}")
+        extra = {
+            key: statistics.median(
+                w[key] - o[key]
+                for w, o in zip(results[view, "with"], results[view, "without"], strict=True)
+            )
+            for key in ("python", "postgresql", "other", "total")
+        }
+        print(f"{view:5} extra    " + ", ".join(f"{k} {v:+.0f}" for k, v in extra.items()))
+    print(
+        "(python, postgresql: medians per request of the request's thread and its backend;"
+        " other: the rest of the process and its backends, the status writer's work)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -221,7 +351,14 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=2, help="concurrent connections")
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers per server")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--in-process", action="store_true", help="no HTTP: CPU per request, see the doc"
+    )
+    parser.add_argument("--in-process-worker", choices=["with", "without"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.in_process_worker:
+        in_process_worker(args.in_process_worker == "with")
+        return 0
 
     import psycopg
 
@@ -234,6 +371,12 @@ def main() -> int:
         flush=True,
     )
     prepare_database(db_name, url)
+    if args.in_process:
+        try:
+            in_process(args, db_name, url)
+        finally:
+            drop_database(db_name, url)
+        return 0
     servers = [Server(db_name, url, True, args.workers), Server(db_name, url, False, args.workers)]
     monitor_url = psycopg.conninfo.make_conninfo(url, dbname=db_name)
     # Per (view, server): requests/s and CPU per request (web workers plus

@@ -8,15 +8,16 @@ data-changing statement, on every database alias, while a request (see
 
 How it is sent matters:
 
-- ``set_config(..., true)`` lasts until the end of the transaction, so the
-  setting must travel in the same transaction as the statement. Under
-  PgBouncer's transaction pooling nothing else reaches the right server
-  connection, and a session-level ``SET`` would leak into other clients.
+- ``set_config(..., true)`` (or ``SET LOCAL``, the same thing) lasts until
+  the end of the transaction, so the setting must travel in the same
+  transaction as the statement. Under PgBouncer's transaction pooling nothing
+  else reaches the right server connection, and a session-level ``SET`` would
+  leak into other clients.
 - With Django's default psycopg cursors (client-side binding) the statement is
-  sent as ``SELECT set_config(...); <statement>``: one round trip, and one
-  simple-protocol query is one transaction even in autocommit mode. The
-  cursor is then moved past the ``set_config`` result, so the caller sees the
-  statement's own rows and row count. The value is a parameter, not SQL
+  sent as ``SET LOCAL pubsubpull.context = '...'; <statement>``: one round
+  trip, and one simple-protocol query is one transaction even in autocommit
+  mode. The cursor is then moved past the ``SET`` result, so the caller sees
+  the statement's own rows and row count. The value is a parameter, not SQL
   text, so a statement's text stays the same and psycopg's parse cache works.
 - Other cursors (``server_side_binding``, ``executemany``) cannot carry two
   statements: the setting goes in a separate execute, inside a transaction
@@ -34,6 +35,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import os
 import re
 import time
 import uuid
@@ -55,7 +57,11 @@ __all__ = ["context"]
 logger = logging.getLogger("pubsubpull")
 
 _SET = "SELECT set_config('pubsubpull.context', %s, true)"
-_SET_NAMED = "SELECT set_config('pubsubpull.context', %(pubsubpull_context)s, true)"
+# The same as a prefix bound client-side: SET LOCAL is a utility statement,
+# neither planned nor returning a row, which PostgreSQL and psycopg handle in
+# less time than a SELECT.
+_PREFIX = "SET LOCAL pubsubpull.context = %s"
+_PREFIX_NAMED = "SET LOCAL pubsubpull.context = %(pubsubpull_context)s"
 
 # Statements that can change rows (and so fire the capture trigger). Leading
 # comments are skipped; a WITH counts only if it holds a data-changing verb.
@@ -101,6 +107,21 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _time_ordered_uuid(at: float) -> str:
+    """A UUIDv7 (RFC 9562) for a request starting at ``at`` (Unix seconds).
+
+    Time-ordered ids go to the right-hand end of the request table's primary
+    key and of the change table's request index, where random (v4) ones
+    touched a random page of each index per request (measured: about 25 us
+    more PostgreSQL CPU per writing request).
+    """
+    value = int(at * 1000) << 80 | int.from_bytes(os.urandom(10))
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # RFC 9562 variant
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 class _Root:
     """One request or job: one ``pubsubpull_request`` row per database it changes."""
 
@@ -122,7 +143,7 @@ class _Root:
     @property
     def id(self) -> str:
         if self._id is None:
-            self._id = str(uuid.uuid4())
+            self._id = _time_ordered_uuid(self.started_wall)
         return self._id
 
     def static(self) -> dict[str, Any]:
@@ -218,13 +239,13 @@ def _execute_wrapper(execute, sql, params, many, context):
         # The payload goes as a parameter, so the statement's text stays the
         # same from request to request and psycopg's parse cache keeps working.
         if params is None:  # then "%" was literal; with parameters it is "%%"
-            sql, params = f"{_SET}; {sql.replace('%', '%%')}", [payload]
+            sql, params = f"{_PREFIX}; {sql.replace('%', '%%')}", [payload]
         elif isinstance(params, dict):
-            sql, params = f"{_SET_NAMED}; {sql}", {**params, "pubsubpull_context": payload}
+            sql, params = f"{_PREFIX_NAMED}; {sql}", {**params, "pubsubpull_context": payload}
         else:
-            sql, params = f"{_SET}; {sql}", [payload, *params]
+            sql, params = f"{_PREFIX}; {sql}", [payload, *params]
         result = execute(sql, params, many, context)
-        raw_cursor.nextset()  # past set_config's row, to the statement's result
+        raw_cursor.nextset()  # past SET's result, to the statement's
         return result
     opened = transaction.atomic(using=connection.alias) if connection.autocommit else nullcontext()
     with opened:
@@ -262,8 +283,10 @@ UPDATE pubsubpull_request AS r SET
 FROM jsonb_to_recordset(%s::jsonb)
     AS v (id uuid, status integer, seconds double precision, user_id {user_type}, metadata jsonb)
 -- The ids again, as an array: the planner, which guesses 100 rows for any
--- function, would otherwise hash-join a full scan of the table.
-WHERE r.id = v.id AND r.id = ANY(%s::uuid[])
+-- function, would otherwise hash-join a full scan of the table. Sent as one
+-- comma-separated string: psycopg quotes a list element by element, about
+-- 2 us per id.
+WHERE r.id = v.id AND r.id = ANY(string_to_array(%s, ',')::uuid[])
 """
 
 
@@ -308,7 +331,7 @@ def complete(alias: str, rows: list[dict[str, Any]]) -> None:
 
     connection = connections[alias]
     sql = _COMPLETE.format(user_type=Request._meta.get_field("user").db_type(connection))
-    params = [_json(rows), [row["id"] for row in rows]]
+    params = [_json(rows), ",".join(row["id"] for row in rows)]
     try:
         with connection.cursor() as cursor:
             if connection.autocommit and _client_cursor(cursor.cursor):

@@ -84,6 +84,25 @@ def test_an_anonymous_request_is_recorded_with_how_it_was_made(client, ada, atom
     assert row.metadata == {}
 
 
+def test_an_anonymous_write_leaves_the_session_and_the_response_alone(client, ada):
+    # Without a session the user can only be anonymous: the middleware knows
+    # it without resolving request.user, so the session is not "accessed" and
+    # the response does not gain Vary: Cookie.
+    response = put(client, f"/customers/{ada.pk}/", {"name": "Ada L."})
+    assert response.status_code == 200
+    assert "Cookie" not in response.get("Vary", "")
+    assert Request.objects.get().user is None
+
+
+def test_request_ids_are_time_ordered(client, ada):
+    for name in ("Ada", "Ada L.", "Ada Lovelace"):
+        put(client, f"/customers/{ada.pk}/", {"name": name})
+    rows = list(Request.objects.order_by("started"))
+    assert [row.id.version for row in rows] == [7, 7, 7]
+    # Millisecond precision: requests within one millisecond are unordered.
+    assert [str(row.id)[:13] for row in rows] == sorted(str(row.id)[:13] for row in rows)
+
+
 def test_an_authenticated_request_is_attributed_to_its_user(client, ada, grace, atomic_requests):
     client.force_login(grace)
     assert put(client, f"/customers/{ada.pk}/", {"newsletter": True}).status_code == 200
@@ -179,7 +198,7 @@ def test_writes_carry_the_context_and_reads_do_not(client, ada):
     with CaptureQueriesContext(connection) as queries:
         put(client, f"/customers/{ada.pk}/", {"name": "Ada L."})
     sent = [q["sql"] for q in queries.captured_queries]
-    writes = [q for q in sent if q.lstrip().startswith("SELECT set_config('pubsubpull.context'")]
+    writes = [q for q in sent if q.lstrip().startswith("SET LOCAL pubsubpull.context = ")]
     assert writes, sent
     assert all("UPDATE" in q or "INSERT" in q for q in writes)
     reads = [q for q in sent if q not in writes and q.lstrip().startswith("SELECT")]
@@ -506,6 +525,17 @@ def test_metadata_jsonb_would_refuse_does_not_break_the_write():
         "note": "nulbyte $$ 50% 'quoted'",
         "when": "P0DT00H00M01S",
     }
+
+
+def test_backslashes_and_quotes_reach_the_trigger_intact(client, ada):
+    # The context travels as a literal in "SET LOCAL ... = '...'": psycopg
+    # writes backslashes as an E'' string, which SET must read back exactly.
+    path = f"/customers/{ada.pk}/"
+    query = "q=C:\\temp\\new&who=O'Brien&\\'"
+    put(client, f"{path}?{query}", {"name": "Ada"}, HTTP_USER_AGENT="a\\b \"c\" 'd' 100%")
+    row = Request.objects.get()
+    assert row.query_string == query
+    assert row.user_agent == "a\\b \"c\" 'd' 100%"
 
 
 # --- settings: proxies and request ids --------------------------------------------------------
