@@ -637,3 +637,40 @@ def test_the_admin_shows_changes_requests_and_object_history(admin_client, clien
 
     assert admin_client.get("/admin/pubsubpull/change/add/").status_code == 403
     assert admin_client.get(f"/admin/pubsubpull/change/{update.pk}/delete/").status_code == 403
+
+
+# --- storage: the status update stays on the row's page ------------------------------------
+
+
+def test_completing_a_batch_of_request_rows_leaves_them_on_their_pages():
+    """Status and duration arrive in batches; fillfactor 50 (migration 0007) makes
+    their update a HOT one: the new row version stays on its page, so no index
+    entries are written. Rows are inserted as the trigger inserts them, then
+    completed by the status writer's own statement, in batches of 80 as a busy
+    server sends them; with full pages about none would stay."""
+    from pubsubpull.context import complete
+
+    moved = stayed = 0
+    with connection.cursor() as cursor:
+        for _ in range(5):
+            cursor.execute(
+                "INSERT INTO pubsubpull_request (id, method, path, query_string, user_agent, "
+                "request_id, started, metadata) "
+                "SELECT gen_random_uuid(), 'PUT', '/customers/' || n || '/', '', "
+                "'python-httpx/0.27 load client', '', now(), '{}' "
+                "FROM generate_series(1, 80) AS n RETURNING id::text, (ctid::text::point)[0]"
+            )
+            before = dict(cursor.fetchall())
+            complete("default", [{"id": i, "status": 200, "seconds": 0.01} for i in before])
+            cursor.execute(
+                "SELECT id::text, (ctid::text::point)[0], status FROM pubsubpull_request "
+                "WHERE id = ANY(%s::uuid[])",
+                [list(before)],
+            )
+            for id_, block, status in cursor.fetchall():
+                assert status == 200
+                if block == before[id_]:
+                    stayed += 1
+                else:
+                    moved += 1
+    assert stayed >= 0.75 * (stayed + moved), (stayed, moved)
