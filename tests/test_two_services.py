@@ -8,7 +8,6 @@ on its own database (see tests/services.py).
 from __future__ import annotations
 
 import json
-import os
 import random
 import threading
 import time
@@ -16,7 +15,6 @@ import uuid
 from datetime import UTC, datetime
 
 import httpx
-import psycopg
 import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
@@ -24,57 +22,14 @@ from standardwebhooks import Webhook
 
 from customers.models import Country, Customer
 from pubsubpull import feed
-from pubsubpull.api.auth import create_token
 
+from . import services
 from .delivery_helpers import WorkerThread, use_fast_settings
-from .services import Billing, Switch, wait_until
+from .services import Switch, wait_until
+
+billing_service, billing = services.billing_service, services.billing  # the fixtures
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def billing_service():
-    server = psycopg.conninfo.conninfo_to_dict(
-        os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-    )
-    server.pop("dbname", None)
-    server = {k: str(v) for k, v in server.items()}
-    base = os.environ.get("SUBSCRIBER_DB_NAME", "subscriber")
-    name = f"test_{base}_{os.getpid()}"
-    admin = psycopg.conninfo.make_conninfo(**server, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    billing = Billing(server, name)
-    try:
-        billing.manage("migrate", "-v", "0")
-        yield billing
-    finally:
-        billing.stop_all()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-def billing(billing_service, live_server, request):
-    billing_service.reset()
-    billing_service.customers_url = live_server.url + "/pubsubpull/"
-    billing_service.customers_token = create_token("billing", ["*"])[1]
-    billing_service.overrides = dict(billing_service.overrides)
-    billing_service.extra_env = {}
-    yield billing_service
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        print(billing_service.outputs())
-    billing_service.stop_all()
-    feed.stop_listening()  # live_server's long polls: let the test database go
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    setattr(item, f"rep_{report.when}", report)
 
 
 def published_customers() -> dict[int, tuple]:

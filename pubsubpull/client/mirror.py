@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import sys
 from collections.abc import Mapping
 from datetime import timedelta
@@ -294,7 +295,12 @@ class Mirror:
         self._apply(latest, mark)
 
     def _column(self, field: models.Field) -> tuple[str, str]:
-        return connection.ops.quote_name(field.column), field.db_type(connection)
+        kind = field.db_type(connection)
+        # The table's column decides what fits (a migration may have widened
+        # it); a varchar(n) in the recordset would refuse first.
+        if re.fullmatch(r"varchar\(\d+\)", kind or ""):
+            kind = "text"
+        return connection.ops.quote_name(field.column), kind
 
     def _columns(self):
         opts = self.model._meta
@@ -312,7 +318,11 @@ class Mirror:
             if event.deleted:
                 deletes.append({"k": event.pk, "s": sequence})
             else:
-                record = {"k": event.pk, "s": sequence}
+                # A snapshot row without a sequence has no change left in the
+                # publisher's log: whatever we hold of it is older (its changes
+                # were pruned), so it applies, whatever our stored sequence says.
+                unknown = event.op == "snapshot" and event.sequence is None
+                record = {"k": event.pk, "s": sequence, "u": unknown}
                 for n, remote in enumerate(remotes):
                     record[f"f{n}"] = self._value(event.data or {}, remote)
                 for n, field in enumerate(self.defaulted):
@@ -355,11 +365,32 @@ class Mirror:
                     for (c, _), f in zip(defaulted, self.defaulted, strict=True)
                     if getattr(f, "auto_now", False)
                 ]
+                records = _dumps(upserts)
+                if columns and any(r["u"] for r in upserts):
+                    assigned = ", ".join(
+                        [f"{c} = r.f{n}" for n, (c, _) in enumerate(columns)]
+                        + [
+                            f"{c} = r.d{n}"
+                            for n, ((c, _), f) in enumerate(
+                                zip(defaulted, self.defaulted, strict=True)
+                            )
+                            if getattr(f, "auto_now", False)
+                        ]
+                    )
+                    cursor.execute(
+                        f"""
+                        UPDATE {table} AS t SET {assigned}
+                        FROM json_to_recordset(%s::json)
+                             AS r(k {key_type}, u boolean{"".join(", " + t for t in typed)})
+                        WHERE r.u AND t.{key} = r.k
+                        """,
+                        [records],
+                    )
                 cursor.execute(
                     f"""
                     WITH r AS (
                         SELECT * FROM json_to_recordset(%s::json)
-                        AS r(k {key_type}, s bigint{"".join(", " + t for t in typed)})
+                        AS r(k {key_type}, s bigint, u boolean{"".join(", " + t for t in typed)})
                     ),
                     seen AS (
                         INSERT INTO {SEEN} (mirror, object_pk)
@@ -369,7 +400,7 @@ class Mirror:
                     INSERT INTO {table} AS t ({key}, {seq}{"".join(", " + n for n in names)})
                     SELECT r.k, r.s{"".join(", " + v for v in values)}
                     FROM r
-                    WHERE NOT EXISTS (
+                    WHERE r.u OR NOT EXISTS (
                         SELECT 1 FROM {TOMBSTONES} AS g
                         WHERE g.mirror = %s AND g.object_pk = r.k::text AND g.sequence >= r.s
                     )
@@ -377,7 +408,7 @@ class Mirror:
                     SET {seq} = excluded.{seq}{"".join(", " + u for u in updates)}
                     WHERE t.{seq} < excluded.{seq}
                     """,
-                    [_dumps(upserts), self.name, mark, self.name],
+                    [records, self.name, mark, self.name],
                 )
 
     def _sweep(self) -> int:

@@ -7,9 +7,10 @@ names the page), instead of retrying for ever. The operator then either
 fixes the cause and calls :func:`resume`, or calls :func:`park`: the next
 run applies that page event by event, each in a savepoint, sets aside each
 event that fails as a :class:`~pubsubpull.client.models.ParkedEvent` with its
-error, and goes on in order with the rest. :func:`reapply` tries parked
-events again later (a mirror's sequences make a late event harmless: it only
-applies if it is still the newest of its object).
+error, and goes on in order with the rest. The later events of a parked
+object are parked behind it (an object's events keep their order), so the
+rest of the feed is never held up by it. :func:`reapply` tries parked events
+again, in order, once the cause is fixed.
 
 The same actions are in the admin (PullCursor, ParkedEvent) and in
 ``manage.py pubsubpull_cursors``.
@@ -75,37 +76,70 @@ def apply_parking(
     if first:
         call_handler(handler, [], (True, False))
     parked = 0
-    for event in events:
+    for event in behind_parked(cursor, events, position):
+        if (
+            event.pk is not None
+            and ParkedEvent.objects.filter(
+                cursor=cursor, model=event.model, object_pk=str(event.pk)
+            ).exists()
+        ):
+            _park(cursor, event, position, "Behind a parked event of the same object.")
+            continue
         try:
             with transaction.atomic():
                 call_handler(handler, [event], within)
         except Exception as e:
             parked += 1
-            ParkedEvent.objects.create(
-                cursor=cursor,
-                position=position[:2000],
-                model=event.model,
-                object_pk="" if event.pk is None else str(event.pk),
-                op=event.op,
-                event=dataclasses.asdict(event),
-                error=_error(e),
-            )
+            _park(cursor, event, position, _error(e))
     if last:
         call_handler(handler, [], (False, True))
     return parked
 
 
+def _park(cursor: PullCursor, event: Event, position: str, error: str) -> None:
+    ParkedEvent.objects.create(
+        cursor=cursor,
+        position=position[:2000],
+        model=event.model,
+        object_pk="" if event.pk is None else str(event.pk),
+        op=event.op,
+        event=dataclasses.asdict(event),
+        error=error,
+    )
+
+
+def behind_parked(cursor: PullCursor, events: list[Event], position: str) -> list[Event]:
+    """The events to apply: those of objects with a parked event are parked behind it."""
+    parked = set(ParkedEvent.objects.filter(cursor=cursor).values_list("model", "object_pk"))
+    if not parked:
+        return events
+    kept = []
+    for event in events:
+        if event.pk is not None and (event.model, str(event.pk)) in parked:
+            _park(cursor, event, position, "Behind a parked event of the same object.")
+        else:
+            kept.append(event)
+    return kept
+
+
 def reapply(parked: Iterable[ParkedEvent]) -> tuple[int, int]:
-    """Give parked events to their cursor's handler again: (applied, still failing).
+    """Give parked events to their cursor's handler again, oldest first:
+    (applied, still parked).
 
     Each is applied in its own transaction; an applied one is deleted, a
-    failing one keeps its place with the new error and one more attempt.
+    failing one keeps its place with the new error and one more attempt, and
+    the later events of its object wait behind it.
     """
     from .pulling import call_handler, resolve_handler
 
     applied = failing = 0
-    for item in parked:
+    stuck: set[tuple[int, str, str]] = set()
+    for item in sorted(parked, key=lambda p: p.id):
         handler = resolve_handler(item.cursor.handler)
+        key = (item.cursor_id, item.model, item.object_pk)
+        if key in stuck:
+            failing += 1
+            continue
         try:
             with transaction.atomic():
                 call_handler(handler, [Event(**item.event)])
@@ -113,6 +147,7 @@ def reapply(parked: Iterable[ParkedEvent]) -> tuple[int, int]:
             applied += 1
         except Exception as e:
             failing += 1
+            stuck.add(key)
             item.attempts += 1
             item.error = _error(e)
             item.save(update_fields=["attempts", "error", "last_attempt_at"])

@@ -379,8 +379,10 @@ class Runner:
                 apply_parking(self.cursor, self.handler, events, snapshot, position)
                 fields["park_failures"] = False
             elif events or (snapshot is not None and snapshot[1]):
+                from .parking import behind_parked
+
                 try:
-                    call_handler(self.handler, events, snapshot)
+                    call_handler(self.handler, behind_parked(cursor, events, position), snapshot)
                 except CANNOT_APPLY as e:
                     raise PageCannotApply(e, position) from e
             now = timezone.now()
@@ -451,7 +453,7 @@ class Runner:
             self.prefetch(body["next"])
         label = body.get("model", models[0])
         events = [Event.from_instance(label, item) for item in body["instances"]]
-        position = cursor.snapshot_next or f"the first snapshot page of {models[0]}"
+        position = f"the snapshot page {cursor.snapshot_next or f'1 of {models[0]}'}"
         fields: dict[str, Any] = {"snapshot_models": models}
         if fresh:
             fields["snapshots"] = cursor.snapshots + 1

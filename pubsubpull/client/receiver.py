@@ -241,9 +241,7 @@ def subscribe(
     url = Publisher(service_url, auth or "").subscription_url(name)
     # The publisher keeps one subscription per owner and name: so do we.
     owner = RemoteSubscription.owner_for(auth)
-    known = RemoteSubscription.objects.filter(
-        publisher=service_url, owner=owner, name=name
-    ).first()
+    known = RemoteSubscription.objects.filter(publisher=service_url, owner=owner, name=name).first()
     body: dict[str, Any] = {"callback": callback_url, "models": list(models)}
     if batch_size is not None:
         body["batch_size"] = batch_size
