@@ -281,3 +281,36 @@ def test_billing_mirrors_customers_by_push_and_catches_up_after_a_gap(billing, s
         wait_until(lambda: mirrored_customers(billing) == published_customers())
     [(received,)] = billing.sql("SELECT received FROM pubsubpull_remotesubscription")
     assert received >= 4
+
+
+def test_two_tokens_subscribe_with_one_name_and_each_is_verified_with_its_own_secret(
+    billing, settings
+):
+    """Two of billing's tokens (say, two teams) each subscribe 'welcome' at customers.
+
+    The publisher keeps one subscription per owner and name; so does billing,
+    and its receiver verifies each notification with the secret that signs it.
+    """
+    use_fast_settings(settings)
+    from pubsubpull.api.auth import create_token
+    from pubsubpull.delivery.models import Attempt, Subscription
+
+    other_token = create_token("billing-team-2", ["auth.user"])[1]
+    billing.start_server()
+    for token in (billing.customers_token, other_token):
+        billing.shell(
+            "import pubsubpull; from django.conf import settings; "
+            "pubsubpull.subscribe(settings.CUSTOMERS_URL, 'welcome', "
+            f"'{billing.url}/hooks/users/', models=['auth.user'], auth={token!r})"
+        )
+    assert Subscription.objects.filter(name="welcome").count() == 2
+    secrets = billing.sql("SELECT DISTINCT secret FROM pubsubpull_remotesubscription")
+    assert len(secrets) == 2
+
+    with WorkerThread():
+        user = User.objects.create_user("ada")
+        wait_until(lambda: Subscription.objects.filter(delivered__gte=1).count() == 2)
+    assert not Attempt.objects.exclude(status=204).exists()
+    assert [user_id for user_id, _, _ in welcomes(billing)] == [user.pk, user.pk]  # one each
+    received = billing.sql("SELECT received FROM pubsubpull_remotesubscription")
+    assert received == [(1,), (1,)]
