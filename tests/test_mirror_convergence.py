@@ -177,11 +177,9 @@ def test_a_page_that_can_never_apply_blocks_the_mirror_until_it_is_parked(billin
     assert mirrored(billing, "billing_customercard") == before
 
     # The operator parks what fails; the rest goes on, in order.
-    billing.shell(
-        "from pubsubpull.client import parking\n"
-        "from pubsubpull.client.models import PullCursor\n"
-        "parking.park(PullCursor.objects.filter(name='mirror:cards'))"
-    )
+    status = billing.manage("pubsubpull_cursors")
+    assert "mirror:cards" in status and "blocked" in status and "DataError" in status
+    billing.manage("pubsubpull_cursors", "park", "mirror:cards")
     expected = {pk: row for pk, row in published().items() if pk != long.pk}
     wait_until(lambda: mirrored(billing, "billing_customercard") == expected, timeout=60)
     # Its snapshot row is parked (and any later event of it behind it: an
@@ -197,18 +195,16 @@ def test_a_page_that_can_never_apply_blocks_the_mirror_until_it_is_parked(billin
     n = len(parked)
 
     # Re-applied as it is, it fails again and stays parked, in order.
-    reapply = (
-        "from pubsubpull.client import parking\n"
-        "from pubsubpull.client.models import ParkedEvent\n"
-        "print(parking.reapply(ParkedEvent.objects.all()))"
-    )
-    assert billing.shell(reapply).strip() == f"(0, {n})"
+    def reapply():
+        return billing.manage("pubsubpull_cursors", "reapply", "mirror:cards").splitlines()[0]
+
+    assert reapply() == f"Applied 0 parked event(s); {n} still fail."
     attempts = billing.sql("SELECT attempts FROM pubsubpull_parkedevent ORDER BY id")
     assert attempts == [(2,)] + [(1,)] * (n - 1)
 
     # Billing fixes the cause (a migration widens the column); re-applied, all is there.
     billing.sql("ALTER TABLE billing_customercard ALTER name TYPE varchar(40)")
-    assert billing.shell(reapply).strip() == f"({n}, 0)"
+    assert reapply() == f"Applied {n} parked event(s); 0 still fail."
     assert billing.sql("SELECT count(*) FROM pubsubpull_parkedevent") == [(0,)]
     assert mirrored(billing, "billing_customercard") == published()
     billing.stop_all()
