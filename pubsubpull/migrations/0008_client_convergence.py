@@ -18,6 +18,13 @@ def fill_owners(apps, schema_editor):
     for record in RemoteSubscription.objects.exclude(token=""):
         record.owner = "token:" + hashlib.sha256(record.token.encode()).hexdigest()[:16]
         record.save(update_fields=["owner"])
+    _flush_deferred(schema_editor)
+
+
+def _flush_deferred(schema_editor):
+    # Updated or deleted rows queue the deferred foreign key checks of
+    # ReceivedBatch; the ALTER TABLE that follows refuses to run with them pending.
+    schema_editor.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
 def keep_one_per_name(apps, schema_editor):
@@ -28,6 +35,7 @@ def keep_one_per_name(apps, schema_editor):
         if (record.publisher, record.name) in seen:
             record.delete()
         seen.add((record.publisher, record.name))
+    _flush_deferred(schema_editor)
 
 
 class Migration(migrations.Migration):
