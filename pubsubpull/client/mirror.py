@@ -55,6 +55,7 @@ import datetime
 import json
 import re
 import sys
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -194,11 +195,19 @@ class Mirror:
             self.source_url, self, name=self.name, auth=self.auth, enqueue=False,
             page_size=self.page_size,
         )  # fmt: skip
-        while run(cursor.id, budget=3600, stop_when_caught_up=True, now=True) != "done":
+        while True:
+            outcome = run(cursor.id, budget=3600, stop_when_caught_up=True, now=True)
             cursor.refresh_from_db()
-            if cursor.phase == PullCursor.Phase.DONE:
+            if outcome == "done" or cursor.phase == PullCursor.Phase.DONE:
                 break
-        cursor.refresh_from_db()
+            if cursor.state == PullCursor.State.BLOCKED:
+                raise RuntimeError(
+                    f"The copy of {self.label} into {self.model._meta.label} is blocked: "
+                    f"{cursor.last_error}"
+                )
+            if outcome in ("busy", "failed"):  # a worker has it, or a backoff
+                wait = (cursor.next_run_at - timezone.now()).total_seconds()
+                time.sleep(min(max(wait, 0.2), 30.0))
         return subscribe(
             self.service_url,
             name or self.name.replace(":", "-"),

@@ -20,6 +20,10 @@ class PullCursor(models.Model):
     still to read), then ``feed`` (``feed_position`` is the last cursor whose
     page was handled and committed), and ``done`` for a ``pull_down`` that
     has walked everything once.
+
+    ``state`` is ``active``, ``failing`` (retried with backoff), ``blocked``
+    (a page its handler's database can never apply: not retried until resumed
+    or parked, see ``pubsubpull.client.parking``) or ``paused``.
     """
 
     class Phase(models.TextChoices):
