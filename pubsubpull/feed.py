@@ -294,8 +294,6 @@ LEFT JOIN pubsubpull_request AS r ON r.id = c.request_id
 ORDER BY c.txid, c.id
 """
 
-_POSITION_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-
 
 def _database(using: str | None) -> str:
     from .models import Change
@@ -337,11 +335,13 @@ def current_position(using: str | None = None) -> Position:
     """A cursor from which the feed serves only changes committed from now on.
 
     Some changes committed just before may follow too (at least once, never
-    fewer).
+    fewer): those of transactions that were still open. It is the same
+    per-database fence as the page read's, so a change the feed already
+    serves is never after it; a server-wide ``pg_snapshot_xmin`` would let a
+    long transaction in another database put "now" before changes that every
+    reader has already been served.
     """
-    with connections[_database(using)].cursor() as cursor:
-        cursor.execute(_POSITION_SQL)
-        return fence_position(cursor.fetchone()[0])
+    return fence_position(current_fence(using))
 
 
 def _published(text: Any, columns: frozenset[str]) -> tuple[dict[str, Any] | None, str | None]:
