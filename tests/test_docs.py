@@ -396,3 +396,32 @@ def test_every_setting_has_a_description_of_its_own():
         f"settings without a description of their own: {bare}. Give each key its own "
         "comment in pubsubpull/conf.py and run python scripts/settings_doc.py"
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_statuses_the_subscription_docs_give_are_what_a_bad_put_gets():
+    """docs/subscriptions.rst: a body over 1 MiB, a body that is not JSON and a
+    model that is not published are 400s with those codes, and change nothing."""
+    from django.test import Client
+
+    _, token = create_token("docs", ["*"])
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+    url = "/pubsubpull/subscriptions/billing/"
+    good = {"callback": "http://127.0.0.1:9/hooks/", "models": ["customers.customer"]}
+
+    padded = json.dumps({**good, "pad": " " * (1024 * 1024)})
+    answer = client.put(url, padded, "application/json")
+    assert (answer.status_code, answer.json()["error"]) == (400, "body_too_large")
+
+    answer = client.put(url, "{not json", "application/json")
+    assert (answer.status_code, answer.json()["error"]) == (400, "invalid_json")
+
+    answer = client.put(url, {**good, "models": ["shop.invoice"]}, "application/json")
+    assert (answer.status_code, answer.json()["error"]) == (400, "invalid_subscription")
+    assert answer.json()["fields"] == {"models": "not published models: shop.invoice"}
+
+    assert not Subscription.objects.exists()
+    docs = section("docs/subscriptions.rst", "Subscribing")
+    for code in ("body_too_large", "invalid_json", "invalid_subscription"):
+        assert re.search(rf"``400``[^.]*?\(``{code}``\)", re.sub(r"\s+", " ", docs)), code
+    assert "not published models: shop.invoice" in re.sub(r"\s+", " ", docs)

@@ -247,8 +247,18 @@ _ERROR = {
     "required": ["status", "error", "detail"],
     "properties": {
         "status": {"type": "integer"},
-        "error": {"type": "string"},
-        "detail": {"type": "string"},
+        "error": {"type": "string", "description": "A code, e.g. invalid_limit."},
+        "detail": {"type": "string", "description": "What was wrong, and what to do."},
+        "fields": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "invalid_subscription: what is wrong with which field.",
+        },
+        "snapshot": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "format": "uri"},
+            "description": "cursor_expired: each model's instances URL to re-snapshot from.",
+        },
     },
 }
 
