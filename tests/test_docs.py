@@ -425,3 +425,22 @@ def test_the_statuses_the_subscription_docs_give_are_what_a_bad_put_gets():
     for code in ("body_too_large", "invalid_json", "invalid_subscription"):
         assert re.search(rf"``400``[^.]*?\(``{code}``\)", re.sub(r"\s+", " ", docs)), code
     assert "not published models: shop.invoice" in re.sub(r"\s+", " ", docs)
+
+
+def test_the_documented_retry_schedule_is_the_one_backoff_computes(settings):
+    """docs/subscriptions.rst's table of waits holds for every draw of the jitter."""
+    from pubsubpull.delivery.deliver import backoff
+
+    settings.PUBSUBPULL = {**settings.PUBSUBPULL, "RETRY_BASE": 2.0, "RETRY_MAX": 3600.0}
+    table = section("docs/subscriptions.rst", "Answering")
+    units = {"s": 1, "min": 60}
+    rows = re.findall(
+        r"^\s+(\d+)(?:st|nd|rd|th)( and later)?\s+(\d+)\u2013(\d+) (s|min)$", table, re.M
+    )
+    assert len(rows) >= 4, "the retry table is gone from docs/subscriptions.rst"
+    for n, later, low, high, unit in rows:
+        for failures in range(int(n), int(n) + (5 if later else 1)):
+            waits = [backoff(failures) for _ in range(200)]
+            low_s, high_s = int(low) * units[unit], int(high) * units[unit]
+            assert all(low_s <= w <= high_s for w in waits), (failures, min(waits), max(waits))
+            assert min(waits) < low_s * 1.2 and max(waits) > high_s * 0.8, failures
