@@ -444,3 +444,44 @@ def test_the_documented_retry_schedule_is_the_one_backoff_computes(settings):
             low_s, high_s = int(low) * units[unit], int(high) * units[unit]
             assert all(low_s <= w <= high_s for w in waits), (failures, min(waits), max(waits))
             assert min(waits) < low_s * 1.2 and max(waits) > high_s * 0.8, failures
+
+
+@pytest.mark.parametrize(
+    ("field", "page", "title"),
+    [
+        ("pubsubpull.Change.op", "docs/http-api.rst", "Change feed: ``GET {prefix}/changes/``"),
+        ("pubsubpull.Subscription.state", "docs/subscriptions.rst", "What GET shows"),
+        ("pubsubpull.PullCursor.state", "docs/pull-and-receive.rst", "Pull"),
+        ("pubsubpull.PullCursor.phase", "docs/pull-and-receive.rst", "Pull"),
+    ],
+)
+def test_every_value_of_a_state_or_kind_is_documented(field, page, title):
+    """Read from the model's choices, so a new state (say ``blocked``) needs its words."""
+    from django.apps import apps
+
+    app_label, model, name = field.split(".")
+    choices = apps.get_model(app_label, model)._meta.get_field(name).choices
+    text = section(page, title)
+    missing = [value for value, _ in choices if not mentions(text, value)]
+    assert not missing, f'{page}, "{title}" does not name these values of {field}: {missing}'
+
+
+def test_every_enum_value_of_the_openapi_document_is_documented():
+    from pubsubpull.api import openapi
+
+    def enums(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("enum"), list):
+                yield from node["enum"]
+            for value in node.values():
+                yield from enums(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from enums(value)
+
+    document = openapi.document(["customers.customer"], "http://testserver/pubsubpull")
+    docs = "\n".join(
+        (ROOT / "docs" / name).read_text() for name in ("http-api.rst", "subscriptions.rst")
+    )
+    missing = sorted({v for v in enums(document) if not mentions(docs, str(v))})
+    assert not missing, f"values the OpenAPI document allows that the docs never name: {missing}"
