@@ -1,10 +1,17 @@
-"""The gap-free change feed: read the change log in commit-safe order, page by page.
+"""The gap-free change feed: read the change log in transaction-id order, page by page.
 
 Change ids are taken before commit, so reading by id alone skips a change
 whose transaction commits after a later id has been read. The feed orders by
 ``(txid, id)`` instead and serves only changes of transactions older than the
 reading statement's snapshot ``xmin``: every such transaction has ended, so
 nothing can ever appear before a position once it has been served.
+
+That order is not commit order. It promises no gap, no duplicate, each
+transaction's changes contiguous, and per-object order through ``sequence``
+(a row's change ids follow its commits: the row lock serialises writers). A
+transaction that took its id first is served first even if it committed
+later, so a child row's transaction can precede its parent's, and one
+object's changes can come out of sequence order (docs/guarantees.rst).
 
 The HTTP change feed (``pubsubpull.api``) and the delivery worker both read
 through this module::
