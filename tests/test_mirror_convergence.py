@@ -93,6 +93,20 @@ def test_after_a_pruned_gap_the_new_snapshot_ends_with_exactly_the_publishers_ro
     wait_until(lambda: mirrored(billing) == published())
 
 
+def test_a_first_copy_into_a_table_with_rows_ends_with_exactly_the_publishers_rows(billing):
+    Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(9))
+    # Left from another cursor, or written by hand: not the publisher's.
+    billing.sql(
+        "INSERT INTO billing_customercountry (remote_id, remote_sequence, name) "
+        "VALUES (999999, 1, 'stale')"
+    )
+    billing.overrides["PULL_PAGE_SIZE"] = 4
+    billing.start_worker()
+    billing.shell("from billing.mirrors import customers; customers.pull()")
+    wait_until(lambda: mirrored(billing) == published(), timeout=60)
+    assert billing.sql("SELECT count(*) FROM pubsubpull_mirrorseen") == [(0,)]
+
+
 def test_tombstones_are_pruned_once_they_can_no_longer_matter(billing):
     customers = Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(3))
     billing.start_worker()

@@ -278,11 +278,17 @@ class Mirror:
         snapshot are dropped); ``last``: its last page, after which every row
         whose key this snapshot did not write is deleted.
         """
+        marks = MirrorSeen.objects.filter(mirror=self.name)
         if first:
-            MirrorSeen.objects.filter(mirror=self.name).delete()
-        self._apply_page(events, mark=True)
+            marks.delete()
+            if self.model._default_manager.exists():
+                MirrorSeen.objects.create(mirror=self.name, object_pk=None)
+        marking = marks.filter(object_pk=None).exists()
+        self._apply_page(events, mark=marking)
         if last:
-            self._sweep()
+            if marking:
+                self._sweep()
+            marks.delete()
 
     def _apply_page(self, events: list[Event], *, mark: bool) -> None:
         latest: dict[Any, Event] = {}
@@ -421,7 +427,7 @@ class Mirror:
                 )
 
     def _sweep(self) -> int:
-        """End of a snapshot: delete the rows it did not write, forget its marks."""
+        """End of a snapshot: delete the rows it did not write."""
         table, (key, _), _, _ = self._columns()
         with connection.cursor() as cursor:
             cursor.execute(
@@ -433,9 +439,7 @@ class Mirror:
                 """,
                 [self.name],
             )
-            removed = cursor.rowcount
-            cursor.execute(f"DELETE FROM {SEEN} WHERE mirror = %s", [self.name])
-        return removed
+            return cursor.rowcount
 
     def prune_tombstones(self) -> int:
         """Forget tombstones older than MIRROR_TOMBSTONE_RETENTION (see the module doc)."""

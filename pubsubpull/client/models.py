@@ -178,10 +178,15 @@ class MirrorTombstone(models.Model):
 
 class MirrorSeen(models.Model):
     """A key a mirror's snapshot in progress has written: at its end, the rows of
-    the local model without one are gone at the publisher, and are deleted."""
+    the local model without one are gone at the publisher, and are deleted.
+
+    The row with no ``object_pk`` says that this snapshot marks at all: one
+    that began with the local table empty has nothing to sweep, so its pages
+    write no marks (a first copy costs nothing more).
+    """
 
     mirror = models.CharField(max_length=200)
-    object_pk = models.TextField()
+    object_pk = models.TextField(null=True)
 
     class Meta:
         constraints = [

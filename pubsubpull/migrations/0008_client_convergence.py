@@ -54,7 +54,7 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 ("mirror", models.CharField(max_length=200)),
-                ("object_pk", models.TextField()),
+                ("object_pk", models.TextField(null=True)),
             ],
         ),
         migrations.CreateModel(
