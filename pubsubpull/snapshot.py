@@ -36,6 +36,7 @@ from django.core.exceptions import ValidationError
 from django.db import connections, router
 
 from .feed import Position, fence_position
+from .jsonbody import unstorable
 from .registry import Registration, get_registration
 
 # One template for every model; {names} are quoted identifiers and SQL
@@ -204,7 +205,7 @@ def to_pk(registration: Registration, text: str, error: type[Exception] = Lookup
         raise error(f"{text!r} is not a primary key of {registration.label}.") from exc
     if isinstance(value, int) and not -(2**63) <= value < 2**63:
         raise error(f"{text!r} is not a primary key of {registration.label}.")
-    if isinstance(value, str) and "\x00" in value:
+    if isinstance(value, str) and unstorable(value):  # a NUL or a lone surrogate
         raise error(f"{text!r} is not a primary key of {registration.label}.")
     return value
 
