@@ -68,7 +68,7 @@ def _replace(value: Any, path: tuple, where: str, bad: str) -> Any:
     return copy
 
 
-def poisoned_body(data: st.DataObject, value: Any) -> bytes:
+def poisoned_body(data: st.DataObject, value: Any, depths: list[int] = DEPTHS) -> bytes:
     """``value`` as JSON with a bad string in one of its strings or keys, or nested too deep.
 
     Lone surrogates and NULs are sent as ``\\u`` escapes, as any client's JSON
@@ -80,7 +80,7 @@ def poisoned_body(data: st.DataObject, value: Any) -> bytes:
     if how == "string":
         path, where = data.draw(st.sampled_from(places))
         return json.dumps(_replace(value, path, where, data.draw(bad_text))).encode()
-    depth = data.draw(st.sampled_from(DEPTHS))
+    depth = data.draw(st.sampled_from(depths))
     kind = data.draw(st.sampled_from(["list", "object"]))
     if how == "deep" or not isinstance(value, dict) or not value:
         return nested(json.dumps(value), depth, kind).encode()
@@ -89,6 +89,11 @@ def poisoned_body(data: st.DataObject, value: Any) -> bytes:
     text = json.dumps({**value, key: marker})
     inner = nested(json.dumps(value[key]), depth, kind)
     return text.replace(json.dumps(marker), inner, 1).encode()
+
+
+def as_body(value: Any) -> bytes:
+    """``value`` as JSON text, as a client sends it."""
+    return json.dumps(value).encode()
 
 
 def poisoned_url_value(data: st.DataObject, value: Any) -> str:

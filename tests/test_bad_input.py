@@ -19,17 +19,21 @@ import uuid
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from pubsubpull import jsonbody
 from pubsubpull.api.auth import create_token
 from pubsubpull.client.models import ReceivedBatch, RemoteSubscription
 from pubsubpull.delivery.models import Subscription
 
-from . import receiver_urls
+from . import poison, receiver_urls
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CALLBACK = "https://93.184.215.14/hook/"  # a public address; nothing is ever sent to it
+RECEIVER_EXAMPLES = 80  # bounded: a few seconds
 
 
 @pytest.fixture
@@ -251,3 +255,69 @@ def test_a_page_token_carrying_a_lone_surrogate_or_a_nul_is_400(api):
         token = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
         answer = api.get("/models/customers.country/instances/", params={"after": token})
         assert_json_error(answer, 400, "invalid_after")
+
+
+# What a publisher can send: PostgreSQL stores no NUL (and UTF-8 no lone surrogate).
+characters = st.characters(exclude_characters="\x00")
+text = st.text(characters)
+short_text = st.text(characters, max_size=20)
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+    max_leaves=8,
+)
+
+changes = st.fixed_dictionaries(
+    {"model": st.sampled_from(["auth.user", "customers.customer"]), "op": short_text},
+    optional={
+        "pk": json_values,
+        "new": json_values,
+        "old": json_values,
+        "cursor": short_text,
+        "sequence": json_values,
+    },
+)
+
+notifications = st.fixed_dictionaries(
+    {
+        "type": st.just("pubsubpull.changes"),
+        "data": st.fixed_dictionaries(
+            {"subscription": st.just("users"), "changes": st.lists(changes, max_size=3)},
+            optional={"cursor": st.none() | short_text},
+        ),
+    }
+)
+
+
+def test_fuzzing_the_receiver_with_poisoned_notifications_finds_no_server_error(receiver):
+    """Notifications, signed or not, with a lone surrogate, a NUL or deep nesting
+    anywhere: 4xx JSON. Without poison and signed: taken (204)."""
+
+    @given(notification=notifications, poisoned=st.booleans(), sign=st.booleans(), data=st.data())
+    @hypothesis_settings(
+        max_examples=RECEIVER_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate],  # no shrinking: the message shows the body
+    )
+    def check(notification, poisoned, sign, data):
+        if poisoned:  # nested past the receiver's 256 levels, or a bad string
+            body = poison.poisoned_body(data, notification, depths=[257, 1_001, 20_000])
+        else:
+            body = poison.as_body(notification)
+        headers = signed(body) if sign else {"Content-Type": "application/json"}
+        answer = receiver.put("", content=body, headers=headers)
+        assert answer.status_code < 500, (body[:300], answer.text)
+        if poisoned or not sign:
+            assert 400 <= answer.status_code < 500, (body[:300], answer.text)
+            assert answer.headers["Content-Type"] == "application/json"
+        else:
+            assert answer.status_code == 204, (body[:300], answer.text)
+
+    check()
