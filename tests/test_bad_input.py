@@ -54,51 +54,51 @@ def assert_json_error(answer: httpx.Response, status: int, error: str) -> dict:
     return body
 
 
-@pytest.mark.parametrize(
-    "body, where",
-    [
-        (rb'{"callback": "https://93.184.215.14/", "models": ["\ud800"]}', "$.models[0]"),
-        (rb'{"callback": "https://93.184.215.14/\ud800", "models": ["a.b"]}', "$.callback"),
-        (rb'{"callback": "https://93.184.215.14/\udfff/", "models": ["a.b"]}', "$.callback"),
-        (rb'{"callback": "https://93.184.215.14/", "models": ["\u0000"]}', "$.models[0]"),
-        (rb'{"callback": "https://93.184.215.14/\u0000"}', "$.callback"),
-        (rb'{"\ud800": 1}', "a key in $"),
-        (rb'{"start": "now\u0000"}', "$.start"),
-        (rb'{"models": [{"x\u0000": 1}]}', "a key in $.models[0]"),
-    ],
-)
-def test_a_lone_surrogate_or_a_nul_in_a_subscription_body_is_400(api, body, where):
-    answer = api.put("/subscriptions/billing/", content=body)
-    error = assert_json_error(answer, 400, "invalid_json")
-    assert where in error["detail"]
-    assert ("surrogate" in error["detail"]) or ("NUL" in error["detail"])
-    assert not Subscription.objects.exists()
+SURROGATES_AND_NULS = [
+    (rb'{"callback": "https://93.184.215.14/", "models": ["\ud800"]}', "$.models[0]"),
+    (rb'{"callback": "https://93.184.215.14/\ud800", "models": ["a.b"]}', "$.callback"),
+    (rb'{"callback": "https://93.184.215.14/\udfff/", "models": ["a.b"]}', "$.callback"),
+    (rb'{"callback": "https://93.184.215.14/", "models": ["\u0000"]}', "$.models[0]"),
+    (rb'{"callback": "https://93.184.215.14/\u0000"}', "$.callback"),
+    (rb'{"\ud800": 1}', "a key in $"),
+    (rb'{"start": "now\u0000"}', "$.start"),
+    (rb'{"models": [{"x\u0000": 1}]}', "a key in $.models[0]"),
+]
 
 
-@pytest.mark.parametrize("depth", [65, 1_000, 100_000])
-def test_a_deeply_nested_subscription_body_is_400(api, depth):
-    for body in ("[" * depth + "]" * depth, '{"a":' * depth + "1" + "}" * depth):
+def test_a_lone_surrogate_or_a_nul_in_a_subscription_body_is_400(api):
+    for body, where in SURROGATES_AND_NULS:
         answer = api.put("/subscriptions/billing/", content=body)
         error = assert_json_error(answer, 400, "invalid_json")
-        assert "nested more than 64 levels" in error["detail"]
+        assert where in error["detail"], (body, error)
+        assert ("surrogate" in error["detail"]) or ("NUL" in error["detail"])
     assert not Subscription.objects.exists()
 
 
-@pytest.mark.parametrize(
-    "body, detail",
-    [
-        (b"\xff\xfe{}", "not UTF-8"),
-        (b'{"callback": "\xed\xa0\x80"}', "not UTF-8"),  # a surrogate, encoded raw
-        (b'{"batch_size": NaN}', "NaN is not JSON"),
-        (b'{"batch_size": Infinity}', "Infinity is not JSON"),
-        (b"{", "not JSON"),
-        (b"", "not JSON"),
-        (b'{"batch_size": 1' + b"0" * 5000 + b"}", "not JSON"),
-    ],
-)
-def test_a_body_that_is_not_utf8_json_is_400(api, body, detail):
-    answer = api.put("/subscriptions/billing/", content=body)
-    assert detail in assert_json_error(answer, 400, "invalid_json")["detail"]
+def test_a_deeply_nested_subscription_body_is_400(api):
+    for depth in (65, 1_000, 100_000):
+        for body in ("[" * depth + "]" * depth, '{"a":' * depth + "1" + "}" * depth):
+            answer = api.put("/subscriptions/billing/", content=body)
+            error = assert_json_error(answer, 400, "invalid_json")
+            assert "nested more than 64 levels" in error["detail"]
+    assert not Subscription.objects.exists()
+
+
+NOT_UTF8_JSON = [
+    (b"\xff\xfe{}", "not UTF-8"),
+    (b'{"callback": "\xed\xa0\x80"}', "not UTF-8"),  # a surrogate, encoded raw
+    (b'{"batch_size": NaN}', "NaN is not JSON"),
+    (b'{"batch_size": Infinity}', "Infinity is not JSON"),
+    (b"{", "not JSON"),
+    (b"", "not JSON"),
+    (b'{"batch_size": 1' + b"0" * 5000 + b"}", "not JSON"),
+]
+
+
+def test_a_body_that_is_not_utf8_json_is_400(api):
+    for body, detail in NOT_UTF8_JSON:
+        answer = api.put("/subscriptions/billing/", content=body)
+        assert detail in assert_json_error(answer, 400, "invalid_json")["detail"], body
     assert not Subscription.objects.exists()
 
 
@@ -188,55 +188,47 @@ def notification(**data) -> dict:
     }
 
 
-@pytest.mark.parametrize("depth", [300, 1_000, 100_000])
-def test_the_receiver_answers_400_to_a_deeply_nested_body(receiver, depth):
-    for body in ("[" * depth + "]" * depth, '{"a":' * depth + "1" + "}" * depth):
-        # Unsigned, and signed (a publisher cannot make it deliverable by signing it).
-        for headers in ({}, signed(body.encode())):
+def test_the_receiver_answers_400_to_a_deeply_nested_body(receiver):
+    for depth in (300, 1_000, 100_000):
+        for body in ("[" * depth + "]" * depth, '{"a":' * depth + "1" + "}" * depth):
+            # Unsigned, and signed (a publisher cannot make it deliverable by signing it).
+            for headers in ({}, signed(body.encode())):
+                answer = receiver.put("", content=body, headers=headers)
+                error = assert_json_error(answer, 400, "invalid_body")
+                assert "nested more than 256 levels" in error["detail"]
+    assert receiver_urls.HANDLED == [] and not ReceivedBatch.objects.exists()
+
+
+RECEIVER_SURROGATES_AND_NULS = [
+    rb'{"data": {"subscription": "users\ud800", "changes": []}}',
+    rb'{"data": {"subscription": "users\u0000", "changes": []}}',
+    rb'{"data": {"subscription": "users", "changes": [{"model": "a\udfff", "op": "x"}]}}',
+    rb'{"data": {"subscription": "users", "changes": [], "cursor": "\u0000"}}',
+    b'{"data": {"subscription": "\xed\xa0\x80"}}',
+    b'{"data": {"subscription": NaN}}',
+]
+
+
+def test_the_receiver_answers_400_to_a_lone_surrogate_or_a_nul(receiver):
+    for body in RECEIVER_SURROGATES_AND_NULS:
+        for headers in ({}, signed(body)):
             answer = receiver.put("", content=body, headers=headers)
-            error = assert_json_error(answer, 400, "invalid_body")
-            assert "nested more than 256 levels" in error["detail"]
+            assert_json_error(answer, 400, "invalid_body")
     assert receiver_urls.HANDLED == [] and not ReceivedBatch.objects.exists()
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        rb'{"data": {"subscription": "users\ud800", "changes": []}}',
-        rb'{"data": {"subscription": "users\u0000", "changes": []}}',
-        rb'{"data": {"subscription": "users", "changes": [{"model": "a\udfff", "op": "x"}]}}',
-        rb'{"data": {"subscription": "users", "changes": [], "cursor": "\u0000"}}',
-        b'{"data": {"subscription": "\xed\xa0\x80"}}',
-        b'{"data": {"subscription": NaN}}',
-    ],
-)
-def test_the_receiver_answers_400_to_a_lone_surrogate_or_a_nul(receiver, body):
-    for headers in ({}, signed(body)):
-        answer = receiver.put("", content=body, headers=headers)
+def test_the_receiver_answers_400_to_a_name_that_is_not_a_string(receiver):
+    for name in (7, ["users"], {"name": "users"}, None):
+        body = json.dumps({"data": {"subscription": name}}).encode()
+        assert_json_error(receiver.put("", content=body), 400, "invalid_body")
+
+
+def test_the_receiver_answers_400_to_a_signed_notification_of_the_wrong_shape(receiver):
+    shapes = [[1], ["insert"], [None], [{"op": "insert"}], [{"model": "auth.user", "op": 3}], {}]
+    for changes in shapes:
+        body = json.dumps(notification(changes=changes)).encode()
+        answer = receiver.put("", content=body, headers=signed(body))
         assert_json_error(answer, 400, "invalid_body")
-    assert receiver_urls.HANDLED == [] and not ReceivedBatch.objects.exists()
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        {"subscription": 7},
-        {"subscription": ["users"]},
-        {"subscription": {"name": "users"}},
-    ],
-)
-def test_the_receiver_answers_400_to_a_name_that_is_not_a_string(receiver, data):
-    body = json.dumps({"data": data}).encode()
-    assert_json_error(receiver.put("", content=body), 400, "invalid_body")
-
-
-@pytest.mark.parametrize(
-    "changes",
-    [[1], ["insert"], [None], [{"op": "insert"}], [{"model": "auth.user", "op": 3}], {"a": 1}],
-)
-def test_the_receiver_answers_400_to_a_signed_notification_of_the_wrong_shape(receiver, changes):
-    body = json.dumps(notification(changes=changes)).encode()
-    assert_json_error(receiver.put("", content=body, headers=signed(body)), 400, "invalid_body")
     assert receiver_urls.HANDLED == [] and not ReceivedBatch.objects.exists()
 
 
