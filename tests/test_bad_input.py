@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from pubsubpull import jsonbody
 from pubsubpull.api.auth import create_token
+from pubsubpull.api.responses import error_response
 from pubsubpull.client.models import ReceivedBatch, RemoteSubscription
 from pubsubpull.delivery.models import Subscription
 
@@ -143,6 +144,13 @@ def test_the_parser_names_what_is_wrong_and_where():
         jsonbody.loads(b"[[[[]]]]", max_depth=3)
     assert jsonbody.loads(b"[[[]]]", max_depth=3) == [[[]]]
     assert jsonbody.loads(rb'"\ud83d\ude00"') == "😀"  # a pair is a character
+
+
+def test_an_error_that_quotes_a_lone_surrogate_is_still_json():
+    """Defence in depth: a message echoing bad input is sent escaped, not a 500."""
+    response = error_response(400, "invalid_models", "not published: \ud800")
+    assert response.status_code == 400
+    assert json.loads(response.content)["detail"] == "not published: \ud800"
 
 
 # -- the receiver -------------------------------------------------------------

@@ -225,6 +225,25 @@ def test_the_examples_from_the_report_are_refused(allow):
             guard.check_url(url)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2130706433/",  # 127.0.0.1 as one number
+        "http://0x7f.1/",
+        "http://0177.0.0.1/",
+        "http://127.000.000.001/",
+        "http://2852039166/",  # 169.254.169.254
+        "http://[::ffff:7f00:1]/",
+        "http://[0:0:0:0:0:ffff:127.0.0.1]/",
+        "http://[fe80::1%25eth0]/",
+    ],
+)
+def test_other_spellings_of_a_refused_address_are_refused(allow, url):
+    """The system resolver turns numeric spellings into the address; the guard judges that."""
+    with pytest.raises(guard.CallbackRefused, match=r"not globally reachable|cloud metadata"):
+        guard.check_url(url)
+
+
 def test_a_teredo_server_that_is_not_public_is_refused(allow):
     # Server 10.0.0.1 (bits 32-63), client 93.184.215.14 flipped.
     address = ipaddress.IPv6Address(
