@@ -35,6 +35,7 @@ import psycopg
 from django.core.exceptions import ValidationError
 from django.db import connections, router
 
+from . import jsonbody
 from .feed import Position, fence_position
 from .jsonbody import unstorable
 from .registry import Registration, get_registration
@@ -183,8 +184,8 @@ def decode_after(registration: Registration, token: str) -> tuple[Any, str | Non
         after = raw[3:]
     elif raw.startswith("k2."):
         try:
-            after, until = json.loads(raw[3:])
-        except (ValueError, TypeError):
+            after, until = jsonbody.loads(raw[3:], max_depth=1)
+        except (jsonbody.InvalidJSON, ValueError, TypeError):  # a forged token
             after = None
         if not isinstance(after, str) or not isinstance(until, str):
             after = None
