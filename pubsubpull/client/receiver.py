@@ -48,8 +48,10 @@ from .source import Publisher, SourceError, request, split_source
 logger = logging.getLogger("pubsubpull.client")
 
 MAX_BODY = 50 * 1024 * 1024
-# Envelope, change and row: a column's JSON may nest this deep, less a few levels.
-MAX_DEPTH = 256
+# Envelope, change and row: a column's JSON may nest this deep, less a few
+# levels. Well below Python's recursion limit (about 1,000, less the stack of a
+# request), so deeper bodies are a 400 and never a RecursionError.
+MAX_DEPTH = 512
 
 
 def _error(status: int, code: str, detail: str) -> JsonResponse:
