@@ -236,7 +236,7 @@ def test_every_key_of_every_json_response_is_documented(settings):
     answer(
         fault,
         client.put(f"{api}/subscriptions/x/", b"[" * (1024 * 1024 + 1), "application/json"),
-        400,
+        413,
     )
     answer(
         fault,
