@@ -48,9 +48,12 @@ DEFAULTS: dict[str, Any] = {
     "TRUSTED_PROXY_COUNT": 1,
     # Subscriptions (pubsubpull.delivery). Times are in seconds.
     #
-    # Callbacks may not resolve to private, loopback, link-local, multicast
-    # or cloud-metadata addresses unless listed here, as host names
-    # ("billing.internal"), addresses or networks ("10.0.0.0/8").
+    # Callbacks may not resolve to an address the IANA special-purpose
+    # registries call not globally reachable (private, loopback, link-local,
+    # shared, documentation, ...), to multicast or cloud-metadata addresses,
+    # or to an IPv6 form (NAT64, 6to4, Teredo, IPv4-mapped) of one, unless
+    # listed here: host names ("billing.internal"), addresses or networks
+    # ("10.0.0.0/8"; an IPv4 network covers its addresses inside IPv6 forms).
     "CALLBACK_ALLOW": [],
     # Changes per PUT unless a subscription asks for another batch_size.
     "BATCH_SIZE": 100,

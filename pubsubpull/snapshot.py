@@ -35,7 +35,9 @@ import psycopg
 from django.core.exceptions import ValidationError
 from django.db import connections, router
 
+from . import jsonbody
 from .feed import Position, fence_position
+from .jsonbody import unstorable
 from .registry import Registration, get_registration
 
 # One template for every model; {names} are quoted identifiers and SQL
@@ -182,8 +184,8 @@ def decode_after(registration: Registration, token: str) -> tuple[Any, str | Non
         after = raw[3:]
     elif raw.startswith("k2."):
         try:
-            after, until = json.loads(raw[3:])
-        except (ValueError, TypeError):
+            after, until = jsonbody.loads(raw[3:], max_depth=1)
+        except (jsonbody.InvalidJSON, ValueError, TypeError):  # a forged token
             after = None
         if not isinstance(after, str) or not isinstance(until, str):
             after = None
@@ -204,7 +206,7 @@ def to_pk(registration: Registration, text: str, error: type[Exception] = Lookup
         raise error(f"{text!r} is not a primary key of {registration.label}.") from exc
     if isinstance(value, int) and not -(2**63) <= value < 2**63:
         raise error(f"{text!r} is not a primary key of {registration.label}.")
-    if isinstance(value, str) and "\x00" in value:
+    if isinstance(value, str) and unstorable(value):  # a NUL or a lone surrogate
         raise error(f"{text!r} is not a primary key of {registration.label}.")
     return value
 

@@ -236,7 +236,7 @@ def test_every_key_of_every_json_response_is_documented(settings):
     answer(
         fault,
         client.put(f"{api}/subscriptions/x/", b"[" * (1024 * 1024 + 1), "application/json"),
-        400,
+        413,
     )
     answer(
         fault,
@@ -400,8 +400,8 @@ def test_every_setting_has_a_description_of_its_own():
 
 @pytest.mark.django_db(transaction=True)
 def test_the_statuses_the_subscription_docs_give_are_what_a_bad_put_gets():
-    """docs/subscriptions.rst: a body over 1 MiB, a body that is not JSON and a
-    model that is not published are 400s with those codes, and change nothing."""
+    """docs/subscriptions.rst: a body over 1 MiB is a 413, a body that is not JSON and a
+    model that is not published are 400s with those codes, and none changes anything."""
     from django.test import Client
 
     _, token = create_token("docs", ["*"])
@@ -411,7 +411,7 @@ def test_the_statuses_the_subscription_docs_give_are_what_a_bad_put_gets():
 
     padded = json.dumps({**good, "pad": " " * (1024 * 1024)})
     answer = client.put(url, padded, "application/json")
-    assert (answer.status_code, answer.json()["error"]) == (400, "body_too_large")
+    assert (answer.status_code, answer.json()["error"]) == (413, "body_too_large")
 
     answer = client.put(url, "{not json", "application/json")
     assert (answer.status_code, answer.json()["error"]) == (400, "invalid_json")
@@ -422,8 +422,12 @@ def test_the_statuses_the_subscription_docs_give_are_what_a_bad_put_gets():
 
     assert not Subscription.objects.exists()
     docs = section("docs/subscriptions.rst", "Subscribing")
-    for code in ("body_too_large", "invalid_json", "invalid_subscription"):
-        assert re.search(rf"``400``[^.]*?\(``{code}``\)", re.sub(r"\s+", " ", docs)), code
+    for status, code in (
+        (413, "body_too_large"),
+        (400, "invalid_json"),
+        (400, "invalid_subscription"),
+    ):
+        assert re.search(rf"``{status}``[^.]*?\(``{code}``\)", re.sub(r"\s+", " ", docs)), code
     assert "not published models: shop.invoice" in re.sub(r"\s+", " ", docs)
 
 

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import decimal
+import json
+from urllib.parse import quote
 
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from openapi_spec_validator import validate
+from schemathesis.core import NotSet
 
 from customers.models import Contract, Country, Customer
 from pubsubpull import feed
 from pubsubpull.api.auth import create_token
+
+from . import poison
 
 # ledger.entry is published from the second database ("other").
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 
 # Bounded: the whole fuzz run stays within a few seconds.
 EXAMPLES_PER_OPERATION = 25
+POISONED_PER_OPERATION = 15
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -118,5 +125,71 @@ def test_fuzzing_finds_no_server_error_and_no_schema_violation(server):
         try:
             check()
         except Exception as exc:  # collect them all, then fail with every message
+            failures.append(f"{operation.label}: {exc}")
+    assert not failures, "\n\n".join(failures)
+
+
+def _poisoned_request(case, data) -> tuple[str, str, bytes | None]:
+    """The case as (method, path with query, body), one of its inputs poisoned."""
+    targets = [("path", name) for name in case.path_parameters or {}]
+    targets += [("query", name) for name in case.query or {}] + [("query", "x")]
+    if not isinstance(case.body, NotSet) and data.draw(st.booleans()):
+        where, name = "body", None  # half the cases of an operation that takes a body
+    else:
+        where, name = data.draw(st.sampled_from(targets))
+
+    def url_value(kind: str, key: str, value) -> str:
+        if (kind, key) == (where, name):
+            return poison.poisoned_url_value(data, value)
+        return quote(str(value), safe="")
+
+    path = case.path
+    for key, value in (case.path_parameters or {}).items():
+        path = path.replace("{" + key + "}", url_value("path", key, value))
+    query = dict(case.query or {})
+    if where == "query":
+        query.setdefault(name, "")
+    pairs = []
+    for key, value in query.items():
+        for item in value if isinstance(value, list) else [value]:
+            pairs.append(f"{quote(key, safe='')}={url_value('query', key, item)}")
+    if pairs:
+        path += "?" + "&".join(pairs)
+    body = None
+    if not isinstance(case.body, NotSet):
+        poisoned = where == "body"
+        body = poison.poisoned_body(data, case.body) if poisoned else json.dumps(case.body).encode()
+    return case.method.upper(), path, body
+
+
+def test_lone_surrogates_nuls_and_deep_nesting_in_any_input_are_4xx_json(server):
+    """What schemathesis never draws (its strings are encodable text, its bodies as deep
+    as the schema), put into every path parameter, query parameter and body."""
+    schema = schemathesis.openapi.from_dict(server.get("/openapi.json").json())
+    failures = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy(), data=st.data())
+        @settings(
+            max_examples=POISONED_PER_OPERATION,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            phases=[Phase.generate],  # no shrinking: the message shows the request
+        )
+        def check(case, data):
+            method, path, body = _poisoned_request(case, data)
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            url = str(server.base_url).rstrip("/") + path
+            answer = server.request(method, url, content=body, headers=headers)
+            assert answer.status_code < 500, (method, path, body and body[:200], answer.text)
+            if answer.status_code >= 400:
+                assert answer.headers["Content-Type"] == "application/json", answer.text
+                assert answer.json()["status"] == answer.status_code
+
+        try:
+            check()
+        except Exception as exc:
             failures.append(f"{operation.label}: {exc}")
     assert not failures, "\n\n".join(failures)

@@ -204,17 +204,17 @@ def test_bad_bodies_are_400_and_create_nothing(billing, receiver, payload, field
 
 @pytest.mark.django_db  # nothing to commit: validation only
 @pytest.mark.parametrize(
-    "text, code",
+    "text, status, code",
     [
-        ("{not json", "invalid_json"),
-        ("", "invalid_json"),
-        (b"\xff\xfe", "invalid_json"),
-        ('{"callback": "' + "a" * (1024 * 1024) + '"}', "body_too_large"),
+        ("{not json", 400, "invalid_json"),
+        ("", 400, "invalid_json"),
+        (b"\xff\xfe", 400, "invalid_json"),
+        ('{"callback": "' + "a" * (1024 * 1024) + '"}', 413, "body_too_large"),
     ],
 )
-def test_unreadable_or_huge_bodies_are_400(billing, text, code):
+def test_unreadable_bodies_are_400_and_huge_ones_413(billing, text, status, code):
     response = billing.put(text)
-    assert response.status_code == 400
+    assert response.status_code == status
     assert response.json()["error"] == code
     assert not Subscription.objects.exists()
 

@@ -10,9 +10,13 @@ from django.db import transaction
 from django.http import HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from .. import jsonbody
 from . import auth
 
 JSON = "application/json"
+
+#: The largest request body the API reads (subscription bodies are a few hundred bytes).
+MAX_BODY = 1024 * 1024
 
 
 class ApiError(Exception):
@@ -28,7 +32,31 @@ class ApiError(Exception):
 
 def json_response(data: Any, status: int = 200, **headers: str) -> HttpResponse:
     body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return raw_json_response(body, status, **headers)
+    try:
+        encoded = body.encode()
+    except UnicodeEncodeError:  # a lone surrogate got this far: send it escaped
+        encoded = json.dumps(data, separators=(",", ":")).encode()
+    return raw_json_response(encoded, status, **headers)
+
+
+def json_body(request, example: str, *, max_bytes: int = MAX_BODY) -> Any:
+    """The request's JSON body, or an :class:`ApiError` saying what is wrong with it.
+
+    413 over ``max_bytes``; 400 for a body that is not UTF-8 JSON, is nested
+    too deep, or holds a NUL or a lone surrogate (see :mod:`pubsubpull.jsonbody`).
+    ``example`` shows the caller what a good body looks like.
+    """
+    length = request.headers.get("Content-Length") or "0"
+    too_large = ApiError(413, "body_too_large", f"The body must be at most {max_bytes} bytes.")
+    if not length.isascii() or not length.isdigit() or int(length) > max_bytes:
+        raise too_large
+    body = request.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise too_large
+    try:
+        return jsonbody.loads(body)
+    except jsonbody.InvalidJSON as exc:
+        raise ApiError(400, "invalid_json", f"{exc}. The body must be JSON: {example}") from None
 
 
 def raw_json_response(body: str | bytes, status: int = 200, **headers: str) -> HttpResponse:

@@ -8,19 +8,19 @@ saying what was wrong with which field, and nothing is created or changed.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
+from django.urls import reverse
 from django.utils import timezone
 
 from .. import feed
 from ..delivery import subscriptions
 from ..delivery.models import Attempt, Subscription
-from .responses import ApiError, endpoint, json_response
+from .responses import ApiError, endpoint, json_body, json_response
 
-MAX_BODY = 1024 * 1024
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_EXAMPLE = '{"callback": "https://…", "models": ["app.model"]}.'
 
 
 def owner_of(caller) -> str:
@@ -78,8 +78,9 @@ def describe(subscription: Subscription, request=None) -> dict[str, Any]:
         ),
         "created": subscription.created.isoformat(),
     }
-    if request is not None:
-        data["url"] = request.build_absolute_uri()
+    if request is not None:  # its own URL, whatever query the request had
+        path = reverse("pubsubpull:subscription", args=[subscription.name])
+        data["url"] = request.build_absolute_uri(path)
     return data
 
 
@@ -94,23 +95,6 @@ def _name(name: str) -> str:
     return name
 
 
-def _body(request) -> Any:
-    length = request.headers.get("Content-Length") or "0"
-    if not length.isdigit() or int(length) > MAX_BODY:
-        raise ApiError(400, "body_too_large", f"The body must be at most {MAX_BODY} bytes.")
-    body = request.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
-        raise ApiError(400, "body_too_large", f"The body must be at most {MAX_BODY} bytes.")
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
-        raise ApiError(
-            400,
-            "invalid_json",
-            'The body must be a JSON object: {"callback": "https://…", "models": ["app.model"]}.',
-        ) from None
-
-
 def _own(caller, name: str) -> Subscription:
     found = Subscription.objects.filter(owner=owner_of(caller), name=name).first()
     if found is None:
@@ -122,10 +106,7 @@ def _own(caller, name: str) -> Subscription:
 def collection(request, caller):
     """The caller's subscriptions."""
     owned = Subscription.objects.filter(owner=owner_of(caller)).order_by("name")
-    base = request.build_absolute_uri()
-    return json_response(
-        {"subscriptions": [{**describe(s), "url": f"{base}{s.name}/"} for s in owned]}
-    )
+    return json_response({"subscriptions": [describe(s, request) for s in owned]})
 
 
 @endpoint("GET", "PUT", "DELETE")
@@ -142,7 +123,7 @@ def subscription(request, caller, name):
         return response
 
     owner = owner_of(caller)
-    data = _body(request)
+    data = json_body(request, _EXAMPLE)
     try:
         result = subscriptions.subscribe(owner, name, data, may_read=caller.can_read)
     except subscriptions.InvalidSubscription as exc:
@@ -328,9 +309,11 @@ PATHS: dict[str, Any] = {
                 "201": _subscription_response("Created; the body carries the secret."),
                 "400": _error(
                     "Nothing was changed: the body is invalid (invalid_subscription, with "
-                    "fields; a model that is not published included), not JSON "
-                    "(invalid_json) or over 1 MiB (body_too_large), or the name is invalid."
+                    "fields; a model that is not published included), is not UTF-8 JSON, "
+                    "nests over 64 levels or holds a NUL or a lone surrogate (invalid_json), "
+                    "or the name is invalid."
                 ),
+                "413": _error("The body is over 1 MiB (body_too_large); nothing was changed."),
                 **_COMMON,
             },
         },

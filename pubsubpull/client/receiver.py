@@ -25,7 +25,6 @@ answers 500, so the publisher sends the same batch again.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from datetime import timedelta
@@ -39,7 +38,7 @@ from django.views.decorators.csrf import csrf_exempt
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from .. import conf
+from .. import conf, jsonbody
 from ..feed import InvalidCursor, Position
 from .events import Event
 from .models import ReceivedBatch, RemoteSubscription
@@ -49,10 +48,18 @@ from .source import Publisher, SourceError, request, split_source
 logger = logging.getLogger("pubsubpull.client")
 
 MAX_BODY = 50 * 1024 * 1024
+# Envelope, change and row: a column's JSON may nest this deep, less a few
+# levels. Well below Python's recursion limit (about 1,000, less the stack of a
+# request), so deeper bodies are a 400 and never a RecursionError.
+MAX_DEPTH = 512
 
 
 def _error(status: int, code: str, detail: str) -> JsonResponse:
     return JsonResponse({"status": status, "error": code, "detail": detail}, status=status)
+
+
+def _is_change(item: Any) -> bool:
+    return isinstance(item, dict) and all(isinstance(item.get(k), str) for k in ("model", "op"))
 
 
 def _position(cursor: str | None) -> Position | None:
@@ -115,11 +122,17 @@ class Receiver(View):
         if not length.isdigit() or int(length) > MAX_BODY:
             return _error(413, "body_too_large", f"The body must be at most {MAX_BODY} bytes.")
         body = request.body
+        try:
+            envelope = jsonbody.loads(body, max_depth=MAX_DEPTH)
+        except jsonbody.InvalidJSON as e:
+            return _error(400, "invalid_body", f"The body is not a pubsubpull notification: {e}.")
         name = self.subscription
         if name is None:
             try:
-                name = json.loads(body)["data"]["subscription"]
-            except (ValueError, KeyError, TypeError):
+                name = envelope["data"]["subscription"]
+            except (KeyError, TypeError):
+                name = None
+            if not isinstance(name, str):
                 return _error(400, "invalid_body", "The body is not a pubsubpull notification.")
         # Two publishers, or two of our tokens at one publisher, may each have a
         # subscription of this name: the one whose secret signs is the one.
@@ -132,10 +145,10 @@ class Receiver(View):
                 "pubsubpull.subscribe(), which stores the secret to verify with.",
             )
         headers = {k.lower(): v for k, v in request.headers.items()}
-        verified, payload, reason = None, None, ""
+        verified, reason = None, ""
         for candidate in candidates:
             try:
-                payload = Webhook(candidate.secret).verify(body, headers)
+                Webhook(candidate.secret).verify(body, headers)
                 verified = candidate
                 break
             # verify() raises ValueError (not WebhookVerificationError) on a
@@ -151,12 +164,12 @@ class Receiver(View):
             )
             return _error(401, "invalid_signature", f"The signature does not verify: {reason}.")
         try:
-            data = payload["data"]
+            data = envelope["data"]
             changes = data["changes"]
             cursor = data.get("cursor")
-            if not isinstance(changes, list):
+            if not isinstance(changes, list) or not all(_is_change(c) for c in changes):
                 raise TypeError
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, AttributeError):
             return _error(400, "invalid_body", "The body is not a pubsubpull notification.")
 
         try:
