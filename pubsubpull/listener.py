@@ -495,3 +495,14 @@ def stop() -> None:
         found.stop()
     if pool is not None:
         pool.shutdown(wait=True)
+
+
+def waiting() -> int:
+    """How many long polls wait in this process (for metrics and tests)."""
+    with _lock:
+        hubs = list(_hubs.values())
+    total = 0
+    for found in hubs:
+        with found.condition:
+            total += sum(len(group.waiters) for group in found.groups.values())
+    return total
