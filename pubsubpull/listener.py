@@ -24,6 +24,7 @@ that did not see the arm sends no notification).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import contextlib
 import logging
@@ -190,6 +191,40 @@ class _Group:
     @property
     def key(self) -> tuple:
         return (self.after, self.models, self.limit)
+
+
+def _furthest(empty: list[tuple[_Group, feed.Position]]) -> list[tuple[_Group, feed.Position]]:
+    """Where each group that read nothing may go on from: as far as any read reached.
+
+    A read from ``after`` that found nothing up to ``next`` proves there is
+    nothing (of those models) in ``(after, next]``. Group i read nothing up
+    to next_i; if group j read from after_j <= next_i and found nothing up to
+    next_j, there is nothing up to next_j for group i either. So groups that
+    read the same models at slightly different cursors (clients arriving
+    between two reads, the fence moving as other transactions end) come
+    together on one cursor and share their reads from then on. A cursor
+    ahead of every fence (a client's, say) proves nothing for the others.
+    """
+    buckets: dict[tuple, list[tuple[_Group, feed.Position]]] = {}
+    for group, following in empty:
+        buckets.setdefault((group.models, group.limit), []).append((group, following))
+    moved = []
+    for members in buckets.values():
+        if len(members) == 1:
+            moved += members
+            continue
+        # Reads ordered by where they started; the furthest next among those
+        # that started at or before a position, by bisection.
+        reads = sorted(members, key=lambda m: m[0].after or feed.START)
+        starts = [m[0].after or feed.START for m in reads]
+        reach, furthest = [], feed.START
+        for _, following in reads:
+            furthest = max(furthest, following)
+            reach.append(furthest)
+        for group, following in members:
+            i = bisect.bisect_right(starts, following) - 1
+            moved.append((group, max(following, reach[i]) if i >= 0 else following))
+    return moved
 
 
 # -- The listener ----------------------------------------------------------------
@@ -382,6 +417,7 @@ class _Hub:
         outcomes = [(group, future.result()) for group, future in reads]
         fences = []
         held_back = False
+        empty: list[tuple[_Group, feed.Position]] = []
         with self.condition:
             self.last_busy = time.monotonic()
             for group, outcome in outcomes:
@@ -392,15 +428,16 @@ class _Hub:
                 if not isinstance(outcome, feed.Page) or outcome.changes:
                     self._settle(group.waiters, outcome)
                     continue
-                # Nothing yet: the group goes on from the page's next, with
-                # any group already waiting there.
-                group.after = outcome.next
+                # Nothing yet: the group goes on from the page's next.
                 fences.append(outcome.fence)
                 held_back = held_back or outcome.held_back
+                empty.append((group, outcome.next))
+            for group, following in _furthest(empty):
+                group.after = following
                 other = self.groups.get(group.key)
                 if other is None:
                     self.groups[group.key] = group
-                else:
+                else:  # with the group already waiting there: one read for both
                     for waiter in group.waiters:
                         waiter.group = other
                     other.waiters |= group.waiters

@@ -12,7 +12,10 @@ import json
 
 from django.core.asgi import get_asgi_application
 
-service = get_asgi_application()
+from pubsubpull.asgi import long_polls
+
+# As the docs tell a service to: long polls share one thread.
+service = long_polls(get_asgi_application())
 
 
 async def application(scope, receive, send):

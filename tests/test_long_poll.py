@@ -120,9 +120,12 @@ def asgi():
             except httpx.TransportError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     process.kill()
-                    raise AssertionError(f"uvicorn did not start:\n{process.communicate()[0]}")
+                    output = process.communicate()[0]
+                    raise AssertionError(f"uvicorn did not start:\n{output}") from None
                 time.sleep(0.2)
-        yield Server(url, app, waiting)
+        server = Server(url, app, waiting)
+        server.pid = process.pid
+        yield server
     finally:
         process.terminate()
         try:
@@ -262,6 +265,54 @@ def test_clients_that_hang_up_free_their_place(asgi, token):
     asyncio.run(scenario())
 
 
+def _threads(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Threads:")).split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="counts threads in /proc")
+def test_under_asgi_waiting_polls_hold_no_thread(asgi, token):
+    """A waiting poll is a coroutine: no thread, no connection (pubsubpull.asgi.long_polls).
+
+    Without the wrapper Django parks a thread per request: 40 polls, 46 threads.
+    """
+    polls = 40
+    cursor = _head(asgi, token)
+    # One poll first, so the process's listener and readers run before counting.
+    warm = httpx.get(
+        f"{asgi.url}/pubsubpull/changes/",
+        params={"models": "customers.customer", "after": cursor, "wait": 0.5},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+    assert warm.status_code == 200
+    before = _threads(asgi.pid)
+
+    async def scenario():
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(limits=limits, headers=headers, timeout=120) as client:
+            tasks = [
+                asyncio.create_task(
+                    client.get(
+                        f"{asgi.url}/pubsubpull/changes/",
+                        params={"models": "customers.customer", "after": cursor, "wait": 60},
+                    )
+                )
+                for _ in range(polls)
+            ]
+            await _until(lambda: asgi.waiting() == polls, what=f"{polls} polls waiting")
+            held = (_threads(asgi.pid), asgi.connections())
+            await asyncio.to_thread(_insert, "woken")
+            return held, await asyncio.gather(*tasks)
+
+    (threads, held), answers = asyncio.run(scenario())
+    # Django starts a thread to close each finished response; a few may linger.
+    assert threads <= before + 3, f"{polls} waiting polls: {before} threads became {threads}"
+    assert held <= BOUND
+    assert all(r.status_code == 200 and r.json()["changes"] for r in answers)
+
+
 def test_a_bad_cursor_on_a_long_poll_is_answered_at_once(server, token):
     started = time.monotonic()
     response = httpx.get(
@@ -305,3 +356,24 @@ def test_a_waiter_in_a_thread_is_woken_too():
     page = feed.wait_for_changes(head, models=["customers.customer"], timeout=30)
     timer.join()
     assert [c.new["name"] for c in page.changes] == ["late"]
+
+
+def test_a_cursor_from_the_future_does_not_carry_other_waiters_past_a_change():
+    """Waiters at nearby cursors come together on one; a forged cursor ahead drags no one."""
+    head = feed.read_changes(None, limit=1000).next
+    future = feed.Position(head.txid + 10**9, 0)
+
+    async def scenario():
+        waits = [
+            asyncio.create_task(feed.await_changes(after, 100, ["customers.customer"], timeout=60))
+            for after in (head, future, head)
+        ]
+        await _until(lambda: listener.waiting() == 3, what="3 waiters")
+        await asyncio.sleep(0.5)  # a few reads while nothing happens
+        await asyncio.to_thread(_insert, "news")
+        return await asyncio.gather(*waits[::2]), waits[1]
+
+    (first, second), ahead = asyncio.run(scenario())
+    assert [c.new["name"] for c in first.changes] == ["news"]
+    assert first is second
+    assert ahead.cancelled() or ahead.result().changes == []

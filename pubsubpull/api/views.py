@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 from urllib.parse import quote, urlencode
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import AsyncToSync, SyncToAsync, sync_to_async
 from django.db import connection, connections
 from django.db.transaction import non_atomic_requests
 from django.http import HttpResponse
@@ -325,13 +325,28 @@ def _release_connections() -> None:
             connection_.close()
 
 
+def _request_has_a_thread() -> bool:
+    """Whether this request's thread-sensitive code runs on a thread that exists.
+
+    Under WSGI it is the server's thread for the request; under ASGI Django
+    starts one per request for sync middleware (MiddlewareMixin). Only such
+    a thread can hold a connection of this request; when there is none (ASGI
+    with async middleware), asking for one would start a thread to no end.
+    """
+    if getattr(AsyncToSync.executors, "current", None) is not None:
+        return True
+    context = SyncToAsync.thread_sensitive_context.get(None)
+    return context is not None and context in SyncToAsync.context_to_thread_executor
+
+
 async def changes(request):
     """The gap-free change feed. An async view: a long poll holds no thread while it
     waits (under ASGI), nor a database connection (under WSGI and ASGI)."""
     if not _waits(request):
         # A plain read, on the request's own connection as in any view.
         return await sync_to_async(_changes, thread_sensitive=True)(request)
-    await sync_to_async(_release_connections, thread_sensitive=True)()
+    if _request_has_a_thread():
+        await sync_to_async(_release_connections, thread_sensitive=True)()
     # Authenticate and validate on the feed's reader threads, so a burst of
     # new polls opens no connection each.
     readers = listener.readers()

@@ -1,0 +1,59 @@
+"""Serve long polls under ASGI without a thread per waiting request.
+
+Django's ASGI handler gives every request a thread of its own for its
+synchronous parts (the ``request_started`` receivers, each ``MiddlewareMixin``
+middleware, closing the response), started with the request and kept until
+it ends. For a long poll that waits 30 seconds that is a parked thread per
+waiting client, and a thread started and joined per poll. Wrap the
+application so that long polls share one such thread instead (their own
+reads run on the change feed's reader threads anyway)::
+
+    # asgi.py
+    from django.core.asgi import get_asgi_application
+
+    from pubsubpull.asgi import long_polls
+
+    application = long_polls(get_asgi_application())
+
+Every other request is served exactly as before.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+from urllib.parse import parse_qsl
+
+from asgiref.sync import ThreadSensitiveContext
+
+
+def is_long_poll(scope: dict[str, Any]) -> bool:
+    """Whether an ASGI request is a change feed request that asks to wait."""
+    if scope.get("type") != "http" or not scope.get("path", "").endswith("/changes/"):
+        return False
+    query = scope.get("query_string", b"").decode("latin-1")
+    for name, value in parse_qsl(query):
+        if name == "wait":
+            try:
+                return float(value) > 0
+            except ValueError:
+                return False
+    return False
+
+
+def long_polls(application):
+    """Wrap a Django ASGI application: long polls share one thread for their sync parts."""
+    # One thread, as Django gives each request one: their sync parts (signal
+    # receivers, middleware) are short and run one at a time, in order.
+    executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="pubsubpull-long-polls"
+    )
+
+    async def wrapped(scope, receive, send):
+        if is_long_poll(scope):
+            # Django's own per-request context then defers to this one.
+            async with ThreadSensitiveContext(executor=executor):
+                return await application(scope, receive, send)
+        return await application(scope, receive, send)
+
+    return wrapped
