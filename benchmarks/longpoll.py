@@ -180,7 +180,7 @@ class Server:
         bind = ["--bind", f"127.0.0.1:{self.port}"]
         if kind == "asgi":
             args = [
-                "-m", "uvicorn", "--factory", "django.core.asgi:get_asgi_application",
+                "-m", "uvicorn", "--factory", "benchmarks.longpoll_app:asgi",
                 "--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "off",
                 "--no-access-log", "--log-level", "warning", "--backlog", "4096",
                 "--timeout-keep-alive", "120",
@@ -191,7 +191,7 @@ class Server:
                 "-m", "gunicorn", *bind, "--worker-class", "gthread", "--workers", "1",
                 "--threads", str(polls + 50), "--worker-connections", str(2 * polls + 100),
                 "--backlog", "4096", "--keep-alive", "120", "--timeout", "300",
-                "--log-level", "warning", "django.core.wsgi:get_wsgi_application()",
+                "--log-level", "warning", "benchmarks.longpoll_app:wsgi()",
             ]  # fmt: skip
         self.process = subprocess.Popen([sys.executable, *args], env=env, cwd=ROOT)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -209,6 +209,12 @@ class Server:
         import httpx
 
         return httpx.get(f"{self.url}/_bench/waiting", timeout=30).json()["waiting"]
+
+    def sent(self) -> list[float]:
+        """When the server handed each long poll's response over, since last asked."""
+        import httpx
+
+        return httpx.get(f"{self.url}/_bench/sent", timeout=30).json()
 
     def stop(self) -> None:
         self.process.terminate()
@@ -267,6 +273,7 @@ def run(kind: str, args, token: str, conninfo: str) -> dict:
         for share in shares
     ]
     latencies: list[float] = []
+    server_side: list[float] = []
     errors: list[str] = []
     error_count = 0
     sampler = None
@@ -286,6 +293,7 @@ def run(kind: str, args, token: str, conninfo: str) -> dict:
                         raise RuntimeError(f"only {server.waiting()} polls waiting after 120 s")
                     time.sleep(0.05)
                 time.sleep(0.5)  # all of them settled in their wait
+                server.sent()  # forget the polls that answered before this round
                 w.execute(INSERT, [name])
                 committed = time.monotonic()
                 cursors = set()
@@ -295,6 +303,7 @@ def run(kind: str, args, token: str, conninfo: str) -> dict:
                     errors += result["errors"]
                     error_count += result["error_count"]
                     cursors.add(result["cursor"])
+                server_side += [at - committed for at in server.sent()]
                 if len(cursors) != 1 or None in cursors:
                     raise RuntimeError(f"round {n}: errors {errors[:5]}")
                 (cursor,) = cursors
@@ -306,15 +315,22 @@ def run(kind: str, args, token: str, conninfo: str) -> dict:
             process.wait(60)
         server.stop()
     latencies.sort()
+    server_side.sort()
     return {
         "polls": len(latencies),
         "errors": error_count,
         "error_sample": errors[:3],
         "peak_connections": peak,
         "p50": statistics.median(latencies),
-        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "p99": _p99(latencies),
         "max": latencies[-1],
+        "server_p50": statistics.median(server_side),
+        "server_p99": _p99(server_side),
     }
+
+
+def _p99(values: list[float]) -> float:
+    return values[min(len(values) - 1, int(len(values) * 0.99))]
 
 
 def _head(url: str, token: str) -> str:
@@ -362,13 +378,17 @@ def main() -> None:
         f"{args.middleware} middleware, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f} at start"
     )
-    print(f"{'server':<22} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>7} {'conns':>6}")
+    print(
+        f"{'server':<24} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>7} {'conns':>6}"
+        f"   {'sent p50':>8} {'sent p99':>8}"
+    )
     labels = {"asgi": "ASGI (uvicorn)", "wsgi": "WSGI (gunicorn gthread)"}
     for kind in args.servers:
         result = run(kind, args, token, conninfo)
         print(
-            f"{labels[kind]:<22} {result['p50'] * 1000:>7.1f} {result['p99'] * 1000:>7.1f} "
+            f"{labels[kind]:<24} {result['p50'] * 1000:>7.1f} {result['p99'] * 1000:>7.1f} "
             f"{result['max'] * 1000:>7.1f} {result['errors']:>7} {result['peak_connections']:>6}"
+            f"   {result['server_p50'] * 1000:>8.1f} {result['server_p99'] * 1000:>8.1f}"
         )
         if result["error_sample"]:
             print("   errors:", result["error_sample"])

@@ -202,6 +202,9 @@ class Page:
 
     # The changes as JSON text, rendered once however many long polls serve them.
     _changes_json: str | None = field(default=None, repr=False, compare=False)
+    # For renderers of a page that answers many requests (the HTTP view's
+    # bodies by URL); shared by whoever the page is handed to.
+    rendered: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def caught_up(self) -> bool:

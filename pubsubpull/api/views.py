@@ -294,16 +294,22 @@ def _changes(request, caller):
 
 
 def _page(request, page: feed.Page) -> HttpResponse:
-    cursor = page.next.encode()
     filter_ = request.GET.get("models")
-    next_url = _url(
-        request, "changes", after=cursor, limit=request.GET.get("limit") or None, models=filter_
-    )
-    # Each change is rendered from the JSON text PostgreSQL stored, once per
-    # page however many long polls it answers.
-    tail = json.dumps({"cursor": cursor, "next": next_url}, ensure_ascii=False)
-    body = '{"changes":' + page.changes_json() + "," + tail[1:]
-    return raw_json_response(body, Link=_link(next_url))
+    limit = request.GET.get("limit") or None
+    # A page woken for many long polls answers them all with the same body:
+    # render it once per URL it links to (the raw Host header is part of the
+    # key, so a host that fails validation never reaches a cached body).
+    key = (request.scheme, request.META.get("HTTP_HOST"), request.path, filter_, limit)
+    cached = page.rendered.get(key)
+    if cached is None:
+        cursor = page.next.encode()
+        next_url = _url(request, "changes", after=cursor, limit=limit, models=filter_)
+        # Each change is rendered from the JSON text PostgreSQL stored.
+        tail = json.dumps({"cursor": cursor, "next": next_url}, ensure_ascii=False)
+        body = ('{"changes":' + page.changes_json() + "," + tail[1:]).encode()
+        cached = page.rendered[key] = (body, _link(next_url))
+    body, link = cached
+    return raw_json_response(body, Link=link)
 
 
 def _waits(request) -> bool:
