@@ -85,27 +85,34 @@ def client(url: str, token: str, polls: int) -> None:
     import httpx
 
     async def main() -> None:
-        limits = httpx.Limits(max_connections=polls, max_keepalive_connections=polls)
         headers = {"Authorization": f"Bearer {token}"}
         timeout = httpx.Timeout(120, pool=120)
-        async with httpx.AsyncClient(limits=limits, headers=headers, timeout=timeout) as http:
-            loop = asyncio.get_running_loop()
+        # A client (so a connection pool) per poll, as each long-polling
+        # service has its own: one pool of a thousand connections would
+        # measure httpcore's pool bookkeeping, not the server.
+        https = [
+            httpx.AsyncClient(headers=headers, timeout=timeout, base_url=url) for _ in range(polls)
+        ]
+        loop = asyncio.get_running_loop()
+        try:
             while True:
                 line = await loop.run_in_executor(None, sys.stdin.readline)
                 if not line.strip():
                     return
                 cursor, name = line.split()
 
-                async def poll(cursor=cursor, name=name) -> tuple[float, str | None, str | None]:
+                async def poll(
+                    http: httpx.AsyncClient, cursor=cursor, name=name
+                ) -> tuple[float, str | None, str | None]:
                     try:
                         response = await http.get(
-                            f"{url}/pubsubpull/changes/",
+                            "/pubsubpull/changes/",
                             params={"models": "customers.customer", "after": cursor, "wait": 30},
                         )
+                        at = time.monotonic()
                         body = response.json()
                     except Exception as exc:
                         return time.monotonic(), f"{type(exc).__name__}: {exc}", None
-                    at = time.monotonic()
                     if response.status_code != 200:
                         return at, f"HTTP {response.status_code}", None
                     got = [c["new"]["name"] for c in body["changes"]]
@@ -113,7 +120,7 @@ def client(url: str, token: str, polls: int) -> None:
                         return at, f"served {got}, not [{name!r}]", None
                     return at, None, body["cursor"]
 
-                results = await asyncio.gather(*[poll() for _ in range(polls)])
+                results = await asyncio.gather(*[poll(http) for http in https])
                 errors = [e for _, e, _ in results if e]
                 cursors = {c for _, _, c in results if c}
                 print(
@@ -127,6 +134,9 @@ def client(url: str, token: str, polls: int) -> None:
                     ),
                     flush=True,
                 )
+        finally:
+            for http in https:
+                await http.aclose()
 
     asyncio.run(main())
 
@@ -152,6 +162,19 @@ def setup_database() -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
     call_command("migrate", verbosity=0)
+
+
+def drop_database() -> None:
+    import psycopg
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    admin = psycopg.connect(
+        host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname="postgres",
+        password=db["PASSWORD"] or None, autocommit=True,
+    )  # fmt: skip
+    with admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{db["NAME"]}" WITH (FORCE)')
 
 
 def dsn() -> str:
@@ -356,6 +379,7 @@ def main() -> None:
     parser.add_argument("--servers", nargs="+", default=["asgi", "wsgi"])
     parser.add_argument("--middleware", choices=["full", "api"], default="full")
     parser.add_argument("--quick", action="store_true", help="100 polls, 2 rounds")
+    parser.add_argument("--keep", action="store_true", help="keep the database at the end")
     parser.add_argument("--client", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     raise_file_limit()
@@ -383,17 +407,24 @@ def main() -> None:
         f"   {'sent p50':>8} {'sent p99':>8}"
     )
     labels = {"asgi": "ASGI (uvicorn)", "wsgi": "WSGI (gunicorn gthread)"}
-    for kind in args.servers:
-        result = run(kind, args, token, conninfo)
-        print(
-            f"{labels[kind]:<24} {result['p50'] * 1000:>7.1f} {result['p99'] * 1000:>7.1f} "
-            f"{result['max'] * 1000:>7.1f} {result['errors']:>7} {result['peak_connections']:>6}"
-            f"   {result['server_p50'] * 1000:>8.1f} {result['server_p99'] * 1000:>8.1f}"
-        )
-        if result["error_sample"]:
-            print("   errors:", result["error_sample"])
-        sys.stdout.flush()
+    try:
+        for kind in args.servers:
+            report(labels[kind], run(kind, args, token, conninfo))
+    finally:
+        if not args.keep:
+            drop_database()
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+def report(label: str, result: dict) -> None:
+    print(
+        f"{label:<24} {result['p50'] * 1000:>7.1f} {result['p99'] * 1000:>7.1f} "
+        f"{result['max'] * 1000:>7.1f} {result['errors']:>7} {result['peak_connections']:>6}"
+        f"   {result['server_p50'] * 1000:>8.1f} {result['server_p99'] * 1000:>8.1f}"
+    )
+    if result["error_sample"]:
+        print("   errors:", result["error_sample"])
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
