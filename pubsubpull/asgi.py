@@ -21,6 +21,8 @@ Every other request is served exactly as before.
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
+import warnings
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -42,7 +44,20 @@ def is_long_poll(scope: dict[str, Any]) -> bool:
 
 
 def long_polls(application):
-    """Wrap a Django ASGI application: long polls share one thread for their sync parts."""
+    """Wrap a Django ASGI application: long polls share one thread for their sync parts.
+
+    Needs an asgiref whose ``ThreadSensitiveContext`` takes an ``executor``
+    (3.13 does); with an older one the application is served unchanged, with
+    a warning.
+    """
+    if "executor" not in inspect.signature(ThreadSensitiveContext).parameters:
+        warnings.warn(
+            "pubsubpull.asgi.long_polls needs asgiref's ThreadSensitiveContext(executor=...) "
+            "(asgiref 3.13 has it): long polls keep Django's thread per request.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return application
     # One thread, as Django gives each request one: their sync parts (signal
     # receivers, middleware) are short and run one at a time, in order.
     executor = concurrent.futures.ThreadPoolExecutor(

@@ -334,10 +334,11 @@ def _release_connections() -> None:
 def _request_has_a_thread() -> bool:
     """Whether this request's thread-sensitive code runs on a thread that exists.
 
-    Under WSGI it is the server's thread for the request; under ASGI Django
-    starts one per request for sync middleware (MiddlewareMixin). Only such
-    a thread can hold a connection of this request; when there is none (ASGI
-    with async middleware), asking for one would start a thread to no end.
+    Under WSGI it is the server's thread for the request; under ASGI, Django's
+    handler starts one per request (for request_started's receivers and sync
+    middleware), or pubsubpull.asgi.long_polls shares one between long polls.
+    Only such a thread can hold a connection of this request; when there is
+    none, asking for one would start a thread to no end.
     """
     if getattr(AsyncToSync.executors, "current", None) is not None:
         return True
@@ -346,8 +347,8 @@ def _request_has_a_thread() -> bool:
 
 
 async def changes(request):
-    """The gap-free change feed. An async view: a long poll holds no thread while it
-    waits (under ASGI), nor a database connection (under WSGI and ASGI)."""
+    """The gap-free change feed. An async view: a waiting long poll holds no database
+    connection (under WSGI and ASGI), and under ASGI no thread (pubsubpull.asgi)."""
     if not _waits(request):
         # A plain read, on the request's own connection as in any view.
         return await sync_to_async(_changes, thread_sensitive=True)(request)
@@ -371,8 +372,12 @@ async def changes(request):
     return _page(request, page)
 
 
-# ATOMIC_REQUESTS cannot wrap an async view: it reads outside any transaction
-# anyway (see endpoint()), on every database.
-changes = csrf_exempt(changes)
-for _alias in connections.settings:
-    changes = non_atomic_requests(_alias)(changes)
+def _outside_transactions(view):
+    """ATOMIC_REQUESTS cannot wrap an async view; it reads outside any transaction
+    anyway (see endpoint()), on every database."""
+    for alias in connections.settings:
+        view = non_atomic_requests(alias)(view)
+    return view
+
+
+changes = _outside_transactions(csrf_exempt(changes))
