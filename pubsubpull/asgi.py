@@ -5,8 +5,9 @@ synchronous parts (the ``request_started`` receivers, each ``MiddlewareMixin``
 middleware, closing the response), started with the request and kept until
 it ends. For a long poll that waits 30 seconds that is a parked thread per
 waiting client, and a thread started and joined per poll. Wrap the
-application so that long polls share one such thread instead (their own
-reads run on the change feed's reader threads anyway)::
+application so that long polls share a few such threads instead (their own
+reads run on the change feed's reader threads anyway): ``THREADS`` for all
+the long polls of the process, not one each::
 
     # asgi.py
     from django.core.asgi import get_asgi_application
@@ -22,11 +23,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import inspect
+import itertools
 import warnings
 from typing import Any
 from urllib.parse import parse_qsl
 
 from asgiref.sync import ThreadSensitiveContext
+
+# Threads the sync parts of all long polls of a process share.
+THREADS = 4
 
 
 def is_long_poll(scope: dict[str, Any]) -> bool:
@@ -44,7 +49,7 @@ def is_long_poll(scope: dict[str, Any]) -> bool:
 
 
 def long_polls(application):
-    """Wrap a Django ASGI application: long polls share one thread for their sync parts.
+    """Wrap a Django ASGI application: long polls share a few threads for their sync parts.
 
     Needs an asgiref whose ``ThreadSensitiveContext`` takes an ``executor``
     (3.13 does); with an older one the application is served unchanged, with
@@ -58,16 +63,21 @@ def long_polls(application):
             stacklevel=2,
         )
         return application
-    # One thread, as Django gives each request one: their sync parts (signal
-    # receivers, middleware) are short and run one at a time, in order.
-    executor = concurrent.futures.ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="pubsubpull-long-polls"
-    )
+    # A few threads, each a request's one thread as Django would give it (a
+    # request's sync parts all run on the same thread, in order), taken in
+    # turn: their sync parts (signal receivers, middleware) are short.
+    executors = [
+        concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"pubsubpull-long-polls-{n}"
+        )
+        for n in range(THREADS)
+    ]
+    turn = itertools.cycle(executors)
 
     async def wrapped(scope, receive, send):
         if is_long_poll(scope):
             # Django's own per-request context then defers to this one.
-            async with ThreadSensitiveContext(executor=executor):
+            async with ThreadSensitiveContext(executor=next(turn)):
                 return await application(scope, receive, send)
         return await application(scope, receive, send)
 
