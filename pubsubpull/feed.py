@@ -303,8 +303,6 @@ LEFT JOIN pubsubpull_request AS r ON r.id = c.request_id
 ORDER BY c.txid, c.id
 """
 
-_POSITION_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-
 
 def _database(using: str | None) -> str:
     """The database whose change log is read when no model says otherwise."""
@@ -400,11 +398,10 @@ def current_position(using: str | None = None) -> Position:
     """A cursor from which the feed serves only changes committed from now on.
 
     Some changes committed just before may follow too (at least once, never
-    fewer).
+    fewer). The fence is the page read's, so a long transaction in another
+    database of the server does not pull "now" back into the past.
     """
-    with connections[_database(using)].cursor() as cursor:
-        cursor.execute(_POSITION_SQL)
-        return fence_position(cursor.fetchone()[0])
+    return fence_position(current_fence(using))
 
 
 def _published(text: Any, columns: frozenset[str]) -> tuple[dict[str, Any] | None, str | None]:
