@@ -221,7 +221,12 @@ SCHEMAS: dict[str, Any] = {
             "batch_size": {"type": "integer"},
             "state": {"enum": ["active", "failing", "disabled", "paused"]},
             "state_reason": {"type": "string"},
-            "position": {"type": "string", "description": "Feed cursor of the last ack."},
+            "position": {
+                "type": "string",
+                "description": "The feed cursor reached: every change of its models up to "
+                "it was acknowledged (or came before start). It also moves over stretches "
+                "without changes of its models, so it is not a particular change's cursor.",
+            },
             "lag": {
                 "type": "object",
                 "required": ["changes", "seconds"],
@@ -230,12 +235,25 @@ SCHEMAS: dict[str, Any] = {
                     "seconds": {"type": "number"},
                 },
             },
-            "delivered": {"type": "integer"},
-            "failures": {"type": "integer"},
-            "failing_since": _NULLABLE_TIME,
-            "next_attempt_at": _NULLABLE_TIME,
-            "last_success_at": _NULLABLE_TIME,
-            "last_error": {"type": "string"},
+            "delivered": {"type": "integer", "description": "Changes acknowledged."},
+            "failures": {
+                "type": "integer",
+                "description": "Failed attempts in a row since the last success.",
+            },
+            "failing_since": {
+                **_NULLABLE_TIME,
+                "description": "When the current failure streak began; null when not failing.",
+            },
+            "next_attempt_at": {
+                **_NULLABLE_TIME,
+                "description": "The earliest time of the next attempt (after a failure: "
+                "the end of the backoff; in the past: as soon as there is something).",
+            },
+            "last_success_at": {
+                **_NULLABLE_TIME,
+                "description": "When a receiver last answered 2xx.",
+            },
+            "last_error": {"type": "string", "description": "Of the latest failed attempt."},
             "last_attempt": {
                 "oneOf": [
                     {"type": "null"},
@@ -252,7 +270,10 @@ SCHEMAS: dict[str, Any] = {
                     },
                 ]
             },
-            "previous_secret_expires": _NULLABLE_TIME,
+            "previous_secret_expires": {
+                **_NULLABLE_TIME,
+                "description": "After rotate_secret: until when the old secret still signs.",
+            },
             "created": {"type": "string", "format": "date-time"},
             "secret": {
                 "type": "string",
@@ -305,7 +326,11 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _subscription_response("Updated."),
                 "201": _subscription_response("Created; the body carries the secret."),
-                "400": _error("The body is invalid (see fields); nothing was changed."),
+                "400": _error(
+                    "Nothing was changed: the body is invalid (invalid_subscription, with "
+                    "fields; a model that is not published included), not JSON "
+                    "(invalid_json) or over 1 MiB (body_too_large), or the name is invalid."
+                ),
                 **_COMMON,
             },
         },
