@@ -36,14 +36,11 @@ import contextlib
 import datetime
 import json
 import re
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
-from django.db import connections, router
+from django.db import DEFAULT_DB_ALIAS, connections, router
 
 from .registry import Registration, get_registration, registrations
 
@@ -210,9 +207,21 @@ class Page:
     # The oldest transaction that was still running: every older one had ended.
     fence: int = field(default=0, repr=False)
 
+    # The changes as JSON text, rendered once however many long polls serve them.
+    _changes_json: str | None = field(default=None, repr=False, compare=False)
+    # For renderers of a page that answers many requests (the HTTP view's
+    # bodies by URL); shared by whoever the page is handed to.
+    rendered: dict = field(default_factory=dict, repr=False, compare=False)
+
     @property
     def caught_up(self) -> bool:
         return len(self.changes) < self.limit
+
+    def changes_json(self) -> str:
+        """``[change.as_json_text(), ...]`` as one JSON array, rendered once."""
+        if self._changes_json is None:
+            self._changes_json = "[" + ",".join([c.as_json_text() for c in self.changes]) + "]"
+        return self._changes_json
 
 
 # Everything in one statement, so one snapshot decides: the fence, the
@@ -303,13 +312,41 @@ ORDER BY c.txid, c.id
 
 
 def _database(using: str | None) -> str:
+    """The database whose change log is read when no model says otherwise."""
     from .models import Change
 
-    return using or router.db_for_read(Change)
+    return using or router.db_for_read(Change) or DEFAULT_DB_ALIAS
+
+
+def log_database(registration: Registration) -> str:
+    """The database whose change log records ``registration``'s changes.
+
+    The capture trigger writes each change to the log of the database that
+    holds the table, the one Django's routers read the model from.
+    """
+    return router.db_for_read(registration.model) or DEFAULT_DB_ALIAS
+
+
+class SeveralDatabases(ValueError):
+    """A feed asked for models whose changes are recorded in different databases.
+
+    Each database has its own change log, ordered by its own positions, so a
+    page (and its cursor) covers the models of one database.
+    """
+
+    def __init__(self, groups: list[list[str]]):
+        self.groups = groups
+        feeds = " and ".join("models=" + ",".join(labels) for labels in groups)
+        super().__init__(
+            "These models are recorded in the change logs of different databases, and "
+            "a feed (and its cursor) follows one database's log: "
+            + "; ".join(", ".join(labels) for labels in groups)
+            + f". Follow them as separate feeds: {feeds}."
+        )
 
 
 def feed_models(models: Iterable[str] | None = None) -> list[Registration]:
-    """The registrations a feed over ``models`` (labels; None: all) serves.
+    """The registrations named by ``models`` (labels; None: all).
 
     Raises ``LookupError`` naming a label that is not a published model.
     """
@@ -322,6 +359,32 @@ def feed_models(models: Iterable[str] | None = None) -> list[Registration]:
             raise LookupError(label)
         chosen.append(registration)
     return chosen
+
+
+def feed_source(
+    models: Iterable[str] | None = None, using: str | None = None
+) -> tuple[str, list[Registration]]:
+    """The database a feed over ``models`` reads, and the registrations it serves.
+
+    ``models=None`` is every published model recorded in ``using`` (by
+    default the database Django's routers read ``pubsubpull.Change`` from).
+    Named models must all be recorded in one database (``using``, if given):
+    otherwise :class:`SeveralDatabases`. ``LookupError`` names a label that is
+    not a published model.
+    """
+    if models is None:
+        alias = _database(using)
+        return alias, [r for r in registrations() if log_database(r) == alias]
+    chosen = feed_models(models)
+    by_database: dict[str, list[str]] = {}
+    for registration in chosen:
+        by_database.setdefault(log_database(registration), []).append(registration.label)
+    if using is not None and set(by_database) - {using}:
+        by_database.setdefault(using, [])
+    if len(by_database) > 1:
+        raise SeveralDatabases([sorted(labels) for labels in by_database.values() if labels])
+    alias = next(iter(by_database), _database(using))
+    return alias, chosen
 
 
 def fence_position(xmin: int) -> Position:
@@ -376,16 +439,19 @@ def read_changes(
     """Read the next page of the feed after ``after`` (a Position or cursor string).
 
     ``after=None`` starts at the oldest retained change. ``models`` limits the
-    feed to these model labels (all published models by default). Raises
-    :class:`InvalidCursor` for a malformed cursor string, :class:`CursorExpired`
-    when the log has been pruned past ``after``, ``LookupError`` for a label
-    that is not published.
+    feed to these model labels (by default every published model recorded in
+    ``using``'s change log); the page is read from the change log of the
+    database they are recorded in. Raises :class:`InvalidCursor` for a
+    malformed cursor string, :class:`CursorExpired` when the log has been
+    pruned past ``after``, ``LookupError`` for a label that is not published,
+    :class:`SeveralDatabases` for models recorded in different databases.
     """
     if limit < 1:
         raise ValueError("limit must be at least 1")
     explicit = Position.coerce(after)
     start = explicit or START
-    chosen = {r.label: r for r in feed_models(models)}
+    alias, served = feed_source(models, using)
+    chosen = {r.label: r for r in served}
     columns = {label: frozenset(r.published_columns) for label, r in chosen.items()}
     params = {
         "txid": start.txid,
@@ -393,7 +459,7 @@ def read_changes(
         "models": sorted(chosen),
         "limit": limit,
     }
-    connection = connections[_database(using)]
+    connection = connections[alias]
     with connection.cursor() as cursor:
         if not connection.get_autocommit() or connection.in_atomic_block:
             # pg_stat_activity is cached for the rest of a transaction: drop
@@ -441,152 +507,36 @@ def read_changes(
 
 # -- Long polling ------------------------------------------------------------
 
-
-# Wake-ups. Writers send a NOTIFY only while a listener sleeps (see the end of
-# sql/capture_v1.sql): a waiter takes a number from pubsubpull_wakeup_armed
-# before it sleeps, and the listener that receives a notification moves
-# pubsubpull_wakeup_disarmed up to the numbers its waiters took, since that
-# notification woke them all. A writer that saw no arm may still be running
-# when the waiter armed; the waiter reads until the fence passes every
-# transaction that was running then, so it cannot sleep through that change.
-_ARM_SQL = (
-    "SELECT nextval('pubsubpull_wakeup_armed'), "
-    "setval('pubsubpull_wakeup_armed_at', extract(epoch FROM now())::bigint), "
-    "pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-)
 # A process that listens all the time (pubsubpull_worker) runs this every few
-# seconds instead: writers notify while its stamp is under 30 s old.
+# seconds: writers notify while its stamp is under 30 s old (see the end of
+# sql/capture_v1.sql; long polls arm instead, pubsubpull.listener).
 STAY_AWAKE_SQL = "SELECT setval('pubsubpull_wakeup_always_at', extract(epoch FROM now())::bigint)"
 STAY_AWAKE_EVERY = 5.0
 
-_DISARM_SQL = (
-    "SELECT setval('pubsubpull_wakeup_disarmed', %(n)s) "
-    "WHERE %(n)s > (SELECT last_value FROM pubsubpull_wakeup_disarmed)"
-)
+#
+# Waiters join their process's hub (pubsubpull.listener): one LISTEN
+# connection and a few reader threads per process and database, whatever the
+# number of waiters, and one read per distinct (cursor, models, limit) when
+# woken.
 
 
-class _Listener:
-    """One LISTEN connection per process and database, shared by all waiters.
+def _long_poll(after, limit, models, using):
+    from . import listener
 
-    Each notification bumps ``generation``; a waiter notes the generation
-    before it reads, and sleeps until it moves. The connection is its own,
-    in autocommit: no Django connection is held while anyone waits. It is
-    closed after a minute without waiters.
-    """
-
-    IDLE = 60.0
-
-    def __init__(self, alias: str):
-        self.alias = alias
-        self.generation = 0
-        self.armed = 0  # the highest wake-up number this listener's waiters took
-        self.waiters = 0
-        self.last_wait = time.monotonic()
-        self.condition = threading.Condition()
-        self.listening = threading.Event()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"pubsubpull-listen-{alias}")
-        self.thread.daemon = True
-        self.thread.start()
-
-    def _connect(self) -> psycopg.Connection:
-        params = connections[self.alias].get_connection_params()
-        params.pop("cursor_factory", None)
-        params.pop("context", None)
-        return psycopg.connect(**params, autocommit=True)
-
-    def _bump(self) -> None:
-        with self.condition:
-            self.generation += 1
-            self.condition.notify_all()
-
-    def _idle(self) -> bool:
-        with self.condition:
-            return self.waiters == 0 and time.monotonic() - self.last_wait > self.IDLE
-
-    def _run(self) -> None:
-        backoff = 0.1
-        while not self.stopping.is_set():
-            try:
-                with self._connect() as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self.listening.set()
-                    # Notifications sent while not listening are lost: wake
-                    # every waiter to read again.
-                    self._bump()
-                    backoff = 0.1
-                    while not self.stopping.is_set():
-                        # (notifies() holds the connection's lock while it
-                        # yields: query only after it returned.)
-                        if any(True for _ in conn.notifies(timeout=0.5, stop_after=1)):
-                            # Only arms taken before the waiters see this bump
-                            # are spent; a waiter that armed later re-arms
-                            # when it notices the bump (wait_for_changes).
-                            spent = self.armed
-                            self._bump()
-                            conn.execute(_DISARM_SQL, {"n": spent})
-                        if self._idle():
-                            self.stopping.set()
-            except Exception:
-                self.listening.clear()
-                self._bump()
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-        self.listening.clear()
-        with _listeners_lock:
-            if _listeners.get(self.alias) is self:
-                del _listeners[self.alias]
-
-    def arm(self) -> int:
-        """Ask writers for a NOTIFY; the transaction id every running one is older than."""
-        with connections[self.alias].cursor() as cursor:
-            cursor.execute(_ARM_SQL)
-            number, _, xmax = cursor.fetchone()
-        with self.condition:
-            self.armed = max(self.armed, number)
-        return xmax
-
-    def wait(self, generation: int, timeout: float) -> None:
-        with self.condition:
-            self.waiters += 1
-            try:
-                self.condition.wait_for(lambda: self.generation != generation, timeout)
-            finally:
-                self.waiters -= 1
-                self.last_wait = time.monotonic()
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    explicit = Position.coerce(after)
+    alias, served = feed_source(models, using)
+    labels = tuple(sorted(r.label for r in served))
+    return listener.hub(alias), explicit, labels, alias
 
 
-_listeners: dict[str, _Listener] = {}
-_listeners_lock = threading.Lock()
-
-
-def _listener(alias: str) -> _Listener:
-    with _listeners_lock:
-        listener = _listeners.get(alias)
-        if listener is None or listener.stopping.is_set():
-            listener = _listeners[alias] = _Listener(alias)
-        with listener.condition:
-            listener.last_wait = time.monotonic()
-        return listener
-
-
-def stop_listening(timeout: float = 5.0) -> None:
-    """Close this process's LISTEN connections (they reopen when someone waits).
-
-    For tests and orderly shutdowns; an idle listener closes by itself.
-    """
-    with _listeners_lock:
-        stopping = list(_listeners.values())
-        _listeners.clear()
-    for listener in stopping:
-        listener.stopping.set()
-    for listener in stopping:
-        listener.thread.join(timeout)
-
-
-# A waiter reads again at least this often, in case notifications do not
-# arrive (a connection pooler in transaction mode drops LISTEN).
-_SAFETY_POLL = 5.0
+def _outcome(outcome, after, limit, labels, alias) -> Page:
+    if outcome is None:  # timed out before the hub read at all
+        return read_changes(after, limit, list(labels), using=alias)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 def wait_for_changes(
@@ -602,36 +552,65 @@ def wait_for_changes(
     Returns as soon as a page has changes, or an empty page at the timeout.
     Woken by the capture trigger's NOTIFY, so a change is served within
     milliseconds of its commit (of the commit of every older transaction).
+    The calling thread holds no database connection of this call while it
+    waits: the process's feed readers read for every waiter.
     """
-    alias = _database(using)
-    deadline = time.monotonic() + max(timeout, 0)
-    listener = _listener(alias)
-    listener.listening.wait(min(max(timeout, 0), 2.0))
-    delay = 0.02
-    armed_before = None  # after arming: the transactions to outwait
-    armed_generation = None  # the listener's generation when we armed
-    while True:
-        generation = listener.generation
-        page = read_changes(after, limit, models, using=alias)
-        remaining = deadline - time.monotonic()
-        if page.changes or remaining <= 0:
-            return page
-        after = page.next
-        if (
-            page.held_back
-            or not listener.listening.is_set()
-            or (armed_before is not None and page.fence < armed_before)
-        ):
-            # Committed changes wait for an older transaction to end, or a
-            # writer that did not see the arm may still commit; its end sends
-            # no notification, so poll, backing off.
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 1.0)
-        elif armed_before is None or listener.generation != armed_generation:
-            # Arm (again, if a notification since may have spent it), then
-            # read once more before sleeping.
-            armed_generation = listener.generation
-            armed_before = listener.arm()
-        else:
-            armed_before = None  # a notification spends the arm: take another
-            listener.wait(generation, min(_SAFETY_POLL, remaining))
+    if timeout <= 0:
+        return read_changes(after, limit, models, using=using)
+    hub, explicit, labels, alias = _long_poll(after, limit, models, using)
+    from .listener import Waiter
+
+    waiter = Waiter()
+    hub.join(explicit, labels, limit, waiter)
+    outcome = waiter.outcome if waiter.event.wait(timeout) else hub.leave(waiter)
+    return _outcome(outcome, explicit, limit, labels, alias)
+
+
+async def await_changes(
+    after: Position | str | None = None,
+    limit: int = 100,
+    models: Iterable[str] | None = None,
+    *,
+    timeout: float,
+    using: str | None = None,
+) -> Page:
+    """:func:`wait_for_changes` for async code: waiting holds no thread either.
+
+    The reads run on the process's feed readers (a database read from the
+    event loop would block it).
+    """
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+
+    from .listener import Waiter, readers
+
+    if timeout <= 0:
+        return await sync_to_async(read_changes, thread_sensitive=False, executor=readers())(
+            after, limit, models, using=using
+        )
+    hub, explicit, labels, alias = _long_poll(after, limit, models, using)
+    waiter = Waiter(asyncio.get_running_loop())
+    hub.join(explicit, labels, limit, waiter)
+    try:
+        outcome = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+    except TimeoutError:
+        outcome = hub.leave(waiter)
+    except asyncio.CancelledError:
+        hub.leave(waiter)
+        raise
+    if outcome is None:
+        return await sync_to_async(_outcome, thread_sensitive=False, executor=readers())(
+            None, explicit, limit, labels, alias
+        )
+    return _outcome(outcome, explicit, limit, labels, alias)
+
+
+def stop_listening(timeout: float = 5.0) -> None:
+    """Close this process's LISTEN and feed reader connections (they reopen when used).
+
+    For tests and orderly shutdowns; an idle listener closes by itself.
+    """
+    from . import listener
+
+    listener.stop()

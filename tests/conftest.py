@@ -73,9 +73,11 @@ def _request_status_written():
     assert flush(timeout=30), "request status rows were still queued after 30 s"
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _close_listeners():
-    """Close the feed's LISTEN connections before the test databases are dropped."""
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """pytest-django's, then: close the feed's LISTEN and reader connections before
+    the test databases are dropped (a session fixture of our own would be torn
+    down after them)."""
     yield
     from pubsubpull import feed
 

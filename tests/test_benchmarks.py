@@ -34,3 +34,27 @@ def test_write_overhead_quick():
     assert ratios, result.stdout
     for measure in ("insert 1", "update 1", "INSERT", "UPDATE", "DELETE"):
         assert re.search(rf"{measure} \d+\.\d%", ratios.group(1)), result.stdout
+
+
+@pytest.mark.slow
+def test_longpoll_quick():
+    """100 polls, 2 rounds, under uvicorn (and gunicorn with the bench extra): no errors,
+    a few connections. Timings are not asserted: this is not a measurement."""
+    import importlib.util
+
+    servers = ["asgi"] + (["wsgi"] if importlib.util.find_spec("gunicorn") else [])
+    name = f"{os.environ.get('PUBLISHER_DB_NAME', 'bench')}_longpoll_{os.getpid()}"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/longpoll.py", "--quick", "--servers", *servers],
+        cwd=ROOT,
+        env={**os.environ, "PUBLISHER_DB_NAME": name},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for label in ["ASGI (uvicorn)"] + (["WSGI (gunicorn gthread)"] if "wsgi" in servers else []):
+        line = re.search(rf"^{re.escape(label)} +(.*)$", result.stdout, re.MULTILINE)
+        assert line, result.stdout
+        _, _, _, errors, connections, *_ = line.group(1).split()
+        assert errors == "0" and int(connections) <= 5, result.stdout

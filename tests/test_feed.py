@@ -264,6 +264,18 @@ def test_a_long_transaction_in_another_database_does_not_hold_the_feed_back():
         elsewhere.rollback()
 
 
+def test_now_is_not_pulled_back_by_a_long_transaction_in_another_database():
+    """A subscription starting "now" must not get what was committed before it."""
+    with psycopg.connect(dsn("postgres")) as elsewhere:
+        elsewhere.execute("SELECT pg_current_xact_id()")
+        Customer.objects.create(name="before now")
+        now = feed.current_position()
+        assert feed.read_changes(now).changes == []
+        Customer.objects.create(name="after now")
+        assert names(feed.read_changes(now)) == ["after now"]
+        elsewhere.rollback()
+
+
 def test_a_reader_inside_a_transaction_is_not_served_its_own_uncommitted_changes():
     from django.db import transaction
 

@@ -308,7 +308,8 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
                     {
                         "name": "models",
                         "in": "query",
-                        "description": "Comma-separated model labels (default: all readable).",
+                        "description": "Comma-separated model labels, all stored in one "
+                        "database (default: the readable models of the main database).",
                         "schema": {"type": "string", "pattern": labels_pattern},
                     },
                     {

@@ -9,16 +9,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
+from typing import NoReturn
 from urllib.parse import quote, urlencode
 
-from django.db import connection
+from asgiref.sync import AsyncToSync, SyncToAsync, sync_to_async
+from django.db import connection, connections
+from django.db.transaction import non_atomic_requests
+from django.http import HttpResponse
 from django.urls import reverse
 from django.utils.http import parse_etags
+from django.views.decorators.csrf import csrf_exempt
 
-from .. import __version__, conf, feed, snapshot
+from .. import __version__, conf, feed, listener, snapshot
 from ..registry import get_registration, registrations
 from . import openapi
-from .responses import ApiError, endpoint, json_response, raw_json_response
+from .responses import ApiError, endpoint, error_response, json_response, raw_json_response
 
 
 def _url(request, name: str, *args, **query) -> str:
@@ -215,55 +221,163 @@ def _wait(request) -> float:
 
 
 def _feed_models(request, caller) -> list[str]:
+    """The labels a feed request serves: all recorded in one database's change log."""
     text = request.GET.get("models")
     if text is None or text.strip() == "":
-        labels = [r.label for r in registrations() if caller.can_read(r.label)]
-        if not labels:
+        readable = [r for r in registrations() if caller.can_read(r.label)]
+        if not readable:
             raise ApiError(403, "permission_denied", f"The {caller.name} may read no model.")
-        return labels
-    labels = sorted({label.strip() for label in text.split(",")})
-    for label in labels:
-        registration = get_registration(label)
-        if registration is None or registration.label != label:
-            raise ApiError(
-                400,
-                "invalid_models",
-                f"models names {label!r}, which is not a published model. Give a "
-                "comma-separated list of model labels from the service document.",
-            )
-        if not caller.can_read(label):
-            raise ApiError(403, "permission_denied", f"The {caller.name} may not read {label}.")
+        # By default the models of the main change log (the one pubsubpull's
+        # own tables are read from); a model stored in another database has
+        # its own feed, named by its "changes" link in the service document.
+        _, home = feed.feed_source(None)
+        labels = [r.label for r in home if caller.can_read(r.label)]
+        if labels:
+            return labels
+        labels = [r.label for r in readable]
+    else:
+        labels = sorted({label.strip() for label in text.split(",")})
+        for label in labels:
+            registration = get_registration(label)
+            if registration is None or registration.label != label:
+                raise ApiError(
+                    400,
+                    "invalid_models",
+                    f"models names {label!r}, which is not a published model. Give a "
+                    "comma-separated list of model labels from the service document.",
+                )
+            if not caller.can_read(label):
+                raise ApiError(403, "permission_denied", f"The {caller.name} may not read {label}.")
+    try:
+        feed.feed_source(labels)
+    except feed.SeveralDatabases as exc:
+        raise ApiError(400, "several_databases", str(exc), models=exc.groups) from None
     return labels
 
 
+@dataclass
+class _LongPoll:
+    """A valid feed request with nothing to read yet: the view awaits changes."""
+
+    after: str | None
+    limit: int
+    models: list[str]
+    wait: float
+
+
+def _expired(request, exc: feed.CursorExpired, models: list[str]) -> NoReturn:
+    raise ApiError(
+        410,
+        "cursor_expired",
+        str(exc),
+        snapshot={label: _url(request, "instances", label) for label in models},
+    )
+
+
 @endpoint("GET")
-def changes(request, caller):
-    """The gap-free change feed."""
+def _changes(request, caller):
+    """Validate a feed request; read its page, or describe the long poll to wait for."""
     models = _feed_models(request, caller)
     limit = _limit(request)
     wait = _wait(request)
     after = request.GET.get("after") or None
     try:
         if wait > 0:
-            page = feed.wait_for_changes(after, limit, models, timeout=wait)
-        else:
-            page = feed.read_changes(after, limit, models)
+            feed.Position.coerce(after)  # a bad cursor is 400 now, not after the wait
+            return _LongPoll(after, limit, models, wait)
+        page = feed.read_changes(after, limit, models)
     except feed.InvalidCursor as exc:
         raise ApiError(400, "invalid_cursor", str(exc)) from None
     except feed.CursorExpired as exc:
-        raise ApiError(
-            410,
-            "cursor_expired",
-            str(exc),
-            snapshot={label: _url(request, "instances", label) for label in models},
-        ) from None
+        _expired(request, exc, models)
+    return _page(request, page)
 
-    cursor = page.next.encode()
+
+def _page(request, page: feed.Page) -> HttpResponse:
     filter_ = request.GET.get("models")
-    next_url = _url(
-        request, "changes", after=cursor, limit=request.GET.get("limit") or None, models=filter_
-    )
-    # Each change is rendered from the JSON text PostgreSQL stored.
-    tail = json.dumps({"cursor": cursor, "next": next_url}, ensure_ascii=False)
-    body = '{"changes":[' + ",".join([c.as_json_text() for c in page.changes]) + "]," + tail[1:]
-    return raw_json_response(body, Link=_link(next_url))
+    limit = request.GET.get("limit") or None
+    # A page woken for many long polls answers them all with the same body:
+    # render it once per URL it links to (the raw Host header is part of the
+    # key, so a host that fails validation never reaches a cached body).
+    key = (request.scheme, request.META.get("HTTP_HOST"), request.path, filter_, limit)
+    cached = page.rendered.get(key)
+    if cached is None:
+        cursor = page.next.encode()
+        next_url = _url(request, "changes", after=cursor, limit=limit, models=filter_)
+        # Each change is rendered from the JSON text PostgreSQL stored.
+        tail = json.dumps({"cursor": cursor, "next": next_url}, ensure_ascii=False)
+        body = ('{"changes":' + page.changes_json() + "," + tail[1:]).encode()
+        cached = page.rendered[key] = (body, _link(next_url))
+    body, link = cached
+    return raw_json_response(body, Link=link)
+
+
+def _waits(request) -> bool:
+    """Whether the request asks to long-poll (checked properly once authenticated)."""
+    try:
+        return float(request.GET.get("wait") or 0) > 0
+    except ValueError:
+        return False
+
+
+def _release_connections() -> None:
+    """Close the request thread's database connections before it waits.
+
+    Under WSGI Django keeps a thread's connection until the request ends; a
+    waiting poll must not hold one. (Kept when in a transaction: not ours.)
+    """
+    for connection_ in connections.all(initialized_only=True):
+        if not connection_.in_atomic_block:
+            connection_.close()
+
+
+def _request_has_a_thread() -> bool:
+    """Whether this request's thread-sensitive code runs on a thread that exists.
+
+    Under WSGI it is the server's thread for the request; under ASGI, Django's
+    handler starts one per request (for request_started's receivers and sync
+    middleware), or pubsubpull.asgi.long_polls shares one between long polls.
+    Only such a thread can hold a connection of this request; when there is
+    none, asking for one would start a thread to no end.
+    """
+    if getattr(AsyncToSync.executors, "current", None) is not None:
+        return True
+    context = SyncToAsync.thread_sensitive_context.get(None)
+    return context is not None and context in SyncToAsync.context_to_thread_executor
+
+
+async def changes(request):
+    """The gap-free change feed. An async view: a waiting long poll holds no database
+    connection (under WSGI and ASGI), and under ASGI no thread (pubsubpull.asgi)."""
+    if not _waits(request):
+        # A plain read, on the request's own connection as in any view.
+        return await sync_to_async(_changes, thread_sensitive=True)(request)
+    if _request_has_a_thread():
+        await sync_to_async(_release_connections, thread_sensitive=True)()
+    # Authenticate and validate on the feed's reader threads, so a burst of
+    # new polls opens no connection each.
+    readers = listener.readers()
+    result = await sync_to_async(_changes, thread_sensitive=False, executor=readers)(request)
+    if not isinstance(result, _LongPoll):
+        return result
+    try:
+        page = await feed.await_changes(
+            result.after, result.limit, result.models, timeout=result.wait
+        )
+    except feed.CursorExpired as exc:
+        try:
+            _expired(request, exc, result.models)
+        except ApiError as error:
+            return error_response(error.status, error.code, error.detail, **error.extra)
+    return _page(request, page)
+
+
+def _outside_transactions(view):
+    """ATOMIC_REQUESTS cannot wrap an async view; it reads outside any transaction
+    anyway (see endpoint()), on every database."""
+    for alias in connections.settings:
+        view = non_atomic_requests(alias)(view)
+    return view
+
+
+changes = _outside_transactions(csrf_exempt(changes))

@@ -100,8 +100,24 @@ def validate(data: Any, *, creating: bool) -> dict[str, Any]:
         else:
             labels = [m.lower() for m in models]
             unknown_models = [m for m in labels if get_registration(m) is None]
+            # Delivery follows the main change log; a model stored in another
+            # database is recorded in that database's log: pull it instead.
+            home, _ = feed.feed_source(None)
+            elsewhere = [
+                m
+                for m in labels
+                if m not in unknown_models and feed.log_database(get_registration(m)) != home
+            ]
             if unknown_models:
                 errors["models"] = f"not published models: {', '.join(unknown_models)}"
+            elif elsewhere:
+                names = sorted(set(elsewhere))
+                errors["models"] = (
+                    f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} stored in "
+                    "another database than "
+                    "this service's change log, and subscriptions deliver from that log only: "
+                    "pull its changes instead (GET changes/?models=<label>)"
+                )
             else:
                 cleaned["models"] = sorted(set(labels))
 
