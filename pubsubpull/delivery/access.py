@@ -24,13 +24,13 @@ def _caller(owner: str) -> tuple[Caller | None, str]:
         token = ServiceToken.objects.filter(pk=key).first() if key.isdigit() else None
         if token is None:
             return None, (
-                f"The service token that made this subscription ({owner}) was deleted. "
+                f"Its service token ({owner}) was deleted: nothing is sent. "
                 "Subscribe again with a valid token."
             )
         if not token.is_active:
             return None, (
-                f"The service token {token.name!r} that made this subscription was revoked. "
-                "Nothing is sent until it is active again."
+                f"Its service token {token.name!r} was revoked: nothing is sent until "
+                "the token is active again."
             )
         return Caller(token=token), ""
     if kind == "user":
@@ -41,13 +41,13 @@ def _caller(owner: str) -> tuple[Caller | None, str]:
             user = None
         if user is None:
             return None, (
-                f"The user who made this subscription ({owner}) was deleted. "
+                f"Its user ({owner}) was deleted: nothing is sent. "
                 "Subscribe again as an existing user."
             )
         if not user.is_active:
             return None, (
-                f"The user {user.get_username()!r} who made this subscription is inactive. "
-                "Nothing is sent until the account is active again."
+                f"Its user {user.get_username()!r} is inactive: nothing is sent until "
+                "the account is active again."
             )
         return Caller(user=user), ""
     return None, f"Its owner {owner!r} is neither a service token nor a user."
