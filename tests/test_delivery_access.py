@@ -97,7 +97,7 @@ def test_a_revoked_token_gets_nothing_more_until_it_is_reactivated(operator):
         # The operator sees why: status table, metrics, admin.
         [row] = [line for line in status_table().splitlines() if line.startswith("billing")]
         assert row.split()[2] == "forbidden" and "revoked" in row
-        assert f'state="forbidden"}} 1' in metrics(operator)
+        assert 'state="forbidden"} 1' in metrics(operator)
         page = operator.get(f"/admin/pubsubpull/subscription/{subscription.pk}/change/")
         assert b"was revoked" in page.content
         # The revoked token itself is refused over HTTP.
@@ -165,7 +165,8 @@ def test_a_token_narrowed_after_subscribing_stops_the_whole_subscription(operato
 def test_a_deleted_token_ends_deliveries_for_good():
     bearer = token("billing", "customers.customer")
     with Receiver() as receiver:
-        api(bearer, "put", "billing", {"callback": receiver.url(), "models": ["customers.customer"]})
+        body = {"callback": receiver.url(), "models": ["customers.customer"]}
+        api(bearer, "put", "billing", body)
         call_command("pubsubpull_token", "delete", "billing", stdout=io.StringIO())
         Customer.objects.create(name="Ada")
         assert drain_settled(state().pk) == "forbidden"
@@ -208,7 +209,8 @@ def test_a_user_deactivated_stripped_of_permission_or_deleted_gets_nothing():
 def test_a_subscription_without_backlog_says_so_when_access_returns(operator):
     bearer = token("billing", "customers.customer")
     with Receiver() as receiver, WorkerThread():
-        api(bearer, "put", "billing", {"callback": receiver.url(), "models": ["customers.customer"]})
+        body = {"callback": receiver.url(), "models": ["customers.customer"]}
+        api(bearer, "put", "billing", body)
         call_command("pubsubpull_token", "revoke", "billing", stdout=io.StringIO())
         Customer.objects.create(name="Ada")
         wait_until(lambda: state().state == "forbidden")

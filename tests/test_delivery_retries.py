@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
-import time
 
 import pytest
 from django.db import connection
@@ -73,7 +73,7 @@ def test_a_failing_receiver_of_a_busy_publisher_is_retried_on_the_backoff_schedu
     # After the k-th failure in a row the wait is RETRY_BASE * 2**(k-1),
     # capped at RETRY_MAX, times a jitter of 0.5 to 1; a retry then starts
     # within a sweep interval (0.2 s). The slack allows a loaded machine.
-    for k, gap in enumerate((b - a for a, b in zip(times, times[1:], strict=False)), 1):
+    for k, gap in enumerate((b - a for a, b in itertools.pairwise(times)), 1):
         planned = min(CAP, BASE * 2 ** (k - 1))
         assert 0.5 * planned <= gap <= planned + 1.5, (k, gap, planned)
     failures = list(Attempt.objects.order_by("at").values_list("status", flat=True))
