@@ -288,3 +288,46 @@ def test_the_operator_parks_and_resends_in_the_admin(fast):
         parked.refresh_from_db()
         assert parked.resent
         assert names(receiver.accepted_changes()) == ["fine", "poison"]
+
+
+def test_the_blocked_and_parked_responses_match_the_openapi_document(fast, live_server):
+    import httpx
+    import schemathesis
+
+    answer, _ = refusing(413)
+    owner = Owner()
+    api = httpx.Client(
+        base_url=live_server.url + "/pubsubpull",
+        headers={"Authorization": f"Bearer {owner.token}"},
+    )
+    schema = schemathesis.openapi.from_dict(api.get("/openapi.json").json())
+    with Receiver(answer) as receiver:
+        subscription = owner.subscribe(receiver.url()).subscription
+        Customer.objects.create(name="poison")
+        assert drain_settled(subscription.pk) == "failed"
+        blocked = api.get("/subscriptions/billing/")
+        assert blocked.json()["state"] == "blocked" and blocked.json()["pending"]
+        [change_id] = blocked.json()["pending"]["changes"]
+        item = f"/subscriptions/billing/parked/{change_id}/"
+        responses = [
+            ("/subscriptions/{name}/", "GET", blocked),
+            ("/subscriptions/", "GET", api.get("/subscriptions/")),
+            ("/subscriptions/{name}/parked/{change_id}/", "PUT",
+             api.put(item, json={"action": "park"})),
+            ("/subscriptions/{name}/parked/{change_id}/", "PUT",
+             api.put(item, json={"action": "resend"})),
+            ("/subscriptions/{name}/parked/{change_id}/", "PUT",
+             api.put(item, json={"action": "nonsense"})),
+            ("/subscriptions/{name}/parked/{change_id}/", "PUT",
+             api.put(f"/subscriptions/billing/parked/{change_id + 1}/", json={"action": "park"})),
+            ("/subscriptions/{name}/parked/{change_id}/", "GET", api.get(item)),
+            ("/subscriptions/{name}/parked/", "GET", api.get("/subscriptions/billing/parked/")),
+            ("/subscriptions/{name}/parked/", "GET", api.get("/subscriptions/nobody/parked/")),
+            ("/subscriptions/{name}/parked/{change_id}/", "DELETE", api.delete(item)),
+        ]  # fmt: skip
+        statuses = []
+        for path, method, response in responses:
+            schema[path][method].validate_response(response)
+            statuses.append(response.status_code)
+        assert statuses == [200, 200, 201, 200, 400, 409, 200, 200, 404, 204]
+    api.close()
