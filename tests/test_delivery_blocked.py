@@ -331,3 +331,36 @@ def test_the_blocked_and_parked_responses_match_the_openapi_document(fast, live_
             statuses.append(response.status_code)
         assert statuses == [200, 200, 201, 200, 400, 409, 200, 200, 404, 204]
     api.close()
+
+
+@pytest.mark.parametrize("status", [200, 413])
+def test_parking_while_the_change_is_in_flight_loses_and_repeats_nothing(fast, status):
+    from django.db import connection
+
+    from pubsubpull.delivery import parking
+
+    parked = {}
+
+    def answer(received, n):
+        if n == 0:
+            # The operator parks the change while the worker's PUT of it is
+            # in flight (this is the receiver's thread: its own connection).
+            subscription = Subscription.objects.get()
+            parked["change"], _ = parking.park(subscription, received.changes[0]["id"], by="ops")
+            connection.close()
+            return Answer(status)
+        return Answer()
+
+    with Receiver(answer) as receiver:
+        subscription = make_subscription(receiver.url()).subscription
+        Customer.objects.create(name="poison")
+        assert drain_settled(subscription.pk) == "lost"  # its batch was forgotten meanwhile
+        Customer.objects.create(name="next")
+        assert drain_settled(subscription.pk) == "caught_up"
+    subscription.refresh_from_db()
+    # Neither the answer to the parked batch moved the position nor set a
+    # state: the park did, past the parked change, and the rest followed.
+    assert subscription.state == "active" and subscription.failures == 0
+    assert [r.changes[0]["new"]["name"] for r in receiver.requests] == ["poison", "next"]
+    assert parked["change"].change["new"]["name"] == "poison"
+    assert subscription.delivered == 1
