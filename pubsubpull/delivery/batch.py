@@ -22,12 +22,14 @@ class Batch:
     changes: list[feed.FeedChange]
     next: feed.Position
     held_back: bool
-    # Each change's JSON text, encoded once (for the byte cap and the body).
-    texts: list[str] = field(default_factory=list, repr=False)
+    _texts: list[str] | None = field(default=None, repr=False)
 
-    def __post_init__(self) -> None:
-        if len(self.texts) != len(self.changes):
-            self.texts = [c.as_json_text() for c in self.changes]
+    @property
+    def texts(self) -> list[str]:
+        """Each change's JSON text, encoded once (for the byte cap and the body)."""
+        if self._texts is None:
+            self._texts = [c.as_json_text() for c in self.changes]
+        return self._texts
 
     def changes_json(self) -> str:
         """The changes as a JSON array, exactly as the HTTP feed serves them."""
@@ -44,7 +46,7 @@ class Batch:
         """
         size = envelope + 2  # the brackets
         for n, text in enumerate(self.texts):
-            size += len(text.encode()) + (1 if n else 0)
+            size += (len(text) if text.isascii() else len(text.encode())) + (1 if n else 0)
             if size > max_bytes and n > 0:
                 kept = self.changes[:n]
                 return Batch(kept, kept[-1].position, False, self.texts[:n])
