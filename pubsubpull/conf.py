@@ -15,10 +15,11 @@ DEFAULTS: dict[str, Any] = {
     # installed packages (auth.User, say). Models of your own apps get theirs
     # in their own app's migrations.
     "MIGRATIONS_APP": None,
-    # Pull over HTTP (pubsubpull.urls). Pages of instances and changes hold
-    # PAGE_SIZE items unless the caller asks for another ?limit=, at most
-    # MAX_PAGE_SIZE.
+    # Pull over HTTP (pubsubpull.urls). Items per page of instances or
+    # changes when the caller gives no ?limit=.
     "PAGE_SIZE": 100,
+    # The largest ?limit= a caller may ask for; a larger one is 400
+    # invalid_limit.
     "MAX_PAGE_SIZE": 5000,
     # The longest ?wait= a change feed request may long-poll, in seconds.
     "MAX_WAIT": 60,
@@ -27,9 +28,10 @@ DEFAULTS: dict[str, Any] = {
     # permission.
     "ANONYMOUS_MODELS": [],
     # The health endpoint calls a worker stale when its heartbeat (every few
-    # seconds) is older than this, and answers 503 when
-    # HEALTH_REQUIRE_WORKER and no worker is fresh.
+    # seconds) is older than this many seconds.
     "HEALTH_WORKER_STALE": 30.0,
+    # Whether the health endpoint answers 503 when no worker is fresh. False
+    # for web servers of a service without subscriptions or pulls.
     "HEALTH_REQUIRE_WORKER": True,
     # pubsubpull_prune deletes changes older than this (seconds) unless told
     # --older-than; never one a subscription has not received.
@@ -50,21 +52,31 @@ DEFAULTS: dict[str, Any] = {
     # or cloud-metadata addresses unless listed here, as host names
     # ("billing.internal"), addresses or networks ("10.0.0.0/8").
     "CALLBACK_ALLOW": [],
-    # Changes per PUT unless a subscription asks for another batch_size, at
-    # most MAX_BATCH_SIZE.
+    # Changes per PUT unless a subscription asks for another batch_size.
     "BATCH_SIZE": 100,
+    # The largest batch_size a subscription may ask for.
     "MAX_BATCH_SIZE": 1000,
     # A notification body (the JSON PUT to a callback) holds changes up to
     # this many bytes; the rest follow in the next batch. A single change
     # larger than this is sent alone. 1 MiB passes a default nginx
     # (client_max_body_size 1m) in front of a receiver.
     "BATCH_MAX_BYTES": 1024 * 1024,
-    # Per PUT: connecting, and the whole request. Redirects are never followed.
+    # Per PUT: the longest wait to open the connection to the receiver (TCP,
+    # and the TLS handshake for https).
     "CONNECT_TIMEOUT": 5.0,
+    # Per PUT, once connected: the longest wait to send the body and for each
+    # part of the answer (its status line, then each chunk of the body). A
+    # receiver silent this long fails the attempt, which is retried. The
+    # response is read for at most this long from the start of the attempt,
+    # and only its first RESPONSE_EXCERPT bytes are kept. Redirects are never
+    # followed.
     "TIMEOUT": 15.0,
-    # Retries back off exponentially from RETRY_BASE to RETRY_MAX, with
-    # jitter; a Retry-After of a 429 or 503 is honoured up to RETRY_MAX.
+    # After the n-th failed attempt in a row, the next try waits a random time
+    # between half and all of RETRY_BASE * 2 ** (n - 1) seconds, at most
+    # RETRY_MAX: 1-2 s, then 2-4 s, 4-8 s, ... with the defaults.
     "RETRY_BASE": 2.0,
+    # The cap of that wait (30 to 60 minutes from the 12th failure on, with
+    # the defaults), and the longest Retry-After of a 429 or 503 honoured.
     "RETRY_MAX": 3600.0,
     # A subscription whose owner lost access (token revoked or narrowed, user
     # deactivated or deleted) is "forbidden": it sends nothing and checks
@@ -73,16 +85,22 @@ DEFAULTS: dict[str, Any] = {
     # A subscription failing without a success for this long is disabled; its
     # backlog is kept and re-enabling it resumes in order.
     "DISABLE_AFTER": 3 * 24 * 3600.0,
-    # How long a worker holds a subscription per batch. Longer than TIMEOUT;
-    # a killed worker's batch is redelivered by another this soon.
+    # How long a worker holds a subscription per batch. Keep it above
+    # CONNECT_TIMEOUT + TIMEOUT, so a slow answer is not also sent by a second
+    # worker; a killed worker's batch is redelivered by another this soon.
     "LEASE": 25.0,
     # Workers also sweep for due subscriptions this often (retries, and any
     # wake-up a lost notification or job missed).
     "SWEEP_INTERVAL": 2.0,
-    # Threads of pubsubpull_worker that run delivery jobs.
+    # Threads of pubsubpull_worker that run delivery and pull jobs.
     "WORKER_THREADS": 4,
-    # Which TASKS backend and queue delivery jobs go to.
+    # The alias in TASKS that delivery and pull jobs go to. It must be a
+    # backend with workers (django-tasks-db, RQ, ...): Django's default when
+    # TASKS is unset, the ImmediateBackend, runs each job inside the call that
+    # enqueues it.
     "TASK_BACKEND": "default",
+    # The queue of that backend that delivery and pull jobs go to
+    # (pubsubpull_worker runs this queue's jobs with django-tasks-db).
     "TASK_QUEUE": "default",
     # After rotate_secret, the old secret keeps signing beside the new one
     # this long, so receivers can switch without losing a notification.
@@ -107,9 +125,12 @@ DEFAULTS: dict[str, Any] = {
     # A pull job runs this long, then enqueues its successor (so jobs of
     # many cursors take turns on the worker threads).
     "PULL_BUDGET": 30.0,
-    # Failures back off exponentially from PULL_RETRY_BASE to PULL_RETRY_MAX,
-    # with jitter; a publisher's Retry-After is honoured up to the cap.
+    # After the n-th failure in a row of a pull (the publisher or the
+    # handler), the next try waits a random time between half and all of
+    # PULL_RETRY_BASE * 2 ** (n - 1) seconds, at most PULL_RETRY_MAX.
     "PULL_RETRY_BASE": 1.0,
+    # The cap of that wait, and the longest Retry-After of the publisher
+    # honoured.
     "PULL_RETRY_MAX": 300.0,
     # The largest notification body pubsubpull.receiver reads (bytes); a
     # larger one is answered 413. Django's DATA_UPLOAD_MAX_MEMORY_SIZE does

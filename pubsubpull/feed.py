@@ -1,10 +1,17 @@
-"""The gap-free change feed: read the change log in commit-safe order, page by page.
+"""The gap-free change feed: read the change log in transaction-id order, page by page.
 
 Change ids are taken before commit, so reading by id alone skips a change
 whose transaction commits after a later id has been read. The feed orders by
 ``(txid, id)`` instead and serves only changes of transactions older than the
 reading statement's snapshot ``xmin``: every such transaction has ended, so
 nothing can ever appear before a position once it has been served.
+
+That order is not commit order. It promises no gap, no duplicate, each
+transaction's changes contiguous, and per-object order through ``sequence``
+(a row's change ids follow its commits: the row lock serialises writers). A
+transaction that took its id first is served first even if it committed
+later, so a child row's transaction can precede its parent's, and one
+object's changes can come out of sequence order (docs/guarantees.rst).
 
 The HTTP change feed (``pubsubpull.api``) and the delivery worker both read
 through this module::
@@ -294,8 +301,6 @@ LEFT JOIN pubsubpull_request AS r ON r.id = c.request_id
 ORDER BY c.txid, c.id
 """
 
-_POSITION_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-
 
 def _database(using: str | None) -> str:
     from .models import Change
@@ -337,11 +342,13 @@ def current_position(using: str | None = None) -> Position:
     """A cursor from which the feed serves only changes committed from now on.
 
     Some changes committed just before may follow too (at least once, never
-    fewer).
+    fewer): those of transactions that were still open. It is the same
+    per-database fence as the page read's, so a change the feed already
+    serves is never after it; a server-wide ``pg_snapshot_xmin`` would let a
+    long transaction in another database put "now" before changes that every
+    reader has already been served.
     """
-    with connections[_database(using)].cursor() as cursor:
-        cursor.execute(_POSITION_SQL)
-        return fence_position(cursor.fetchone()[0])
+    return fence_position(current_fence(using))
 
 
 def _published(text: Any, columns: frozenset[str]) -> tuple[dict[str, Any] | None, str | None]:

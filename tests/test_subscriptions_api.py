@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import psycopg
 import pytest
 from django.test import Client
 from standardwebhooks import Webhook
@@ -13,6 +14,7 @@ from pubsubpull import feed
 from pubsubpull.api.auth import create_token
 from pubsubpull.delivery.models import Subscription
 
+from .conftest import dsn
 from .delivery_helpers import drain_settled, settle, use_fast_settings
 from .receivers import Receiver
 
@@ -100,6 +102,21 @@ def test_start_now_skips_the_past_and_a_cursor_starts_after_it(billing, receiver
     assert response.status_code == 200
     drain_settled(Subscription.objects.get().pk)
     assert [c["new"]["name"] for c in receiver.accepted_changes()][1:] == ["After"]
+
+
+def test_a_long_transaction_in_another_database_does_not_move_now_back(billing, receiver):
+    # Another service (or test run) on the same server holds a transaction
+    # open in its own database: it cannot write to this change log, so "now"
+    # must not fall back before what this database's feed already serves.
+    with psycopg.connect(dsn("postgres")) as elsewhere:
+        elsewhere.execute("SELECT pg_current_xact_id()")  # takes an xid, holds it
+        Customer.objects.create(name="Before")
+        settle()
+        assert billing.put(body(receiver)).status_code == 201  # start: now
+        Customer.objects.create(name="After")
+        drain_settled(Subscription.objects.get().pk)
+        assert [c["new"]["name"] for c in receiver.accepted_changes()] == ["After"]
+        elsewhere.rollback()
 
 
 def test_rotating_the_secret_returns_a_new_one_and_both_sign_for_a_while(billing, receiver):

@@ -217,7 +217,11 @@ _CHANGE = {
         "pk": {},
         "op": {"enum": ["insert", "update", "delete", "truncate"]},
         "at": {"type": "string", "format": "date-time"},
-        "sequence": {"type": "integer"},
+        "sequence": {
+            "type": "integer",
+            "description": "Orders the changes of one object (it follows the object's "
+            "commits): keep the highest, drop an event with a lower one.",
+        },
         "old": {"type": ["object", "null"]},
         "new": {"type": ["object", "null"]},
         "request": {
@@ -243,8 +247,18 @@ _ERROR = {
     "required": ["status", "error", "detail"],
     "properties": {
         "status": {"type": "integer"},
-        "error": {"type": "string"},
-        "detail": {"type": "string"},
+        "error": {"type": "string", "description": "A code, e.g. invalid_limit."},
+        "detail": {"type": "string", "description": "What was wrong, and what to do."},
+        "fields": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "invalid_subscription: what is wrong with which field.",
+        },
+        "snapshot": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "format": "uri"},
+            "description": "cursor_expired: each model's instances URL to re-snapshot from.",
+        },
     },
 }
 
@@ -273,6 +287,15 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
             "get": {
                 "operationId": "changes",
                 "summary": "The gap-free change feed",
+                "description": (
+                    "Changes in transaction-id order, not commit order: no gap, no "
+                    "duplicate, each transaction's changes together (a page may end "
+                    "inside a transaction). A transaction that took its id first is "
+                    "served first even if it committed later, so a child row can come "
+                    "before its parent; one object's changes are ordered by sequence, "
+                    "not by their place in the feed. Store the page's cursor and send "
+                    "it back as after."
+                ),
                 "parameters": [
                     {
                         "name": "after",

@@ -256,7 +256,10 @@ def parked_change(request, caller, name, change_id):
         raise ApiError(409, "not_next_change", str(exc)) from None
     except feed.CursorExpired:
         raise ApiError(
-            409, "cursor_expired", "The change log was pruned past this subscription."
+            410,
+            "cursor_expired",
+            "The change log was pruned past this subscription's position: nothing to park. "
+            "Take a new snapshot and subscribe again with start set to its feed_position.",
         ) from None
     return json_response(describe_parked(parked, url), 201 if created else 200)
 
@@ -327,7 +330,12 @@ SCHEMAS: dict[str, Any] = {
             "batch_size": {"type": "integer"},
             "state": {"enum": ["active", "failing", "blocked", "forbidden", "disabled", "paused"]},
             "state_reason": {"type": "string"},
-            "position": {"type": "string", "description": "Feed cursor of the last ack."},
+            "position": {
+                "type": "string",
+                "description": "The feed cursor reached: every change of its models up to "
+                "it was acknowledged (or came before start). It also moves over stretches "
+                "without changes of its models, so it is not a particular change's cursor.",
+            },
             "lag": {
                 "type": "object",
                 "required": ["changes", "seconds"],
@@ -336,12 +344,25 @@ SCHEMAS: dict[str, Any] = {
                     "seconds": {"type": "number"},
                 },
             },
-            "delivered": {"type": "integer"},
-            "failures": {"type": "integer"},
-            "failing_since": _NULLABLE_TIME,
-            "next_attempt_at": _NULLABLE_TIME,
-            "last_success_at": _NULLABLE_TIME,
-            "last_error": {"type": "string"},
+            "delivered": {"type": "integer", "description": "Changes acknowledged."},
+            "failures": {
+                "type": "integer",
+                "description": "Failed attempts in a row since the last success.",
+            },
+            "failing_since": {
+                **_NULLABLE_TIME,
+                "description": "When the current failure streak began; null when not failing.",
+            },
+            "next_attempt_at": {
+                **_NULLABLE_TIME,
+                "description": "The earliest time of the next attempt (after a failure: "
+                "the end of the backoff; in the past: as soon as there is something).",
+            },
+            "last_success_at": {
+                **_NULLABLE_TIME,
+                "description": "When a receiver last answered 2xx.",
+            },
+            "last_error": {"type": "string", "description": "Of the latest failed attempt."},
             "pending": {
                 "description": "The batch sent but not acknowledged yet, if any.",
                 "oneOf": [
@@ -374,7 +395,10 @@ SCHEMAS: dict[str, Any] = {
                     },
                 ]
             },
-            "previous_secret_expires": _NULLABLE_TIME,
+            "previous_secret_expires": {
+                **_NULLABLE_TIME,
+                "description": "After rotate_secret: until when the old secret still signs.",
+            },
             "created": {"type": "string", "format": "date-time"},
             "secret": {
                 "type": "string",
@@ -491,7 +515,11 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _subscription_response("Updated."),
                 "201": _subscription_response("Created; the body carries the secret."),
-                "400": _error("The body is invalid (see fields); nothing was changed."),
+                "400": _error(
+                    "Nothing was changed: the body is invalid (invalid_subscription, with "
+                    "fields; a model that is not published included), not JSON "
+                    "(invalid_json) or over 1 MiB (body_too_large), or the name is invalid."
+                ),
                 **_COMMON,
             },
         },
@@ -568,6 +596,7 @@ PATHS: dict[str, Any] = {
                 "403": _error("The subscription's owner may not read the change's model."),
                 "404": _NOT_FOUND,
                 "409": _error("Not the change the subscription would send next."),
+                "410": _error("The change log was pruned past the subscription's position."),
             },
         },
         "get": {

@@ -279,7 +279,11 @@ def mirror(
 
     ``fields`` maps local field names to remote ones; ``key`` is the local
     field (unique) holding the remote primary key, ``sequence`` a
-    BigIntegerField (default 0) holding the remote object's sequence. Assign
+    BigIntegerField (default 0) holding the remote object's sequence.
+    ``auth`` is the publisher's bearer token, ``name`` the pull cursor's name
+    (default ``mirror:<app_label>.<model>``; its subscription's name has
+    ``-`` for ``:``), ``page_size`` the instances or changes per page
+    (default ``PULL_PAGE_SIZE``). Assign
     the result to a module-level name: workers import it by that name. Then
     ``.pull()`` starts pull mode, or ``.subscribe(callback_url)`` with
     ``.receiver()`` mounted there starts push mode.

@@ -16,11 +16,11 @@
 
 The receiver accepts only PUT. It verifies the Standard Webhooks signature
 with the stored secret of the subscription (401 with the reason, handler not
-called), drops a batch it has handled before (same ``webhook-id``) and
-changes at or before the last cursor it handled, calls the handler for each
-change in order, and answers 204 only after the handler's transaction
-committed; any error rolls it back and answers 500, so the publisher sends
-the same batch again.
+called), answers 204 to a batch it has handled before (same ``webhook-id``)
+without calling the handler, drops changes at or before the last cursor it
+handled, calls the handler for each change in order, and answers 204 only
+after the handler's transaction committed; any error rolls it back and
+answers 500, so the publisher sends the same batch again.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def position_since(subscription: Subscription, since) -> feed.Position:
         )
         row = cursor.fetchone()
     if row is None:
-        return subscriptions.now_position()
+        return feed.current_position()
     return feed.Position(row[0], row[1] - 1)
 
 

@@ -48,20 +48,10 @@ class Subscribed:
     secret: str | None
 
 
-def now_position() -> feed.Position:
-    """Where "now" starts: after every transaction of this database that has ended.
-
-    The feed's own fence, which a transaction open in another database on
-    the same server does not hold back (``feed.current_position()`` does,
-    so "now" would also send changes committed well before it).
-    """
-    return feed.fence_position(feed.current_fence())
-
-
 def decode_start(start: Any) -> feed.Position:
     """``"now"``, ``"beginning"`` or a feed cursor, as a feed position."""
     if start in (None, "now"):
-        return now_position()
+        return feed.current_position()
     if start == "beginning":
         return feed.START
     if isinstance(start, str):
@@ -158,7 +148,7 @@ def subscribe(
             raise NotAllowed(f"You may not read {', '.join(refused)}, so you cannot subscribe.")
         secret = None
         if existing is None:
-            start = cleaned.get("start") or now_position()
+            start = cleaned.get("start") or feed.current_position()
             secret = signing.new_secret()
             subscription = Subscription.objects.create(
                 owner=owner,
