@@ -73,7 +73,11 @@ def park(subscription: Subscription, change_id: int, by: str = "") -> tuple[Park
                 f"parked, and that is change {change.id} ({change.model} {change.pk}), "
                 f"not {change_id}."
             )
-        tried = Attempt.objects.filter(subscription=locked, first_change_id=change.id)
+        # The failed attempts of the batches it led (a replay may have sent
+        # it successfully before).
+        tried = Attempt.objects.filter(subscription=locked, first_change_id=change.id).exclude(
+            status__gte=200, status__lt=300
+        )
         attempts = [
             {
                 "at": a.at.isoformat(),
