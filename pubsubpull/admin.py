@@ -395,5 +395,7 @@ class ServiceTokenAdmin(admin.ModelAdmin):
         self.message_user(request, f"Reactivated {count} token(s).")
 
 
-# Subscriptions and their delivery attempts.
+# Pull cursors, parked events and remote subscriptions (the subscribing side);
+# subscriptions and their delivery attempts.
+from .client import admin as _client_admin  # noqa: E402, F401
 from .delivery import admin as _delivery_admin  # noqa: E402, F401

@@ -139,6 +139,11 @@ DEFAULTS: dict[str, Any] = {
     # The receiver remembers the webhook-id of each batch it handled this
     # long, to drop redeliveries (older ones are also dropped by position).
     "RECEIVED_RETENTION": 7 * 24 * 3600.0,
+    # A mirror keeps the tombstone of a deleted object this long, so an older
+    # event of that object (from a transaction that committed before the
+    # delete but is served after it) cannot bring the row back. Such events
+    # come within the lifetime of the publisher's longest transaction.
+    "MIRROR_TOMBSTONE_RETENTION": 7 * 24 * 3600.0,
 }
 
 

@@ -276,7 +276,9 @@ class WorkerHeartbeat(models.Model):
 
 
 from .client.models import (  # noqa: E402, F401  (pull and receive)
+    MirrorSeen,
     MirrorTombstone,
+    ParkedEvent,
     PullCursor,
     ReceivedBatch,
     RemoteSubscription,

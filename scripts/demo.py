@@ -129,16 +129,80 @@ class Demo:
         # The publisher keeps its loyalty ledger in a second database.
         ensure_database(self.database_url, f"{self.publisher.database}_other")
         self.publisher.manage("migrate", "--database", "other", "--no-input", "-v0")
-        # Billing's token at customers: a new one each run (only its hash is kept).
-        self.publisher.manage(
-            "pubsubpull_token", "delete", "billing", capture_output=True, check=False
-        )
-        token = self.publisher.manage(
-            "pubsubpull_token", "create", "billing", "--models", "customers.customer",
-            "auth.user", capture_output=True, text=True,
-        ).stdout.strip().splitlines()[-1]  # fmt: skip
+        token = self.billing_token()
         self.subscriber.env["CUSTOMERS_URL"] = self.publisher.url + "/pubsubpull/"
         self.subscriber.env["CUSTOMERS_TOKEN"] = token
+
+    def billing_token(self) -> str:
+        """Billing's token at customers: the one an earlier run left, if still good.
+
+        Only its hash is kept at customers, so billing's own copy (in its
+        subscription and its mirror's cursor) is what can be reused. Reusing it
+        keeps the earlier run's subscription (same owner, same name) instead of
+        adding a second one that calls the same receiver with another secret.
+        When there is none, or customers no longer knows it, the old token and
+        the subscriptions it made are removed on both sides and a new one made.
+        """
+        held = self.subscriber.manage(
+            "shell",
+            "-c",
+            "from pubsubpull.client.models import PullCursor, RemoteSubscription\n"
+            "tokens = [*RemoteSubscription.objects.filter(name='billing-users')"
+            ".values_list('token', flat=True),\n"
+            "    *PullCursor.objects.filter(name='mirror:billing.customercountry')"
+            ".values_list('token', flat=True)]\n"
+            "print(next((t for t in tokens if t), ''))",
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        # A subscription whose token is gone (left by a demo before this one
+        # reused tokens) would call billing for ever with a secret it lost.
+        self.publisher.manage(
+            "shell",
+            "-c",
+            "from pubsubpull.delivery.models import Subscription\n"
+            "from pubsubpull.models import ServiceToken\n"
+            "owners = [f'token:{pk}' for pk in ServiceToken.objects.values_list('pk', flat=True)]\n"
+            "Subscription.objects.filter(name='billing-users', owner__startswith='token:')"
+            ".exclude(owner__in=owners).delete()",
+        )
+        if held:
+            valid = self.publisher.manage(
+                "shell",
+                "-c",
+                "import os\n"
+                "from pubsubpull.api.auth import hash_token\n"
+                "from pubsubpull.models import ServiceToken\n"
+                "print(ServiceToken.objects.filter(name='billing', is_active=True,\n"
+                "    key_hash=hash_token(os.environ['DEMO_TOKEN'])).exists())",
+                capture_output=True,
+                text=True,
+                env={"DEMO_TOKEN": held},
+            ).stdout.strip()
+            if valid == "True":
+                print("demo: reusing billing's token and subscription from an earlier run")
+                return held
+        # Replace: what the old token made goes with it, at customers and at billing.
+        self.publisher.manage(
+            "shell",
+            "-c",
+            "from pubsubpull.delivery.models import Subscription\n"
+            "from pubsubpull.models import ServiceToken\n"
+            "old = ServiceToken.objects.filter(name='billing')\n"
+            "Subscription.objects.filter(owner__in=[f'token:{t.pk}' for t in old]).delete()\n"
+            "old.delete()",
+        )
+        self.subscriber.manage(
+            "shell",
+            "-c",
+            "from pubsubpull.client.models import RemoteSubscription\n"
+            "RemoteSubscription.objects.filter(name='billing-users').delete()",
+        )
+        created = self.publisher.manage(
+            "pubsubpull_token", "create", "billing", "--models", "customers.customer",
+            "auth.user", capture_output=True, text=True,
+        )  # fmt: skip
+        return created.stdout.strip().splitlines()[-1]
 
     def start(self) -> None:
         for service in (self.publisher, self.subscriber):

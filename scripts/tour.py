@@ -154,13 +154,19 @@ def run_tour(demo) -> None:
     assert len(welcome) == 1, welcome
 
     say("6. A pull from scratch on the command line: every customer, then the feed.")
+    # Its cursor is the tour's own: from scratch each run, gone afterwards.
+    forget_pull = (
+        "from pubsubpull.client.models import PullCursor\n"
+        "PullCursor.objects.filter(name='tour-pull').delete()"
+    )
+    subscriber.manage("shell", "-c", forget_pull)
     pulled = subscriber.manage(
         "pubsubpull_pull",
         publisher.url + "/pubsubpull/models/customers.customer/instances/",
         "--handler",
         "billing.handlers.show",
         "--name",
-        f"tour-{int(time.time())}",
+        "tour-pull",
         "--token",
         subscriber.env["CUSTOMERS_TOKEN"],
         capture_output=True,
@@ -169,7 +175,19 @@ def run_tour(demo) -> None:
     )
     if pulled.returncode != 0:
         raise RuntimeError(f"tour: the pull failed:\n{pulled.stdout}\n{pulled.stderr}")
+    subscriber.manage("shell", "-c", forget_pull)
     print("   " + pulled.stdout.strip().replace("\n", "\n   "))
     assert ada in pulled.stdout, pulled.stdout + pulled.stderr
+
+    say("7. However many times the demo ran, billing has one subscription, and it delivers.")
+    subscriptions = query(
+        publisher,
+        "import json\nfrom pubsubpull.delivery.models import Attempt, Subscription\n"
+        "subs = Subscription.objects.filter(name='billing-users')\n"
+        "print(json.dumps({'states': [s.state for s in subs],\n"
+        "    'refused': Attempt.objects.filter(subscription__in=subs, status=401).count()}))",
+    )
+    print(f"   billing-users at customers: {subscriptions}")
+    assert subscriptions == {"states": ["active"], "refused": 0}, subscriptions
 
     say("done: every step worked.")

@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
 MANAGE = Path(__file__).resolve().parent.parent / "test-projects" / "subscriber" / "manage.py"
 
@@ -40,6 +41,9 @@ FAST_PULL = {
 
 TABLES = [
     "billing_customercountry",
+    "billing_customercard",
+    "pubsubpull_mirrorseen",
+    "pubsubpull_parkedevent",
     "billing_welcome",
     "pubsubpull_pullcursor",
     "pubsubpull_receivedbatch",
@@ -141,7 +145,7 @@ class Billing:
 
     def shell(self, code: str) -> str:
         """Run Python in billing's Django (its settings, its database)."""
-        return self.manage("shell", "-c", code)
+        return self.manage("shell", "-v", "0", "-c", code)
 
     def sql(self, query: str, params: Any = None) -> list[tuple]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -238,3 +242,47 @@ class Switch:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+# -- fixtures: import them into a test module that runs billing ------------------
+
+
+@pytest.fixture(scope="module")
+def billing_service():
+    """Billing's database, created and migrated once per test module."""
+    server = psycopg.conninfo.conninfo_to_dict(
+        os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    )
+    server.pop("dbname", None)
+    server = {k: str(v) for k, v in server.items()}
+    base = os.environ.get("SUBSCRIBER_DB_NAME", "subscriber")
+    name = f"test_{base}_{os.getpid()}"
+    admin = psycopg.conninfo.make_conninfo(**server, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    billing = Billing(server, name)
+    try:
+        billing.manage("migrate", "-v", "0")
+        yield billing
+    finally:
+        billing.stop_all()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def billing(billing_service, live_server):
+    """Billing, emptied, pointed at the customers service (live_server) with a token."""
+    from pubsubpull import feed
+    from pubsubpull.api.auth import create_token
+
+    billing_service.reset()
+    billing_service.customers_url = live_server.url + "/pubsubpull/"
+    billing_service.customers_token = create_token("billing", ["*"])[1]
+    billing_service.overrides = dict(FAST_PULL)
+    billing_service.extra_env = {}
+    yield billing_service
+    print(billing_service.outputs())  # shown when the test failed
+    billing_service.stop_all()
+    feed.stop_listening()  # live_server's long polls: let the test database go

@@ -270,3 +270,40 @@ def test_a_mirror_page_keeps_integers_beyond_64_bits():
 
     records = [{"k": 1, "s": 2, "f0": "Ada é"}, {"k": 10**30, "s": 3, "f0": None}]
     assert json.loads(_dumps(records)) == records
+
+
+def test_the_admin_shows_a_blocked_cursor_and_parks_it(admin_client, customers_url, token):
+    import dataclasses
+
+    from pubsubpull.client.events import Event
+    from pubsubpull.client.models import ParkedEvent
+
+    cursor = pubsubpull.pull(customers_url, client_handlers.record, auth=token, enqueue=False)
+    PullCursor.objects.filter(pk=cursor.pk).update(
+        state=PullCursor.State.BLOCKED, last_error="DataError: value too long (at the feed …)"
+    )
+    page = admin_client.get("/admin/pubsubpull/pullcursor/")
+    assert page.status_code == 200
+    assert b"blocked" in page.content and b"value too long" in page.content
+    answer = admin_client.post(
+        "/admin/pubsubpull/pullcursor/",
+        {"action": "park", "_selected_action": [cursor.pk]},
+    )
+    assert answer.status_code == 302
+    cursor.refresh_from_db()
+    assert cursor.state == "active" and cursor.park_failures
+
+    # A parked event re-applied from the admin reaches the handler.
+    event = dataclasses.asdict(Event("customers.customer", 7, "update", 3, {"name": "x"}))
+    parked = ParkedEvent.objects.create(
+        cursor=cursor, model="customers.customer", object_pk="7", op="update", event=event,
+        error="RuntimeError",
+    )  # fmt: skip
+    assert admin_client.get(f"/admin/pubsubpull/parkedevent/{parked.pk}/change/").status_code == 200
+    answer = admin_client.post(
+        "/admin/pubsubpull/parkedevent/", {"action": "reapply", "_selected_action": [parked.pk]}
+    )
+    assert answer.status_code == 302
+    assert not ParkedEvent.objects.exists()
+    assert ops(client_handlers.seen) == [("update", 7)]
+    assert admin_client.get("/admin/pubsubpull/remotesubscription/").status_code == 200

@@ -14,8 +14,8 @@ from django.db import connection
 from pubsubpull.delivery.models import Attempt, Subscription
 
 from .delivery_helpers import WorkerThread, use_fast_settings
-from .services import wait_until
-from .test_two_services import billing, billing_service, welcomes  # noqa: F401  (fixtures)
+from .services import billing, billing_service, wait_until  # noqa: F401  (fixtures)
+from .test_two_services import welcomes
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

@@ -18,8 +18,22 @@ from .conftest import dsn
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_tour(env: dict, logs: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--tour"],
+        env={**env, "DEMO_LOGS": str(logs)},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    output = "".join(f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in logs.glob("*.log"))
+    assert result.returncode == 0, result.stdout + result.stderr + output
+    return result
+
+
 @pytest.mark.slow
-def test_the_tour_runs_and_stops_everything(db, tmp_path):
+def test_the_tour_runs_twice_and_stops_everything(db, tmp_path):
+    """The README's order, twice over: the second run reuses what the first left."""
     prefix = f"tour_{uuid.uuid4().hex[:8]}"
     server = connection.settings_dict
     url = (
@@ -30,29 +44,21 @@ def test_the_tour_runs_and_stops_everything(db, tmp_path):
         **os.environ,
         "DATABASE_URL": os.environ.get("DATABASE_URL", url),
         "DEMO_DB_PREFIX": prefix,
-        "DEMO_LOGS": str(tmp_path / "logs"),
     }
     try:
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "demo.py"), "--tour"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=400,
-        )
-        logs = "".join(
-            f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in (tmp_path / "logs").glob("*.log")
-        )
-        assert result.returncode == 0, result.stdout + result.stderr + logs
-        assert "tour: done: every step worked." in result.stdout
-        assert "admin via POST /admin/customers/customer/add/" in result.stdout
-        assert "demo: stopping" not in result.stderr
-        # Everything it started has stopped: nothing answers on its ports any more.
-        ports = [int(p) for p in re.findall(r"serves http://127\.0\.0\.1:(\d+)", result.stdout)]
-        assert len(ports) == 2, result.stdout
-        for port in ports:
-            with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                pass
+        for run in ("first", "second"):
+            result = run_tour(env, tmp_path / run)
+            assert "tour: done: every step worked." in result.stdout
+            assert "admin via POST /admin/customers/customer/add/" in result.stdout
+            assert "demo: stopping" not in result.stderr
+            # Everything it started has stopped: nothing answers on its ports any more.
+            ports = [int(p) for p in re.findall(r"serves http://127\.0\.0\.1:(\d+)", result.stdout)]
+            assert len(ports) == 2, result.stdout
+            for port in ports:
+                with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                    pass
+        assert "reusing billing's token and subscription" in result.stdout
+        assert "billing-users at customers: {'states': ['active'], 'refused': 0}" in result.stdout
     finally:
         with psycopg.connect(dsn(), autocommit=True) as conn:
             for suffix in ("publisher", "publisher_other", "subscriber"):

@@ -312,7 +312,7 @@ def test_every_error_code_the_code_can_answer_is_in_a_table_of_the_docs():
         "client": section("docs/pull-and-receive.rst", "Receive"),
     }
     for path in sorted((ROOT / "pubsubpull").rglob("*.py")):
-        side = "client" if "client" in path.parts else "api"
+        side = "client" if "client" in path.relative_to(ROOT).parts else "api"
         for status, code in answer.findall(path.read_text()):
             row = rf"^{status}\s+``{code}``"
             assert re.search(row, tables[side], re.M), (

@@ -8,7 +8,6 @@ on its own database (see tests/services.py).
 from __future__ import annotations
 
 import json
-import os
 import random
 import threading
 import time
@@ -16,7 +15,6 @@ import uuid
 from datetime import UTC, datetime
 
 import httpx
-import psycopg
 import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
@@ -24,57 +22,14 @@ from standardwebhooks import Webhook
 
 from customers.models import Country, Customer
 from pubsubpull import feed
-from pubsubpull.api.auth import create_token
 
+from . import services
 from .delivery_helpers import WorkerThread, use_fast_settings
-from .services import Billing, Switch, wait_until
+from .services import Switch, wait_until
+
+billing_service, billing = services.billing_service, services.billing  # the fixtures
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def billing_service():
-    server = psycopg.conninfo.conninfo_to_dict(
-        os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-    )
-    server.pop("dbname", None)
-    server = {k: str(v) for k, v in server.items()}
-    base = os.environ.get("SUBSCRIBER_DB_NAME", "subscriber")
-    name = f"test_{base}_{os.getpid()}"
-    admin = psycopg.conninfo.make_conninfo(**server, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    billing = Billing(server, name)
-    try:
-        billing.manage("migrate", "-v", "0")
-        yield billing
-    finally:
-        billing.stop_all()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-def billing(billing_service, live_server, request):
-    billing_service.reset()
-    billing_service.customers_url = live_server.url + "/pubsubpull/"
-    billing_service.customers_token = create_token("billing", ["*"])[1]
-    billing_service.overrides = dict(billing_service.overrides)
-    billing_service.extra_env = {}
-    yield billing_service
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        print(billing_service.outputs())
-    billing_service.stop_all()
-    feed.stop_listening()  # live_server's long polls: let the test database go
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    setattr(item, f"rep_{report.when}", report)
 
 
 def published_customers() -> dict[int, tuple]:
@@ -326,3 +281,36 @@ def test_billing_mirrors_customers_by_push_and_catches_up_after_a_gap(billing, s
         wait_until(lambda: mirrored_customers(billing) == published_customers())
     [(received,)] = billing.sql("SELECT received FROM pubsubpull_remotesubscription")
     assert received >= 4
+
+
+def test_two_tokens_subscribe_with_one_name_and_each_is_verified_with_its_own_secret(
+    billing, settings
+):
+    """Two of billing's tokens (say, two teams) each subscribe 'welcome' at customers.
+
+    The publisher keeps one subscription per owner and name; so does billing,
+    and its receiver verifies each notification with the secret that signs it.
+    """
+    use_fast_settings(settings)
+    from pubsubpull.api.auth import create_token
+    from pubsubpull.delivery.models import Attempt, Subscription
+
+    other_token = create_token("billing-team-2", ["auth.user"])[1]
+    billing.start_server()
+    for token in (billing.customers_token, other_token):
+        billing.shell(
+            "import pubsubpull; from django.conf import settings; "
+            "pubsubpull.subscribe(settings.CUSTOMERS_URL, 'welcome', "
+            f"'{billing.url}/hooks/users/', models=['auth.user'], auth={token!r})"
+        )
+    assert Subscription.objects.filter(name="welcome").count() == 2
+    secrets = billing.sql("SELECT DISTINCT secret FROM pubsubpull_remotesubscription")
+    assert len(secrets) == 2
+
+    with WorkerThread():
+        user = User.objects.create_user("ada")
+        wait_until(lambda: Subscription.objects.filter(delivered__gte=1).count() == 2)
+    assert not Attempt.objects.exclude(status=204).exists()
+    assert [user_id for user_id, _, _ in welcomes(billing)] == [user.pk, user.pk]  # one each
+    received = billing.sql("SELECT received FROM pubsubpull_remotesubscription")
+    assert received == [(1,), (1,)]

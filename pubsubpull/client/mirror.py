@@ -23,21 +23,55 @@ changed by an event with a higher one, so repeated or out-of-order events
 copy back. A deleted object leaves a tombstone with its sequence so an older
 event cannot bring it back. Each page is one statement per kind (upsert,
 delete) whatever its size: no round trip per row.
+
+Local fields the mirror does not map get their model default (a callable is
+called per row, as ``Model()`` would) or their ``db_default``; a NOT NULL
+field with neither is refused when the mirror is declared.
+
+A snapshot (the first, or a new one after the publisher answered 410 because
+its log no longer reaches the cursor) marks each key it writes
+(``MirrorSeen``); in the transaction of its last page, the rows it did not
+mark are deleted: they are gone at the publisher (deleted in the part of the
+log that was pruned). So the copy ends with exactly the publisher's rows, and
+no live row is missing at any moment in between.
+
+Tombstones are pruned after MIRROR_TOMBSTONE_RETENTION. Why that is safe: a
+tombstone only matters for an event of the same object that is older (a
+lower sequence) and arrives after the delete. A pull cursor, or a
+subscription with its catch-up, only goes forward in the feed (it drops what
+is at or before its position), and the feed serves one object's changes in
+transaction-id order; so the one older event that can follow the delete is a
+change made by a transaction with a later id that committed before the
+delete's did, and the feed serves it as soon as every transaction that was
+running then has ended: seconds, or the lifetime of the publisher's longest
+transaction. Feeding one mirror from two streams at different positions (a
+pull cursor and a subscription of another name) is not protected beyond the
+retention.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import re
 import sys
+import time
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 import orjson
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, models, transaction
+from django.utils import timezone
 
+from .. import conf
 from .events import Event
-from .models import MirrorTombstone, PullCursor, RemoteSubscription
+from .models import MirrorSeen, MirrorTombstone, PullCursor, RemoteSubscription
 from .source import Publisher, get_json, split_source
+
+TOMBSTONES = MirrorTombstone._meta.db_table
+SEEN = MirrorSeen._meta.db_table
 
 
 def _dumps(records: list[dict[str, Any]]) -> str:
@@ -46,6 +80,29 @@ def _dumps(records: list[dict[str, Any]]) -> str:
         return orjson.dumps(records).decode()
     except (TypeError, orjson.JSONEncodeError):  # an integer beyond 64 bits
         return json.dumps(records)
+
+
+def _json_value(field: models.Field, value: Any) -> Any:
+    """A Python value of ``field`` as json_to_recordset reads it back into its column."""
+    if isinstance(field, models.JSONField):
+        return value
+    value = field.get_db_prep_save(value, connection)
+    if value is None or isinstance(value, str | int | float | bool | list | dict):
+        return value
+    if isinstance(value, datetime.date | datetime.time):  # datetime is a date
+        return value.isoformat()
+    if isinstance(value, bytes | memoryview):
+        return "\\x" + bytes(value).hex()
+    return str(value)  # Decimal, UUID, ...
+
+
+def _filled_by_database(field: models.Field) -> bool:
+    """The database gives it a value on INSERT: a serial key, db_default, generated."""
+    return (
+        getattr(field, "generated", False)
+        or getattr(field, "db_default", models.NOT_PROVIDED) is not models.NOT_PROVIDED
+        or (field.primary_key and getattr(field, "db_returning", False))
+    )
 
 
 class Mirror:
@@ -84,6 +141,34 @@ class Mirror:
         opts = model._meta
         for local in [key, sequence, *self.fields]:
             opts.get_field(local)  # FieldDoesNotExist names the field
+        self.defaulted = self._unmapped_fields()
+
+    def _unmapped_fields(self) -> list[models.Field]:
+        """The unmapped fields an INSERT must fill from their defaults; refuse NOT NULL
+        fields that have none (every page would fail with an IntegrityError)."""
+        opts = self.model._meta
+        written = {opts.get_field(n).name for n in (self.key, self.sequence, *self.fields)}
+        defaulted, missing = [], []
+        for field in opts.concrete_fields:
+            if field.name in written or _filled_by_database(field):
+                continue
+            if field.has_default() or _auto_now(field):
+                defaulted.append(field)
+            elif not field.null:
+                missing.append(field)
+        if missing:
+            names = ", ".join(f.name for f in missing)
+            first = missing[0].name
+            raise ImproperlyConfigured(
+                f"mirror() of {self.label} into {opts.label} writes {self.key}, "
+                f"{self.sequence} and the mapped fields only, but {opts.label}.{names} "
+                f"{'is' if len(missing) == 1 else 'are'} NOT NULL without a default, so "
+                f"every row would fail. Map {'it' if len(missing) == 1 else 'them'} "
+                f'(fields={{..., "{first}": "<remote field>"}}), give '
+                f"{'it' if len(missing) == 1 else 'each'} a default (default= or "
+                "db_default=), or allow NULL (null=True)."
+            )
+        return defaulted
 
     def __repr__(self) -> str:
         return f"<Mirror {self.label} -> {self.model._meta.label}>"
@@ -110,11 +195,19 @@ class Mirror:
             self.source_url, self, name=self.name, auth=self.auth, enqueue=False,
             page_size=self.page_size,
         )  # fmt: skip
-        while run(cursor.id, budget=3600, stop_when_caught_up=True, now=True) != "done":
+        while True:
+            outcome = run(cursor.id, budget=3600, stop_when_caught_up=True, now=True)
             cursor.refresh_from_db()
-            if cursor.phase == PullCursor.Phase.DONE:
+            if outcome == "done" or cursor.phase == PullCursor.Phase.DONE:
                 break
-        cursor.refresh_from_db()
+            if cursor.state == PullCursor.State.BLOCKED:
+                raise RuntimeError(
+                    f"The copy of {self.label} into {self.model._meta.label} is blocked: "
+                    f"{cursor.last_error}"
+                )
+            if outcome in ("busy", "failed"):  # a worker has it, or a backoff
+                wait = (cursor.next_run_at - timezone.now()).total_seconds()
+                time.sleep(min(max(wait, 0.2), 30.0))
         return subscribe(
             self.service_url,
             name or self.name.replace(":", "-"),
@@ -135,7 +228,9 @@ class Mirror:
         from .receiver import _position
 
         subscription = subscription or RemoteSubscription.objects.get(
-            publisher=self.service_url, name=self.name.replace(":", "-")
+            publisher=self.service_url,
+            owner=RemoteSubscription.owner_for(self.auth),
+            name=self.name.replace(":", "-"),
         )
         changes_url = Publisher(self.service_url, self.auth).changes_url()
         applied = 0
@@ -174,6 +269,28 @@ class Mirror:
 
     def handle_events(self, events: list[Event]) -> None:
         """Apply a page of events: newest per object, in two statements."""
+        self._apply_page(events, mark=False)
+
+    def handle_snapshot(self, events: list[Event], *, first: bool, last: bool) -> None:
+        """Apply a snapshot page (the pull calls this, in the page's transaction).
+
+        ``first``: the snapshot's first page (marks of an interrupted earlier
+        snapshot are dropped); ``last``: its last page, after which every row
+        whose key this snapshot did not write is deleted.
+        """
+        marks = MirrorSeen.objects.filter(mirror=self.name)
+        if first:
+            marks.delete()
+            if self.model._default_manager.exists():
+                MirrorSeen.objects.create(mirror=self.name, object_pk=None)
+        marking = marks.filter(object_pk=None).exists()
+        self._apply_page(events, mark=marking)
+        if last:
+            if marking:
+                self._sweep()
+            marks.delete()
+
+    def _apply_page(self, events: list[Event], *, mark: bool) -> None:
         latest: dict[Any, Event] = {}
         truncated: int | None = None
         for event in events:
@@ -182,7 +299,7 @@ class Mirror:
             if event.op == "truncate":
                 # Everything before it is gone; drop what this page had so far.
                 truncated = event.sequence or 0
-                self._apply(latest)
+                self._apply(latest, mark)
                 latest = {}
                 self._truncate(truncated)
                 continue
@@ -190,19 +307,23 @@ class Mirror:
             known = latest.get(event.pk)
             if known is None or (event.sequence or 0) >= (known.sequence or 0):
                 latest[event.pk] = event
-        self._apply(latest)
+        self._apply(latest, mark)
+
+    def _column(self, field: models.Field) -> tuple[str, str]:
+        kind = field.db_type(connection)
+        # The table's column decides what fits (a migration may have widened
+        # it); a varchar(n) in the recordset would refuse first.
+        if re.fullmatch(r"varchar\(\d+\)", kind or ""):
+            kind = "text"
+        return connection.ops.quote_name(field.column), kind
 
     def _columns(self):
         opts = self.model._meta
         table = connection.ops.quote_name(opts.db_table)
+        key, seq = (self._column(opts.get_field(n)) for n in (self.key, self.sequence))
+        return table, key, seq, [self._column(opts.get_field(f)) for f in self.fields]
 
-        def column(name: str) -> tuple[str, str]:
-            field = opts.get_field(name)
-            return connection.ops.quote_name(field.column), field.db_type(connection)
-
-        return table, column(self.key), column(self.sequence), [column(f) for f in self.fields]
-
-    def _apply(self, latest: dict[Any, Event]) -> None:
+    def _apply(self, latest: dict[Any, Event], mark: bool = False) -> None:
         if not latest:
             return
         upserts, deletes = [], []
@@ -212,9 +333,17 @@ class Mirror:
             if event.deleted:
                 deletes.append({"k": event.pk, "s": sequence})
             else:
-                record = {"k": event.pk, "s": sequence}
+                # A snapshot row without a sequence has no change left in the
+                # publisher's log: whatever we hold of it is older (its changes
+                # were pruned), so it applies, whatever our stored sequence says.
+                unknown = event.op == "snapshot" and event.sequence is None
+                record = {"k": event.pk, "s": sequence, "u": unknown}
                 for n, remote in enumerate(remotes):
                     record[f"f{n}"] = self._value(event.data or {}, remote)
+                for n, field in enumerate(self.defaulted):
+                    # Per row, as Model() would: a callable default (uuid4) differs.
+                    value = timezone.now() if _auto_now(field) else field.get_default()
+                    record[f"d{n}"] = _json_value(field, value)
                 upserts.append(record)
         table, (key, key_type), (seq, _), columns = self._columns()
         with connection.cursor() as cursor:
@@ -228,40 +357,104 @@ class Mirror:
                         DELETE FROM {table} AS t USING d
                         WHERE t.{key} = d.k AND t.{seq} < d.s
                     )
-                    INSERT INTO {MirrorTombstone._meta.db_table} (mirror, object_pk, sequence)
-                    SELECT %s, d.k::text, d.s FROM d
+                    INSERT INTO {TOMBSTONES} (mirror, object_pk, sequence, at)
+                    SELECT %s, d.k::text, d.s, now() FROM d
                     ON CONFLICT (mirror, object_pk) DO UPDATE
-                    SET sequence = greatest(
-                        {MirrorTombstone._meta.db_table}.sequence, excluded.sequence)
+                    SET sequence = greatest({TOMBSTONES}.sequence, excluded.sequence),
+                        at = excluded.at
                     """,
                     [_dumps(deletes), self.name],
                 )
+                self.prune_tombstones()
             if upserts:
-                names = ", ".join(c for c, _ in columns)
-                typed = ", ".join(f"f{n} {t}" for n, (_, t) in enumerate(columns))
-                values = ", ".join(f"r.f{n}" for n in range(len(columns)))
-                updates = ", ".join(f"{c} = excluded.{c}" for c, _ in columns)
+                defaulted = [self._column(f) for f in self.defaulted]
+                names = [c for c, _ in columns] + [c for c, _ in defaulted]
+                typed = [f"f{n} {t}" for n, (_, t) in enumerate(columns)]
+                typed += [f"d{n} {t}" for n, (_, t) in enumerate(defaulted)]
+                values = [f"r.f{n}" for n in range(len(columns))]
+                values += [f"r.d{n}" for n in range(len(defaulted))]
+                # Defaults fill a new row only; auto_now also moves on update.
+                updates = [f"{c} = excluded.{c}" for c, _ in columns]
+                updates += [
+                    f"{c} = excluded.{c}"
+                    for (c, _), f in zip(defaulted, self.defaulted, strict=True)
+                    if getattr(f, "auto_now", False)
+                ]
+                records = _dumps(upserts)
+                if columns and any(r["u"] for r in upserts):
+                    assigned = ", ".join(
+                        [f"{c} = r.f{n}" for n, (c, _) in enumerate(columns)]
+                        + [
+                            f"{c} = r.d{n}"
+                            for n, ((c, _), f) in enumerate(
+                                zip(defaulted, self.defaulted, strict=True)
+                            )
+                            if getattr(f, "auto_now", False)
+                        ]
+                    )
+                    cursor.execute(
+                        f"""
+                        UPDATE {table} AS t SET {assigned}
+                        FROM json_to_recordset(%s::json)
+                             AS r(k {key_type}, u boolean{"".join(", " + t for t in typed)})
+                        WHERE r.u AND t.{key} = r.k
+                        """,
+                        [records],
+                    )
                 cursor.execute(
                     f"""
-                    INSERT INTO {table} AS t ({key}, {seq}{", " if names else ""}{names})
-                    SELECT r.k, r.s{", " if values else ""}{values}
-                    FROM json_to_recordset(%s::json)
-                         AS r(k {key_type}, s bigint{", " if typed else ""}{typed})
-                    WHERE NOT EXISTS (
-                        SELECT 1 FROM {MirrorTombstone._meta.db_table} AS g
+                    WITH r AS (
+                        SELECT * FROM json_to_recordset(%s::json)
+                        AS r(k {key_type}, s bigint, u boolean{"".join(", " + t for t in typed)})
+                    ),
+                    seen AS (
+                        INSERT INTO {SEEN} (mirror, object_pk)
+                        SELECT %s, r.k::text FROM r WHERE %s
+                        ON CONFLICT (mirror, object_pk) DO NOTHING
+                    )
+                    INSERT INTO {table} AS t ({key}, {seq}{"".join(", " + n for n in names)})
+                    SELECT r.k, r.s{"".join(", " + v for v in values)}
+                    FROM r
+                    WHERE r.u OR NOT EXISTS (
+                        SELECT 1 FROM {TOMBSTONES} AS g
                         WHERE g.mirror = %s AND g.object_pk = r.k::text AND g.sequence >= r.s
                     )
                     ON CONFLICT ({key}) DO UPDATE
-                    SET {seq} = excluded.{seq}{", " if updates else ""}{updates}
+                    SET {seq} = excluded.{seq}{"".join(", " + u for u in updates)}
                     WHERE t.{seq} < excluded.{seq}
                     """,
-                    [_dumps(upserts), self.name],
+                    [records, self.name, mark, self.name],
                 )
+
+    def _sweep(self) -> int:
+        """End of a snapshot: delete the rows it did not write."""
+        table, (key, _), _, _ = self._columns()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                DELETE FROM {table} AS t
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM {SEEN} AS s WHERE s.mirror = %s AND s.object_pk = t.{key}::text
+                )
+                """,
+                [self.name],
+            )
+            return cursor.rowcount
+
+    def prune_tombstones(self) -> int:
+        """Forget tombstones older than MIRROR_TOMBSTONE_RETENTION (see the module doc)."""
+        cutoff = timezone.now() - timedelta(seconds=conf.get("MIRROR_TOMBSTONE_RETENTION"))
+        deleted, _ = MirrorTombstone.objects.filter(mirror=self.name, at__lt=cutoff).delete()
+        return deleted
 
     def _truncate(self, sequence: int) -> None:
         table, _, (seq, _), _ = self._columns()
         with connection.cursor() as cursor:
             cursor.execute(f"DELETE FROM {table} WHERE {seq} < %s", [sequence])
+
+
+def _auto_now(field: models.Field) -> bool:
+    return getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
 
 
 def mirror(

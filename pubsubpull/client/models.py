@@ -7,6 +7,8 @@ redundant wake, never a skipped or repeated page.
 
 from __future__ import annotations
 
+import hashlib
+
 from django.db import models
 
 
@@ -18,6 +20,10 @@ class PullCursor(models.Model):
     still to read), then ``feed`` (``feed_position`` is the last cursor whose
     page was handled and committed), and ``done`` for a ``pull_down`` that
     has walked everything once.
+
+    ``state`` is ``active``, ``failing`` (retried with backoff), ``blocked``
+    (a page its handler's database can never apply: not retried until resumed
+    or parked, see ``pubsubpull.client.parking``) or ``paused``.
     """
 
     class Phase(models.TextChoices):
@@ -28,6 +34,7 @@ class PullCursor(models.Model):
     class State(models.TextChoices):
         ACTIVE = "active"
         FAILING = "failing", "failing (retrying with backoff)"
+        BLOCKED = "blocked", "blocked (a page that can never apply: resume or park it)"
         PAUSED = "paused"
 
     name = models.CharField(max_length=200, unique=True)
@@ -69,6 +76,12 @@ class PullCursor(models.Model):
     failures = models.PositiveIntegerField(default=0, help_text="Failed attempts in a row.")
     next_run_at = models.DateTimeField(auto_now_add=True)
 
+    park_failures = models.BooleanField(
+        default=False,
+        help_text="Set by the park action of a blocked cursor: the next page is applied event "
+        "by event, the events that fail are parked (ParkedEvent) and the pull goes on.",
+    )
+
     lease_owner = models.CharField(max_length=100, blank=True)
     lease_expires = models.DateTimeField(null=True, blank=True)
     wake_requested_at = models.DateTimeField(null=True, blank=True)
@@ -90,6 +103,12 @@ class RemoteSubscription(models.Model):
     """
 
     publisher = models.URLField(max_length=2000, help_text="The publisher's service document.")
+    owner = models.CharField(
+        max_length=40,
+        blank=True,
+        help_text="Who we are at the publisher: a fingerprint of the token that subscribed "
+        "(two tokens may each have a subscription of the same name there).",
+    )
     name = models.CharField(max_length=100)
     callback = models.URLField(max_length=2000)
     model_labels = models.JSONField(default=list)
@@ -106,12 +125,19 @@ class RemoteSubscription(models.Model):
         ordering = ["name"]
         constraints = [
             models.UniqueConstraint(
-                fields=["publisher", "name"], name="pubsubpull_remotesubscription_name"
+                fields=["publisher", "owner", "name"], name="pubsubpull_remotesubscription_owner"
             )
         ]
 
     def __str__(self) -> str:
         return f"{self.name} at {self.publisher}"
+
+    @staticmethod
+    def owner_for(token: str | None) -> str:
+        """The ``owner`` of subscriptions made with ``token``: a fingerprint, not the token."""
+        if not token:
+            return ""
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 class ReceivedBatch(models.Model):
@@ -129,16 +155,73 @@ class ReceivedBatch(models.Model):
 
 
 class MirrorTombstone(models.Model):
-    """A deleted remote object of a mirror, so an older event cannot bring it back."""
+    """A deleted remote object of a mirror, so an older event cannot bring it back.
+
+    Kept MIRROR_TOMBSTONE_RETENTION seconds (see ``pubsubpull.client.mirror``
+    for why that is enough), then pruned by the mirror itself.
+    """
 
     mirror = models.CharField(max_length=200)
     object_pk = models.TextField()
     sequence = models.BigIntegerField()
+    at = models.DateTimeField(auto_now=True, help_text="When the delete was last applied.")
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["mirror", "object_pk"], name="pubsubpull_tombstone_pk")
         ]
+        indexes = [models.Index(fields=["mirror", "at"], name="pubsubpull_tombstone_at")]
 
     def __str__(self) -> str:
         return f"{self.mirror} {self.object_pk} deleted at {self.sequence}"
+
+
+class MirrorSeen(models.Model):
+    """A key a mirror's snapshot in progress has written: at its end, the rows of
+    the local model without one are gone at the publisher, and are deleted.
+
+    The row with no ``object_pk`` says that this snapshot marks at all: one
+    that began with the local table empty has nothing to sweep, so its pages
+    write no marks (a first copy costs nothing more).
+    """
+
+    mirror = models.CharField(max_length=200)
+    object_pk = models.TextField(null=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["mirror", "object_pk"], name="pubsubpull_mirrorseen_pk")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mirror} {self.object_pk}"
+
+
+class ParkedEvent(models.Model):
+    """An event a pull's handler could not apply, set aside so the pull goes on.
+
+    A cursor that meets a page that can never apply (an IntegrityError, say)
+    is ``blocked``; the operator's park action applies that page event by
+    event, keeps here each event that fails (with its error), and moves on.
+    Re-apply them (admin action, or :func:`pubsubpull.client.parking.reapply`)
+    once the cause is fixed.
+    """
+
+    cursor = models.ForeignKey(PullCursor, on_delete=models.CASCADE, related_name="parked")
+    position = models.CharField(
+        max_length=2000, blank=True, help_text="Where the page was: feed cursor or snapshot URL."
+    )
+    model = models.CharField(max_length=200)
+    object_pk = models.TextField(blank=True)
+    op = models.CharField(max_length=16)
+    event = models.JSONField(help_text="The event as the handler received it.")
+    error = models.TextField()
+    attempts = models.PositiveIntegerField(default=1)
+    created = models.DateTimeField(auto_now_add=True)
+    last_attempt_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["cursor", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.model} {self.object_pk} ({self.cursor})"

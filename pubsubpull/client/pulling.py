@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
-from django.db.models import F
+from django.db import DataError, IntegrityError, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from .. import conf
@@ -47,6 +47,22 @@ Handler = Callable[[Event], Any] | Any
 
 class LostLease(Exception):
     """Another worker took the cursor (ours expired): leave the page to it."""
+
+
+class PageCannotApply(Exception):
+    """The handler's database refused the page (IntegrityError, DataError): trying
+    the same page again cannot help, so the cursor is ``blocked`` until the
+    operator resumes it (the cause fixed) or parks the failing events."""
+
+    def __init__(self, error: Exception, position: str):
+        super().__init__(f"{type(error).__name__}: {error}".strip())
+        self.error = error
+        self.position = position
+
+
+# The errors that say a page can never apply as it is (a constraint, a value
+# the column cannot hold), unlike a lost connection or a deadlock.
+CANNOT_APPLY = (IntegrityError, DataError)
 
 
 # -- handlers ------------------------------------------------------------------
@@ -96,8 +112,19 @@ def resolve_handler(path: str) -> Handler:
     )
 
 
-def call_handler(handler: Handler, events: list[Event]) -> None:
-    """Give ``events`` (in order) to the handler: all at once if it takes pages."""
+def call_handler(
+    handler: Handler, events: list[Event], snapshot: tuple[bool, bool] | None = None
+) -> None:
+    """Give ``events`` (in order) to the handler: all at once if it takes pages.
+
+    ``snapshot`` is (first page, last page) for the pages of a snapshot: a
+    handler with ``handle_snapshot(events, first=, last=)`` (a mirror) gets
+    them there, to remove at the end what the snapshot did not contain.
+    """
+    handle_snapshot = getattr(handler, "handle_snapshot", None)
+    if snapshot is not None and handle_snapshot is not None:
+        handle_snapshot(events, first=snapshot[0], last=snapshot[1])
+        return
     handle_events = getattr(handler, "handle_events", None)
     if handle_events is not None:
         handle_events(events)
@@ -143,6 +170,7 @@ def pull(
     name: str | None = None,
     once: bool = False,
     enqueue: bool = True,
+    lease_owner: str | None = None,
 ) -> PullCursor:
     """Follow a publisher: every instance, then every change, handled in order.
 
@@ -162,6 +190,10 @@ def pull(
             print(event.op, event.model, event.pk, event.data)
 
         pubsubpull.pull("http://customers/pubsubpull/", on_change, auth=TOKEN)
+
+    ``lease_owner`` (for ``manage.py pubsubpull_pull``) creates a new cursor
+    already held by that owner for PULL_LEASE seconds, so no worker takes it
+    before the caller runs it.
     """
     path = handler_path(handler)
     service_url, named = split_source(url)
@@ -189,6 +221,9 @@ def pull(
         elif start != "beginning":
             phase, position = PullCursor.Phase.FEED, start
         defaults = {"page_size": conf.get("PULL_PAGE_SIZE"), **settings}
+        if lease_owner:
+            defaults["lease_owner"] = lease_owner
+            defaults["lease_expires"] = timezone.now() + timedelta(seconds=conf.get("PULL_LEASE"))
         cursor, created = PullCursor.objects.get_or_create(
             name=name, defaults={**defaults, "phase": phase, "feed_position": position}
         )
@@ -197,9 +232,17 @@ def pull(
     if not created:
         for key, value in settings.items():
             setattr(cursor, key, value)
+        changed = list(settings)
         if cursor.phase == PullCursor.Phase.DONE and not once:
             cursor.phase = PullCursor.Phase.FEED
-        cursor.save()
+            changed.append("phase")
+        # Only these: a worker may be moving the position or holding the lease.
+        cursor.save(update_fields=changed)
+        if lease_owner:
+            until = timezone.now() + timedelta(seconds=conf.get("PULL_LEASE"))
+            PullCursor.objects.filter(
+                Q(lease_expires__isnull=True) | Q(lease_expires__lt=timezone.now()), id=cursor.id
+            ).update(lease_owner=lease_owner, lease_expires=until)
     if enqueue:
         from .wake import wake_cursors
 
@@ -240,7 +283,7 @@ WHERE id = (
       AND state IN ('active', 'failing')
       AND phase <> 'done'
       AND (%(now)s OR next_run_at <= now())
-      AND (lease_expires IS NULL OR lease_expires < now())
+      AND (lease_expires IS NULL OR lease_expires < now() OR lease_owner = %(owner)s)
     FOR UPDATE SKIP LOCKED
 )
 RETURNING id
@@ -309,19 +352,39 @@ class Runner:
             self._fetcher = None
 
     # Each page: the handler's work and the cursor's move, in one transaction.
-    def commit(self, events: list[Event], **fields: Any) -> None:
+    def commit(
+        self,
+        events: list[Event],
+        snapshot: tuple[bool, bool] | None = None,
+        position: str = "",
+        **fields: Any,
+    ) -> None:
         cursor = self.cursor
         with transaction.atomic():
             held = (
                 PullCursor.objects.select_for_update()
                 .filter(id=cursor.id, lease_owner=self.owner)
-                .values_list("phase", "snapshot_next", "feed_position")
+                .values_list("phase", "snapshot_next", "feed_position", "park_failures")
                 .first()
             )
-            if held != (cursor.phase, cursor.snapshot_next, cursor.feed_position):
+            if held is None or held[:3] != (
+                cursor.phase,
+                cursor.snapshot_next,
+                cursor.feed_position,
+            ):
                 raise LostLease(cursor.name)
-            if events:
-                call_handler(self.handler, events)
+            if held[3]:
+                from .parking import apply_parking
+
+                apply_parking(self.cursor, self.handler, events, snapshot, position)
+                fields["park_failures"] = False
+            elif events or (snapshot is not None and snapshot[1]):
+                from .parking import behind_parked
+
+                try:
+                    call_handler(self.handler, behind_parked(cursor, events, position), snapshot)
+                except CANNOT_APPLY as e:
+                    raise PageCannotApply(e, position) from e
             now = timezone.now()
             PullCursor.objects.filter(id=cursor.id).update(
                 **fields,
@@ -335,6 +398,16 @@ class Runner:
             setattr(cursor, key, value)
         cursor.rows += len(events)
         cursor.failures = 0
+
+    def renew(self) -> None:
+        """Hold the cursor PULL_LEASE seconds more without a page to commit (a long poll
+        that brought nothing), so a worker does not take it from a foreground pull."""
+        now = timezone.now()
+        held = PullCursor.objects.filter(id=self.cursor.id, lease_owner=self.owner).update(
+            lease_expires=now + timedelta(seconds=conf.get("PULL_LEASE"))
+        )
+        if not held:
+            raise LostLease(self.cursor.name)
 
     def restart_snapshot(self, reason: str) -> None:
         cursor = self.cursor
@@ -380,6 +453,7 @@ class Runner:
             self.prefetch(body["next"])
         label = body.get("model", models[0])
         events = [Event.from_instance(label, item) for item in body["instances"]]
+        position = f"the snapshot page {cursor.snapshot_next or f'1 of {models[0]}'}"
         fields: dict[str, Any] = {"snapshot_models": models}
         if fresh:
             fields["snapshots"] = cursor.snapshots + 1
@@ -393,7 +467,8 @@ class Runner:
             fields["snapshot_models"] = models[1:]
             if not models[1:]:
                 fields["phase"] = PullCursor.Phase.FEED
-        self.commit(events, **fields)
+        last = fields.get("phase") == PullCursor.Phase.FEED
+        self.commit(events, snapshot=(fresh, last), position=position, **fields)
         if self.progress:
             self.progress(Progress(cursor, len(events), PullCursor.Phase.SNAPSHOT))
 
@@ -425,7 +500,10 @@ class Runner:
         if caught_up and cursor.once:
             fields["phase"] = PullCursor.Phase.DONE
         if events or fields:
-            self.commit(events, **fields)
+            self.commit(events, position=f"the feed after {cursor.feed_position or 'its start'}",
+                        **fields)  # fmt: skip
+        else:
+            self.renew()
         if self.progress:
             self.progress(Progress(cursor, len(events), PullCursor.Phase.FEED, caught_up))
         return caught_up
@@ -468,10 +546,26 @@ def _claim(cursor_id: int, owner: str, now: bool) -> PullCursor | None:
     return PullCursor.objects.get(id=cursor_id)
 
 
-def _release(cursor: PullCursor, owner: str, **fields: Any) -> None:
-    PullCursor.objects.filter(id=cursor.id, lease_owner=owner).update(
-        lease_owner="", lease_expires=None, **fields
+def _release(cursor: PullCursor, owner: str, keep: bool = False, **fields: Any) -> None:
+    """Let the cursor go (or, ``keep``, hold it until the next run is due plus a lease)."""
+    if keep:
+        until = max(fields.get("next_run_at") or timezone.now(), timezone.now())
+        lease = {"lease_expires": until + timedelta(seconds=conf.get("PULL_LEASE"))}
+    else:
+        lease = {"lease_owner": "", "lease_expires": None}
+    PullCursor.objects.filter(id=cursor.id, lease_owner=owner).update(**lease, **fields)
+
+
+def release(cursor_id: int, owner: str) -> None:
+    """Give up a cursor held by ``owner`` (the pull command, when it exits)."""
+    PullCursor.objects.filter(id=cursor_id, lease_owner=owner).update(
+        lease_owner="", lease_expires=None
     )
+
+
+def new_owner(kind: str = "") -> str:
+    """A lease owner name: this process, and a random part (one per run or command)."""
+    return f"{kind}{WORKER_NAME}:{uuid.uuid4().hex[:8]}"
 
 
 def run(
@@ -482,16 +576,22 @@ def run(
     stop_when_caught_up: bool = False,
     now: bool = False,
     raise_errors: bool = False,
+    owner: str | None = None,
 ) -> str:
     """Run a pull until caught up or ``budget`` seconds pass (the job, and the command).
 
     Returns ``busy`` (another worker holds it, or it is not due), ``more``
     (the budget ran out: it is enqueued again), ``caught_up``, ``done``
-    (a pull_down finished) or ``failed`` (the error is recorded in the
-    cursor, which is retried after a backoff). ``now`` runs it even if a
-    backoff is pending; ``raise_errors`` raises the error after recording it.
+    (a pull_down finished), ``failed`` (the error is recorded in the
+    cursor, which is retried after a backoff) or ``blocked`` (a page that can
+    never apply: recorded, not retried until resumed or parked). ``now`` runs
+    it even if a backoff is pending; ``raise_errors`` raises the error after
+    recording it. ``owner`` is a lease owner that holds the cursor across runs
+    (the pull command): it may claim the cursor while its lease lasts, and
+    keeps holding it afterwards, until :func:`release`.
     """
-    owner = f"{WORKER_NAME}:{uuid.uuid4().hex[:8]}"
+    keep = owner is not None
+    owner = owner or new_owner()
     cursor = _claim(cursor_id, owner, now)
     if cursor is None:
         return "busy"
@@ -506,6 +606,32 @@ def run(
     except LostLease:
         logger.warning("pull %s: another worker took the cursor; leaving it", cursor.name)
         return "busy"
+    except PageCannotApply as e:
+        error = (
+            f"{e} (at {e.position}). This page can never apply as it is: fix the cause and "
+            "resume the cursor, or park the events that fail and go on (the admin's "
+            "actions, or manage.py pubsubpull_cursors park/resume)."
+        )
+        logger.error(
+            "pull %s blocked: %s",
+            cursor.name,
+            error,
+            extra={"pubsubpull": {"event": "pull_blocked", "cursor": cursor.name}},
+        )
+        now_ = timezone.now()
+        _release(
+            cursor,
+            owner,
+            keep,
+            state=PullCursor.State.BLOCKED,
+            failures=cursor.failures + 1,
+            last_error=error[:4000],
+            last_error_at=now_,
+        )
+        cursor.state, cursor.last_error = PullCursor.State.BLOCKED, error
+        if raise_errors:
+            raise
+        return "blocked"
     except Exception as e:
         failures = cursor.failures + 1
         retry_after = e.retry_after if isinstance(e, SourceError) else None
@@ -523,6 +649,7 @@ def run(
         _release(
             cursor,
             owner,
+            keep,
             state=PullCursor.State.FAILING,
             failures=failures,
             last_error=error[:4000],
@@ -534,10 +661,10 @@ def run(
             raise
         return "failed"
     if outcome == "caught_up" and cursor.every > 0:
-        _release(cursor, owner, next_run_at=timezone.now() + timedelta(seconds=cursor.every))
+        _release(cursor, owner, keep, next_run_at=timezone.now() + timedelta(seconds=cursor.every))
     else:
-        _release(cursor, owner)
-    if outcome == "more" and progress is None:
+        _release(cursor, owner, keep)
+    if outcome == "more" and progress is None and not keep:
         from .wake import wake_cursors
 
         wake_cursors([cursor.id], force=True)

@@ -125,7 +125,9 @@ class Receiver(View):
                 name = json.loads(body)["data"]["subscription"]
             except (ValueError, KeyError, TypeError):
                 return _error(400, "invalid_body", "The body is not a pubsubpull notification.")
-        candidates = list(RemoteSubscription.objects.filter(name=name))
+        # Two publishers, or two of our tokens at one publisher, may each have a
+        # subscription of this name: the one whose secret signs is the one.
+        candidates = list(RemoteSubscription.objects.filter(name=name).order_by("-id"))
         if not candidates:
             return _error(
                 401,
@@ -248,7 +250,9 @@ def subscribe(
     """
     service_url, _ = split_source(publisher_url)
     url = Publisher(service_url, auth or "").subscription_url(name)
-    known = RemoteSubscription.objects.filter(publisher=service_url, name=name).first()
+    # The publisher keeps one subscription per owner and name: so do we.
+    owner = RemoteSubscription.owner_for(auth)
+    known = RemoteSubscription.objects.filter(publisher=service_url, owner=owner, name=name).first()
     body: dict[str, Any] = {"callback": callback_url, "models": list(models)}
     if batch_size is not None:
         body["batch_size"] = batch_size
@@ -270,7 +274,7 @@ def subscribe(
     if known is None and start not in ("now", "beginning"):
         values["position"] = start
     record, _ = RemoteSubscription.objects.update_or_create(
-        publisher=service_url, name=name, defaults=values
+        publisher=service_url, owner=owner, name=name, defaults=values
     )
     return record
 
@@ -284,4 +288,6 @@ def unsubscribe(publisher_url: str, name: str, *, auth: str | None = None) -> No
     except SourceError as e:
         if e.status != 404:
             raise
-    RemoteSubscription.objects.filter(publisher=service_url, name=name).delete()
+    RemoteSubscription.objects.filter(
+        publisher=service_url, owner=RemoteSubscription.owner_for(auth), name=name
+    ).delete()

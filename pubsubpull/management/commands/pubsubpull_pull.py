@@ -5,6 +5,12 @@ the publisher's row estimate, when it has one) and stops when caught up
 (``--follow`` keeps following). It uses the same cursor as the worker would
 (named ``--name``, default the handler's path), so an interrupted run
 resumes where it stopped, and the worker can take over afterwards.
+
+While the command runs, the cursor is its own: it is created already held
+by the command (or taken when free), and held between its runs and retries,
+so a ``pubsubpull_worker`` beside it does not take it. The hold is a lease
+renewed with each page: if the command is killed, a worker takes the cursor
+over when the lease (PULL_LEASE seconds) runs out.
 """
 
 from __future__ import annotations
@@ -91,6 +97,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         models = [m.strip() for m in options["models"].split(",") if m.strip()] or None
+        owner = pulling.new_owner("command:")
         try:
             cursor = pulling.pull(
                 options["url"],
@@ -101,14 +108,23 @@ class Command(BaseCommand):
                 auth=options["token"] or None,
                 name=options["name"],
                 enqueue=False,
+                lease_owner=owner,
             )
         except (SourceError, ImportError, ValueError) as e:
             raise CommandError(str(e)) from e
+        try:
+            self._follow(cursor, owner, options)
+        finally:
+            pulling.release(cursor.id, owner)
+
+    def _follow(self, cursor: PullCursor, owner: str, options) -> None:
         bar = Bar(sys.stderr, self._total(cursor) if cursor.phase == "snapshot" else None)
         self.stdout.write(
             f"pulling {cursor.source} into {cursor.handler} (cursor {cursor.name!r}, "
             f"{cursor.phase}, {cursor.rows:,} rows so far)"
         )
+        if cursor.state in (PullCursor.State.BLOCKED, PullCursor.State.PAUSED):
+            PullCursor.objects.filter(id=cursor.id).update(state=PullCursor.State.ACTIVE)
         while True:
             try:
                 outcome = pulling.run(
@@ -118,7 +134,15 @@ class Command(BaseCommand):
                     stop_when_caught_up=not options["follow"],
                     now=True,
                     raise_errors=True,
+                    owner=owner,
                 )
+            except pulling.PageCannotApply as e:
+                raise CommandError(
+                    f"The handler's database refused a page ({e}, at {e.position}); it can "
+                    "never apply as it is. Nothing of it was kept and the cursor is blocked: "
+                    "fix the cause and run again, or park the events that fail and go on "
+                    f"(manage.py pubsubpull_cursors park {cursor.name})."
+                ) from e
             except SourceError as e:
                 if e.status is not None and e.status < 500 and e.status not in (408, 429):
                     raise CommandError(str(e)) from e  # retrying will not help
@@ -136,8 +160,8 @@ class Command(BaseCommand):
                 return
             if outcome == "busy":
                 raise CommandError(
-                    f"The cursor {cursor.name!r} is held by a worker until "
-                    f"{cursor.lease_expires}; stop it, or use another --name."
+                    f"The cursor {cursor.name!r} is held by {cursor.lease_owner or 'a worker'} "
+                    f"until {cursor.lease_expires}; stop it, or use another --name."
                 )
             if outcome == "failed":
                 wait = max((cursor.next_run_at - timezone.now()).total_seconds(), 0.0)

@@ -16,6 +16,9 @@ class Country(models.Model):
     code = models.CharField(max_length=2, primary_key=True)
     name = models.CharField(max_length=100)
 
+    class Meta:
+        verbose_name_plural = "countries"
+
     def __str__(self):
         return self.name
 
@@ -40,6 +43,9 @@ class Address(models.Model):
     line1 = models.CharField(max_length=200)
     city = models.CharField(max_length=100)
     postcode = models.CharField(max_length=20, blank=True)
+
+    class Meta:
+        verbose_name_plural = "addresses"
 
     def __str__(self):
         return f"{self.line1}, {self.city}"

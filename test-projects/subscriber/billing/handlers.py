@@ -26,5 +26,8 @@ def welcome_pulled(event):
 
 def show(event):
     """Print each event: the demo's pull from scratch (manage.py pubsubpull_pull)."""
+    delay = float(os.environ.get("BILLING_SHOW_DELAY", "0"))
+    if delay:
+        time.sleep(delay)  # a slow handler: the pull outlasts a lease
     name = (event.data or event.old or {}).get("name", "")
     print(f"{event.op:<8} {event.model} {event.pk} {name}".rstrip())

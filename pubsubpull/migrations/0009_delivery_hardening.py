@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("pubsubpull", "0007_request_fillfactor"),
+        ("pubsubpull", "0008_client_convergence"),
     ]
 
     operations = [
