@@ -59,6 +59,11 @@ DEFAULTS: dict[str, Any] = {
     "BATCH_SIZE": 100,
     # The largest batch_size a subscription may ask for.
     "MAX_BATCH_SIZE": 1000,
+    # A notification body (the JSON PUT to a callback) holds changes up to
+    # this many bytes; the rest follow in the next batch. A single change
+    # larger than this is sent alone. 1 MiB passes a default nginx
+    # (client_max_body_size 1m) in front of a receiver.
+    "BATCH_MAX_BYTES": 1024 * 1024,
     # Per PUT: the longest wait to open the connection to the receiver (TCP,
     # and the TLS handshake for https).
     "CONNECT_TIMEOUT": 5.0,
@@ -76,6 +81,10 @@ DEFAULTS: dict[str, Any] = {
     # The cap of that wait (30 to 60 minutes from the 12th failure on, with
     # the defaults), and the longest Retry-After of a 429 or 503 honoured.
     "RETRY_MAX": 3600.0,
+    # A subscription whose owner lost access (token revoked or narrowed, user
+    # deactivated or deleted) is "forbidden": it sends nothing and checks
+    # again this often, resuming in order when access is back.
+    "ACCESS_RECHECK": 30.0,
     # A subscription failing without a success for this long is disabled; its
     # backlog is kept and re-enabling it resumes in order.
     "DISABLE_AFTER": 3 * 24 * 3600.0,
@@ -126,6 +135,10 @@ DEFAULTS: dict[str, Any] = {
     # The cap of that wait, and the longest Retry-After of the publisher
     # honoured.
     "PULL_RETRY_MAX": 300.0,
+    # The largest notification body pubsubpull.receiver reads (bytes); a
+    # larger one is answered 413. Django's DATA_UPLOAD_MAX_MEMORY_SIZE does
+    # not apply to it. Keep it at least the publisher's BATCH_MAX_BYTES.
+    "RECEIVER_MAX_BYTES": 50 * 1024 * 1024,
     # The receiver remembers the webhook-id of each batch it handled this
     # long, to drop redeliveries (older ones are also dropped by position).
     "RECEIVED_RETENTION": 7 * 24 * 3600.0,

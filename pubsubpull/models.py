@@ -283,4 +283,4 @@ from .client.models import (  # noqa: E402, F401  (pull and receive)
     ReceivedBatch,
     RemoteSubscription,
 )
-from .delivery.models import Attempt, Subscription  # noqa: E402, F401  (subscriptions)
+from .delivery.models import Attempt, ParkedChange, Subscription  # noqa: E402, F401  (subscriptions)

@@ -34,4 +34,14 @@ urlpatterns = [
     path("health/", operations.health, name="health"),
     path("metrics", operations.metrics, name="metrics"),
     path("subscriptions/<str:name>/", subscriptions.subscription, name="subscription"),
+    path(
+        "subscriptions/<str:name>/parked/",
+        subscriptions.parked_collection,
+        name="subscription-parked",
+    ),
+    path(
+        "subscriptions/<str:name>/parked/<int:change_id>/",
+        subscriptions.parked_change,
+        name="subscription-parked-change",
+    ),
 ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from django.db import connection
+
 from pubsubpull.delivery.deliver import drain
 from pubsubpull.delivery.subscriptions import subscribe
 from pubsubpull.delivery.worker import Worker
@@ -26,6 +28,25 @@ def use_fast_settings(settings):
 
 
 def make_subscription(callback, name="billing", owner="token:1", **fields):
+    """Subscribe as ``owner``; a ``token:N`` owner gets a real token N for every model.
+
+    Delivery checks the owner's access before each batch, so the owner must exist.
+    """
+    kind, _, key = owner.partition(":")
+    if kind == "token":
+        from pubsubpull.api.auth import hash_token, new_token
+        from pubsubpull.models import ServiceToken
+
+        text = new_token()
+        ServiceToken.objects.get_or_create(
+            pk=int(key),
+            defaults={"name": f"owner-{key}", "key_hash": hash_token(text), "scope": ["*"]},
+        )
+        with connection.cursor() as cursor:  # so that create_token() picks a free id
+            cursor.execute(
+                "SELECT setval(pg_get_serial_sequence('pubsubpull_servicetoken', 'id'), "
+                "(SELECT max(id) FROM pubsubpull_servicetoken))"
+            )
     data = {"callback": callback, "models": ["customers.customer"], "start": "beginning"}
     data.update(fields)
     return subscribe(owner, name, data)

@@ -229,3 +229,21 @@ def test_unsubscribing_while_a_batch_is_in_flight_is_clean(fast):
         assert drain_settled(subscription.pk) == "lost"
         assert len(receiver.requests) == 1
     assert not Attempt.objects.exists()
+
+
+def test_start_now_is_not_held_back_by_a_transaction_in_another_database(fast):
+    import psycopg
+
+    from .conftest import dsn
+
+    # Another service (or a benchmark) on the same PostgreSQL server keeps a
+    # transaction open in its own database the whole time.
+    with psycopg.connect(dsn("postgres")) as other, Receiver() as receiver:
+        other.execute("SELECT pg_current_xact_id()")
+        Customer.objects.create(name="Before")
+        settle()
+        subscription = make_subscription(receiver.url(), start="now").subscription
+        Customer.objects.create(name="After")
+        assert drain_settled(subscription.pk) == "caught_up"
+        other.rollback()
+    assert [c["new"]["name"] for c in receiver.accepted_changes()] == ["After"]

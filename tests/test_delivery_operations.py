@@ -17,7 +17,7 @@ from pubsubpull.delivery.attempts import prune_attempts
 from pubsubpull.delivery.models import Attempt, Subscription
 
 from .delivery_helpers import drain_settled, make_subscription, use_fast_settings
-from .receivers import Receiver
+from .receivers import Answer, Receiver
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -106,3 +106,27 @@ def test_old_attempts_are_pruned(settings):
         drain_settled(subscription.pk)
     assert prune_attempts() == 1
     assert Attempt.objects.count() == 1
+
+
+def test_a_replay_while_a_batch_is_in_flight_is_not_undone(settings):
+    from django.db import connection
+
+    from pubsubpull.delivery.subscriptions import replay
+
+    use_fast_settings(settings)
+
+    def answer(received, n):
+        if n == 1:  # Grace's batch: the operator replays from the start meanwhile
+            replay(Subscription.objects.get(), feed.START)
+            connection.close()  # this is the receiver's thread
+        return Answer()
+
+    with Receiver(answer) as receiver:
+        subscription = make_subscription(receiver.url()).subscription
+        Customer.objects.create(name="Ada")
+        assert drain_settled(subscription.pk) == "caught_up"
+        Customer.objects.create(name="Grace")
+        assert drain_settled(subscription.pk) == "lost"  # its batch was forgotten
+        assert drain_settled(subscription.pk) == "caught_up"
+    names = [c["new"]["name"] for c in receiver.accepted_changes()]
+    assert names == ["Ada", "Grace", "Ada", "Grace"]

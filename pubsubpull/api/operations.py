@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from .. import conf
 from ..delivery import subscriptions
-from ..delivery.models import Attempt, Subscription
+from ..delivery.models import Attempt, ParkedChange, Subscription
 from ..models import WorkerHeartbeat
 from . import auth
 from .responses import endpoint, json_response
@@ -55,6 +55,11 @@ def _allowed(caller) -> bool:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _first_pending(subscription: Subscription) -> int:
+    shown = subscriptions.pending(subscription)
+    return shown["changes"][0] if shown and shown["changes"] else 0
 
 
 @endpoint("GET")
@@ -126,6 +131,25 @@ def metrics(request, caller):
         "gauge",
         "1 for the state each subscription is in.",
         [({**name(s), "state": s.state}, 1) for s in rows],
+    )
+    parked = dict(
+        ParkedChange.objects.values("subscription_id")
+        .annotate(n=Count("id"))
+        .values_list("subscription_id", "n")
+    )
+    metric(
+        "pubsubpull_subscription_parked_changes",
+        "gauge",
+        "Changes parked (set aside after the receiver refused them), to send again or forget.",
+        [(name(s), parked.get(s.id, 0)) for s in rows],
+    )
+    pending = [s for s in rows if s.pending_batch]
+    metric(
+        "pubsubpull_subscription_pending_change",
+        "gauge",
+        "The change a subscription is stopped at (the first of the batch being retried): "
+        "its id. A blocked subscription waits for its receiver, or for it to be parked.",
+        [({**name(s), "state": s.state}, _first_pending(s)) for s in pending],
     )
     success = Q(status__gte=200, status__lt=300)
     counts = Attempt.objects.values("subscription_id").annotate(

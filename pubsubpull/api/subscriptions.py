@@ -1,5 +1,10 @@
 """Subscriptions over HTTP: ``PUT``, ``GET`` and ``DELETE {prefix}/subscriptions/<name>/``.
 
+And their parked changes (the dead-letter list), ``GET
+{prefix}/subscriptions/<name>/parked/`` and ``PUT``, ``GET``, ``DELETE
+{prefix}/subscriptions/<name>/parked/<change_id>/``: park the change a
+subscription is stopped at so the rest goes on, send it again, forget it.
+
 A subscription belongs to the caller that created it (a service token, or a
 Django user); nobody else sees or changes it, and the same name may be used
 by different callers. Validation errors are 400 with a ``fields`` object
@@ -15,8 +20,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from .. import feed
-from ..delivery import subscriptions
-from ..delivery.models import Attempt, Subscription
+from ..delivery import parking, subscriptions
+from ..delivery.models import Attempt, ParkedChange, Subscription
 from .responses import ApiError, endpoint, json_body, json_response
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -60,6 +65,8 @@ def describe(subscription: Subscription, request=None) -> dict[str, Any]:
         "next_attempt_at": _iso(subscription.next_attempt_at),
         "last_success_at": _iso(subscription.last_success_at),
         "last_error": subscription.last_error,
+        "pending": subscriptions.pending(subscription),
+        "parked": ParkedChange.objects.filter(subscription=subscription).count(),
         "last_attempt": None
         if last is None
         else {
@@ -136,6 +143,108 @@ def subscription(request, caller, name):
     return json_response(body, 201 if result.created else 200)
 
 
+def describe_parked(parked: ParkedChange, url: str | None = None) -> dict[str, Any]:
+    """A parked change as GET shows it."""
+    data = {
+        "change_id": parked.change_id,
+        "cursor": feed.Position(parked.txid, parked.change_id).encode(),
+        "model": parked.model,
+        "pk": parked.change.get("pk"),
+        "reason": parked.reason,
+        "parked_at": parked.parked_at.isoformat(),
+        "parked_by": parked.parked_by,
+        "attempts": parked.attempts,
+        "change": parked.change,
+        "resent": parked.resent,
+        "resent_at": _iso(parked.resent_at),
+        "resent_status": parked.resent_status,
+        "resent_error": parked.resent_error,
+    }
+    if url is not None:
+        data["url"] = url
+    return data
+
+
+@endpoint("GET")
+def parked_collection(request, caller, name):
+    """The subscription's parked changes, in feed order."""
+    subscription = _own(caller, _name(name))
+    base = request.build_absolute_uri(request.path)
+    return json_response(
+        {
+            "parked": [
+                describe_parked(p, f"{base}{p.change_id}/")
+                for p in ParkedChange.objects.filter(subscription=subscription)
+            ]
+        }
+    )
+
+
+_ACTIONS = ("park", "resend")
+
+
+def _action(request) -> str:
+    data = _body(request)
+    if not isinstance(data, dict) or set(data) != {"action"} or data["action"] not in _ACTIONS:
+        raise ApiError(
+            400,
+            "invalid_action",
+            'The body must be {"action": "park"} (set the change aside and go on) or '
+            '{"action": "resend"} (send a parked change to the callback again).',
+        )
+    return data["action"]
+
+
+@endpoint("GET", "PUT", "DELETE")
+def parked_change(request, caller, name, change_id):
+    """Park the next change (PUT park), send a parked one again (PUT resend), see, forget."""
+    subscription = _own(caller, _name(name))
+    url = request.build_absolute_uri(request.path)
+    found = (
+        ParkedChange.objects.filter(subscription=subscription, change_id=change_id).first()
+        if change_id <= feed.MAX_ID
+        else None
+    )
+    missing = ApiError(
+        404, "not_parked", f"Change {change_id} is not parked for subscription {name!r}."
+    )
+    if request.method == "GET":
+        if found is None:
+            raise missing
+        return json_response(describe_parked(found, url))
+    if request.method == "DELETE":
+        if found is None:
+            raise missing
+        found.delete()
+        response = json_response(None, 204)
+        response.content = b""
+        del response.headers["Content-Type"]
+        return response
+
+    action = _action(request)
+    if action == "resend":
+        if found is None:
+            raise missing
+        try:
+            return json_response(describe_parked(parking.resend(found, by=owner_of(caller)), url))
+        except parking.CannotResend as exc:
+            raise ApiError(403, "permission_denied", str(exc)) from None
+    if change_id > feed.MAX_ID:
+        raise ApiError(409, "not_next_change", f"There is no change {change_id}.")
+    try:
+        parked, created = parking.park(subscription, change_id, by=owner_of(caller))
+    except parking.CannotPark as exc:
+        raise ApiError(409, "not_next_change", str(exc)) from None
+    except feed.CursorExpired:
+        raise ApiError(
+            410,
+            "cursor_expired",
+            "The change log was pruned past this subscription's position: nothing to park. "
+            "Take a new snapshot and subscribe again with start set to its feed_position.",
+        ) from None
+    return json_response(describe_parked(parked, url), 201 if created else 200)
+
+
 # -- OpenAPI -----------------------------------------------------------------
 
 
@@ -200,7 +309,7 @@ SCHEMAS: dict[str, Any] = {
             "callback": {"type": "string"},
             "models": {"type": "array", "items": {"type": "string"}},
             "batch_size": {"type": "integer"},
-            "state": {"enum": ["active", "failing", "disabled", "paused"]},
+            "state": {"enum": ["active", "failing", "blocked", "forbidden", "disabled", "paused"]},
             "state_reason": {"type": "string"},
             "position": {
                 "type": "string",
@@ -235,6 +344,22 @@ SCHEMAS: dict[str, Any] = {
                 "description": "When a receiver last answered 2xx.",
             },
             "last_error": {"type": "string", "description": "Of the latest failed attempt."},
+            "pending": {
+                "description": "The batch sent but not acknowledged yet, if any.",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["webhook_id", "changes", "attempts"],
+                        "properties": {
+                            "webhook_id": {"type": "string"},
+                            "changes": {"type": "array", "items": {"type": "integer"}},
+                            "attempts": {"type": "integer"},
+                        },
+                    },
+                ],
+            },
+            "parked": {"type": "integer", "description": "How many changes are parked."},
             "last_attempt": {
                 "oneOf": [
                     {"type": "null"},
@@ -263,6 +388,70 @@ SCHEMAS: dict[str, Any] = {
         },
     },
 }
+
+SCHEMAS["ParkedChange"] = {
+    "type": "object",
+    "required": ["change_id", "cursor", "model", "change", "attempts", "resent"],
+    "properties": {
+        "change_id": {"type": "integer"},
+        "cursor": {"type": "string", "description": "The change's feed position."},
+        "model": {"type": "string"},
+        "pk": {},
+        "reason": {"type": "string", "description": "The last error before it was parked."},
+        "parked_at": {"type": "string", "format": "date-time"},
+        "parked_by": {"type": "string"},
+        "attempts": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "at": {"type": "string", "format": "date-time"},
+                    "webhook_id": {"type": "string"},
+                    "changes": {"type": "integer"},
+                    "status": {"type": ["integer", "null"]},
+                    "error": {"type": "string"},
+                    "response": {"type": "string"},
+                },
+            },
+        },
+        "change": {"type": "object", "description": "The change as it was sent."},
+        "resent": {"type": "boolean", "description": "A re-send was acknowledged (2xx)."},
+        "resent_at": _NULLABLE_TIME,
+        "resent_status": {"type": ["integer", "null"]},
+        "resent_error": {"type": "string"},
+        "url": {"type": "string", "format": "uri"},
+    },
+}
+SCHEMAS["ParkRequest"] = {
+    "type": "object",
+    "required": ["action"],
+    "properties": {
+        "action": {
+            "enum": ["park", "resend"],
+            "description": "park: set the subscription's next change aside and go on; "
+            "resend: PUT a parked change to the callback again.",
+        }
+    },
+    "additionalProperties": False,
+}
+
+
+def _parked_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ParkedChange"}}},
+    }
+
+
+_CHANGE_ID_PARAMETER = {
+    "name": "change_id",
+    "in": "path",
+    "required": True,
+    "description": "The id of the change (as the feed and notifications give it).",
+    "schema": {"type": "integer", "minimum": 0},
+}
+
+_NOT_FOUND = _error("You have no subscription of this name, or that change is not parked.")
 
 PATHS: dict[str, Any] = {
     "/subscriptions/": {
@@ -335,6 +524,82 @@ PATHS: dict[str, Any] = {
                 "400": _error("Not a valid subscription name."),
                 "401": _COMMON["401"],
                 "404": _error("You have no subscription of this name."),
+            },
+        },
+    },
+    "/subscriptions/{name}/parked/": {
+        "parameters": [_NAME_PARAMETER],
+        "get": {
+            "operationId": "parkedChanges",
+            "summary": "The subscription's parked changes (its dead-letter list)",
+            "responses": {
+                "200": {
+                    "description": "Every parked change, in feed order.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["parked"],
+                                "properties": {
+                                    "parked": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/ParkedChange"},
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "400": _error("Not a valid subscription name."),
+                "401": _COMMON["401"],
+                "404": _error("You have no subscription of this name."),
+            },
+        },
+    },
+    "/subscriptions/{name}/parked/{change_id}/": {
+        "parameters": [_NAME_PARAMETER, _CHANGE_ID_PARAMETER],
+        "put": {
+            "operationId": "parkOrResend",
+            "summary": "Park the change the subscription is stopped at, or send a parked one again",
+            "description": 'With {"action": "park"}: only the next change to deliver can be '
+            "parked; the position moves past it and delivery goes on in order. With "
+            '{"action": "resend"}: the parked change is PUT to the callback once, signed, with '
+            '"parked": true in its data; the outcome is in resent_status.',
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ParkRequest"}}
+                },
+            },
+            "responses": {
+                "200": _parked_response("Already parked, or sent again (see resent_status)."),
+                "201": _parked_response("Parked; delivery goes on after it."),
+                "400": _error("Not a valid name, or not a valid action."),
+                "401": _COMMON["401"],
+                "403": _error("The subscription's owner may not read the change's model."),
+                "404": _NOT_FOUND,
+                "409": _error("Not the change the subscription would send next."),
+                "410": _error("The change log was pruned past the subscription's position."),
+            },
+        },
+        "get": {
+            "operationId": "parkedChange",
+            "summary": "A parked change, its attempts and its last re-send",
+            "responses": {
+                "200": _parked_response("The parked change."),
+                "400": _error("Not a valid subscription name."),
+                "401": _COMMON["401"],
+                "404": _NOT_FOUND,
+            },
+        },
+        "delete": {
+            "operationId": "forgetParkedChange",
+            "summary": "Forget a parked change (it is never sent again)",
+            "responses": {
+                "204": {"description": "Forgotten."},
+                "400": _error("Not a valid subscription name."),
+                "401": _COMMON["401"],
+                "404": _NOT_FOUND,
             },
         },
     },

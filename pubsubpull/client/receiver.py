@@ -47,7 +47,6 @@ from .source import Publisher, SourceError, request, split_source
 
 logger = logging.getLogger("pubsubpull.client")
 
-MAX_BODY = 50 * 1024 * 1024
 # Envelope, change and row: a column's JSON may nest this deep, less a few
 # levels. Well below Python's recursion limit (about 1,000, less the stack of a
 # request), so deeper bodies are a 400 and never a RecursionError.
@@ -118,10 +117,16 @@ class Receiver(View):
         call_handler(self.get_handler(), events)
 
     def put(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        # Up to RECEIVER_MAX_BYTES, read from the stream: request.body would
+        # answer 400 past Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) first,
+        # and the publisher would send the same batch until it gave up.
+        limit = conf.get("RECEIVER_MAX_BYTES")
         length = request.headers.get("Content-Length") or "0"
-        if not length.isdigit() or int(length) > MAX_BODY:
-            return _error(413, "body_too_large", f"The body must be at most {MAX_BODY} bytes.")
-        body = request.body
+        if not length.isdigit() or int(length) > limit:
+            return _error(413, "body_too_large", f"The body must be at most {limit} bytes.")
+        body = request.read(limit + 1)
+        if len(body) > limit:
+            return _error(413, "body_too_large", f"The body must be at most {limit} bytes.")
         try:
             envelope = jsonbody.loads(body, max_depth=MAX_DEPTH)
         except jsonbody.InvalidJSON as e:
@@ -173,7 +178,9 @@ class Receiver(View):
             return _error(400, "invalid_body", "The body is not a pubsubpull notification.")
 
         try:
-            self._handle(verified, headers["webhook-id"], changes, cursor)
+            # A parked change sent again is older than the position: handle it anyway.
+            parked = data.get("parked") is True
+            self._handle(verified, headers["webhook-id"], changes, cursor, parked=parked)
             if random.random() < 0.01:
                 prune_received()
         except Exception:
@@ -184,7 +191,12 @@ class Receiver(View):
         return HttpResponse(status=204)
 
     def _handle(
-        self, subscription: RemoteSubscription, webhook_id: str, changes: list, cursor: str | None
+        self,
+        subscription: RemoteSubscription,
+        webhook_id: str,
+        changes: list,
+        cursor: str | None,
+        parked: bool = False,
     ) -> None:
         with transaction.atomic():
             locked = RemoteSubscription.objects.select_for_update().get(pk=subscription.pk)
@@ -196,7 +208,7 @@ class Receiver(View):
             events = []
             for change in changes:
                 at = _position(change.get("cursor"))
-                if done is not None and at is not None and at <= done:
+                if done is not None and at is not None and at <= done and not parked:
                     continue  # already handled (by an earlier batch or a catch-up pull)
                 events.append(Event.from_change(change))
             if events:

@@ -1,4 +1,6 @@
-"""Django admin for subscriptions: state, lag, attempts; pause, resume, replay.
+"""Django admin for subscriptions: state, lag, attempts; pause, resume, replay, park.
+
+And the parked changes (the dead-letter list): look at them, send them again.
 
 ``pubsubpull/admin.py`` imports this module; nothing here is public API.
 """
@@ -13,8 +15,8 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from .. import feed
-from . import subscriptions
-from .models import Attempt, Subscription
+from . import parking, subscriptions
+from .models import Attempt, ParkedChange, Subscription
 
 
 class ReplayForm(forms.Form):
@@ -87,7 +89,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
     ]
     list_filter = ["state"]
     search_fields = ["name", "owner", "callback"]
-    actions = ["pause", "resume", "replay"]
+    actions = ["pause", "resume", "replay", "park"]
     inlines = [AttemptInline]
     readonly_fields = [
         "owner",
@@ -96,10 +98,12 @@ class SubscriptionAdmin(admin.ModelAdmin):
         "state_reason",
         "lag",
         "attempts_link",
+        "parked_link",
         "position_cursor",
         "delivered",
         "pending_batch",
         "pending_count",
+        "pending_changes",
         "failures",
         "failing_since",
         "next_attempt_at",
@@ -133,6 +137,48 @@ class SubscriptionAdmin(admin.ModelAdmin):
     def attempts_link(self, obj):
         url = reverse("admin:pubsubpull_attempt_changelist") + f"?subscription__id__exact={obj.pk}"
         return format_html('<a href="{}">{} attempts</a>', url, obj.attempts.count())
+
+    @admin.display(description="parked changes")
+    def parked_link(self, obj):
+        url = (
+            reverse("admin:pubsubpull_parkedchange_changelist")
+            + f"?subscription__id__exact={obj.pk}"
+        )
+        return format_html('<a href="{}">{} parked</a>', url, obj.parked.count())
+
+    @admin.display(description="changes of the pending batch")
+    def pending_changes(self, obj):
+        if not obj.pending_batch:
+            return "—"
+        pending = subscriptions.pending(obj) or {}
+        ids = ", ".join(str(i) for i in pending.get("changes", []))
+        return f"{ids} ({pending.get('attempts', 0)} attempts)"
+
+    @admin.action(description="Park the change it is stopped at, and go on with the rest")
+    def park(self, request, queryset):
+        who = f"admin:{request.user.get_username()}"
+        for subscription in queryset:
+            if not subscription.pending_batch:
+                self.message_user(
+                    request,
+                    f"{subscription.name}: nothing is failing, so nothing was parked.",
+                    messages.WARNING,
+                )
+                continue
+            change = parking.next_change(subscription)
+            if change is None:
+                continue
+            try:
+                parking.park(subscription, change.id, by=who)
+            except parking.CannotPark as e:  # delivered meanwhile
+                self.message_user(request, f"{subscription.name}: {e}", messages.WARNING)
+                continue
+            self.message_user(
+                request,
+                f"{subscription.name}: parked change {change.id} ({change.model} "
+                f"{change.pk}); delivery goes on after it.",
+                messages.SUCCESS,
+            )
 
     @admin.action(description="Pause delivery")
     def pause(self, request, queryset):
@@ -186,3 +232,69 @@ class AttemptAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(ParkedChange)
+class ParkedChangeAdmin(admin.ModelAdmin):
+    """Parked changes: what was set aside, why, and sending it again."""
+
+    list_display = [
+        "change_id",
+        "subscription",
+        "model",
+        "object_pk",
+        "reason",
+        "parked_at",
+        "parked_by",
+        "resent_at",
+        "resent_status",
+    ]
+    list_filter = ["model", "resent_status"]
+    search_fields = ["subscription__name", "object_pk", "reason"]
+    list_select_related = ["subscription"]
+    actions = ["resend"]
+    readonly_fields = [
+        "subscription",
+        "change_id",
+        "txid",
+        "model",
+        "object_pk",
+        "reason",
+        "parked_at",
+        "parked_by",
+        "change",
+        "attempts",
+        "resent_at",
+        "resent_status",
+        "resent_error",
+    ]
+    fields = readonly_fields
+
+    def has_add_permission(self, request):
+        return False  # parked from the subscription (action) or the API
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Send again to the subscription's callback")
+    def resend(self, request, queryset):
+        who = f"admin:{request.user.get_username()}"
+        for parked in queryset.select_related("subscription"):
+            try:
+                parking.resend(parked, by=who)
+            except parking.CannotResend as e:
+                self.message_user(request, f"Change {parked.change_id}: {e}", messages.ERROR)
+                continue
+            if parked.resent:
+                self.message_user(
+                    request,
+                    f"Change {parked.change_id}: acknowledged ({parked.resent_status}).",
+                    messages.SUCCESS,
+                )
+            else:
+                self.message_user(
+                    request,
+                    f"Change {parked.change_id}: not acknowledged ({parked.resent_error}); "
+                    "still parked.",
+                    messages.WARNING,
+                )

@@ -8,7 +8,7 @@ reading statement's snapshot xmin, in the same statement), the same order
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import feed
 
@@ -22,10 +22,35 @@ class Batch:
     changes: list[feed.FeedChange]
     next: feed.Position
     held_back: bool
+    _texts: list[str] | None = field(default=None, repr=False)
+
+    @property
+    def texts(self) -> list[str]:
+        """Each change's JSON text, encoded once (for the byte cap and the body)."""
+        if self._texts is None:
+            self._texts = [c.as_json_text() for c in self.changes]
+        return self._texts
 
     def changes_json(self) -> str:
         """The changes as a JSON array, exactly as the HTTP feed serves them."""
-        return "[" + ",".join(c.as_json_text() for c in self.changes) + "]"
+        return "[" + ",".join(self.texts) + "]"
+
+    def within(self, max_bytes: int, envelope: int) -> Batch:
+        """The longest start of this batch whose body fits in ``max_bytes``.
+
+        ``envelope`` is what the body holds besides the changes (an upper
+        bound). A first change larger than the cap on its own goes alone: it
+        can never be sent in a smaller batch. When changes are cut off,
+        ``next`` is the last kept change's position, so the rest follow in
+        the next batch.
+        """
+        size = envelope + 2  # the brackets
+        for n, text in enumerate(self.texts):
+            size += (len(text) if text.isascii() else len(text.encode())) + (1 if n else 0)
+            if size > max_bytes and n > 0:
+                kept = self.changes[:n]
+                return Batch(kept, kept[-1].position, False, self.texts[:n])
+        return self
 
 
 def read(after: feed.Position, limit: int, models: list[str]) -> Batch:

@@ -11,6 +11,13 @@ The position only moves after a 2xx, in the statement that records the
 attempt, and only while the worker still holds the lease. A worker that dies
 mid-request leaves its lease to expire and its batch (same changes, same
 ``webhook-id``) to be sent again by another worker: at least once, in order.
+
+Before each batch the owner's access is checked again (``access.py``): a
+revoked token or an inactive user sends nothing more and the subscription
+shows ``forbidden`` until access returns. A receiver that refuses a batch
+(413, or the same 4xx twice) is sent smaller batches until the change it
+refuses is alone; then the subscription shows ``blocked``, naming it, and
+an operator can park it (``parking.py``) so the rest goes on in order.
 """
 
 from __future__ import annotations
@@ -30,9 +37,9 @@ from typing import Any
 import httpx
 from django.db import IntegrityError, connection
 
-from .. import __version__, conf
+from .. import __version__, conf, feed
 from ..retry_after import parse_retry_after
-from . import batch, guard, signing
+from . import access, batch, guard, signing
 
 logger = logging.getLogger("pubsubpull.delivery")
 
@@ -40,10 +47,16 @@ USER_AGENT = f"django-pubsubpull/{__version__}"
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
 
+# States a worker delivers (or, when forbidden, checks access for).
+DELIVERABLE = ["active", "failing", "blocked", "forbidden"]
+
+
 @dataclass
 class Claimed:
     id: int
     name: str
+    subscriber: str  # the subscription's owner (token:N or user:N)
+    state: str
     callback: str
     models: list[str]
     batch_size: int
@@ -54,6 +67,9 @@ class Claimed:
     secrets: list[str]
     failures: int
     woken: bool = False  # a wake came while we held it (set when letting go)
+    # An empty read moved past other models' changes: from where (the
+    # position as claimed), recorded when letting go if nobody moved it since.
+    skipped_from: batch.Position | None = None
 
 
 _CLAIM_SQL = """
@@ -64,13 +80,13 @@ SET lease_owner = %(owner)s,
 FROM (
     SELECT id FROM pubsubpull_subscription
     WHERE id = %(id)s
-      AND state IN ('active', 'failing')
+      AND state = ANY(%(deliverable)s)
       AND next_attempt_at <= now()
       AND (lease_expires IS NULL OR lease_expires < now())
     FOR UPDATE SKIP LOCKED
 ) AS due
 WHERE s.id = due.id
-RETURNING s.id, s.name, s.callback, s.model_labels, s.batch_size,
+RETURNING s.id, s.name, s.owner, s.state, s.callback, s.model_labels, s.batch_size,
           s.position_txid, s.position_id, s.pending_batch, s.pending_txid, s.pending_id,
           s.pending_count, s.secret,
           CASE WHEN s.previous_secret_expires > now() THEN s.previous_secret ELSE '' END,
@@ -78,14 +94,15 @@ RETURNING s.id, s.name, s.callback, s.model_labels, s.batch_size,
 """
 
 # Letting go also records how far an empty read skipped (past other models'
-# changes), so the next read does not scan them again.
+# changes), so the next read does not scan them again; only if the position
+# is still the one the read started from (a replay or a park meanwhile wins).
 _RELEASE_SQL = """
 UPDATE pubsubpull_subscription
 SET lease_owner = '', lease_expires = NULL,
     position_txid = CASE WHEN pending_batch = '' AND (position_txid, position_id)
-        < (%(txid)s, %(pid)s) THEN %(txid)s ELSE position_txid END,
+        = (%(from_txid)s, %(from_pid)s) THEN %(txid)s ELSE position_txid END,
     position_id = CASE WHEN pending_batch = '' AND (position_txid, position_id)
-        < (%(txid)s, %(pid)s) THEN %(pid)s ELSE position_id END
+        = (%(from_txid)s, %(from_pid)s) THEN %(pid)s ELSE position_id END
 WHERE id = %(id)s AND lease_owner = %(owner)s
 RETURNING wake_requested_at IS NOT NULL
 """
@@ -125,8 +142,8 @@ updated AS (
         pending_batch = '', pending_txid = NULL, pending_id = NULL, pending_count = 0,
         delivered = delivered + %(count)s,
         failures = 0, failing_since = NULL,
-        state = CASE WHEN state = 'failing' THEN 'active' ELSE state END,
-        state_reason = CASE WHEN state = 'failing' THEN '' ELSE state_reason END,
+        state = CASE WHEN state IN ('failing', 'blocked') THEN 'active' ELSE state END,
+        state_reason = CASE WHEN state IN ('failing', 'blocked') THEN '' ELSE state_reason END,
         next_attempt_at = now(), last_attempt_at = now(), last_success_at = now(),
         last_error = '',
         lease_owner = CASE WHEN (SELECT more FROM more) THEN lease_owner ELSE '' END,
@@ -142,7 +159,13 @@ updated AS (
 
 # A failure keeps the pending batch (same changes, same webhook-id next time),
 # counts the streak, and disables the subscription when the receiver said 410
-# or has been failing for DISABLE_AFTER. A pause by an operator meanwhile wins.
+# or has been failing for DISABLE_AFTER. A refused batch (``refused``: 413 or
+# a repeated 4xx) makes it ``blocked`` instead, and a blocked subscription
+# stays blocked through other errors and is never disabled by the streak: it
+# waits for its receiver or an operator. A pause by an operator meanwhile
+# wins. Letting go for a later retry uses up any wake that came while the
+# batch was in flight: the sweep wakes the subscription when the retry is
+# due (a flag left set would refuse that wake until it aged past LEASE).
 _FAILURE_SQL = (
     """
 WITH updated AS (
@@ -152,26 +175,74 @@ WITH updated AS (
         state = CASE
             WHEN state IN ('paused', 'disabled') THEN state
             WHEN %(gone)s THEN 'disabled'
+            WHEN %(refused)s OR state = 'blocked' THEN 'blocked'
             WHEN now() - coalesce(failing_since, now())
                  >= %(disable_after)s * interval '1 second' THEN 'disabled'
             ELSE 'failing' END,
         state_reason = CASE
             WHEN state IN ('paused', 'disabled') THEN state_reason
             WHEN %(gone)s THEN 'The receiver answered 410 Gone.'
+            WHEN %(refused)s THEN %(refused_reason)s
+            WHEN state = 'blocked' THEN state_reason
             WHEN now() - coalesce(failing_since, now())
                  >= %(disable_after)s * interval '1 second'
                 THEN 'Every delivery failed for ' || %(disable_after_text)s || '.'
             ELSE 'Retrying with backoff.' END,
         next_attempt_at = now() + %(delay)s * interval '1 second',
         last_attempt_at = now(), last_error = %(error)s,
-        lease_owner = '', lease_expires = NULL
-    WHERE id = %(id)s AND lease_owner = %(owner)s
+        lease_owner = '', lease_expires = NULL, wake_requested_at = NULL
+    WHERE id = %(id)s AND lease_owner = %(owner)s AND pending_batch = %(batch)s
     RETURNING id
 ),
 """
     + _ATTEMPT_SQL
     + "SELECT count(*) FROM updated"
 )
+
+# A refused batch of several changes: keep the lease and send its first
+# ``count`` changes alone at once, as a new batch (a new webhook-id: it is a
+# different message), to find the change the receiver refuses.
+_SPLIT_SQL = (
+    """
+WITH updated AS (
+    UPDATE pubsubpull_subscription
+    SET failures = failures + 1,
+        failing_since = coalesce(failing_since, now()),
+        state = CASE WHEN state IN ('paused', 'disabled', 'blocked') THEN state
+                     ELSE 'failing' END,
+        state_reason = CASE WHEN state IN ('paused', 'disabled', 'blocked') THEN state_reason
+                            ELSE %(split_reason)s END,
+        pending_batch = %(new_batch)s, pending_txid = %(new_txid)s, pending_id = %(new_pid)s,
+        pending_count = %(new_count)s,
+        last_attempt_at = now(), last_error = %(error)s,
+        lease_expires = now() + %(lease)s * interval '1 second'
+    WHERE id = %(id)s AND lease_owner = %(owner)s AND pending_batch = %(batch)s
+    RETURNING id
+),
+"""
+    + _ATTEMPT_SQL
+    + "SELECT count(*) FROM updated"
+)
+
+# The owner lost access: send nothing, say why, look again in ACCESS_RECHECK.
+_FORBIDDEN_SQL = """
+UPDATE pubsubpull_subscription
+SET state = CASE WHEN state IN ('paused', 'disabled') THEN state ELSE 'forbidden' END,
+    state_reason = CASE WHEN state IN ('paused', 'disabled') THEN state_reason
+                        ELSE %(reason)s END,
+    next_attempt_at = now() + %(recheck)s * interval '1 second',
+    lease_owner = '', lease_expires = NULL, wake_requested_at = NULL
+WHERE id = %(id)s AND lease_owner = %(owner)s
+RETURNING id
+"""
+
+# Access is back: deliver again from the position, as if never stopped.
+_ALLOWED_AGAIN_SQL = """
+UPDATE pubsubpull_subscription
+SET state = CASE WHEN failures > 0 THEN 'failing' ELSE 'active' END,
+    state_reason = CASE WHEN failures > 0 THEN 'Retrying with backoff.' ELSE '' END
+WHERE id = %(id)s AND lease_owner = %(owner)s AND state = 'forbidden'
+"""
 
 
 class Unsubscribed(Exception):
@@ -194,13 +265,18 @@ _SPENT_WAKE_SQL = """
 UPDATE pubsubpull_subscription
 SET wake_requested_at = NULL
 WHERE id = %(id)s AND (lease_expires IS NULL OR lease_expires < now())
-RETURNING state IN ('active', 'failing') AND next_attempt_at <= now()
+RETURNING state = ANY(%(deliverable)s) AND next_attempt_at <= now()
 """
 
 
 def claim(subscription_id: int, owner: str) -> Claimed | None:
     """Take the subscription for ``owner`` if it is due and nobody holds it."""
-    params = {"id": subscription_id, "owner": owner, "lease": conf.get("LEASE")}
+    params = {
+        "id": subscription_id,
+        "owner": owner,
+        "lease": conf.get("LEASE"),
+        "deliverable": DELIVERABLE,
+    }
     rows = _execute(_CLAIM_SQL, params)
     if not rows:
         spent = _execute(_SPENT_WAKE_SQL, params)
@@ -208,11 +284,13 @@ def claim(subscription_id: int, owner: str) -> Claimed | None:
             rows = _execute(_CLAIM_SQL, params)
     if not rows:
         return None
-    (id_, name, callback, models, size, ptx, pid, pbatch, pendtx, pendid, pcount, secret, previous,
-     failures) = rows[0]  # fmt: skip
+    (id_, name, subscriber, state, callback, models, size, ptx, pid, pbatch, pendtx, pendid,
+     pcount, secret, previous, failures) = rows[0]  # fmt: skip
     return Claimed(
         id=id_,
         name=name,
+        subscriber=subscriber,
+        state=state,
         callback=callback,
         models=json.loads(models) if isinstance(models, str) else list(models),
         batch_size=size,
@@ -227,7 +305,15 @@ def claim(subscription_id: int, owner: str) -> Claimed | None:
 
 def release(sub: Claimed, owner: str) -> bool:
     """Give the subscription up; True if a wake was requested while we held it."""
-    params = {"id": sub.id, "owner": owner, "txid": sub.position.txid, "pid": sub.position.id}
+    skipped = sub.skipped_from or batch.Position(-1, -1)  # -1: no skip to record
+    params = {
+        "id": sub.id,
+        "owner": owner,
+        "txid": sub.position.txid,
+        "pid": sub.position.id,
+        "from_txid": skipped.txid,
+        "from_pid": skipped.id,
+    }
     rows = _execute(_RELEASE_SQL, params)
     return bool(rows and rows[0][0])
 
@@ -298,27 +384,62 @@ def backoff(failures: int, retry_after: float | None = None) -> float:
     return delay
 
 
-def _payload(sub: Claimed, page: batch.Batch, following: batch.Position) -> bytes:
-    # The changes are the feed's own JSON text: their old/new are not decoded
-    # and encoded again for every subscription.
+def envelope(
+    name: str, timestamp: str, changes_json: str, cursor: str | None, **extra: Any
+) -> bytes:
+    """A notification body around ``changes_json`` (a JSON array, as the feed renders it).
+
+    The changes are the feed's own JSON text: their old/new are not decoded
+    and encoded again for every subscription.
+    """
+    data: dict[str, Any] = {"subscription": name, **extra}
+    if cursor is not None:
+        data["cursor"] = cursor
     head = json.dumps(
-        {
-            "type": "pubsubpull.changes",
-            "timestamp": page.changes[-1].at_text,
-            "data": {"subscription": sub.name, "cursor": following.encode()},
-        },
+        {"type": "pubsubpull.changes", "timestamp": timestamp, "data": data},
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    return (head[:-2] + ',"changes":' + page.changes_json() + "}}").encode()
+    return (head[:-2] + ',"changes":' + changes_json + "}}").encode()
+
+
+# The longest cursor a body can carry, for the byte cap's envelope bound.
+_LONGEST_CURSOR = batch.Position(feed.MAX_ID, feed.MAX_ID).encode()
+
+
+def _envelope_size(sub: Claimed, page: batch.Batch) -> int:
+    """An upper bound of a body's bytes besides its changes' (see Batch.within)."""
+    longest_time = max((len(c.at_text) for c in page.changes), default=0)
+    return len(envelope(sub.name, "t" * longest_time, "", _LONGEST_CURSOR))
+
+
+def signed_headers(
+    secrets: list[str], webhook_id: str, body: bytes, now: datetime
+) -> dict[str, str]:
+    """The Standard Webhooks headers of one attempt, at ``now``, to send ``body``."""
+    return {
+        "content-type": "application/json",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signing.signature(secrets, webhook_id, now, body.decode()),
+    }
+
+
+def refused(status: int | None) -> bool:
+    """A 4xx that sending the same batch again will not change (not 408, 410 or 429).
+
+    410 disables; 408 and 429 say "not now", not "never".
+    """
+    return status is not None and 400 <= status < 500 and status not in (408, 410, 429)
 
 
 def deliver_batch(sub: Claimed, owner: str) -> str:
     """Send the subscription's next batch once.
 
     Returns ``sent``, ``done`` (sent, caught up and let go), ``caught_up``,
-    ``held_back`` (changes wait behind an older open transaction), ``failed``
-    or ``lost`` (the lease ran out).
+    ``held_back`` (changes wait behind an older open transaction), ``failed``,
+    ``forbidden`` (its owner lost access; nothing sent) or ``lost`` (the lease
+    ran out, or the batch was forgotten meanwhile: replayed or parked).
     """
     try:
         return _deliver_batch(sub, owner)
@@ -336,7 +457,7 @@ def deliver_batch(sub: Claimed, owner: str) -> str:
 
 _EXPIRED_SQL = """
 UPDATE pubsubpull_subscription
-SET state = 'disabled', lease_owner = '', lease_expires = NULL,
+SET state = 'disabled', lease_owner = '', lease_expires = NULL, wake_requested_at = NULL,
     state_reason = 'The change log was pruned past this subscription''s position, so '
         'changes may be missing. Take a new snapshot and subscribe again with start '
         'set to its feed_position.'
@@ -344,7 +465,53 @@ WHERE id = %(id)s AND lease_owner = %(owner)s
 """
 
 
+def _check_access(sub: Claimed, owner: str) -> bool:
+    """Whether the owner may still receive; if not, the subscription says why and is let go."""
+    reason = access.refusal(sub.subscriber, sub.models)
+    if reason:
+        _execute(
+            _FORBIDDEN_SQL,
+            {"id": sub.id, "owner": owner, "reason": reason, "recheck": conf.get("ACCESS_RECHECK")},
+        )
+        if sub.state != "forbidden":
+            logger.warning(
+                "Subscription %s sends nothing: %s",
+                sub.name,
+                reason,
+                extra={"pubsubpull": {"event": "subscription_forbidden", "subscription": sub.name}},
+            )
+        sub.state = "forbidden"
+        return False
+    if sub.state == "forbidden":
+        _execute(_ALLOWED_AGAIN_SQL, {"id": sub.id, "owner": owner})
+        logger.info(
+            "Subscription %s: its owner may read its models again; delivering",
+            sub.name,
+            extra={"pubsubpull": {"event": "subscription_allowed", "subscription": sub.name}},
+        )
+        sub.state = "active"
+    return True
+
+
+def _previous_status(sub: Claimed, webhook_id: str) -> int | None:
+    """The status of the last attempt to send this batch before, if any."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT status FROM pubsubpull_attempt WHERE subscription_id = %s "
+            "AND webhook_id = %s ORDER BY at DESC LIMIT 1",
+            [sub.id, webhook_id],
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def _describe_change(change: feed.FeedChange) -> str:
+    return f"change {change.id} ({change.model} {change.pk})"
+
+
 def _deliver_batch(sub: Claimed, owner: str) -> str:
+    if not _check_access(sub, owner):
+        return "forbidden"
     if sub.pending_batch:
         # A retry carries exactly the batch that was sent before: the first
         # pending_count changes after the position (nothing new can sort
@@ -370,8 +537,10 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
         page = batch.read(sub.position, sub.batch_size, sub.models)
         if not page.changes:
             if page.next > sub.position:
+                sub.skipped_from = sub.skipped_from or sub.position
                 sub.position = page.next  # recorded when the lease is let go
             return "held_back" if page.held_back else "caught_up"
+        page = page.within(conf.get("BATCH_MAX_BYTES"), _envelope_size(sub, page))
         changes, following = page.changes, page.next
         webhook_id = f"msg_{uuid.uuid4().hex}"
         started = _execute(
@@ -390,14 +559,9 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
             return "lost"
         sub.pending_batch, sub.pending, sub.pending_count = webhook_id, following, len(changes)
 
+    body = envelope(sub.name, changes[-1].at_text, page.changes_json(), following.encode())
     now = datetime.now(UTC)
-    body = _payload(sub, page, following)
-    headers = {
-        "content-type": "application/json",
-        "webhook-id": webhook_id,
-        "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": signing.signature(sub.secrets, webhook_id, now, body.decode()),
-    }
+    headers = signed_headers(sub.secrets, webhook_id, body, now)
     response = send(sub.callback, body, headers)
     ok = response.status is not None and 200 <= response.status < 300
     params: dict[str, Any] = {
@@ -422,35 +586,101 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
             return "lost"
         done = not more  # caught up, and let go in the same statement
         sub.position, sub.pending_batch, sub.pending, sub.pending_count = following, "", None, 0
-        sub.failures = 0
+        sub.failures, sub.skipped_from = 0, None
         return "done" if done else "sent"
+
+    # A 413, or the same 4xx for the same batch again, will not change by
+    # waiting: isolate the change the receiver refuses, then say so.
+    refusal = response.status == 413 or (
+        refused(response.status) and refused(_previous_status(sub, webhook_id))
+    )
+    if refusal and len(changes) > 1:
+        return _split(sub, owner, params, changes, response)
     delay = backoff(sub.failures + 1, response.retry_after)
     disable_after = conf.get("DISABLE_AFTER")
     params.update(
         gone=response.status == 410,
+        refused=refusal,
+        refused_reason=(
+            f"The receiver refuses {_describe_change(changes[0])}: {response.error}"
+            f"{' (too large for it)' if response.status == 413 else ', twice or more'}. "
+            "Retrying with backoff; fix the receiver, or park the change so that "
+            "delivery goes on without it (admin, or PUT subscriptions/"
+            f"{sub.name}/parked/{changes[0].id}/)."
+            if refusal
+            else ""
+        ),
         delay=delay,
         disable_after=disable_after,
         disable_after_text=str(timedelta(seconds=disable_after)),
     )
-    _execute(_FAILURE_SQL, params)
-    logger.info(
-        "Delivery of %s to subscription %s failed (%s); next try in %.1f s",
+    [(updated,)] = _execute(_FAILURE_SQL, params)
+    if not updated:  # the batch was forgotten meanwhile (replayed, parked)
+        release(sub, owner)
+        return "lost"
+    sub.failures += 1
+    event = "delivery_blocked" if refusal else "delivery_failed"
+    logger.log(
+        logging.WARNING if refusal else logging.INFO,
+        "Delivery of %s to subscription %s failed (%s)%s; next try in %.1f s",
         webhook_id,
         sub.name,
         response.error,
+        f": blocked on change {changes[0].id}" if refusal else "",
         delay,
         extra={
             "pubsubpull": {
-                "event": "delivery_failed",
+                "event": event,
                 "subscription": sub.name,
                 "webhook_id": webhook_id,
                 "status": response.status,
                 "error": response.error,
                 "retry_in": delay,
+                "change": changes[0].id,
             }
         },
     )
     return "failed"
+
+
+def _split(
+    sub: Claimed,
+    owner: str,
+    params: dict[str, Any],
+    changes: list[feed.FeedChange],
+    response: Response,
+) -> str:
+    """Send the start of a refused batch alone next: half of it after a 413, else one change."""
+    keep = max(1, len(changes) // 2) if response.status == 413 else 1
+    end = changes[keep - 1].position
+    new_batch = f"msg_{uuid.uuid4().hex}"
+    params.update(
+        new_batch=new_batch,
+        new_txid=end.txid,
+        new_pid=end.id,
+        new_count=keep,
+        lease=conf.get("LEASE"),
+        split_reason=(
+            f"The receiver refused a batch of {len(changes)} changes ({response.error}); "
+            f"sending the first {keep} alone to find the change it refuses."
+        ),
+    )
+    [(updated,)] = _execute(_SPLIT_SQL, params)
+    if not updated:
+        release(sub, owner)
+        return "lost"
+    logger.info(
+        "Subscription %s: the receiver refused %s (%d changes, %s); sending %d alone",
+        sub.name,
+        params["batch"],
+        len(changes),
+        response.error,
+        keep,
+        extra={"pubsubpull": {"event": "delivery_split", "subscription": sub.name}},
+    )
+    sub.pending_batch, sub.pending, sub.pending_count = new_batch, end, keep
+    sub.failures += 1
+    return "sent"
 
 
 # How long a claimed subscription waits for changes held back by an older
@@ -474,8 +704,13 @@ def drain(subscription_id: int, budget: float = 10.0) -> str:
         try:
             outcome = _drain_claimed(sub, owner, deadline)
         finally:
-            # "done" let go with the last acknowledgement, "failed" with the failure.
-            woken = sub.woken if outcome == "done" else outcome != "failed" and release(sub, owner)
+            # "done" let go with the last acknowledgement, "failed" and
+            # "forbidden" with the statement that scheduled the next try.
+            woken = (
+                sub.woken
+                if outcome == "done"
+                else outcome not in ("failed", "forbidden") and release(sub, owner)
+            )
         if outcome == "more" or (woken and time.monotonic() >= deadline):
             from .wake import wake_subscriptions
 

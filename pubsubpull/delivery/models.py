@@ -24,6 +24,13 @@ class Subscription(models.Model):
         FAILING = "failing", "failing (retrying with backoff)"
         DISABLED = "disabled"
         PAUSED = "paused"
+        # The receiver refuses the batch it is sent (a 413, or the same 4xx
+        # again): retried with backoff, never disabled by the streak; the
+        # operator fixes the receiver or parks the change (ParkedChange).
+        BLOCKED = "blocked", "blocked (the receiver refuses a change)"
+        # Its owner (token or user) is gone, inactive, or may no longer read
+        # one of its models: nothing is sent until access returns.
+        FORBIDDEN = "forbidden", "forbidden (its owner lost access)"
 
     owner = models.CharField(
         max_length=200,
@@ -111,3 +118,44 @@ class Attempt(models.Model):
     @property
     def succeeded(self) -> bool:
         return self.status is not None and 200 <= self.status < 300
+
+
+class ParkedChange(models.Model):
+    """A change an operator set aside so that delivery goes on behind it (a dead letter).
+
+    Kept with the change as it was sent and the attempts that failed, so it
+    can be looked at and sent again (``resend``) once the receiver can take
+    it; the change log may be pruned meanwhile.
+    """
+
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="parked")
+    change_id = models.BigIntegerField()
+    txid = models.BigIntegerField()
+    model = models.CharField(max_length=200)
+    object_pk = models.TextField(blank=True)
+    change = models.JSONField(help_text="The change as the feed serves it (what was sent).")
+    attempts = models.JSONField(
+        default=list, help_text="The failed attempts of its batch: at, status, error, webhook_id."
+    )
+    reason = models.TextField(blank=True, help_text="Why it was parked: the last error.")
+    parked_at = models.DateTimeField(auto_now_add=True)
+    parked_by = models.CharField(max_length=200, blank=True)
+    resent_at = models.DateTimeField(null=True, blank=True)
+    resent_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    resent_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["subscription", "txid", "change_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "change_id"], name="pubsubpull_parkedchange_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"change {self.change_id} of {self.subscription.name}"
+
+    @property
+    def resent(self) -> bool:
+        """Whether a re-send was acknowledged with a 2xx."""
+        return self.resent_status is not None and 200 <= self.resent_status < 300

@@ -23,8 +23,8 @@ from django.utils import timezone
 
 from .. import conf, feed
 from ..registry import get_registration
-from . import guard, signing
-from .models import Subscription
+from . import batch, guard, signing
+from .models import Attempt, Subscription
 
 FIELDS = {"callback", "models", "batch_size", "start", "rotate_secret"}
 
@@ -152,7 +152,8 @@ def subscribe(
     Idempotent: the same request twice leaves one subscription as it was
     after the first. ``start`` only applies when it is given (an update
     without it keeps the position). A disabled or failing subscription is
-    retried at once, resuming where it stopped. Raises InvalidSubscription,
+    retried at once, resuming where it stopped (so is a blocked or forbidden
+    one, access checked again). Raises InvalidSubscription,
     or NotAllowed when ``may_read`` refuses one of the models.
     """
     with transaction.atomic():
@@ -200,11 +201,21 @@ def subscribe(
                     seconds=conf.get("SECRET_GRACE")
                 )
                 subscription.secret = secret
-            if subscription.state in (Subscription.State.DISABLED, Subscription.State.FAILING):
+            if subscription.state in _RETRIED_ON_PUT:
                 resume(subscription, save=False)
             subscription.save()
         transaction.on_commit(lambda: notify(subscription))
     return Subscribed(subscription, created, secret)
+
+
+# A PUT by the owner retries these at once (a forbidden one has its access
+# checked again before anything is sent).
+_RETRIED_ON_PUT = {
+    Subscription.State.DISABLED,
+    Subscription.State.FAILING,
+    Subscription.State.BLOCKED,
+    Subscription.State.FORBIDDEN,
+}
 
 
 def forget_pending(subscription: Subscription) -> None:
@@ -254,6 +265,25 @@ def notify(subscription: Subscription) -> None:
     with connection.cursor() as cursor:
         for label in subscription.model_labels:
             cursor.execute("SELECT pg_notify('pubsubpull', %s)", [label])
+
+
+def pending(subscription: Subscription) -> dict[str, Any] | None:
+    """The batch sent but not acknowledged: its webhook-id, its changes, how often tried."""
+    if not subscription.pending_batch:
+        return None
+    position = feed.Position(subscription.position_txid, subscription.position_id)
+    try:
+        changes = batch.read(
+            position, subscription.pending_count, list(subscription.model_labels)
+        ).changes
+    except (feed.CursorExpired, LookupError):  # pruned, or a model no longer published
+        changes = []
+    tries = Attempt.objects.filter(subscription=subscription, webhook_id=subscription.pending_batch)
+    return {
+        "webhook_id": subscription.pending_batch,
+        "changes": [c.id for c in changes],
+        "attempts": tries.count(),
+    }
 
 
 def lag(subscription: Subscription) -> dict[str, Any]:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand
+from django.db.models import Count
 from django.utils import timezone
 
 from pubsubpull.delivery.models import Subscription
 from pubsubpull.delivery.subscriptions import lag
+
+# States whose reason matters more than the last error (it says what to do).
+_EXPLAINED = {"blocked", "forbidden", "disabled", "paused"}
+_RETRYING = {"failing", "blocked", "forbidden"}
 
 
 def _ago(moment) -> str:
@@ -19,14 +24,25 @@ def _ago(moment) -> str:
 
 
 class Command(BaseCommand):
-    help = "Show every subscription: state, lag, deliveries, last success and error."
+    help = (
+        "Show every subscription: state, lag, deliveries, parked changes, last success, "
+        "next try, and why it is not active."
+    )
 
-    def handle(self, *args, **options):
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--width", type=int, default=100, help="Cut the last column to this many characters."
+        )
+
+    def handle(self, *args, width, **options):
         rows = [
-            ("NAME", "OWNER", "STATE", "LAG", "BEHIND", "DELIVERED", "LAST OK", "NEXT", "ERROR")
-        ]
-        for s in Subscription.objects.order_by("owner", "name"):
+            ("NAME", "OWNER", "STATE", "LAG", "BEHIND", "DELIVERED", "PARKED", "LAST OK", "NEXT",
+             "REASON")
+        ]  # fmt: skip
+        subscriptions = Subscription.objects.annotate(parked_count=Count("parked"))
+        for s in subscriptions.order_by("owner", "name"):
             behind = lag(s)
+            reason = s.state_reason if s.state in _EXPLAINED else s.last_error or s.state_reason
             rows.append(
                 (
                     s.name,
@@ -35,9 +51,10 @@ class Command(BaseCommand):
                     str(behind["changes"]),
                     f"{behind['seconds']:.0f}s",
                     str(s.delivered),
+                    str(s.parked_count),
                     _ago(s.last_success_at),
-                    _ago(s.next_attempt_at) if s.state == "failing" else "-",
-                    (s.last_error or s.state_reason)[:60],
+                    _ago(s.next_attempt_at) if s.state in _RETRYING else "-",
+                    reason[:width],
                 )
             )
         if len(rows) == 1:
