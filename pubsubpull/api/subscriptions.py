@@ -184,7 +184,7 @@ _ACTIONS = ("park", "resend")
 
 
 def _action(request) -> str:
-    data = _body(request)
+    data = json_body(request, '{"action": "park"} or {"action": "resend"}.')
     if not isinstance(data, dict) or set(data) != {"action"} or data["action"] not in _ACTIONS:
         raise ApiError(
             400,
