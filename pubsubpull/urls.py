@@ -40,7 +40,7 @@ urlpatterns = [
         name="subscription-parked",
     ),
     path(
-        "subscriptions/<str:name>/parked/<int:change_id>/",
+        "subscriptions/<str:name>/parked/<str:change_id>/",
         subscriptions.parked_change,
         name="subscription-parked-change",
     ),

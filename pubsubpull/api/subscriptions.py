@@ -200,9 +200,12 @@ def parked_change(request, caller, name, change_id):
     """Park the next change (PUT park), send a parked one again (PUT resend), see, forget."""
     subscription = _own(caller, _name(name))
     url = request.build_absolute_uri(request.path)
+    # Routed as text, so a change id that is not a number is this view's
+    # JSON 404, not Django's HTML one.
+    number = int(change_id) if change_id.isascii() and change_id.isdigit() else None
     found = (
-        ParkedChange.objects.filter(subscription=subscription, change_id=change_id).first()
-        if change_id <= feed.MAX_ID
+        ParkedChange.objects.filter(subscription=subscription, change_id=number).first()
+        if number is not None and number <= feed.MAX_ID
         else None
     )
     missing = ApiError(
@@ -229,10 +232,10 @@ def parked_change(request, caller, name, change_id):
             return json_response(describe_parked(parking.resend(found, by=owner_of(caller)), url))
         except parking.CannotResend as exc:
             raise ApiError(403, "permission_denied", str(exc)) from None
-    if change_id > feed.MAX_ID:
+    if number is None or number > feed.MAX_ID:
         raise ApiError(409, "not_next_change", f"There is no change {change_id}.")
     try:
-        parked, created = parking.park(subscription, change_id, by=owner_of(caller))
+        parked, created = parking.park(subscription, number, by=owner_of(caller))
     except parking.CannotPark as exc:
         raise ApiError(409, "not_next_change", str(exc)) from None
     except feed.CursorExpired:
