@@ -219,6 +219,11 @@ class Switch:
                     switch.target + self.path,
                     headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
                 )
+                if not switch.is_up:
+                    # Taken down while this request waited upstream (a long poll): the
+                    # answer is lost with the publisher, as it would be for real.
+                    self.close_connection = True
+                    return
                 body = upstream.content.replace(
                     switch.target.encode(), switch.url.encode()
                 )  # links point back through the switch
