@@ -25,7 +25,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from .events import Event
+from ..protocol.events import Event
 from .models import ParkedEvent, PullCursor
 
 

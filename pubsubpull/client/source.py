@@ -16,7 +16,7 @@ import httpx
 import orjson
 
 from .. import __version__, conf
-from ..retry_after import parse_retry_after
+from ..protocol.retry_after import parse_retry_after
 
 USER_AGENT = f"django-pubsubpull/{__version__} (pull)"
 
