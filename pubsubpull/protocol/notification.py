@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .cursor import END
-from .items import dumps
+from pubsubpull.protocol.cursor import END
+from pubsubpull.protocol.items import dumps
 
 TYPE = "pubsubpull.changes"
 

@@ -10,7 +10,7 @@ The first page also gives ``feed_position``: a feed cursor from the same
 statement's snapshot. Following the feed from there after the last page
 misses nothing that changed while the pages were read::
 
-    from pubsubpull import snapshot
+    from pubsubpull.publisher import snapshot
 
     page = snapshot.read_instances("shop.customer", limit=1000)
     position = page.feed_position
@@ -35,11 +35,11 @@ import psycopg
 from django.core.exceptions import ValidationError
 from django.db import connections, router
 
-from .feed import fence_position
-from .protocol import items, jsonbody
-from .protocol.cursor import Position
-from .protocol.jsonbody import unstorable
-from .registry import Registration, get_registration
+from pubsubpull.capture.registry import Registration, get_registration
+from pubsubpull.protocol import items, jsonbody
+from pubsubpull.protocol.cursor import Position
+from pubsubpull.protocol.jsonbody import unstorable
+from pubsubpull.publisher.feed import fence_position
 
 # One template for every model; {names} are quoted identifiers and SQL
 # expressions made from the registration (see _query). PostgreSQL renders each

@@ -10,8 +10,8 @@ from django.db import transaction
 from django.http import HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from ..protocol import jsonbody
-from . import auth
+from pubsubpull.protocol import jsonbody
+from pubsubpull.publisher.api import auth
 
 JSON = "application/json"
 

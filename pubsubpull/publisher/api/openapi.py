@@ -15,11 +15,11 @@ from typing import Any
 
 from django.db import models
 
-from .. import __version__, conf
-from ..protocol import items
-from ..registry import Registration, get_registration
-from ..snapshot import MAX_PARTS
-from . import subscriptions
+from pubsubpull import __version__, conf
+from pubsubpull.capture.registry import Registration, get_registration
+from pubsubpull.protocol import items
+from pubsubpull.publisher.api import subscriptions
+from pubsubpull.publisher.snapshot import MAX_PARTS
 
 _STRING_FIELDS = (
     models.CharField,
