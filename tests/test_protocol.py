@@ -99,7 +99,7 @@ def test_a_change_item_as_text_is_its_dict_as_json(text):
 def test_the_instance_item_sql_renders_the_keys_in_order_as_json():
     sql = items.instance_item_sql(
         pk="to_json(%(pk)s::text)::text",
-        url="""'"' || %(url)s || '"'""",
+        url=(items.Text('"'), "%(url)s", items.Text("'100%\"")),  # merged, quoted, escaped
         sequence="'null'",
         fields="""'{"name": "it''s 100%%"}'""",
     )
@@ -110,10 +110,11 @@ def test_the_instance_item_sql_renders_the_keys_in_order_as_json():
     assert tuple(item) == items.INSTANCE_KEYS
     assert item == {
         "pk": "a'b",
-        "url": "http://x/a'b/",
+        "url": "http://x/a'b/'100%",
         "sequence": None,
         "fields": {"name": "it's 100%"},
     }
+    assert sql.count("||") == 8  # each run of literal text is one SQL literal
     with pytest.raises(TypeError, match="pk, url, sequence, fields"):
         items.instance_item_sql(pk="1", url="'\"\"'")
 

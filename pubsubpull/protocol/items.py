@@ -172,25 +172,45 @@ INSTANCE: tuple[Key, ...] = (
 INSTANCE_KEYS = tuple(key.name for key in INSTANCE)
 
 
+class Text(str):
+    """Literal JSON text in an :func:`instance_item_sql` value (merged with its neighbours)."""
+
+
 def _sql_literal(text: str) -> str:
     # For a statement with %(name)s parameters: % doubled too.
     return "'" + text.replace("'", "''").replace("%", "%%") + "'"
 
 
-def instance_item_sql(**values: str) -> str:
+def instance_item_sql(**values: str | tuple[str, ...]) -> str:
     """A SQL text expression rendering an instance item, keys in :data:`INSTANCE` order.
 
-    Each keyword is a key of the item and a SQL expression giving that key's
-    value as JSON text, e.g. ``pk="t.id::text"``; every key must be given.
+    Each keyword is a key of the item and the SQL giving that key's value as
+    JSON text: an expression (``pk="t.id::text"``), or a tuple of expressions
+    and :class:`Text` pieces, concatenated (``url=(Text('"'), "t.path",
+    Text('"'))``). Every key must be given. Literal text is merged into as few
+    SQL literals as can be: PostgreSQL concatenates once per ``||``, per row.
     """
     if set(values) != set(INSTANCE_KEYS):
         raise TypeError(f"instance_item_sql() takes the keys {', '.join(INSTANCE_KEYS)}")
-    parts = []
+    pieces: list[str] = []
     for n, name in enumerate(INSTANCE_KEYS):
-        parts.append(_sql_literal(("{" if n == 0 else ",") + f'"{name}":'))
-        parts.append(values[name])
-    parts.append(_sql_literal("}"))
-    return " || ".join(parts)
+        value = values[name]
+        pieces.append(Text(("{" if n == 0 else ",") + f'"{name}":'))
+        pieces.extend(value if isinstance(value, tuple) else (value,))
+    pieces.append(Text("}"))
+    sql: list[str] = []
+    text = ""
+    for piece in pieces:
+        if isinstance(piece, Text):
+            text += piece
+            continue
+        if text:
+            sql.append(_sql_literal(text))
+            text = ""
+        sql.append(piece)
+    if text:
+        sql.append(_sql_literal(text))
+    return " || ".join(sql)
 
 
 def instance_schema(pk: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:

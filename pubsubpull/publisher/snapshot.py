@@ -92,9 +92,12 @@ ELSE coalesce((
 _ITEM = {
     plain: items.instance_item_sql(
         pk="keyed.pk_json",
-        url="""'"' || %(url_prefix)s || """
-        + ("keyed.pk_text" if plain else _PERCENT_ENCODED)
-        + """ || '/"'""",
+        url=(
+            items.Text('"'),
+            "%(url_prefix)s",
+            "keyed.pk_text" if plain else _PERCENT_ENCODED,
+            items.Text('/"'),
+        ),
         sequence="""coalesce((SELECT max(c.id) FROM pubsubpull_change AS c
                           WHERE c.model = %(label)s AND c.object_pk = keyed.pk_text)::text,
                          'null')""",
