@@ -25,7 +25,9 @@ through this module::
 
 ``read_changes`` raises ``CursorExpired`` when the log has been pruned past the
 cursor (re-snapshot), ``wait_for_changes`` long-polls, woken by the trigger's
-NOTIFY.
+NOTIFY. Cursors and the change item are the wire protocol's
+(``pubsubpull.protocol.cursor`` and ``.items``): this module reads the log,
+the protocol says how what it read looks on the wire.
 """
 
 from __future__ import annotations
