@@ -66,8 +66,7 @@ def package_imports() -> dict[str, set[str]]:
     graph = grimp.build_graph("pubsubpull", cache_dir=None)
     modules = {m for m in graph.modules if ".migrations" not in m and m != "pubsubpull"}
     return {
-        m: {t for t in graph.find_modules_directly_imported_by(m) if t in modules}
-        for m in modules
+        m: {t for t in graph.find_modules_directly_imported_by(m) if t in modules} for m in modules
     }
 
 

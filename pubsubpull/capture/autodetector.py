@@ -9,7 +9,6 @@ was about to write anyway.
 
 from __future__ import annotations
 
-import functools
 import sys
 import sysconfig
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import TYPE_CHECKING, cast
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 from django.db.migrations import Migration
-from django.db.migrations.operations.base import Operation
 from django.db.migrations.autodetector import MigrationAutodetector
+from django.db.migrations.operations.base import Operation
 
 from pubsubpull import conf
 from pubsubpull.capture.registry import Registration, registrations

@@ -15,8 +15,7 @@ from pubsubpull.client.models import ParkedEvent, PullCursor, RemoteSubscription
 
 class ParkedEventInline(admin.TabularInline):
     model = ParkedEvent
-    fields = ["model", "object_pk", "op", "error", "attempts", "last_attempt_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("model", "object_pk", "op", "error", "attempts", "last_attempt_at")
     extra = 0
     max_num = 0
     show_change_link = True
@@ -151,7 +150,7 @@ class RemoteSubscriptionAdmin(admin.ModelAdmin):
         "last_received_at",
     ]
     # The secret and the token never show.
-    fields = readonly_fields
+    fields = tuple(readonly_fields)
 
     def has_add_permission(self, request):
         return False  # pubsubpull.subscribe() makes them, with the secret

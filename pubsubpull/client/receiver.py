@@ -210,7 +210,7 @@ class Receiver(View):
                 events.append(Event.from_change(change))
             if events:
                 self.handle(locked, events)
-            if cursors.advances(cursor, done):
+            if cursor is not None and cursors.advances(cursor, done):
                 locked.position = cursor
             locked.received += len(events)
             locked.last_received_at = timezone.now()

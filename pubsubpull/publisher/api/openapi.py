@@ -33,8 +33,9 @@ _STRING_FIELDS = (
 
 
 def _value_schema(field: models.Field) -> dict[str, Any]:
-    if field.is_relation and field.target_field is not None:
-        return _value_schema(field.target_field)
+    target = getattr(field, "target_field", None)  # a foreign key's: the key it holds
+    if field.is_relation and target is not None:
+        return _value_schema(target)
     if isinstance(field, models.BooleanField):
         return {"type": ["boolean"]}
     if isinstance(field, models.IntegerField):
@@ -91,7 +92,7 @@ def _limit() -> dict[str, Any]:
     }
 
 
-def _instances_paths(registration: Registration) -> dict[str, Any]:
+def _instances_paths(registration: Registration) -> tuple[dict[str, Any], dict[str, Any]]:
     label = registration.label
     name = label.replace(".", "_")
     pk_schema = field_schema(registration.model._meta.pk)

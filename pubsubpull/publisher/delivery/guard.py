@@ -231,7 +231,8 @@ def resolve(host: str, port: int) -> list[IPAddress]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError, ValueError) as e:  # unknown, or not a valid name
         raise CallbackRefused(f"the callback host {host!r} does not resolve: {e}") from None
-    return list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+    addresses = (ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos)
+    return list(dict.fromkeys(addresses))
 
 
 def _allowed(host: str, address: IPAddress, allow: Iterable[str]) -> bool:
