@@ -9,7 +9,7 @@ from django.db import connection
 
 from pubsubpull.delivery.deliver import drain
 from pubsubpull.delivery.subscriptions import subscribe
-from pubsubpull.delivery.worker import Worker
+from pubsubpull.jobs.worker import Worker
 
 FAST = {
     "RETRY_BASE": 0.05,

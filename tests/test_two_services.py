@@ -122,7 +122,7 @@ def test_comms_welcomes_each_new_user_once_across_restarts_and_redelivery(billin
         from pubsubpull.delivery.models import Subscription
 
         Subscription.objects.update(position_txid=0, position_id=0)
-        from pubsubpull.delivery.wake import wake_subscriptions
+        from pubsubpull.delivery.deliver import wake_subscriptions
 
         wake_subscriptions(Subscription.objects.values_list("id", flat=True), force=True)
         users.append(User.objects.create_user("w0"))

@@ -9,7 +9,7 @@ from django.db.models import Count, Q
 from django.http import HttpResponse
 from django.utils import timezone
 
-from .. import conf
+from .. import conf, feed
 from ..delivery import subscriptions
 from ..delivery.models import Attempt, ParkedChange, Subscription
 from ..models import WorkerHeartbeat
@@ -88,11 +88,7 @@ def metrics(request, caller):
             label_text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
             lines.append(f"{name}{{{label_text}}} {value:g}" if labels else f"{name} {value:g}")
 
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM pubsubpull_change_id_seq"
-        )
-        (recorded,) = cursor.fetchone()
+    recorded = feed.newest_change_id()
     metric(
         "pubsubpull_changes_recorded_total",
         "counter",

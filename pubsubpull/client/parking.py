@@ -34,7 +34,7 @@ def _now_due(cursors: Iterable[PullCursor], **fields: Any) -> list[int]:
     PullCursor.objects.filter(id__in=ids).update(
         state=PullCursor.State.ACTIVE, next_run_at=timezone.now(), **fields
     )
-    from .wake import wake_cursors
+    from .pulling import wake_cursors
 
     wake_cursors(ids, force=True)
     return ids

@@ -29,7 +29,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from .. import feed
-from . import access, batch, deliver
+from . import access, deliver
 from .models import Attempt, ParkedChange, Subscription
 from .subscriptions import forget_pending, notify
 
@@ -45,7 +45,7 @@ class CannotResend(Exception):
 def next_change(subscription: Subscription) -> feed.FeedChange | None:
     """The first change the subscription has not had acknowledged, or None."""
     position = feed.Position(subscription.position_txid, subscription.position_id)
-    page = batch.read(position, 1, list(subscription.model_labels))
+    page = feed.read_from(position, 1, list(subscription.model_labels))
     return page.changes[0] if page.changes else None
 
 
