@@ -11,8 +11,8 @@ class PubSubPullConfig(AppConfig):
         from django.db import connections
         from django.db.backends.signals import connection_created
 
-        from . import checks
-        from .context import install
+        from pubsubpull import checks
+        from pubsubpull.capture.context import install
 
         # Every connection, of every alias and thread, sends the active
         # request or job with its data-changing statements.
@@ -22,8 +22,8 @@ class PubSubPullConfig(AppConfig):
 
         # The two kinds of job the worker runs (pubsubpull.jobs): delivering
         # subscriptions and running pulls. Importing them registers them.
-        from .client import pulling  # noqa: F401
-        from .delivery import deliver  # noqa: F401
+        from pubsubpull.client import pulling  # noqa: F401
+        from pubsubpull.publisher.delivery import deliver  # noqa: F401
 
         # After `migrate`, say at once if a published table lacks its trigger
         # (registered but never migrated, or dropped by hand).

@@ -30,11 +30,11 @@ from django.db import DataError, IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .. import conf, jobs
-from ..jobs.outcome import Outcome
-from .events import Event
-from .models import PullCursor
-from .source import Gone, Publisher, SourceError, get_json, split_source
+from pubsubpull import conf, jobs
+from pubsubpull.client.events import Event
+from pubsubpull.client.models import PullCursor
+from pubsubpull.client.source import Gone, Publisher, SourceError, get_json, split_source
+from pubsubpull.jobs.outcome import Outcome
 
 logger = logging.getLogger("pubsubpull.client")
 
@@ -359,12 +359,12 @@ class Runner:
             ):
                 raise LostLease(cursor.name)
             if held[3]:
-                from .parking import apply_parking
+                from pubsubpull.client.parking import apply_parking
 
                 apply_parking(self.cursor, self.handler, events, snapshot, position)
                 fields["park_failures"] = False
             elif events or (snapshot is not None and snapshot[1]):
-                from .parking import behind_parked
+                from pubsubpull.client.parking import behind_parked
 
                 try:
                     call_handler(self.handler, behind_parked(cursor, events, position), snapshot)

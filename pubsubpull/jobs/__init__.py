@@ -25,11 +25,11 @@ A kind is registered when the app is ready (``apps.py``)::
 
 from __future__ import annotations
 
-from .backoff import backoff
-from .engine import Ending, Kind, Lease, Listen, get, kinds, register, run
-from .identity import WORKER_NAME, new_owner
-from .lease import LeaseSpec
-from .outcome import Outcome
+from pubsubpull.jobs.backoff import backoff
+from pubsubpull.jobs.engine import Ending, Kind, Lease, Listen, get, kinds, register, run
+from pubsubpull.jobs.identity import WORKER_NAME, new_owner
+from pubsubpull.jobs.lease import LeaseSpec
+from pubsubpull.jobs.outcome import Outcome
 
 __all__ = [
     "WORKER_NAME",

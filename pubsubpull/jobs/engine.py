@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import tasks
-from .identity import new_owner
-from .lease import LeaseSpec
-from .outcome import Outcome
+from pubsubpull.jobs import tasks
+from pubsubpull.jobs.identity import new_owner
+from pubsubpull.jobs.lease import LeaseSpec
+from pubsubpull.jobs.outcome import Outcome
 
 
 @dataclass

@@ -35,8 +35,8 @@ from typing import Any
 
 from django.db import connection
 
-from .. import conf
-from .backoff import backoff
+from pubsubpull import conf
+from pubsubpull.jobs.backoff import backoff
 
 # Fragments for a kind's own statements that hold or let go of a row.
 HELD = "id = %(id)s AND lease_owner = %(owner)s"

@@ -14,7 +14,7 @@ try:  # Django 6.0+
 except ImportError:  # Django 5.2: the backport
     from django_tasks import task, task_backends  # type: ignore[no-redef]
 
-from .. import conf
+from pubsubpull import conf
 
 __all__ = ["backend", "enqueue", "run_job", "task_backends"]
 
@@ -22,7 +22,7 @@ __all__ = ["backend", "enqueue", "run_job", "task_backends"]
 @task()
 def run_job(kind: str, id_: int) -> str:
     """Run row ``id_`` of the job kind named ``kind`` (see pubsubpull.jobs.engine.run)."""
-    from .engine import get, run
+    from pubsubpull.jobs.engine import get, run
 
     return str(run(get(kind), id_))
 

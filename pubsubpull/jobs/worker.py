@@ -31,11 +31,11 @@ from collections.abc import Callable
 import psycopg
 from django.db import close_old_connections, connection, transaction
 
-from .. import conf
-from ..models import WorkerHeartbeat
-from . import tasks
-from .engine import kinds
-from .identity import WORKER_NAME
+from pubsubpull import conf
+from pubsubpull.jobs import tasks
+from pubsubpull.jobs.engine import kinds
+from pubsubpull.jobs.identity import WORKER_NAME
+from pubsubpull.models import WorkerHeartbeat
 
 logger = logging.getLogger("pubsubpull.delivery")
 

@@ -41,11 +41,12 @@ from typing import Any
 import httpx
 from django.db import IntegrityError, connection
 
-from .. import __version__, conf, feed, jobs
-from ..jobs.lease import HELD, LET_GO, RENEWED, SPENT
-from ..jobs.outcome import Outcome
-from ..retry_after import parse_retry_after
-from . import access, guard, signing
+from pubsubpull import __version__, conf, jobs
+from pubsubpull.jobs.lease import HELD, LET_GO, RENEWED, SPENT
+from pubsubpull.jobs.outcome import Outcome
+from pubsubpull.protocol.retry_after import parse_retry_after
+from pubsubpull.publisher import feed
+from pubsubpull.publisher.delivery import access, guard, signing
 
 logger = logging.getLogger("pubsubpull.delivery")
 
