@@ -650,11 +650,6 @@ def wake_cursors(ids: Iterable[int], force: bool = False) -> list[int]:
     return PULL.wake(ids, force=force)
 
 
-def sweep() -> list[int]:
-    """Enqueue a job for every due cursor that has none (retries, lost jobs, every=N)."""
-    return PULL.sweep()
-
-
 PULL = jobs.register(
     jobs.Kind(
         name="pull",

@@ -736,11 +736,6 @@ def wake_subscriptions(ids: Iterable[int], force: bool = False) -> list[int]:
     return DELIVERY.wake(ids, force=force)
 
 
-def sweep() -> list[int]:
-    """Wake every due subscription with something to deliver that no job is on."""
-    return DELIVERY.sweep()
-
-
 DELIVERY = jobs.register(
     jobs.Kind(
         name="deliver",
