@@ -38,8 +38,6 @@ from pubsubpull.jobs.outcome import Outcome
 
 logger = logging.getLogger("pubsubpull.client")
 
-new_owner = jobs.new_owner
-
 Handler = Callable[[Event], Any] | Any
 
 
@@ -656,6 +654,5 @@ PULL = jobs.register(
         spec=CURSORS,
         work=_work,
         budget=lambda: conf.get("PULL_BUDGET"),
-        description="Pull a publisher's snapshot and feed into a handler.",
     )
 )

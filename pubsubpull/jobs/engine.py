@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pubsubpull.jobs import tasks
@@ -30,11 +30,6 @@ class Lease:
     owner: str
     keep: bool = False
     """The caller holds the row across runs (a command): letting go keeps holding it."""
-
-    @property
-    def params(self) -> dict[str, Any]:
-        """``id``, ``owner`` and ``lease`` for a kind's own statements (see lease.HELD)."""
-        return {"id": self.id, "owner": self.owner, "lease": self.spec.lease_seconds()}
 
     def renew(self) -> bool:
         return self.spec.renew(self.id, self.owner)
@@ -82,7 +77,6 @@ class Kind:
     work: Callable[..., Ending]
     budget: Callable[[], float]
     listen: Listen | None = None
-    description: str = field(default="", repr=False)
 
     def run(self, id_: int, **options: Any) -> Outcome:
         return run(self, id_, **options)

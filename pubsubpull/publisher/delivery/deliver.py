@@ -42,7 +42,7 @@ import httpx
 from django.db import IntegrityError, connection
 
 from pubsubpull import __version__, conf, jobs
-from pubsubpull.jobs.lease import HELD, LET_GO, RENEWED, SPENT
+from pubsubpull.jobs.lease import HELD, LET_GO, RENEWED, SPENT, execute
 from pubsubpull.jobs.outcome import Outcome
 from pubsubpull.protocol.retry_after import parse_retry_after
 from pubsubpull.publisher import feed
@@ -253,9 +253,7 @@ class Unsubscribed(Exception):
 
 def _execute(sql: str, params: dict[str, Any]) -> list[tuple]:
     try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchall() if cursor.description else []
+        return execute(sql, params)
     except IntegrityError as e:  # deleted between our statement's snapshot and its write
         raise Unsubscribed(params.get("id")) from e
 
@@ -743,6 +741,5 @@ DELIVERY = jobs.register(
         work=_work,
         budget=lambda: 10.0,
         listen=jobs.Listen(feed.CHANNEL, wake_models, feed.STAY_AWAKE_SQL, feed.STAY_AWAKE_EVERY),
-        description="Deliver a subscription's backlog to its callback.",
     )
 )
