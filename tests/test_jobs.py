@@ -188,7 +188,7 @@ def test_a_job_is_enqueued_through_the_one_task():
 
     cursor = _cursor()
     before = DBTaskResult.objects.filter(task_path=jobs.tasks.run_job.module_path).count()
-    pulling.wake_cursors([cursor.id])
+    pulling.PULL.wake([cursor.id])
     enqueued = DBTaskResult.objects.filter(task_path=jobs.tasks.run_job.module_path)
     assert enqueued.count() == before + 1
     assert enqueued.order_by("-enqueued_at").first().args_kwargs["args"] == ["pull", cursor.id]

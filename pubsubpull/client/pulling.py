@@ -237,7 +237,7 @@ def pull(
         if lease_owner:
             CURSORS.hold(cursor.id, lease_owner)
     if enqueue:
-        wake_cursors([cursor.id], force=True)
+        PULL.wake([cursor.id], force=True)
     return cursor
 
 
@@ -518,7 +518,7 @@ def release(cursor_id: int, owner: str) -> None:
     A wake that came while it was held is handed to a worker.
     """
     if CURSORS.release(cursor_id, owner):
-        wake_cursors([cursor_id], force=True)
+        PULL.wake([cursor_id], force=True)
 
 
 def run(
@@ -641,11 +641,6 @@ def _work(
     else:
         woken = _let_go(lease)
     return jobs.Ending(outcome, woken)
-
-
-def wake_cursors(ids: Iterable[int], force: bool = False) -> list[int]:
-    """Enqueue a job for each of these cursors that is due and free; the ids enqueued."""
-    return PULL.wake(ids, force=force)
 
 
 PULL = jobs.register(

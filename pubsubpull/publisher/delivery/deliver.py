@@ -9,7 +9,7 @@ transaction is held open during a request: an open transaction would hold
 back every reader's feed fence.
 
 Wakes come by model (the capture trigger's NOTIFY: :func:`wake_models`), by
-id (:func:`wake_subscriptions`) and by the engine's sweep, which wakes due
+id (``DELIVERY.wake``) and by the engine's sweep, which wakes due
 subscriptions with a batch to retry or changes past their position (and
 forbidden ones, to check their owner's access again).
 
@@ -727,11 +727,6 @@ def wake_models(labels: Iterable[str]) -> list[int]:
     return DELIVERY.wake_where(
         "model_labels ?| %(labels)s::text[]", {"labels": sorted(set(labels))}
     )
-
-
-def wake_subscriptions(ids: Iterable[int], force: bool = False) -> list[int]:
-    """Wake these subscriptions (``force``: even if a wake is pending); the ids enqueued."""
-    return DELIVERY.wake(ids, force=force)
 
 
 DELIVERY = jobs.register(
