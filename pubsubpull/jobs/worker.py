@@ -95,7 +95,8 @@ class Worker:
         return sorted({k.listen.channel for k in kinds() if k.listen is not None})
 
     def _stay_awake(self, listener: psycopg.Connection) -> None:
-        """Ask writers to go on notifying (they notify only while a listener asks)."""
+        """Ask writers to go on notifying (they notify only while a listener asks),
+        and tell the health endpoint that this worker lives."""
         for kind in kinds():
             if kind.listen is not None and kind.listen.stay_awake_sql:
                 listener.execute(kind.listen.stay_awake_sql)
