@@ -44,6 +44,7 @@ from django.db import IntegrityError, connection
 from pubsubpull import __version__, conf, jobs
 from pubsubpull.jobs.lease import HELD, LET_GO, RENEWED, SPENT, execute
 from pubsubpull.jobs.outcome import Outcome
+from pubsubpull.protocol import notification
 from pubsubpull.protocol.retry_after import parse_retry_after
 from pubsubpull.publisher import feed
 from pubsubpull.publisher.delivery import access, guard, signing
@@ -351,33 +352,9 @@ def backoff(failures: int, retry_after: float | None = None) -> float:
     return SUBSCRIPTIONS.backoff(failures, retry_after)
 
 
-def envelope(
-    name: str, timestamp: str, changes_json: str, cursor: str | None, **extra: Any
-) -> bytes:
-    """A notification body around ``changes_json`` (a JSON array, as the feed renders it).
-
-    The changes are the feed's own JSON text: their old/new are not decoded
-    and encoded again for every subscription.
-    """
-    data: dict[str, Any] = {"subscription": name, **extra}
-    if cursor is not None:
-        data["cursor"] = cursor
-    head = json.dumps(
-        {"type": "pubsubpull.changes", "timestamp": timestamp, "data": data},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return (head[:-2] + ',"changes":' + changes_json + "}}").encode()
-
-
-# The longest cursor a body can carry, for the byte cap's envelope bound.
-_LONGEST_CURSOR = feed.END.encode()
-
-
 def _envelope_size(sub: Claimed, page: feed.Page) -> int:
     """An upper bound of a body's bytes besides its changes' (see :func:`within`)."""
-    longest_time = max((len(c.at_text) for c in page.changes), default=0)
-    return len(envelope(sub.name, "t" * longest_time, "", _LONGEST_CURSOR))
+    return notification.overhead(sub.name, max((len(c.at_text) for c in page.changes), default=0))
 
 
 def within(page: feed.Page, max_bytes: int, envelope: int) -> feed.Page:
@@ -542,7 +519,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
             return Outcome.LOST
         sub.pending_batch, sub.pending, sub.pending_count = webhook_id, following, len(changes)
 
-    body = envelope(sub.name, changes[-1].at_text, page.changes_json(), following.encode())
+    body = notification.body(sub.name, changes[-1].at_text, page.changes_json(), following.encode())
     now = datetime.now(UTC)
     headers = signed_headers(sub.secrets, webhook_id, body, now)
     response = send(sub.callback, body, headers)
