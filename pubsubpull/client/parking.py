@@ -34,9 +34,9 @@ def _now_due(cursors: Iterable[PullCursor], **fields: Any) -> list[int]:
     PullCursor.objects.filter(id__in=ids).update(
         state=PullCursor.State.ACTIVE, next_run_at=timezone.now(), **fields
     )
-    from pubsubpull.client.wake import wake_cursors
+    from pubsubpull.client.pulling import PULL
 
-    wake_cursors(ids, force=True)
+    PULL.wake(ids, force=True)
     return ids
 
 

@@ -44,9 +44,10 @@ from pubsubpull.capture.registry import Registration, get_registration, registra
 from pubsubpull.protocol import items
 
 # The cursor codec is the protocol's; the publisher's code reads it from here too.
-from pubsubpull.protocol.cursor import MAX_ID, START, Position
+from pubsubpull.protocol.cursor import END, MAX_ID, START, Position
 from pubsubpull.protocol.cursor import InvalidCursor as InvalidCursor
 
+# The capture trigger's NOTIFY channel (sql/capture_v*.sql), with the model label.
 CHANNEL = "pubsubpull"
 
 
@@ -145,6 +146,7 @@ class Page:
     fence: int = field(default=0, repr=False)
 
     # The changes as JSON text, rendered once however many long polls serve them.
+    _texts: list[str] | None = field(default=None, repr=False, compare=False)
     _changes_json: str | None = field(default=None, repr=False, compare=False)
     # For renderers of a page that answers many requests (the HTTP view's
     # bodies by URL); shared by whoever the page is handed to.
@@ -154,11 +156,26 @@ class Page:
     def caught_up(self) -> bool:
         return len(self.changes) < self.limit
 
+    def texts(self) -> list[str]:
+        """Each change's JSON text, encoded once (for a byte cap, and the body)."""
+        if self._texts is None:
+            self._texts = [c.as_json_text() for c in self.changes]
+        return self._texts
+
     def changes_json(self) -> str:
         """``[change.as_json_text(), ...]`` as one JSON array, rendered once."""
         if self._changes_json is None:
-            self._changes_json = "[" + ",".join([c.as_json_text() for c in self.changes]) + "]"
+            self._changes_json = "[" + ",".join(self.texts()) + "]"
         return self._changes_json
+
+    def head(self, count: int) -> Page:
+        """The first ``count`` changes (at least one) as a page of their own.
+
+        Its ``next`` is the last kept change's position, so the rest follow
+        on the next page.
+        """
+        kept = self.changes[:count]
+        return Page(kept, kept[-1].position, self.limit, _texts=self.texts()[:count])
 
 
 # Everything in one statement, so one snapshot decides: the fence, the
@@ -440,6 +457,122 @@ def read_changes(
         # filtered feed does not rescan other models' changes on every poll.
         following = max(following, fence_position(xmin))
     return Page(changes, following, limit, held_back=held_back and not changes, fence=xmin)
+
+
+def read_from(position: Position, limit: int, models: Iterable[str]) -> Page:
+    """:func:`read_changes` for a stored position (a subscription's).
+
+    ``START`` (a subscription that started at the beginning) follows the
+    oldest retained change instead of expiring when the log is pruned.
+    """
+    return read_changes(None if position == START else position, limit, models)
+
+
+def pending_sql(position: str, models: str, *, jsonb: bool = False) -> str:
+    """SQL that is true when the log holds a change of ``models`` past ``position``.
+
+    For statements that must decide in one snapshot (delivery lets go of a
+    caught-up subscription in the statement that records its last batch).
+    ``position`` is SQL of a ``txid, id`` pair, ``models`` of a text array
+    (``jsonb``: a JSON array of labels). Committed changes count whether or
+    not they are behind the fence yet.
+    """
+    match = f"({models}) ? c.model" if jsonb else f"c.model = ANY({models})"
+    return (
+        "EXISTS (SELECT 1 FROM pubsubpull_change AS c "
+        f"WHERE (c.txid, c.id) > ({position}) AND {match})"
+    )
+
+
+def backlog(after: Position, models: Iterable[str]) -> tuple[int, datetime.datetime | None]:
+    """How many changes of ``models`` the log holds past ``after``, and the oldest's time."""
+    with connections[_database(None)].cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*), min(at) FROM pubsubpull_change "
+            "WHERE (txid, id) > (%s, %s) AND model = ANY(%s)",
+            [after.txid, after.id, list(models)],
+        )
+        count, oldest = cursor.fetchone()
+    return count, oldest
+
+
+def position_since(since: datetime.datetime, models: Iterable[str]) -> Position:
+    """The position just before the first change of ``models`` made at or after ``since``.
+
+    With none since then, the current position (only changes from now on).
+    """
+    with connections[_database(None)].cursor() as cursor:
+        cursor.execute(
+            "SELECT txid, id FROM pubsubpull_change WHERE at >= %s AND model = ANY(%s) "
+            "ORDER BY txid, id LIMIT 1",
+            [since, list(models)],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return current_position()
+    return Position(row[0], row[1] - 1)
+
+
+# The oldest changes in feed order up to ``keep`` that no running transaction
+# of this database can precede, up to the first one that is not old enough
+# (a prefix, so the pruned range has no holes).
+_PRUNE_SQL = """
+WITH batch AS (
+    SELECT id, txid, at FROM pubsubpull_change
+    WHERE (txid, id) <= (%(keep_txid)s, %(keep_id)s)
+      AND txid < %(fence)s
+    ORDER BY txid, id
+    LIMIT %(batch)s
+),
+prefix AS (
+    SELECT id FROM (
+        SELECT id, bool_and(at < %(cutoff)s) OVER (ORDER BY txid, id) AS old FROM batch
+    ) AS b
+    WHERE old
+)
+DELETE FROM pubsubpull_change AS c USING prefix WHERE c.id = prefix.id
+"""
+
+
+def delete_oldest(
+    keep: Position | None, older_than: datetime.datetime, limit: int, using: str
+) -> int:
+    """Delete up to ``limit`` of the oldest changes, in feed order; how many went.
+
+    Only changes at or before ``keep`` (None: any), made before
+    ``older_than``, and of transactions older than every running one (a
+    prefix of the log: the horizon follows the deletes, sql/horizon_v1.sql),
+    in a short transaction of its own, so no long lock is held.
+    """
+    from django.db import transaction
+
+    keep = keep or END
+    params = {
+        "keep_txid": keep.txid,
+        "keep_id": keep.id,
+        "fence": current_fence(using),
+        "cutoff": older_than,
+        "batch": limit,
+    }
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(_PRUNE_SQL, params)
+        return cursor.rowcount
+
+
+def newest_change_id(using: str | None = None) -> int:
+    """The id of the latest change recorded (0 before the first)."""
+    with connections[_database(using)].cursor() as cursor:
+        cursor.execute(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM pubsubpull_change_id_seq"
+        )
+        return cursor.fetchone()[0]
+
+
+def notify(labels: Iterable[str], using: str | None = None) -> None:
+    """Notify listeners (workers, long polls) on :data:`CHANNEL` as a commit of ``labels`` does."""
+    with connections[_database(using)].cursor() as cursor:
+        for label in labels:
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, label])
 
 
 # -- Long polling ------------------------------------------------------------

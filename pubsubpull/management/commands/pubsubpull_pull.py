@@ -22,6 +22,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from pubsubpull import jobs
 from pubsubpull.client import pulling
 from pubsubpull.client.models import PullCursor
 from pubsubpull.client.source import Publisher, SourceError, split_source
@@ -97,7 +98,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         models = [m.strip() for m in options["models"].split(",") if m.strip()] or None
-        owner = pulling.new_owner("command:")
+        owner = jobs.new_owner("command:")
         try:
             cursor = pulling.pull(
                 options["url"],

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from pubsubpull import conf
 from pubsubpull.models import WorkerHeartbeat
+from pubsubpull.publisher import feed
 from pubsubpull.publisher.api import auth
 from pubsubpull.publisher.api.responses import endpoint, json_response
 from pubsubpull.publisher.delivery import subscriptions
@@ -88,11 +89,7 @@ def metrics(request, caller):
             label_text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
             lines.append(f"{name}{{{label_text}}} {value:g}" if labels else f"{name} {value:g}")
 
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM pubsubpull_change_id_seq"
-        )
-        (recorded,) = cursor.fetchone()
+    recorded = feed.newest_change_id()
     metric(
         "pubsubpull_changes_recorded_total",
         "counter",

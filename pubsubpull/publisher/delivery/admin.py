@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.db import connection
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
@@ -41,19 +40,7 @@ class ReplayForm(forms.Form):
 
 def position_since(subscription: Subscription, since) -> feed.Position:
     """The position just before the first change of the subscription's models since ``since``."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT txid, id FROM pubsubpull_change
-            WHERE at >= %s AND model = ANY(%s)
-            ORDER BY txid, id LIMIT 1
-            """,
-            [since, subscription.model_labels],
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return feed.current_position()
-    return feed.Position(row[0], row[1] - 1)
+    return feed.position_since(since, subscription.model_labels)
 
 
 class AttemptInline(admin.TabularInline):

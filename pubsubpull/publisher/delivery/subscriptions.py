@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from pubsubpull import conf
 from pubsubpull.capture.registry import get_registration
 from pubsubpull.publisher import feed
-from pubsubpull.publisher.delivery import batch, guard, signing
+from pubsubpull.publisher.delivery import guard, signing
 from pubsubpull.publisher.delivery.models import Attempt, Subscription
 
 FIELDS = {"callback", "models", "batch_size", "start", "rotate_secret"}
@@ -263,9 +263,7 @@ def replay(subscription: Subscription, position: feed.Position) -> None:
 
 def notify(subscription: Subscription) -> None:
     """Wake the workers for this subscription now rather than at the next sweep."""
-    with connection.cursor() as cursor:
-        for label in subscription.model_labels:
-            cursor.execute("SELECT pg_notify('pubsubpull', %s)", [label])
+    feed.notify(subscription.model_labels)
 
 
 def pending(subscription: Subscription) -> dict[str, Any] | None:
@@ -274,7 +272,7 @@ def pending(subscription: Subscription) -> dict[str, Any] | None:
         return None
     position = feed.Position(subscription.position_txid, subscription.position_id)
     try:
-        changes = batch.read(
+        changes = feed.read_from(
             position, subscription.pending_count, list(subscription.model_labels)
         ).changes
     except (feed.CursorExpired, LookupError):  # pruned, or a model no longer published
@@ -289,16 +287,8 @@ def pending(subscription: Subscription) -> dict[str, Any] | None:
 
 def lag(subscription: Subscription) -> dict[str, Any]:
     """How far behind the subscription is: changes not yet acknowledged, and seconds."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT count(*), min(at)
-            FROM pubsubpull_change
-            WHERE (txid, id) > (%s, %s) AND model = ANY(%s)
-            """,
-            [subscription.position_txid, subscription.position_id, subscription.model_labels],
-        )
-        count, oldest = cursor.fetchone()
+    position = feed.Position(subscription.position_txid, subscription.position_id)
+    count, oldest = feed.backlog(position, subscription.model_labels)
     seconds = (timezone.now() - oldest).total_seconds() if oldest else 0.0
     return {"changes": count, "seconds": round(max(seconds, 0.0), 3)}
 
