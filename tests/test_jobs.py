@@ -187,9 +187,9 @@ def test_a_job_is_enqueued_through_the_one_task():
     from django_tasks_db.models import DBTaskResult
 
     cursor = _cursor()
-    before = DBTaskResult.objects.filter(task_path=jobs.tasks.run_job.module_path).count()
+    before = DBTaskResult.objects.filter(task_path=jobs.engine.run_job.module_path).count()
     pulling.PULL.wake([cursor.id])
-    enqueued = DBTaskResult.objects.filter(task_path=jobs.tasks.run_job.module_path)
+    enqueued = DBTaskResult.objects.filter(task_path=jobs.engine.run_job.module_path)
     assert enqueued.count() == before + 1
     assert enqueued.order_by("-enqueued_at").first().args_kwargs["args"] == ["pull", cursor.id]
 

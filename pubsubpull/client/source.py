@@ -15,8 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import orjson
 
-from pubsubpull import __version__, conf
+from pubsubpull import conf
 from pubsubpull.protocol.retry_after import parse_retry_after
+from pubsubpull.version import __version__
 
 USER_AGENT = f"django-pubsubpull/{__version__} (pull)"
 

@@ -1,6 +1,6 @@
 """One job engine for every background job: delivering subscriptions and running pulls.
 
-Delivery (``pubsubpull.delivery.deliver``) and pulling
+Delivery (``pubsubpull.publisher.delivery.deliver``) and pulling
 (``pubsubpull.client.pulling``) are two kinds of job registered with it. Each
 kind is a row with a lease (a subscription, a pull cursor) and a function
 that works on that row while it holds the lease. The engine owns what they
@@ -10,9 +10,11 @@ share, once:
   release, wake and sweep statements are made (and what a spent wake is);
 - ``backoff.py``: the retry schedule; ``identity.py``: the worker's name
   and lease owner tokens; ``outcome.py``: how a run ended;
-- ``engine.py``: :class:`Kind`, the registry, and the loop that runs a row
-  (claim, work, let go, again if woken, re-enqueue when the budget ran out);
-- ``tasks.py``: the one Tasks job (``run_job(kind, id)``) and its enqueue;
+- ``engine.py``: :class:`Kind`, the registry, the loop that runs a row
+  (claim, work, let go, again if woken, re-enqueue when the budget ran out),
+  and the one Tasks job (``run_job(kind, id)``) with its enqueue;
+- ``tasks.py``: Django's Tasks framework (or its backport) and the backend;
+- ``models.py``: the running workers' heartbeats;
 - ``worker.py``: ``manage.py pubsubpull_worker``'s process, which listens,
   sweeps and runs the jobs of every kind.
 

@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pubsubpull.jobs import tasks
+from pubsubpull import conf
 from pubsubpull.jobs.identity import new_owner
 from pubsubpull.jobs.lease import LeaseSpec
 from pubsubpull.jobs.outcome import Outcome
+from pubsubpull.jobs.tasks import task
 
 
 @dataclass
@@ -82,7 +83,7 @@ class Kind:
         return run(self, id_, **options)
 
     def enqueue(self, id_: int) -> None:
-        tasks.enqueue(self.name, id_)
+        enqueue(self.name, id_)
 
     def wake_where(
         self, match: str, params: dict[str, Any] | None = None, *, force: bool = False
@@ -166,3 +167,19 @@ def run(
             return Outcome.MORE
         if not ending.woken:
             return ending.outcome
+
+
+# -- the one job task --------------------------------------------------------------
+
+
+@task()
+def run_job(kind: str, id_: int) -> str:
+    """Run row ``id_`` of the job kind named ``kind`` (see :func:`run`)."""
+    return str(run(get(kind), id_))
+
+
+def enqueue(kind: str, id_: int) -> None:
+    """Queue ``run_job`` on ``PUBSUBPULL["TASK_BACKEND"]`` and ``["TASK_QUEUE"]``."""
+    run_job.using(backend=conf.get("TASK_BACKEND"), queue_name=conf.get("TASK_QUEUE")).enqueue(
+        kind, id_
+    )

@@ -1,4 +1,4 @@
-"""The one job task, on Django's Tasks framework, and the one way to enqueue it.
+"""Django's Tasks framework, as the job engine uses it (its one task is ``engine.run_job``).
 
 ``django.tasks`` on Django 6, the ``django-tasks`` backport on 5.2. A job
 carries only its kind's name and a row id: what to do and where to resume is
@@ -16,23 +16,9 @@ except ImportError:  # Django 5.2: the backport
 
 from pubsubpull import conf
 
-__all__ = ["backend", "enqueue", "run_job", "task_backends"]
-
-
-@task()
-def run_job(kind: str, id_: int) -> str:
-    """Run row ``id_`` of the job kind named ``kind`` (see pubsubpull.jobs.engine.run)."""
-    from pubsubpull.jobs.engine import get, run
-
-    return str(run(get(kind), id_))
+__all__ = ["backend", "task", "task_backends"]
 
 
 def backend():
     """The TASKS backend jobs go to (PUBSUBPULL["TASK_BACKEND"])."""
     return task_backends[conf.get("TASK_BACKEND")]
-
-
-def enqueue(kind: str, id_: int) -> None:
-    run_job.using(backend=conf.get("TASK_BACKEND"), queue_name=conf.get("TASK_QUEUE")).enqueue(
-        kind, id_
-    )

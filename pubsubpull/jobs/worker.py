@@ -32,10 +32,10 @@ import psycopg
 from django.db import close_old_connections, connection, transaction
 
 from pubsubpull import conf
-from pubsubpull.jobs import tasks
+from pubsubpull.jobs import engine, tasks
 from pubsubpull.jobs.engine import kinds
 from pubsubpull.jobs.identity import WORKER_NAME
-from pubsubpull.models import WorkerHeartbeat
+from pubsubpull.jobs.models import WorkerHeartbeat
 
 logger = logging.getLogger("pubsubpull.delivery")
 
@@ -202,7 +202,7 @@ class Worker:
         jobs = DBTaskResult.objects.ready().filter(
             backend_name=name,
             queue_name=conf.get("TASK_QUEUE"),
-            task_path=tasks.run_job.module_path,
+            task_path=engine.run_job.module_path,
         )
         while not self.stop.is_set():
             try:

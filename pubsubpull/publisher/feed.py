@@ -267,7 +267,7 @@ ORDER BY c.txid, c.id
 
 def _database(using: str | None) -> str:
     """The database whose change log is read when no model says otherwise."""
-    from pubsubpull.models import Change
+    from pubsubpull.capture.models import Change
 
     return using or router.db_for_read(Change) or DEFAULT_DB_ALIAS
 

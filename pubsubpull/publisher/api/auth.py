@@ -49,7 +49,7 @@ def new_token() -> str:
 
 def create_token(name: str, models: list[str]) -> tuple[Any, str]:
     """Create a ServiceToken; return it and the token text (shown only now)."""
-    from pubsubpull.models import ServiceToken
+    from pubsubpull.publisher.models import ServiceToken
 
     token = new_token()
     record = ServiceToken.objects.create(
@@ -108,7 +108,7 @@ def has_credentials(request) -> bool:
 
 def authenticate(request) -> Caller:
     """The caller of ``request``; raises NotAuthenticated or PermissionDenied (CSRF)."""
-    from pubsubpull.models import ServiceToken
+    from pubsubpull.publisher.models import ServiceToken
 
     token_text = _bearer(request)
     if token_text is not None:

@@ -10,7 +10,7 @@ from django.http import HttpResponse
 from django.utils import timezone
 
 from pubsubpull import conf
-from pubsubpull.models import WorkerHeartbeat
+from pubsubpull.jobs.models import WorkerHeartbeat
 from pubsubpull.publisher import feed
 from pubsubpull.publisher.api import auth
 from pubsubpull.publisher.api.responses import endpoint, json_response

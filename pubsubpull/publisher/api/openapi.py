@@ -15,11 +15,12 @@ from typing import Any
 
 from django.db import models
 
-from pubsubpull import __version__, conf
+from pubsubpull import conf
 from pubsubpull.capture.registry import Registration, get_registration
 from pubsubpull.protocol import items
 from pubsubpull.publisher.api import subscriptions
 from pubsubpull.publisher.snapshot import MAX_PARTS
+from pubsubpull.version import __version__
 
 _STRING_FIELDS = (
     models.CharField,

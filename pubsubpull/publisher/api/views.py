@@ -21,7 +21,7 @@ from django.urls import reverse
 from django.utils.http import parse_etags
 from django.views.decorators.csrf import csrf_exempt
 
-from pubsubpull import __version__, conf
+from pubsubpull import conf
 from pubsubpull.capture.registry import get_registration, registrations
 from pubsubpull.publisher import feed, listener, snapshot
 from pubsubpull.publisher.api import openapi
@@ -32,6 +32,7 @@ from pubsubpull.publisher.api.responses import (
     json_response,
     raw_json_response,
 )
+from pubsubpull.version import __version__
 
 
 def _url(request, name: str, *args, **query) -> str:

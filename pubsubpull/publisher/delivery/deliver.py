@@ -41,13 +41,14 @@ from typing import Any
 import httpx
 from django.db import IntegrityError, connection
 
-from pubsubpull import __version__, conf, jobs
+from pubsubpull import conf, jobs
 from pubsubpull.jobs.lease import HELD, LET_GO, RENEWED, SPENT, execute
 from pubsubpull.jobs.outcome import Outcome
 from pubsubpull.protocol import notification
 from pubsubpull.protocol.retry_after import parse_retry_after
 from pubsubpull.publisher import feed
 from pubsubpull.publisher.delivery import access, guard, signing
+from pubsubpull.version import __version__
 
 logger = logging.getLogger("pubsubpull.delivery")
 
