@@ -76,7 +76,53 @@ def free_port() -> int:
 # -- A client process: its share of the polls, round after round -------------------------
 
 
-def client(url: str, token: str, polls: int) -> None:
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection, GETs only: a client much cheaper than httpx.
+
+    On two cores shared by the server and the clients, httpx's per-response
+    cost (about as much as the server's) would be most of what is measured.
+    """
+
+    def __init__(self, url: str, token: str):
+        self.host, _, port = url.removeprefix("http://").partition(":")
+        self.port = int(port)
+        self.token = token
+        self.reader = self.writer = None
+
+    async def get(self, path: str, params: dict) -> tuple[int, bytes]:
+        from urllib.parse import urlencode
+
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(
+            f"GET {path}?{urlencode(params)} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Authorization: Bearer {self.token}\r\n\r\n".encode()
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            body = await self.reader.readexactly(int(headers["content-length"]))
+        else:  # chunked
+            parts = []
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                parts.append(await self.reader.readexactly(size + 2))
+                if size == 0:
+                    break
+            body = b"".join(p[:-2] for p in parts)
+        return int(status_line.split()[1]), body
+
+    async def aclose(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def client(url: str, token: str, polls: int, kind: str) -> None:
     """Read ``<cursor> <name>`` lines; answer each with one JSON line of results.
 
     Every poll runs on its own connection, kept open from round to round as a
@@ -90,9 +136,13 @@ def client(url: str, token: str, polls: int) -> None:
         # A client (so a connection pool) per poll, as each long-polling
         # service has its own: one pool of a thousand connections would
         # measure httpcore's pool bookkeeping, not the server.
-        https = [
-            httpx.AsyncClient(headers=headers, timeout=timeout, base_url=url) for _ in range(polls)
-        ]
+        if kind == "httpx":
+            https = [
+                httpx.AsyncClient(headers=headers, timeout=timeout, base_url=url)
+                for _ in range(polls)
+            ]
+        else:
+            https = [RawConnection(url, token) for _ in range(polls)]
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -104,17 +154,19 @@ def client(url: str, token: str, polls: int) -> None:
                 async def poll(
                     http: httpx.AsyncClient, cursor=cursor, name=name
                 ) -> tuple[float, str | None, str | None]:
+                    params = {"models": "customers.customer", "after": cursor, "wait": 30}
                     try:
-                        response = await http.get(
-                            "/pubsubpull/changes/",
-                            params={"models": "customers.customer", "after": cursor, "wait": 30},
-                        )
+                        if kind == "httpx":
+                            response = await http.get("/pubsubpull/changes/", params=params)
+                            status, content = response.status_code, response.content
+                        else:
+                            status, content = await http.get("/pubsubpull/changes/", params)
                         at = time.monotonic()
-                        body = response.json()
+                        body = json.loads(content)
                     except Exception as exc:
                         return time.monotonic(), f"{type(exc).__name__}: {exc}", None
-                    if response.status_code != 200:
-                        return at, f"HTTP {response.status_code}", None
+                    if status != 200:
+                        return at, f"HTTP {status}", None
                     got = [c["new"]["name"] for c in body["changes"]]
                     if got != [name]:
                         return at, f"served {got}, not [{name!r}]", None
@@ -199,9 +251,10 @@ class Server:
             "PYTHONPATH": f"{PUBLISHER}{os.pathsep}{ROOT}",
             "PGAPPNAME": SERVER_APP,
             "LONGPOLL_MIDDLEWARE": middleware,
+            "LONGPOLL_DESIGN": "django" if kind == "asgi-django" else "direct",
         }
         bind = ["--bind", f"127.0.0.1:{self.port}"]
-        if kind == "asgi":
+        if kind.startswith("asgi"):
             args = [
                 "-m", "uvicorn", "--factory", "benchmarks.longpoll_app:asgi",
                 "--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "off",
@@ -287,7 +340,7 @@ def run(kind: str, args, token: str, conninfo: str) -> dict:
               for i in range(args.clients)]  # fmt: skip
     clients = [
         subprocess.Popen(
-            [sys.executable, __file__, "--client", server.url, token, str(share)],
+            [sys.executable, __file__, "--client", server.url, token, str(share), args.client_lib],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -371,20 +424,40 @@ def _head(url: str, token: str) -> str:
             return after
 
 
+LABELS = {
+    "asgi": "ASGI direct (uvicorn)",
+    "asgi-django": "ASGI via Django",
+    "wsgi": "WSGI (gunicorn gthread)",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--polls", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clients", type=int, default=4, help="client processes")
-    parser.add_argument("--servers", nargs="+", default=["asgi", "wsgi"])
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        choices=list(LABELS),
+        default=list(LABELS),
+        help="asgi: long_polls answering woken polls directly; asgi-django: through "
+        "Django's handler and middleware; wsgi: gunicorn, a thread per poll",
+    )
+    parser.add_argument(
+        "--client-lib",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="the polling clients' HTTP (raw: a minimal keep-alive HTTP/1.1 client)",
+    )
     parser.add_argument("--middleware", choices=["full", "api"], default="full")
     parser.add_argument("--quick", action="store_true", help="100 polls, 2 rounds")
     parser.add_argument("--keep", action="store_true", help="keep the database at the end")
-    parser.add_argument("--client", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     raise_file_limit()
     if args.client:
-        client(args.client[0], args.client[1], int(args.client[2]))
+        client(args.client[0], args.client[1], int(args.client[2]), args.client[3])
         return
     if args.quick:
         args.polls, args.rounds, args.clients = 100, 2, 1
@@ -399,17 +472,16 @@ def main() -> None:
     connection.close()
     print(
         f"{args.polls} polls x {args.rounds} rounds, wait=30, one server process, "
-        f"{args.middleware} middleware, {os.cpu_count()} CPUs, "
+        f"{args.middleware} middleware, {args.client_lib} clients, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f} at start"
     )
     print(
         f"{'server':<24} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>7} {'conns':>6}"
         f"   {'sent p50':>8} {'sent p99':>8}"
     )
-    labels = {"asgi": "ASGI (uvicorn)", "wsgi": "WSGI (gunicorn gthread)"}
     try:
         for kind in args.servers:
-            report(labels[kind], run(kind, args, token, conninfo))
+            report(LABELS[kind], run(kind, args, token, conninfo))
     finally:
         if not args.keep:
             drop_database()

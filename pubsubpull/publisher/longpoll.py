@@ -1,0 +1,210 @@
+"""Long polls answered at wake-up without Django's per-request work: one page, one rendering.
+
+A long poll that has been authenticated and validated by the change feed
+view waits on its process's hub (:mod:`pubsubpull.listener`); when a commit
+wakes it, the normal way to answer goes back through Django: the view renders
+an ``HttpResponse``, every middleware's ``process_response`` runs, the ASGI
+handler encodes the headers and sends, and closing the response hops to a
+thread for ``request_finished``. Per response that is a few hundred
+microseconds: a thousand polls woken by one commit wait ~0.3 s for the last
+answer on an idle two-core machine, seconds on a loaded one.
+
+Under :func:`pubsubpull.asgi.long_polls` a long poll is served in two halves:
+
+- **Arrival** goes through Django as any request does (every middleware,
+  authentication, permission checks, the view's validation and its JSON
+  errors). When the view would wait, it parks the poll on the hub
+  (:meth:`Parking.park`) and returns a placeholder response instead; the
+  middleware process it as they would the page, and the wrapper keeps the
+  headers they produced (:attr:`Parking.captured`) and sends nothing.
+  Django then finishes the request (its thread and connections released).
+- **Wake-up** is only the waiter's coroutine: every waiter of one group
+  (same cursor, models and limit, so the same page for any caller allowed to
+  ask) gets the one page the hub read, rendered once into the final header
+  list and body bytes, and written with two ASGI ``send`` calls.
+
+The answer is the one the view would give: the same body, the view's
+headers (``Content-Type``, ``Link``) and the middleware's headers in the same
+order, ``Content-Length`` corrected when a middleware set it (from the
+placeholder's empty body). What cannot be reproduced is a middleware that
+*rewrites* a page's body or judges it by its content (compression, an
+``ETag`` computed from the body): they see the empty placeholder and leave it
+alone, so the page goes out uncompressed, without such headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+
+from .. import feed, listener
+
+logger = logging.getLogger("pubsubpull")
+
+#: The ASGI scope key under which pubsubpull.asgi.long_polls hands the view a Parking.
+SCOPE_KEY = "pubsubpull.long_poll"
+
+#: The placeholder response carries this header (with a per-process value),
+#: so the wrapper knows the response it intercepts is the view's placeholder
+#: and not one a middleware put in its place.
+MARKER = "X-Pubsubpull-Parked"
+_MARKER = MARKER.encode("ascii")
+_TOKEN = secrets.token_hex(8)
+
+_TIMED_OUT = object()
+_HUNG_UP = object()
+
+
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(_TIMED_OUT)
+
+
+def _hung_up(future: asyncio.Future, receiving: asyncio.Future) -> None:
+    if receiving.cancelled() or future.done():
+        return
+    if receiving.exception() is not None or receiving.result().get("type") == "http.disconnect":
+        future.set_result(_HUNG_UP)
+
+
+class Parking:
+    """One long poll's place between the view (arrival) and the ASGI wrapper (wake-up).
+
+    The wrapper puts one in the request's scope; the view calls :meth:`park`
+    instead of waiting itself.
+    """
+
+    __slots__ = ("alias", "answer", "captured", "explicit", "hub", "key", "labels", "limit",
+                 "timeout", "waiter")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.waiter: listener.Waiter | None = None
+        self.captured: tuple[tuple[bytes, bytes], ...] | None = None
+
+    # The view's half (on the event loop).
+
+    def park(
+        self,
+        after: str | None,
+        limit: int,
+        models: list[str],
+        timeout: float,
+        *,
+        key: tuple,
+        answer: Callable[[Any], Any],
+        placeholder: Any,
+    ) -> Any:
+        """Join the hub and return the placeholder response for the middleware to see.
+
+        ``answer(outcome)`` is the view's response for the page (or the
+        exception) the wait ends with; ``key`` says what besides the page its
+        body depends on (the URL it links to), so waiters that share a page
+        and a key share one rendering.
+        """
+        self.hub, self.explicit, self.labels, self.alias = feed._long_poll(
+            after, limit, models, None
+        )
+        self.limit, self.timeout, self.key, self.answer = limit, timeout, key, answer
+        waiter = listener.Waiter(asyncio.get_running_loop())
+        self.hub.join(self.explicit, self.labels, limit, waiter)
+        self.waiter = waiter
+        placeholder.headers[MARKER] = _TOKEN
+        return placeholder
+
+    # The wrapper's half.
+
+    def capture(self, message: dict) -> bool:
+        """Keep the headers of the view's placeholder; False for any other response."""
+        if self.waiter is None or self.captured is not None:
+            return False
+        headers = list(message.get("headers", ()))
+        if message.get("status") == 200 and (_MARKER, _TOKEN.encode()) in headers:
+            self.captured = tuple(h for h in headers if h[0] != _MARKER)
+            return True
+        # A middleware answered in the view's place: the poll does not wait.
+        self.abandon()
+        return False
+
+    def abandon(self) -> None:
+        if self.waiter is not None:
+            self.hub.leave(self.waiter)
+            self.waiter = None
+
+    async def answer_when_woken(self, receive, send) -> None:
+        """Wait for the hub (or the timeout, or the client hanging up), then answer."""
+        loop = asyncio.get_running_loop()
+        waiter = self.waiter
+        future = waiter.future
+        timer = loop.call_later(self.timeout, _expire, future)
+        receiving = asyncio.ensure_future(receive())
+        receiving.add_done_callback(lambda r: _hung_up(future, r))
+        try:
+            outcome = await future
+        except BaseException:
+            timer.cancel()
+            receiving.cancel()
+            self.abandon()
+            raise
+        try:
+            if outcome is _HUNG_UP:
+                self.abandon()
+                return
+            if outcome is _TIMED_OUT:
+                outcome = self.hub.leave(waiter)
+                if outcome is None:  # timed out before the hub read at all
+                    outcome = await sync_to_async(
+                        self._read, thread_sensitive=False, executor=listener.readers()
+                    )()
+            self.waiter = None
+            status, headers, body = self.render(outcome)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            timer.cancel()
+            receiving.cancel()
+
+    def _read(self) -> Any:
+        try:
+            return feed._outcome(None, self.explicit, self.limit, self.labels, self.alias)
+        except Exception as exc:
+            return exc
+
+    def render(self, outcome: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """The status, headers and body answering ``outcome``, rendered once per page and key."""
+        if not isinstance(outcome, feed.Page):
+            return self._render(outcome)
+        cache_key = (SCOPE_KEY, self.key, self.captured)
+        rendered = outcome.rendered.get(cache_key)
+        if rendered is None:
+            rendered = outcome.rendered[cache_key] = self._render(outcome)
+        return rendered
+
+    def _render(self, outcome: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        try:
+            response = self.answer(outcome)
+        except Exception:
+            logger.exception("pubsubpull: answering a long poll failed")
+            from ..api.responses import error_response
+
+            response = error_response(500, "server_error", "Answering the long poll failed.")
+        body = response.content
+        own = {}
+        for name, value in response.items():
+            own[name.lower().encode("ascii")] = (name.encode("ascii"), value.encode("latin1"))
+        headers = []
+        for name, value in self.captured:
+            lower = name.lower()
+            if lower == b"content-length":
+                headers.append((name, str(len(body)).encode("ascii")))
+            elif lower in own:
+                headers.append(own.pop(lower))
+            elif lower not in (b"content-type", b"link"):  # the placeholder's own
+                headers.append((name, value))
+        # The view's headers the placeholder did not have (none so far), as
+        # Django would send them: before the middleware's.
+        return response.status_code, [*own.values(), *headers], body
