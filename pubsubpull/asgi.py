@@ -99,10 +99,11 @@ def long_polls(application, *, answer_directly: bool = True):
         scope = {**scope, SCOPE_KEY: parking}
 
         async def intercept(message):
-            if parking.captured is None:
-                if message["type"] != "http.response.start" or not parking.capture(message):
-                    await send(message)
-            # (else: the placeholder's body, not sent)
+            # Once the placeholder's headers are kept, its body is not sent either.
+            if parking.captured is None and (
+                message["type"] != "http.response.start" or not parking.capture(message)
+            ):
+                await send(message)
 
         try:
             # Django's own per-request context then defers to this one.

@@ -1,6 +1,8 @@
 """The publisher test service as an ASGI application, for tests that serve it with uvicorn.
 
-Besides the service it answers ``GET /_test/waiting`` with how many long polls
+``application`` is served as the docs say; ``application_through_django``
+answers woken long polls through Django's handler instead (the comparison).
+Besides the service they answer ``GET /_test/waiting`` with how many long polls
 wait in the server process, so a test knows when its polls are all waiting.
 
     python -m uvicorn --app-dir test-projects/publisher tests.asgi_publisher:application
@@ -14,11 +16,23 @@ from django.core.asgi import get_asgi_application
 
 from pubsubpull.asgi import long_polls
 
-# As the docs tell a service to: long polls share one thread.
-service = long_polls(get_asgi_application())
+# As the docs tell a service to: long polls share a few threads, and woken
+# ones are answered directly.
+django_application = get_asgi_application()
+service = long_polls(django_application)
+# The same, but woken polls go back through Django's handler and middleware.
+through_django = long_polls(django_application, answer_directly=False)
 
 
 async def application(scope, receive, send):
+    await _serve(service, scope, receive, send)
+
+
+async def application_through_django(scope, receive, send):
+    await _serve(through_django, scope, receive, send)
+
+
+async def _serve(service, scope, receive, send):
     if scope["type"] == "http" and scope["path"] == "/_test/waiting":
         from pubsubpull import listener
 

@@ -10,6 +10,9 @@ Connections are counted in pg_stat_activity by the server's application_name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import json
 import os
 import socket
 import subprocess
@@ -17,6 +20,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -89,6 +93,12 @@ def _free_port() -> int:
 @pytest.fixture
 def asgi():
     """uvicorn serving the publisher (tests/asgi_publisher.py) on the test database."""
+    with _uvicorn("tests.asgi_publisher:application") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _uvicorn(application: str):
     app = f"longpoll-asgi-{uuid.uuid4().hex[:8]}"
     port = _free_port()
     env = {
@@ -101,7 +111,7 @@ def asgi():
     }
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "uvicorn", "tests.asgi_publisher:application",
+            sys.executable, "-m", "uvicorn", application,
             "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off",
             "--no-access-log", "--log-level", "warning",
         ],
@@ -402,3 +412,143 @@ def test_the_feed_answers_with_atomic_requests_on_any_database(client, token, mo
             headers={"Authorization": f"Bearer {token}"},
         )
         assert response.status_code == 200, response.content
+
+
+# -- Woken polls answered directly (pubsubpull.asgi.long_polls) -----------------------------
+
+# Added by uvicorn to every response, whoever rendered it.
+_SERVER_HEADERS = {"date", "server"}
+
+
+def _headers(response: httpx.Response) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in response.headers.multi_items() if k not in _SERVER_HEADERS]
+
+
+def _same_answer(answer: httpx.Response, read: httpx.Response) -> None:
+    """``answer`` is what the view answers to ``read``'s request, but for where the page ends.
+
+    A page's cursor (and the link to the next page) moves on over empty
+    stretches of the log, so a read after the poll may end further on: all
+    else is equal, headers in the same order included.
+    """
+    assert answer.status_code == read.status_code
+    body, expected = answer.json(), read.json()
+    assert body.keys() == expected.keys()
+    if "changes" in body:
+        assert body["changes"] == expected["changes"]
+        assert f"after={quote(body['cursor'], safe='')}&" in body["next"]
+        assert answer.headers["link"] == f'<{body["next"]}>; rel="next"'
+        # Byte for byte, once the read's page end is put in place of the answer's.
+        assert answer.content == read.content.replace(
+            json.dumps(expected["cursor"]).encode(), json.dumps(body["cursor"]).encode()
+        ).replace(json.dumps(expected["next"]).encode(), json.dumps(body["next"]).encode())
+    else:
+        assert answer.content == read.content
+    if "content-length" in read.headers:
+        assert int(answer.headers["content-length"]) == len(answer.content)
+    moving = {"link", "content-length"}
+    assert [(k, v if k not in moving else "") for k, v in _headers(answer)] == [
+        (k, v if k not in moving else "") for k, v in _headers(read)
+    ]
+
+
+def _woken_and_plain(server: Server, cursor: str, headers: dict, polls: int = 5):
+    """``polls`` long polls at ``cursor`` woken by one commit, and a plain read of the same page."""
+    params = {"models": "customers.customer", "after": cursor, "limit": "10"}
+
+    async def scenario():
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(limits=limits, headers=headers, timeout=120) as client:
+            tasks = [
+                asyncio.create_task(
+                    client.get(f"{server.url}/pubsubpull/changes/", params={**params, "wait": 60})
+                )
+                for _ in range(polls)
+            ]
+            await _until(lambda: server.waiting() == polls, what=f"{polls} polls waiting")
+            await asyncio.to_thread(_insert, "woken")
+            woken = await asyncio.gather(*tasks)
+            plain = await client.get(f"{server.url}/pubsubpull/changes/", params=params)
+            return woken, plain
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("application", ["application", "application_through_django"])
+def test_a_woken_poll_is_answered_exactly_as_the_view_answers_a_read(token, application):
+    """Same body, same headers in the same order (the middleware's included) as a plain
+    read of the page; the placeholder's marker never leaves the server."""
+    from pubsubpull.publisher.longpoll import MARKER
+
+    with _uvicorn(f"tests.asgi_publisher:{application}") as server:
+        cursor = _head(server, token)
+        woken, plain = _woken_and_plain(server, cursor, {"Authorization": f"Bearer {token}"})
+    assert plain.status_code == 200, plain.text
+    assert [c["new"]["name"] for c in plain.json()["changes"]] == ["woken"]
+    names = {k for k, _ in _headers(plain)}
+    # The publisher's middleware ran for it (SecurityMiddleware, CommonMiddleware).
+    assert {"x-content-type-options", "content-length", "link"} <= names, names
+    for response in woken:
+        _same_answer(response, plain)
+        assert MARKER.lower() not in response.headers
+    # Every poll woken by the commit got the same bytes.
+    assert len({(r.content, tuple(_headers(r))) for r in woken}) == 1
+
+
+def test_a_session_user_long_polls_with_the_models_the_user_may_read(asgi, client):
+    """Arrival goes through Django's middleware: a logged-in user's session authenticates
+    the poll, and the answer carries what the session middleware adds."""
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user("reader", password="x")
+    user.user_permissions.add(Permission.objects.get(codename="view_customer"))
+    client.force_login(user)
+    headers = {"Cookie": f"sessionid={client.cookies['sessionid'].value}"}
+    response = httpx.get(
+        f"{asgi.url}/pubsubpull/changes/", params={"models": "customers.customer", "limit": 1000},
+        headers=headers, timeout=30,
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    woken, plain = _woken_and_plain(asgi, response.json()["cursor"], headers, polls=3)
+    assert [c["new"]["name"] for c in plain.json()["changes"]] == ["woken"]
+    assert "cookie" in plain.headers.get("vary", "").lower()
+    for answer in woken:
+        _same_answer(answer, plain)
+    # A user who may not read the model is refused at once, as JSON.
+    other = User.objects.create_user("stranger", password="x")
+    client.force_login(other)
+    refused = httpx.get(
+        f"{asgi.url}/pubsubpull/changes/",
+        params={"models": "customers.customer", "wait": 30},
+        headers={"Cookie": f"sessionid={client.cookies['sessionid'].value}"},
+        timeout=30,
+    )
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "permission_denied"
+
+
+def test_a_long_poll_at_a_pruned_cursor_answers_410_as_a_read_does(asgi, token):
+    from django.core.management import call_command
+
+    from customers.models import Customer
+    from pubsubpull.models import Change
+
+    for i in range(3):
+        Customer.objects.create(name=f"old{i}")
+    first = Change.objects.order_by("txid", "id").first()
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE pubsubpull_change SET at = at - interval '40 days'")
+    call_command("pubsubpull_prune", "--older-than", "30d", stdout=io.StringIO())
+    Customer.objects.create(name="young")  # the log's horizon moves past the first
+    call_command("pubsubpull_prune", "--older-than", "30d", stdout=io.StringIO())
+    expired = feed.Position(first.txid, first.id).encode()
+    params = {"models": "customers.customer", "after": expired}
+    auth = {"Authorization": f"Bearer {token}"}
+    plain = httpx.get(f"{asgi.url}/pubsubpull/changes/", params=params, headers=auth, timeout=30)
+    assert plain.status_code == 410, plain.text
+    assert plain.json()["error"] == "cursor_expired"
+    polled = httpx.get(
+        f"{asgi.url}/pubsubpull/changes/", params={**params, "wait": 60}, headers=auth, timeout=60
+    )
+    _same_answer(polled, plain)
+    assert asgi.waiting() == 0

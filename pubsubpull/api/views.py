@@ -378,7 +378,10 @@ async def changes(request):
     parking = getattr(request, "scope", {}).get(longpoll.SCOPE_KEY)
     if parking is not None:
         # Under pubsubpull.asgi.long_polls: the wrapper waits and answers,
-        # with the headers the middleware give this placeholder.
+        # with the headers the middleware give this placeholder. (The page
+        # links to this host: a host that fails validation is refused now,
+        # as Django would refuse it when the page is rendered.)
+        request.get_host()
         return parking.park(
             result.after,
             result.limit,
