@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 
 from asgiref.sync import ThreadSensitiveContext
 
-from .publisher.longpoll import SCOPE_KEY, Parking
+from pubsubpull.publisher.longpoll import SCOPE_KEY, Parking
 
 # Threads the sync parts of all long polls of a process share.
 THREADS = 4

@@ -34,7 +34,7 @@ async def application_through_django(scope, receive, send):
 
 async def _serve(service, scope, receive, send):
     if scope["type"] == "http" and scope["path"] == "/_test/waiting":
-        from pubsubpull import listener
+        from pubsubpull.publisher import listener
 
         body = json.dumps({"waiting": listener.waiting()}).encode()
         await send(

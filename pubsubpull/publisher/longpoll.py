@@ -42,7 +42,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from .. import feed, listener
+from pubsubpull.publisher import feed, listener
 
 logger = logging.getLogger("pubsubpull")
 
@@ -189,7 +189,7 @@ class Parking:
             response = self.answer(outcome)
         except Exception:
             logger.exception("pubsubpull: answering a long poll failed")
-            from ..api.responses import error_response
+            from pubsubpull.publisher.api.responses import error_response
 
             response = error_response(500, "server_error", "Answering the long poll failed.")
         body = response.content
