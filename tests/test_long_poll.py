@@ -28,7 +28,7 @@ import pytest
 from django.db import connection
 
 from pubsubpull import asgi as asgi_wrapper
-from pubsubpull.publisher import feed, listener
+from pubsubpull.publisher import feed, listener, longpoll
 from pubsubpull.publisher.api.auth import create_token
 from tests.conftest import dsn
 
@@ -40,6 +40,7 @@ INSERT = (
     "INSERT INTO customers_customer (name, email, newsletter, notes, created, updated) "
     "VALUES (%s, '', false, '', now(), now())"
 )
+CUSTOMER = "customers.customer"
 # What a process's long polls hold at most, however many wait.
 BOUND = 1 + listener.READERS
 
@@ -47,9 +48,9 @@ BOUND = 1 + listener.READERS
 @pytest.fixture(autouse=True)
 def _fresh_listeners():
     """Each test starts and ends with no LISTEN or reader connection in this process."""
-    feed.stop_listening()
+    longpoll.stop_listening()
     yield
-    feed.stop_listening()
+    longpoll.stop_listening()
 
 
 @pytest.fixture
@@ -353,7 +354,9 @@ def test_a_thousand_waiters_at_one_position_share_one_read():
 
     async def scenario():
         waits = [
-            asyncio.create_task(feed.await_changes(head, 100, ["customers.customer"], timeout=60))
+            asyncio.create_task(
+                longpoll.await_changes(head, 100, ["customers.customer"], timeout=60)
+            )
             for _ in range(1000)
         ]
         await _until(lambda: listener.waiting() == 1000, what="1000 waiters")
@@ -367,13 +370,15 @@ def test_a_thousand_waiters_at_one_position_share_one_read():
 
 
 def test_a_waiter_in_a_thread_is_woken_too():
-    """feed.wait_for_changes (the sync call) waits the same way, holding no connection."""
+    """longpoll.wait_for_changes (the sync call) waits the same way, holding no connection."""
     import threading
 
     head = feed.read_changes(None, limit=1000).next
     timer = threading.Timer(0.3, _insert, ["late"])
     timer.start()
-    page = feed.wait_for_changes(head, models=["customers.customer"], timeout=30)
+    page = longpoll.wait_for_changes(head, models=[CUSTOMER], timeout=30)
+    # (still importable from feed, where it was)
+    assert feed.wait_for_changes is longpoll.wait_for_changes
     timer.join()
     assert [c.new["name"] for c in page.changes] == ["late"]
 
@@ -385,7 +390,9 @@ def test_a_cursor_from_the_future_does_not_carry_other_waiters_past_a_change():
 
     async def scenario():
         waits = [
-            asyncio.create_task(feed.await_changes(after, 100, ["customers.customer"], timeout=60))
+            asyncio.create_task(
+                longpoll.await_changes(after, 100, ["customers.customer"], timeout=60)
+            )
             for after in (head, future, head)
         ]
         await _until(lambda: listener.waiting() == 3, what="3 waiters")

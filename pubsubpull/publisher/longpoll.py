@@ -1,7 +1,17 @@
-"""Long polls answered at wake-up without Django's per-request work: one page, one rendering.
+"""Long polls: waiting for changes without a connection, and answering many with one page.
+
+:func:`wait_for_changes` (threads) and :func:`await_changes` (coroutines)
+are :func:`feed.read_changes <pubsubpull.publisher.feed.read_changes>` that
+wait up to a timeout for a change. Waiters join their process's hub
+(:mod:`pubsubpull.publisher.listener`): one LISTEN connection and a few
+reader threads per process and database, whatever the number of waiters, and
+one read per distinct (cursor, models, limit) when woken.
+
+Answering woken polls over HTTP
+-------------------------------
 
 A long poll that has been authenticated and validated by the change feed
-view waits on its process's hub (:mod:`pubsubpull.listener`); when a commit
+view waits on its process's hub; when a commit
 wakes it, the normal way to answer goes back through Django: the view renders
 an ``HttpResponse``, every middleware's ``process_response`` runs, the ASGI
 handler encodes the headers and sends, and closing the response hops to a
@@ -37,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -55,6 +65,96 @@ SCOPE_KEY = "pubsubpull.long_poll"
 MARKER = "X-Pubsubpull-Parked"
 _MARKER = MARKER.encode("ascii")
 _TOKEN = secrets.token_hex(8)
+
+# -- Waiting -------------------------------------------------------------------
+
+
+def _join_args(after, limit, models, using):
+    """The hub, cursor, model labels and database a long poll waits on."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    explicit = feed.Position.coerce(after)
+    alias, served = feed.feed_source(models, using)
+    labels = tuple(sorted(r.label for r in served))
+    return listener.hub(alias), explicit, labels, alias
+
+
+def _outcome(outcome, after, limit, labels, alias) -> feed.Page:
+    if outcome is None:  # timed out before the hub read at all
+        return feed.read_changes(after, limit, list(labels), using=alias)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def wait_for_changes(
+    after: feed.Position | str | None = None,
+    limit: int = 100,
+    models: Iterable[str] | None = None,
+    *,
+    timeout: float,
+    using: str | None = None,
+) -> feed.Page:
+    """Like :func:`~pubsubpull.publisher.feed.read_changes`, but wait ``timeout`` s for a change.
+
+    Returns as soon as a page has changes, or an empty page at the timeout.
+    Woken by the capture trigger's NOTIFY, so a change is served within
+    milliseconds of its commit (of the commit of every older transaction).
+    The calling thread holds no database connection of this call while it
+    waits: the process's feed readers read for every waiter.
+    """
+    if timeout <= 0:
+        return feed.read_changes(after, limit, models, using=using)
+    hub, explicit, labels, alias = _join_args(after, limit, models, using)
+    waiter = listener.Waiter()
+    hub.join(explicit, labels, limit, waiter)
+    outcome = waiter.outcome if waiter.event.wait(timeout) else hub.leave(waiter)
+    return _outcome(outcome, explicit, limit, labels, alias)
+
+
+async def await_changes(
+    after: feed.Position | str | None = None,
+    limit: int = 100,
+    models: Iterable[str] | None = None,
+    *,
+    timeout: float,
+    using: str | None = None,
+) -> feed.Page:
+    """:func:`wait_for_changes` for async code: waiting holds no thread either.
+
+    The reads run on the process's feed readers (a database read from the
+    event loop would block it).
+    """
+    if timeout <= 0:
+        return await sync_to_async(
+            feed.read_changes, thread_sensitive=False, executor=listener.readers()
+        )(after, limit, models, using=using)
+    hub, explicit, labels, alias = _join_args(after, limit, models, using)
+    waiter = listener.Waiter(asyncio.get_running_loop())
+    hub.join(explicit, labels, limit, waiter)
+    try:
+        outcome = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+    except TimeoutError:
+        outcome = hub.leave(waiter)
+    except asyncio.CancelledError:
+        hub.leave(waiter)
+        raise
+    if outcome is None:
+        return await sync_to_async(_outcome, thread_sensitive=False, executor=listener.readers())(
+            None, explicit, limit, labels, alias
+        )
+    return _outcome(outcome, explicit, limit, labels, alias)
+
+
+def stop_listening(timeout: float = 5.0) -> None:
+    """Close this process's LISTEN and feed reader connections (they reopen when used).
+
+    For tests and orderly shutdowns; an idle listener closes by itself.
+    """
+    listener.stop()
+
+
+# -- Answering woken polls over HTTP ------------------------------------------
 
 _TIMED_OUT = object()
 _HUNG_UP = object()
@@ -106,9 +206,7 @@ class Parking:
         body depends on (the URL it links to), so waiters that share a page
         and a key share one rendering.
         """
-        self.hub, self.explicit, self.labels, self.alias = feed._long_poll(
-            after, limit, models, None
-        )
+        self.hub, self.explicit, self.labels, self.alias = _join_args(after, limit, models, None)
         self.limit, self.timeout, self.key, self.answer = limit, timeout, key, answer
         waiter = listener.Waiter(asyncio.get_running_loop())
         self.hub.join(self.explicit, self.labels, limit, waiter)
@@ -170,7 +268,7 @@ class Parking:
 
     def _read(self) -> Any:
         try:
-            return feed._outcome(None, self.explicit, self.limit, self.labels, self.alias)
+            return _outcome(None, self.explicit, self.limit, self.labels, self.alias)
         except Exception as exc:
             return exc
 

@@ -398,7 +398,7 @@ async def changes(request):
             placeholder=raw_json_response(b"", Link=""),
         )
     try:
-        page = await feed.await_changes(
+        page = await longpoll.await_changes(
             result.after, result.limit, result.models, timeout=result.wait
         )
     except feed.CursorExpired as exc:
