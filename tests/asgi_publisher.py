@@ -1,7 +1,9 @@
 """The publisher test service as an ASGI application, for tests that serve it with uvicorn.
 
 ``application`` is served as the docs say; ``application_through_django``
-answers woken long polls through Django's handler instead (the comparison).
+answers woken long polls through Django's handler instead (the comparison),
+``application_behind_a_slow_send`` is served behind a middleware whose send
+suspends.
 Besides the service they answer ``GET /_test/waiting`` with how many long polls
 wait in the server process, so a test knows when its polls are all waiting.
 
@@ -10,6 +12,7 @@ wait in the server process, so a test knows when its polls are all waiting.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from django.core.asgi import get_asgi_application
@@ -30,6 +33,17 @@ async def application(scope, receive, send):
 
 async def application_through_django(scope, receive, send):
     await _serve(through_django, scope, receive, send)
+
+
+async def application_behind_a_slow_send(scope, receive, send):
+    """Behind an ASGI middleware whose ``send`` suspends (as one that awaits I/O would):
+    the woken polls' answers, begun in one callback, are finished by their own tasks."""
+
+    async def slow_send(message):
+        await asyncio.sleep(0.01)
+        await send(message)
+
+    await _serve(service, scope, receive, slow_send)
 
 
 async def _serve(service, scope, receive, send):

@@ -481,7 +481,10 @@ def _woken_and_plain(server: Server, cursor: str, headers: dict, polls: int = 5)
     return asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("application", ["application", "application_through_django"])
+@pytest.mark.parametrize(
+    "application",
+    ["application", "application_through_django", "application_behind_a_slow_send"],
+)
 def test_a_woken_poll_is_answered_exactly_as_the_view_answers_a_read(token, application):
     """Same body, same headers in the same order (the middleware's included) as a plain
     read of the page; the placeholder's marker never leaves the server."""
