@@ -1,13 +1,22 @@
 """A thousand clients long-polling one server process: connections held, commit-to-answer time.
 
 It starts the publisher (benchmarks/longpoll_site.py) as one server process
-on 127.0.0.1, under ASGI (uvicorn) and under WSGI (gunicorn, one gthread
-worker with a thread per poll), and for each:
+on 127.0.0.1 and, for each ``--servers`` design:
+
+- ``asgi``: uvicorn, the application wrapped in ``pubsubpull.asgi.long_polls``
+  as the docs say (woken polls answered by the wrapper, one rendering for all);
+- ``asgi-django``: the same, ``long_polls(..., answer_directly=False)``: each
+  woken poll goes back through Django's handler and middleware;
+- ``wsgi``: gunicorn, one gthread worker with a thread per poll;
+
+and for each:
 
 - ``--polls`` clients (1,000) each send ``GET changes/?wait=30`` at the head
-  of the feed (httpx AsyncClient, one connection each, spread over
-  ``--clients`` client processes so the clients' own parsing is not the
-  bottleneck measured), and the driver waits until the server holds them all;
+  of the feed, one connection each, spread over ``--clients`` client
+  processes (``--client-lib raw``, the default: a minimal keep-alive HTTP/1.1
+  protocol on uvloop, timing a response at its last byte; ``httpx``: an httpx
+  AsyncClient per poll, whose own per-response cost on the same two cores is
+  about the server's), and the driver waits until the server holds them all;
 - one row is committed; every poll must answer with exactly that change. The
   time from the commit's return to each poll's full response is recorded;
 - the polls go again from the new cursor, ``--rounds`` times (5).
@@ -21,8 +30,8 @@ no errors, at most 5 connections, p99 at most 100 ms.
 Run it (needs the bench extra: pip install -e ".[bench]")::
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \\
-        python benchmarks/longpoll.py [--polls 1000] [--rounds 5] [--servers asgi wsgi]
-        [--middleware full|api]
+        python benchmarks/longpoll.py [--polls 1000] [--rounds 5]
+        [--servers asgi asgi-django wsgi] [--middleware full|api] [--client-lib raw|httpx]
 
 It uses its own database, PUBLISHER_DB_NAME (default bench_longpoll), dropped
 and created anew. ``--quick`` (100 polls, 2 rounds) is the smoke test's.

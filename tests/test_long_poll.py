@@ -562,3 +562,37 @@ def test_a_long_poll_at_a_pruned_cursor_answers_410_as_a_read_does(asgi, token):
     )
     _same_answer(polled, plain)
     assert asgi.waiting() == 0
+
+
+def test_a_response_put_in_the_placeholders_place_is_sent_and_the_poll_stops_waiting():
+    """A middleware that answers instead of the view (after it parked the poll): the wrapper
+    sends that answer as it is, and the poll leaves the hub."""
+    from pubsubpull.publisher.api.responses import raw_json_response
+    from pubsubpull.publisher.longpoll import MARKER, Parking
+
+    def park() -> tuple[Parking, list[tuple[bytes, bytes]]]:
+        parking = Parking()
+        placeholder = parking.park(
+            None, 10, [CUSTOMER], 30, key=(), answer=lambda outcome: None,
+            placeholder=raw_json_response(b"", Link=""),
+        )  # fmt: skip
+        return parking, [(k.encode(), v.encode()) for k, v in placeholder.items()]
+
+    async def scenario():
+        parking, headers = park()
+        assert listener.waiting() == 1
+        replaced = {"type": "http.response.start", "status": 429, "headers": headers[:1]}
+        assert not parking.capture(replaced)
+        assert listener.waiting() == 0
+        # Its own placeholder (whatever headers the middleware added) is kept, unmarked.
+        parking, headers = park()
+        extra = (b"X-Frame-Options", b"DENY")
+        start = {"type": "http.response.start", "status": 200, "headers": [*headers, extra]}
+        assert parking.capture(start)
+        assert extra in parking.captured
+        assert MARKER.encode() not in {name for name, _ in parking.captured}
+        assert listener.waiting() == 1
+        parking.abandon()
+        assert listener.waiting() == 0
+
+    asyncio.run(scenario())
