@@ -342,9 +342,9 @@ def _answer_batch(waiters: list[listener.Waiter], outcome: Any) -> None:
 
     One rendering (per URL key) for all of them, then two sends each, with
     no task switch in between, and the cyclic garbage collector held off
-    meanwhile: a full collection in a process holding a thousand requests
-    takes tens of milliseconds, and would otherwise fall in the middle of the
-    burst about one time in three.
+    meanwhile: a collection in a process holding a thousand requests takes
+    tens of milliseconds, and would otherwise often fall in the middle of the
+    burst (it runs once the last answer is written).
     """
     collecting = gc.isenabled()
     if collecting:
