@@ -47,7 +47,7 @@ async def application_behind_a_slow_send(scope, receive, send):
 
 
 async def _serve(service, scope, receive, send):
-    if scope["type"] == "http" and scope["path"] == "/_test/waiting":
+    if scope["type"] == "http" and scope["path"].endswith("/_test/waiting"):
         from pubsubpull.publisher import listener
 
         body = json.dumps({"waiting": listener.waiting()}).encode()

@@ -99,7 +99,7 @@ def asgi():
 
 
 @contextlib.contextmanager
-def _uvicorn(application: str):
+def _uvicorn(application: str, *options: str):
     app = f"longpoll-asgi-{uuid.uuid4().hex[:8]}"
     port = _free_port()
     env = {
@@ -114,7 +114,7 @@ def _uvicorn(application: str):
         [
             sys.executable, "-m", "uvicorn", application,
             "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off",
-            "--no-access-log", "--log-level", "warning",
+            "--no-access-log", "--log-level", "warning", *options,
         ],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -444,6 +444,10 @@ def _same_answer(answer: httpx.Response, read: httpx.Response) -> None:
     if "changes" in body:
         assert body["changes"] == expected["changes"]
         assert f"after={quote(body['cursor'], safe='')}&" in body["next"]
+        # The same link but for the cursor in it.
+        assert body["next"].replace(quote(body["cursor"], safe=""), "~") == expected[
+            "next"
+        ].replace(quote(expected["cursor"], safe=""), "~")
         assert answer.headers["link"] == f'<{body["next"]}>; rel="next"'
         # Byte for byte, once the read's page end is put in place of the answer's.
         assert answer.content == read.content.replace(
@@ -482,15 +486,21 @@ def _woken_and_plain(server: Server, cursor: str, headers: dict, polls: int = 5)
 
 
 @pytest.mark.parametrize(
-    "application",
-    ["application", "application_through_django", "application_behind_a_slow_send"],
+    ("application", "options"),
+    [
+        ("application", []),
+        ("application_through_django", []),
+        ("application_behind_a_slow_send", []),
+        # Served under a path prefix (SCRIPT_NAME): the links carry it.
+        ("application", ["--root-path", "/svc"]),
+    ],
 )
-def test_a_woken_poll_is_answered_exactly_as_the_view_answers_a_read(token, application):
+def test_a_woken_poll_is_answered_exactly_as_the_view_answers_a_read(token, application, options):
     """Same body, same headers in the same order (the middleware's included) as a plain
     read of the page; the placeholder's marker never leaves the server."""
     from pubsubpull.publisher.longpoll import MARKER
 
-    with _uvicorn(f"tests.asgi_publisher:{application}") as server:
+    with _uvicorn(f"tests.asgi_publisher:{application}", *options) as server:
         cursor = _head(server, token)
         woken, plain = _woken_and_plain(server, cursor, {"Authorization": f"Bearer {token}"})
     assert plain.status_code == 200, plain.text
@@ -498,6 +508,8 @@ def test_a_woken_poll_is_answered_exactly_as_the_view_answers_a_read(token, appl
     names = {k for k, _ in _headers(plain)}
     # The publisher's middleware ran for it (SecurityMiddleware, CommonMiddleware).
     assert {"x-content-type-options", "content-length", "link"} <= names, names
+    if options:
+        assert plain.json()["next"].startswith(f"{server.url}/svc/pubsubpull/changes/?")
     for response in woken:
         _same_answer(response, plain)
         assert MARKER.lower() not in response.headers

@@ -45,6 +45,7 @@ alone, so the page goes out uncompressed, without such headers.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
 import secrets
@@ -180,8 +181,8 @@ class Parking:
     instead of waiting itself.
     """
 
-    __slots__ = ("alias", "answer", "captured", "explicit", "hub", "key", "labels", "limit",
-                 "send", "sending", "timeout", "waiter")  # fmt: skip
+    __slots__ = ("alias", "answer", "captured", "context", "explicit", "hub", "key", "labels",
+                 "limit", "send", "sending", "timeout", "waiter")  # fmt: skip
 
     def __init__(self) -> None:
         self.waiter: listener.Waiter | None = None
@@ -246,6 +247,9 @@ class Parking:
         waiter = self.waiter
         future = waiter.future
         self.send = send
+        # The batch answers in the request's context (Django's script prefix,
+        # whatever an ASGI middleware keeps in context variables for its send).
+        self.context = contextvars.copy_context()
         timer = loop.call_later(self.timeout, _expire, future)
         receiving = asyncio.ensure_future(receive())
         receiving.add_done_callback(lambda r: _hung_up(future, r))
@@ -356,7 +360,7 @@ def _answer_batch(waiters: list[listener.Waiter], outcome: Any) -> None:
             # arrival) answers itself once it gets there.
             if parking.send is not None and parking.waiter is waiter:
                 try:
-                    parking._answer_now(outcome)
+                    parking.context.run(parking._answer_now, outcome)
                 except Exception:  # pragma: no cover - render answers its own errors
                     logger.exception("pubsubpull: answering a woken long poll failed")
     finally:
