@@ -17,6 +17,13 @@ the long polls of the process, not one each::
     application = long_polls(get_asgi_application())
 
 Every other request is served exactly as before.
+
+The wrapper also answers woken long polls itself: a poll arrives through
+Django as usual (middleware, authentication, the view's checks and errors),
+the view parks it and gives the middleware an empty placeholder response
+whose headers the wrapper keeps, and when a commit wakes the polls every
+poll woken by one read gets the same page, rendered once, written from one
+callback on the event loop (:mod:`pubsubpull.publisher.longpoll`).
 """
 
 from __future__ import annotations
