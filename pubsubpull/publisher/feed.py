@@ -24,8 +24,9 @@ through this module::
     stored_cursor = page.next.encode()       # store it with what handle() did
 
 ``read_changes`` raises ``CursorExpired`` when the log has been pruned past the
-cursor (re-snapshot), ``wait_for_changes`` long-polls, woken by the trigger's
-NOTIFY. Cursors and the change item are the wire protocol's
+cursor (re-snapshot). Long polls (``wait_for_changes``, woken by the
+trigger's NOTIFY) are in :mod:`pubsubpull.publisher.longpoll`, and importable
+from here too. Cursors and the change item are the wire protocol's
 (``pubsubpull.protocol.cursor`` and ``.items``): this module reads the log,
 the protocol says how what it read looks on the wire.
 """
@@ -583,104 +584,15 @@ def notify(labels: Iterable[str], using: str | None = None) -> None:
 STAY_AWAKE_SQL = "SELECT setval('pubsubpull_wakeup_always_at', extract(epoch FROM now())::bigint)"
 STAY_AWAKE_EVERY = 5.0
 
-#
-# Waiters join their process's hub (pubsubpull.publisher.listener): one LISTEN
-# connection and a few reader threads per process and database, whatever the
-# number of waiters, and one read per distinct (cursor, models, limit) when
-# woken.
+
+# Long polls (wait_for_changes, await_changes, stop_listening) live in
+# pubsubpull.publisher.longpoll; the names stay importable from here.
+_LONG_POLLS = ("wait_for_changes", "await_changes", "stop_listening")
 
 
-def _long_poll(after, limit, models, using):
-    from pubsubpull.publisher import listener
+def __getattr__(name: str) -> Any:
+    if name in _LONG_POLLS:
+        from pubsubpull.publisher import longpoll
 
-    if limit < 1:
-        raise ValueError("limit must be at least 1")
-    explicit = Position.coerce(after)
-    alias, served = feed_source(models, using)
-    labels = tuple(sorted(r.label for r in served))
-    return listener.hub(alias), explicit, labels, alias
-
-
-def _outcome(outcome, after, limit, labels, alias) -> Page:
-    if outcome is None:  # timed out before the hub read at all
-        return read_changes(after, limit, list(labels), using=alias)
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
-
-
-def wait_for_changes(
-    after: Position | str | None = None,
-    limit: int = 100,
-    models: Iterable[str] | None = None,
-    *,
-    timeout: float,
-    using: str | None = None,
-) -> Page:
-    """Like :func:`read_changes`, but wait up to ``timeout`` seconds for a change.
-
-    Returns as soon as a page has changes, or an empty page at the timeout.
-    Woken by the capture trigger's NOTIFY, so a change is served within
-    milliseconds of its commit (of the commit of every older transaction).
-    The calling thread holds no database connection of this call while it
-    waits: the process's feed readers read for every waiter.
-    """
-    if timeout <= 0:
-        return read_changes(after, limit, models, using=using)
-    hub, explicit, labels, alias = _long_poll(after, limit, models, using)
-    from pubsubpull.publisher.listener import Waiter
-
-    waiter = Waiter()
-    hub.join(explicit, labels, limit, waiter)
-    outcome = waiter.outcome if waiter.event.wait(timeout) else hub.leave(waiter)
-    return _outcome(outcome, explicit, limit, labels, alias)
-
-
-async def await_changes(
-    after: Position | str | None = None,
-    limit: int = 100,
-    models: Iterable[str] | None = None,
-    *,
-    timeout: float,
-    using: str | None = None,
-) -> Page:
-    """:func:`wait_for_changes` for async code: waiting holds no thread either.
-
-    The reads run on the process's feed readers (a database read from the
-    event loop would block it).
-    """
-    import asyncio
-
-    from asgiref.sync import sync_to_async
-
-    from pubsubpull.publisher.listener import Waiter, readers
-
-    if timeout <= 0:
-        return await sync_to_async(read_changes, thread_sensitive=False, executor=readers())(
-            after, limit, models, using=using
-        )
-    hub, explicit, labels, alias = _long_poll(after, limit, models, using)
-    waiter = Waiter(asyncio.get_running_loop())
-    hub.join(explicit, labels, limit, waiter)
-    try:
-        outcome = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
-    except TimeoutError:
-        outcome = hub.leave(waiter)
-    except asyncio.CancelledError:
-        hub.leave(waiter)
-        raise
-    if outcome is None:
-        return await sync_to_async(_outcome, thread_sensitive=False, executor=readers())(
-            None, explicit, limit, labels, alias
-        )
-    return _outcome(outcome, explicit, limit, labels, alias)
-
-
-def stop_listening(timeout: float = 5.0) -> None:
-    """Close this process's LISTEN and feed reader connections (they reopen when used).
-
-    For tests and orderly shutdowns; an idle listener closes by itself.
-    """
-    from pubsubpull.publisher import listener
-
-    listener.stop()
+        return getattr(longpoll, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

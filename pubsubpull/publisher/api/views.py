@@ -23,7 +23,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from pubsubpull import conf
 from pubsubpull.capture.registry import get_registration, registrations
-from pubsubpull.publisher import feed, listener, snapshot
+from pubsubpull.publisher import feed, listener, longpoll, snapshot
 from pubsubpull.publisher.api import openapi
 from pubsubpull.publisher.api.responses import (
     ApiError,
@@ -301,13 +301,27 @@ def _changes(request, caller):
     return _page(request, page)
 
 
+def _page_key(request) -> tuple:
+    """What a page's body depends on besides the page: the URL it links to.
+
+    (The raw Host header is part of it, so a host that fails validation
+    never reaches a cached body.)
+    """
+    return (
+        request.scheme,
+        request.META.get("HTTP_HOST"),
+        request.path,
+        request.GET.get("models"),
+        request.GET.get("limit") or None,
+    )
+
+
 def _page(request, page: feed.Page) -> HttpResponse:
     filter_ = request.GET.get("models")
     limit = request.GET.get("limit") or None
     # A page woken for many long polls answers them all with the same body:
-    # render it once per URL it links to (the raw Host header is part of the
-    # key, so a host that fails validation never reaches a cached body).
-    key = (request.scheme, request.META.get("HTTP_HOST"), request.path, filter_, limit)
+    # render it once per URL it links to.
+    key = _page_key(request)
     cached = page.rendered.get(key)
     if cached is None:
         cursor = page.next.encode()
@@ -368,16 +382,41 @@ async def changes(request):
     result = await sync_to_async(_changes, thread_sensitive=False, executor=readers)(request)
     if not isinstance(result, _LongPoll):
         return result
+    parking = getattr(request, "scope", {}).get(longpoll.SCOPE_KEY)
+    if parking is not None:
+        # Under pubsubpull.asgi.long_polls: the wrapper waits and answers,
+        # with the headers the middleware give this placeholder. (The page
+        # links to this host: a host that fails validation is refused now,
+        # as Django would refuse it when the page is rendered.)
+        request.get_host()
+        return parking.park(
+            result.after,
+            result.limit,
+            result.models,
+            result.wait,
+            key=_page_key(request),
+            answer=lambda outcome: _answer(request, result.models, outcome),
+            placeholder=raw_json_response(b"", Link=""),
+        )
     try:
-        page = await feed.await_changes(
+        page = await longpoll.await_changes(
             result.after, result.limit, result.models, timeout=result.wait
         )
     except feed.CursorExpired as exc:
+        page = exc
+    return _answer(request, result.models, page)
+
+
+def _answer(request, models: list[str], outcome) -> HttpResponse:
+    """The feed's answer to a long poll that ended with ``outcome`` (a page or an error)."""
+    if isinstance(outcome, feed.CursorExpired):
         try:
-            _expired(request, exc, result.models)
+            _expired(request, outcome, models)
         except ApiError as error:
             return error_response(error.status, error.code, error.detail, **error.extra)
-    return _page(request, page)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return _page(request, outcome)
 
 
 def _outside_transactions(view):
