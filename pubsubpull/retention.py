@@ -91,7 +91,7 @@ def prune(
     called after each batch.
     """
     if older_than is None:
-        older_than = timedelta(seconds=conf.get("RETENTION"))
+        older_than = timedelta(seconds=conf.retention())
     cutoff: datetime = timezone.now() - older_than
     keep = oldest_needed_position()
     keep_txid, keep_id = (keep.txid, keep.id) if keep is not None else (MAX_ID, MAX_ID)

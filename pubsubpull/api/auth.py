@@ -83,7 +83,7 @@ class Caller:
                 return False
             opts = registration.model._meta
             return self.user.has_perm(f"{opts.app_label}.view_{opts.model_name}")
-        return label in conf.get("ANONYMOUS_MODELS")
+        return label in conf.anonymous_models()
 
 
 def _bearer(request) -> str | None:
@@ -131,7 +131,7 @@ def authenticate(request) -> Caller:
                 raise PermissionDenied("CSRF verification failed.")
         return Caller(user=user)
 
-    if conf.get("ANONYMOUS_MODELS"):
+    if conf.anonymous_models():
         return Caller()
     raise NotAuthenticated(
         "Authentication required: send Authorization: Bearer <token> (manage.py "

@@ -19,7 +19,7 @@ from .responses import endpoint, json_response
 
 def _workers() -> tuple[int, int]:
     """How many workers have a fresh heartbeat, and how many a stale one."""
-    stale_before = timezone.now() - timedelta(seconds=conf.get("HEALTH_WORKER_STALE"))
+    stale_before = timezone.now() - timedelta(seconds=conf.health_worker_stale())
     fresh = WorkerHeartbeat.objects.filter(last_seen__gte=stale_before).count()
     stale = WorkerHeartbeat.objects.filter(last_seen__lt=stale_before).count()
     return fresh, stale
@@ -37,7 +37,7 @@ def health(request, caller):
         fresh, stale = _workers()
     except DatabaseError:
         return json_response({"status": "unavailable", "database": "unreachable"}, status=503)
-    healthy = fresh > 0 or not conf.get("HEALTH_REQUIRE_WORKER")
+    healthy = fresh > 0 or not conf.health_require_worker()
     body = {
         "status": "ok" if healthy else "degraded",
         "database": "ok",

@@ -220,10 +220,10 @@ def pull(
             position = _feed_head(Publisher(service_url, auth or ""), labels)
         elif start != "beginning":
             phase, position = PullCursor.Phase.FEED, start
-        defaults = {"page_size": conf.get("PULL_PAGE_SIZE"), **settings}
+        defaults = {"page_size": conf.pull_page_size(), **settings}
         if lease_owner:
             defaults["lease_owner"] = lease_owner
-            defaults["lease_expires"] = timezone.now() + timedelta(seconds=conf.get("PULL_LEASE"))
+            defaults["lease_expires"] = timezone.now() + timedelta(seconds=conf.pull_lease())
         cursor, created = PullCursor.objects.get_or_create(
             name=name, defaults={**defaults, "phase": phase, "feed_position": position}
         )
@@ -239,7 +239,7 @@ def pull(
         # Only these: a worker may be moving the position or holding the lease.
         cursor.save(update_fields=changed)
         if lease_owner:
-            until = timezone.now() + timedelta(seconds=conf.get("PULL_LEASE"))
+            until = timezone.now() + timedelta(seconds=conf.pull_lease())
             PullCursor.objects.filter(
                 Q(lease_expires__isnull=True) | Q(lease_expires__lt=timezone.now()), id=cursor.id
             ).update(lease_owner=lease_owner, lease_expires=until)
@@ -265,7 +265,7 @@ def pull_down(url: str, handler: Handler | str, **options: Any) -> PullCursor:
 
 def backoff(failures: int, retry_after: float | None = None) -> float:
     """Seconds to wait after the ``failures``-th failure in a row, with jitter."""
-    base, cap = conf.get("PULL_RETRY_BASE"), conf.get("PULL_RETRY_MAX")
+    base, cap = conf.pull_retry_base(), conf.pull_retry_max()
     delay = min(cap, base * 2 ** min(max(failures - 1, 0), 60)) * random.uniform(0.5, 1.0)
     if retry_after is not None:
         delay = max(delay, min(retry_after, cap))
@@ -392,7 +392,7 @@ class Runner:
                 last_success_at=now,
                 failures=0,
                 state=PullCursor.State.ACTIVE,
-                lease_expires=now + timedelta(seconds=conf.get("PULL_LEASE")),
+                lease_expires=now + timedelta(seconds=conf.pull_lease()),
             )
         for key, value in fields.items():
             setattr(cursor, key, value)
@@ -404,7 +404,7 @@ class Runner:
         that brought nothing), so a worker does not take it from a foreground pull."""
         now = timezone.now()
         held = PullCursor.objects.filter(id=self.cursor.id, lease_owner=self.owner).update(
-            lease_expires=now + timedelta(seconds=conf.get("PULL_LEASE"))
+            lease_expires=now + timedelta(seconds=conf.pull_lease())
         )
         if not held:
             raise LostLease(self.cursor.name)
@@ -484,7 +484,7 @@ class Runner:
             params["wait"] = f"{wait:.1f}"
         try:
             body = self.get(
-                self.publisher.changes_url(), params, timeout=conf.get("PULL_TIMEOUT") + wait
+                self.publisher.changes_url(), params, timeout=conf.pull_timeout() + wait
             )
         except Gone as e:
             self.restart_snapshot(f"the publisher's change log no longer reaches our cursor ({e})")
@@ -530,7 +530,7 @@ class Runner:
             if stop_when_caught_up or cursor.every > 0:
                 return "caught_up"
             # Follow: long-poll for the next change while the budget lasts.
-            wait = conf.get("PULL_WAIT")
+            wait = conf.pull_wait()
 
 
 def _claim(cursor_id: int, owner: str, now: bool) -> PullCursor | None:
@@ -539,7 +539,7 @@ def _claim(cursor_id: int, owner: str, now: bool) -> PullCursor | None:
     with connection.cursor() as db:
         db.execute(
             _CLAIM_SQL,
-            {"id": cursor_id, "owner": owner, "lease": conf.get("PULL_LEASE"), "now": now},
+            {"id": cursor_id, "owner": owner, "lease": conf.pull_lease(), "now": now},
         )
         if not db.fetchall():
             return None
@@ -550,7 +550,7 @@ def _release(cursor: PullCursor, owner: str, keep: bool = False, **fields: Any) 
     """Let the cursor go (or, ``keep``, hold it until the next run is due plus a lease)."""
     if keep:
         until = max(fields.get("next_run_at") or timezone.now(), timezone.now())
-        lease = {"lease_expires": until + timedelta(seconds=conf.get("PULL_LEASE"))}
+        lease = {"lease_expires": until + timedelta(seconds=conf.pull_lease())}
     else:
         lease = {"lease_owner": "", "lease_expires": None}
     PullCursor.objects.filter(id=cursor.id, lease_owner=owner).update(**lease, **fields)
@@ -595,7 +595,7 @@ def run(
     cursor = _claim(cursor_id, owner, now)
     if cursor is None:
         return "busy"
-    budget = conf.get("PULL_BUDGET") if budget is None else budget
+    budget = conf.pull_budget() if budget is None else budget
     deadline = time.monotonic() + budget
     try:
         runner = Runner(cursor, owner, deadline, progress)

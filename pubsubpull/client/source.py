@@ -63,7 +63,7 @@ def http_client() -> httpx.Client:
         if _client is None:
             _client = httpx.Client(
                 headers={"user-agent": USER_AGENT, "accept": "application/json"},
-                timeout=httpx.Timeout(conf.get("PULL_TIMEOUT"), connect=5.0),
+                timeout=httpx.Timeout(conf.pull_timeout(), connect=5.0),
                 follow_redirects=False,
             )
         return _client

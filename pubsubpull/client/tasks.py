@@ -20,6 +20,4 @@ def pull_job(cursor_id: int) -> str:
 
 
 def enqueue(cursor_id: int) -> None:
-    pull_job.using(backend=conf.get("TASK_BACKEND"), queue_name=conf.get("TASK_QUEUE")).enqueue(
-        cursor_id
-    )
+    pull_job.using(backend=conf.task_backend(), queue_name=conf.task_queue()).enqueue(cursor_id)

@@ -32,7 +32,7 @@ def _wake(match: str, params: dict) -> list[int]:
     with connection.cursor() as cursor:
         cursor.execute(
             _WAKE_SQL.format(match=match),
-            {"force": False, "stale": conf.get("PULL_LEASE"), **params},
+            {"force": False, "stale": conf.pull_lease(), **params},
         )
         ids = [row[0] for row in cursor.fetchall()]
     for id_ in ids:

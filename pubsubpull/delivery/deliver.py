@@ -274,7 +274,7 @@ def claim(subscription_id: int, owner: str) -> Claimed | None:
     params = {
         "id": subscription_id,
         "owner": owner,
-        "lease": conf.get("LEASE"),
+        "lease": conf.lease(),
         "deliverable": DELIVERABLE,
     }
     rows = _execute(_CLAIM_SQL, params)
@@ -342,9 +342,9 @@ def http_client() -> httpx.Client:
 
 def send(url: str, body: bytes, headers: dict[str, str]) -> Response:
     """PUT ``body`` to ``url`` once; never raises for what the receiver or network does."""
-    excerpt_size = conf.get("RESPONSE_EXCERPT")
-    total = conf.get("TIMEOUT")
-    timeout = httpx.Timeout(total, connect=conf.get("CONNECT_TIMEOUT"))
+    excerpt_size = conf.response_excerpt()
+    total = conf.timeout()
+    timeout = httpx.Timeout(total, connect=conf.connect_timeout())
     started = time.monotonic()
     status, error, excerpt, retry_after = None, "", b"", None
     try:
@@ -376,7 +376,7 @@ def backoff(failures: int, retry_after: float | None = None) -> float:
     of it) so receivers coming back are not hit by every subscription at once.
     A Retry-After is honoured, up to RETRY_MAX.
     """
-    base, cap = conf.get("RETRY_BASE"), conf.get("RETRY_MAX")
+    base, cap = conf.retry_base(), conf.retry_max()
     delay = min(cap, base * 2 ** min(max(failures - 1, 0), 60))
     delay *= random.uniform(0.5, 1.0)
     if retry_after is not None:
@@ -471,7 +471,7 @@ def _check_access(sub: Claimed, owner: str) -> bool:
     if reason:
         _execute(
             _FORBIDDEN_SQL,
-            {"id": sub.id, "owner": owner, "reason": reason, "recheck": conf.get("ACCESS_RECHECK")},
+            {"id": sub.id, "owner": owner, "reason": reason, "recheck": conf.access_recheck()},
         )
         if sub.state != "forbidden":
             logger.warning(
@@ -531,7 +531,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
         _execute(
             "UPDATE pubsubpull_subscription SET lease_expires = now() + %(lease)s "
             "* interval '1 second' WHERE id = %(id)s AND lease_owner = %(owner)s",
-            {"id": sub.id, "owner": owner, "lease": conf.get("LEASE")},
+            {"id": sub.id, "owner": owner, "lease": conf.lease()},
         )
     else:
         page = batch.read(sub.position, sub.batch_size, sub.models)
@@ -540,7 +540,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
                 sub.skipped_from = sub.skipped_from or sub.position
                 sub.position = page.next  # recorded when the lease is let go
             return "held_back" if page.held_back else "caught_up"
-        page = page.within(conf.get("BATCH_MAX_BYTES"), _envelope_size(sub, page))
+        page = page.within(conf.batch_max_bytes(), _envelope_size(sub, page))
         changes, following = page.changes, page.next
         webhook_id = f"msg_{uuid.uuid4().hex}"
         started = _execute(
@@ -552,7 +552,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
                 "txid": following.txid,
                 "pid": following.id,
                 "count": len(changes),
-                "lease": conf.get("LEASE"),
+                "lease": conf.lease(),
             },
         )
         if not started:
@@ -578,9 +578,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
         "response": response.body,
     }
     if ok:
-        params.update(
-            txid=following.txid, pid=following.id, lease=conf.get("LEASE"), models=sub.models
-        )
+        params.update(txid=following.txid, pid=following.id, lease=conf.lease(), models=sub.models)
         updated, sub.woken, more = _execute(_SUCCESS_SQL, params)[0]
         if not updated:
             return "lost"
@@ -597,7 +595,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
     if refusal and len(changes) > 1:
         return _split(sub, owner, params, changes, response)
     delay = backoff(sub.failures + 1, response.retry_after)
-    disable_after = conf.get("DISABLE_AFTER")
+    disable_after = conf.disable_after()
     params.update(
         gone=response.status == 410,
         refused=refusal,
@@ -659,7 +657,7 @@ def _split(
         new_txid=end.txid,
         new_pid=end.id,
         new_count=keep,
-        lease=conf.get("LEASE"),
+        lease=conf.lease(),
         split_reason=(
             f"The receiver refused a batch of {len(changes)} changes ({response.error}); "
             f"sending the first {keep} alone to find the change it refuses."

@@ -248,7 +248,7 @@ def _allowed(host: str, address: IPAddress, allow: Iterable[str]) -> bool:
 
 def check_address(host: str, address: IPAddress) -> None:
     """Raise CallbackRefused unless ``host`` may be reached at ``address``."""
-    allow = conf.get("CALLBACK_ALLOW")
+    allow = conf.callback_allow()
     refused = [why for judged, why in refusals(address) if not _allowed(host, judged, allow)]
     if refused:
         raise CallbackRefused(
@@ -347,6 +347,6 @@ def client(**kwargs: Any) -> httpx.Client:
         transport=transport,
         trust_env=False,
         follow_redirects=False,
-        timeout=httpx.Timeout(conf.get("TIMEOUT"), connect=conf.get("CONNECT_TIMEOUT")),
+        timeout=httpx.Timeout(conf.timeout(), connect=conf.connect_timeout()),
         **kwargs,
     )

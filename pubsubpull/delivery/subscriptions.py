@@ -123,7 +123,7 @@ def validate(data: Any, *, creating: bool) -> dict[str, Any]:
 
     size = data.get("batch_size")
     if size is not None:
-        largest = conf.get("MAX_BATCH_SIZE")
+        largest = conf.max_batch_size()
         if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= largest:
             errors["batch_size"] = f"must be an integer from 1 to {largest}"
         else:
@@ -171,7 +171,7 @@ def subscribe(
                 name=name,
                 callback=cleaned["callback"],
                 model_labels=cleaned["models"],
-                batch_size=cleaned.get("batch_size", conf.get("BATCH_SIZE")),
+                batch_size=cleaned.get("batch_size", conf.batch_size()),
                 position_txid=start.txid,
                 position_id=start.id,
                 secret=secret,
@@ -198,7 +198,7 @@ def subscribe(
                 secret = signing.new_secret()
                 subscription.previous_secret = subscription.secret
                 subscription.previous_secret_expires = timezone.now() + timedelta(
-                    seconds=conf.get("SECRET_GRACE")
+                    seconds=conf.secret_grace()
                 )
                 subscription.secret = secret
             if subscription.state in _RETRIED_ON_PUT:

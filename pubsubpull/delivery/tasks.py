@@ -27,12 +27,12 @@ def deliver(subscription_id: int) -> str:
 
 
 def _configured():
-    return deliver.using(backend=conf.get("TASK_BACKEND"), queue_name=conf.get("TASK_QUEUE"))
+    return deliver.using(backend=conf.task_backend(), queue_name=conf.task_queue())
 
 
 def backend():
     """The TASKS backend delivery jobs go to (PUBSUBPULL["TASK_BACKEND"])."""
-    return task_backends[conf.get("TASK_BACKEND")]
+    return task_backends[conf.task_backend()]
 
 
 def enqueue(subscription_id: int) -> None:

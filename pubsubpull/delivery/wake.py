@@ -56,7 +56,7 @@ def _wake(match: str, params: dict) -> list[int]:
     with connection.cursor() as cursor:
         cursor.execute(
             _WAKE_SQL.format(match=match),
-            {"force": False, "stale": conf.get("LEASE"), "deliverable": DELIVERABLE, **params},
+            {"force": False, "stale": conf.lease(), "deliverable": DELIVERABLE, **params},
         )
         rows = cursor.fetchall()
     enqueued = []
