@@ -16,7 +16,7 @@ from datetime import timedelta
 import pytest
 
 from customers.models import Country, Customer
-from pubsubpull import retention
+from pubsubpull.publisher import retention
 
 from . import services
 from .services import wait_until

@@ -38,12 +38,13 @@ from django.views.decorators.csrf import csrf_exempt
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from .. import conf, jsonbody
-from ..feed import InvalidCursor, Position
-from .events import Event
-from .models import ReceivedBatch, RemoteSubscription
-from .pulling import Handler, call_handler, resolve_handler
-from .source import Publisher, SourceError, request, split_source
+from pubsubpull import conf
+from pubsubpull.client.events import Event
+from pubsubpull.client.models import ReceivedBatch, RemoteSubscription
+from pubsubpull.client.pulling import Handler, call_handler, resolve_handler
+from pubsubpull.client.source import Publisher, SourceError, request, split_source
+from pubsubpull.protocol import jsonbody
+from pubsubpull.publisher.feed import InvalidCursor, Position
 
 logger = logging.getLogger("pubsubpull.client")
 
