@@ -11,7 +11,7 @@ import hashlib
 
 from django.db import models
 
-from .. import conf
+from pubsubpull import conf
 
 
 class PullCursor(models.Model):

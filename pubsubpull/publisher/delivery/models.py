@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django.db import models
 
-from .. import conf
+from pubsubpull import conf
 
 
 class Subscription(models.Model):
