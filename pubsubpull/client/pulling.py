@@ -37,27 +37,13 @@ from pubsubpull import conf
 from pubsubpull.client.events import Event
 from pubsubpull.client.models import PullCursor
 from pubsubpull.client.source import Gone, Publisher, SourceError, get_json, split_source
+from pubsubpull.exceptions import LostLease, PageCannotApply
 
 logger = logging.getLogger("pubsubpull.client")
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
 Handler = Callable[[Event], Any] | Any
-
-
-class LostLease(Exception):
-    """Another worker took the cursor (ours expired): leave the page to it."""
-
-
-class PageCannotApply(Exception):
-    """The handler's database refused the page (IntegrityError, DataError): trying
-    the same page again cannot help, so the cursor is ``blocked`` until the
-    operator resumes it (the cause fixed) or parks the failing events."""
-
-    def __init__(self, error: Exception, position: str):
-        super().__init__(f"{type(error).__name__}: {error}".strip())
-        self.error = error
-        self.position = position
 
 
 # The errors that say a page can never apply as it is (a constraint, a value

@@ -43,8 +43,9 @@ from pubsubpull.client.events import Event
 from pubsubpull.client.models import ReceivedBatch, RemoteSubscription
 from pubsubpull.client.pulling import Handler, call_handler, resolve_handler
 from pubsubpull.client.source import Publisher, SourceError, request, split_source
+from pubsubpull.exceptions import InvalidCursor
 from pubsubpull.protocol import jsonbody
-from pubsubpull.publisher.feed import InvalidCursor, Position
+from pubsubpull.publisher.feed import Position
 
 logger = logging.getLogger("pubsubpull.client")
 

@@ -16,22 +16,10 @@ import httpx
 import orjson
 
 from pubsubpull import __version__, conf
+from pubsubpull.exceptions import Gone, SourceError
 from pubsubpull.protocol.retry_after import parse_retry_after
 
 USER_AGENT = f"django-pubsubpull/{__version__} (pull)"
-
-
-class SourceError(Exception):
-    """The publisher could not be read; try again later (``retry_after`` seconds if known)."""
-
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-
-
-class Gone(SourceError):
-    """410: the feed cursor is older than the publisher's log; take a new snapshot."""
 
 
 def split_source(url: str) -> tuple[str, list[str] | None]:

@@ -26,16 +26,9 @@ from django.utils import timezone
 
 from pubsubpull import conf
 from pubsubpull.capture.registry import get_registration
+from pubsubpull.exceptions import AccessDenied, NotAuthenticated
 
 TOKEN_PREFIX = "psp_"
-
-
-class NotAuthenticated(Exception):
-    """No credentials, or wrong ones: answer 401."""
-
-
-class PermissionDenied(Exception):
-    """Known caller, not allowed: answer 403."""
 
 
 def hash_token(token: str) -> str:
@@ -107,7 +100,7 @@ def has_credentials(request) -> bool:
 
 
 def authenticate(request) -> Caller:
-    """The caller of ``request``; raises NotAuthenticated or PermissionDenied (CSRF)."""
+    """The caller of ``request``; raises NotAuthenticated or AccessDenied (CSRF)."""
     from pubsubpull.models import ServiceToken
 
     token_text = _bearer(request)
@@ -128,7 +121,7 @@ def authenticate(request) -> Caller:
             # bearer token does not. Check CSRF like Django's middleware.
             reason = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
             if reason is not None:
-                raise PermissionDenied("CSRF verification failed.")
+                raise AccessDenied("CSRF verification failed.")
         return Caller(user=user)
 
     if conf.anonymous_models():

@@ -10,6 +10,7 @@ from django.http import HttpResponse
 from django.utils import timezone
 
 from pubsubpull import conf
+from pubsubpull.exceptions import AccessDenied
 from pubsubpull.models import WorkerHeartbeat
 from pubsubpull.publisher.api import auth
 from pubsubpull.publisher.api.responses import endpoint, json_response
@@ -75,7 +76,7 @@ def metrics(request, caller):
             "the pubsubpull.view_subscription permission."
         )
     if not _allowed(caller):
-        raise auth.PermissionDenied(
+        raise AccessDenied(
             f"{caller.name} may not read metrics: it needs the '*' scope or the "
             "pubsubpull.view_subscription permission."
         )

@@ -38,6 +38,7 @@ import httpx
 from django.db import IntegrityError, connection
 
 from pubsubpull import __version__, conf
+from pubsubpull.exceptions import Unsubscribed
 from pubsubpull.protocol.retry_after import parse_retry_after
 from pubsubpull.publisher import feed
 from pubsubpull.publisher.delivery import access, batch, guard, signing
@@ -244,10 +245,6 @@ SET state = CASE WHEN failures > 0 THEN 'failing' ELSE 'active' END,
     state_reason = CASE WHEN failures > 0 THEN 'Retrying with backoff.' ELSE '' END
 WHERE id = %(id)s AND lease_owner = %(owner)s AND state = 'forbidden'
 """
-
-
-class Unsubscribed(Exception):
-    """The subscription was deleted while a worker was delivering it."""
 
 
 def _execute(sql: str, params: dict[str, Any]) -> list[tuple]:

@@ -33,6 +33,7 @@ import httpcore
 import httpx
 
 from pubsubpull import conf
+from pubsubpull.exceptions import CallbackRefused
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -219,10 +220,6 @@ def refusal(address: IPAddress) -> str | None:
     """Why ``address`` is refused by default, or None if it is globally reachable."""
     found = refusals(address)
     return "; ".join(why for _, why in found) if found else None
-
-
-class CallbackRefused(ValueError):
-    """The callback URL may not be used; the message says why and what to do."""
 
 
 def resolve(host: str, port: int) -> list[IPAddress]:

@@ -23,23 +23,12 @@ from django.utils import timezone
 
 from pubsubpull import conf
 from pubsubpull.capture.registry import get_registration
+from pubsubpull.exceptions import InvalidSubscription, NotAllowed
 from pubsubpull.publisher import feed
 from pubsubpull.publisher.delivery import batch, guard, signing
 from pubsubpull.publisher.delivery.models import Attempt, Subscription
 
 FIELDS = {"callback", "models", "batch_size", "start", "rotate_secret"}
-
-
-class InvalidSubscription(ValueError):
-    """A subscription request that cannot be accepted; ``errors`` maps field to message."""
-
-    def __init__(self, errors: dict[str, str]):
-        self.errors = errors
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
-
-
-class NotAllowed(PermissionError):
-    """The caller may not read a model it wants to subscribe to."""
 
 
 @dataclass
