@@ -61,7 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "CALLBACK_ALLOW": [],
     # Changes per PUT unless a subscription asks for another batch_size.
     "BATCH_SIZE": 100,
-    # The largest batch_size a subscription may ask for.
+    # The largest batch_size a subscription may ask for (at least BATCH_SIZE:
+    # pubsubpull.E008).
     "MAX_BATCH_SIZE": 1000,
     # A notification body (the JSON PUT to a callback) holds changes up to
     # this many bytes; the rest follow in the next batch. A single change
@@ -93,18 +94,22 @@ DEFAULTS: dict[str, Any] = {
     # backlog is kept and re-enabling it resumes in order.
     "DISABLE_AFTER": 3 * 24 * 3600.0,
     # How long a worker holds a subscription per batch. Keep it above
-    # CONNECT_TIMEOUT + TIMEOUT, so a slow answer is not also sent by a second
-    # worker; a killed worker's batch is redelivered by another this soon.
+    # CONNECT_TIMEOUT + TIMEOUT (pubsubpull.E006 otherwise), so a slow answer
+    # is not also sent by a second worker; a killed worker's batch is
+    # redelivered by another this soon.
     "LEASE": 25.0,
     # Workers also sweep for due subscriptions this often (retries, and any
     # wake-up a lost notification or job missed).
     "SWEEP_INTERVAL": 2.0,
     # Threads of pubsubpull_worker that run delivery and pull jobs.
     "WORKER_THREADS": 4,
-    # The alias in TASKS that delivery and pull jobs go to. It must be a
-    # backend with workers (django-tasks-db, RQ, ...): Django's default when
-    # TASKS is unset, the ImmediateBackend, runs each job inside the call that
-    # enqueues it.
+    # The alias in TASKS that delivery and pull jobs go to (pubsubpull.E010 if
+    # TASKS has no such alias). It must be a backend with workers
+    # (django-tasks-db, RQ, ...): Django's default when TASKS is unset, the
+    # ImmediateBackend, runs each job inside the call that enqueues it, so
+    # pubsubpull.pull() pulls inside the call instead of returning and the
+    # worker delivers in its listening thread (pubsubpull.W002); a
+    # DummyBackend never runs one (pubsubpull.W003).
     "TASK_BACKEND": "default",
     # The queue of that backend that delivery and pull jobs go to
     # (pubsubpull_worker runs this queue's jobs with django-tasks-db).
@@ -127,7 +132,8 @@ DEFAULTS: dict[str, Any] = {
     "PULL_TIMEOUT": 15.0,
     # How long a worker holds a cursor without committing a page; a killed
     # worker's cursor is taken up by another this soon. Longer than
-    # PULL_WAIT + PULL_TIMEOUT plus a page's handler time.
+    # PULL_WAIT + PULL_TIMEOUT plus a page's handler time (pubsubpull.E007
+    # if not longer than PULL_WAIT + PULL_TIMEOUT).
     "PULL_LEASE": 60.0,
     # A pull job runs this long, then enqueues its successor (so jobs of
     # many cursors take turns on the worker threads).

@@ -240,3 +240,12 @@ def test_model_defaults_are_the_settings_defaults():
     """The fields keep a constant default (a migration states it), equal to the setting's."""
     assert Subscription._meta.get_field("batch_size").default == conf.DEFAULTS["BATCH_SIZE"]
     assert PullCursor._meta.get_field("page_size").default == conf.DEFAULTS["PULL_PAGE_SIZE"]
+
+
+def test_every_check_id_is_documented_and_every_documented_one_exists():
+    emitted = set(
+        re.findall(r'id="(pubsubpull\.[EW]\d{3})"', (ROOT / "pubsubpull" / "checks.py").read_text())
+    )
+    docs = "\n".join(p.read_text() for p in [*(ROOT / "docs").glob("*.rst"), ROOT / "README.rst"])
+    documented = set(re.findall(r"``(pubsubpull\.[EW]\d{3})``", docs))
+    assert emitted == documented
