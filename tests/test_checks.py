@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from django.core.checks import Error, Warning, run_checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
-from pubsubpull import conf
+from pubsubpull import checks, conf
 from pubsubpull.client.models import PullCursor
 from pubsubpull.publisher.delivery.models import Subscription
 
@@ -220,8 +221,11 @@ def test_every_setting_has_one_typed_accessor_returning_its_default(settings):
     for name, default in conf.DEFAULTS.items():
         accessor = getattr(conf, name.lower())
         assert accessor() == default, name
-        assert accessor.__annotations__["return"], name
         assert f"``{name}``" in accessor.__doc__, name
+        kind = typing.get_type_hints(accessor)["return"]
+        assert kind in checks._TYPES, f"{name}: the checks know no type {kind}"
+        if kind in (int, float):
+            assert name in checks._RANGES, f"{name}: give it a range in checks._RANGES"
 
 
 def test_modules_read_settings_through_their_accessors():
