@@ -33,11 +33,15 @@ class InvalidJSON(PubsubpullError, ValueError):
     """The body is not JSON a service can accept; the message says why and where."""
 
 
-# -- The publisher: feed and snapshots ---------------------------------------------
-
-
 class InvalidCursor(PubsubpullError, ValueError):
     """A cursor string that this server did not hand out."""
+
+
+class InvalidNotification(PubsubpullError, ValueError):
+    """A body that is not a pubsubpull notification."""
+
+
+# -- The publisher: feed and snapshots ---------------------------------------------
 
 
 class CursorExpired(PubsubpullError):

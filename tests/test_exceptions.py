@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import re
@@ -29,6 +30,18 @@ def test_every_exception_of_pubsubpull_has_the_one_base():
     assert [e.__name__ for e in DEFINED if not issubclass(e, PubsubpullError)] == []
 
 
+def test_the_exceptions_module_imports_nothing_of_pubsubpull():
+    """Every side, the protocol included, imports it without importing another side."""
+    tree = ast.parse(Path(exceptions.__file__).read_text())
+    imported = [
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    ]
+    assert [name for name in imported if (name or "").split(".")[0] != "__future__"] == ["typing"]
+
+
 def test_no_other_module_defines_an_exception():
     defined = []
     for path in sorted((ROOT / "pubsubpull").rglob("*.py")):
@@ -52,6 +65,8 @@ def test_no_other_module_defines_an_exception():
         ("pubsubpull.publisher.feed", "SeveralDatabases"),
         ("pubsubpull.publisher.feed", "CursorExpired"),
         ("pubsubpull.protocol.jsonbody", "InvalidJSON"),
+        ("pubsubpull.protocol.cursor", "InvalidCursor"),
+        ("pubsubpull.protocol.notification", "InvalidNotification"),
         ("pubsubpull.publisher.delivery.subscriptions", "InvalidSubscription"),
         ("pubsubpull.publisher.delivery.guard", "CallbackRefused"),
     ],
