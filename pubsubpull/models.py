@@ -4,7 +4,7 @@ Each side keeps its tables beside its code; this module is where Django, the
 admin and users find them all (``from pubsubpull.models import Change``).
 """
 
-from pubsubpull.capture.models import Change, ChangeLogIsReadOnly, Request
+from pubsubpull.capture.models import Change, Request
 from pubsubpull.client.models import (
     MirrorSeen,
     MirrorTombstone,
@@ -13,6 +13,7 @@ from pubsubpull.client.models import (
     ReceivedBatch,
     RemoteSubscription,
 )
+from pubsubpull.exceptions import ChangeLogIsReadOnly  # documented here
 from pubsubpull.jobs.models import WorkerHeartbeat
 from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription
 from pubsubpull.publisher.models import Horizon, ServiceToken

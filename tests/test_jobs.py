@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from pubsubpull import jobs
+from pubsubpull import conf, jobs
 from pubsubpull.client import pulling
 from pubsubpull.client.models import PullCursor
 from pubsubpull.publisher.delivery import deliver
@@ -136,9 +136,9 @@ def _probe_kind(work):
         table="pubsubpull_pullcursor",
         runnable="state = 'active'",
         due="next_run_at",
-        lease="PULL_LEASE",
-        retry_base="PULL_RETRY_BASE",
-        retry_max="PULL_RETRY_MAX",
+        lease=conf.pull_lease,
+        retry_base=conf.pull_retry_base,
+        retry_max=conf.pull_retry_max,
     )
     return jobs.Kind("probe", spec, work, budget=lambda: 5.0)
 

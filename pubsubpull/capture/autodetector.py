@@ -59,7 +59,7 @@ def migrations_app_for(registration: Registration) -> str:
     app_config = registration.model._meta.app_config
     if _is_project_app(app_config):
         return app_config.label
-    configured = conf.get("MIGRATIONS_APP")
+    configured = conf.migrations_app()
     if configured:
         return apps.get_app_config(configured).label
     raise ImproperlyConfigured(

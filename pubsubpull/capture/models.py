@@ -12,10 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 
-
-class ChangeLogIsReadOnly(Exception):
-    """Raised when code tries to write the change log through the ORM."""
-
+from pubsubpull.exceptions import ChangeLogIsReadOnly
 
 _READ_ONLY = (
     "{} rows are written by pubsubpull's database trigger when a published table "

@@ -234,7 +234,10 @@ class Mirror:
         changes_url = Publisher(self.service_url, self.auth).changes_url()
         applied = 0
         while True:
-            params: dict[str, Any] = {"models": self.label, "limit": self.page_size or 1000}
+            params: dict[str, Any] = {
+                "models": self.label,
+                "limit": self.page_size or conf.pull_page_size(),
+            }
             if subscription.position:
                 params["after"] = subscription.position
             body = get_json(changes_url, token=self.auth, params=params)
@@ -446,7 +449,7 @@ class Mirror:
 
     def prune_tombstones(self) -> int:
         """Forget tombstones older than MIRROR_TOMBSTONE_RETENTION (see the module doc)."""
-        cutoff = timezone.now() - timedelta(seconds=conf.get("MIRROR_TOMBSTONE_RETENTION"))
+        cutoff = timezone.now() - timedelta(seconds=conf.mirror_tombstone_retention())
         deleted, _ = MirrorTombstone.objects.filter(mirror=self.name, at__lt=cutoff).delete()
         return deleted
 

@@ -33,27 +33,13 @@ from django.utils import timezone
 from pubsubpull import conf, jobs
 from pubsubpull.client.models import PullCursor
 from pubsubpull.client.source import Gone, Publisher, SourceError, get_json, split_source
+from pubsubpull.exceptions import LostLease, PageCannotApply
 from pubsubpull.jobs.outcome import Outcome
 from pubsubpull.protocol.events import Event
 
 logger = logging.getLogger("pubsubpull.client")
 
 Handler = Callable[[Event], Any] | Any
-
-
-class LostLease(Exception):
-    """Another worker took the cursor (ours expired): leave the page to it."""
-
-
-class PageCannotApply(Exception):
-    """The handler's database refused the page (IntegrityError, DataError): trying
-    the same page again cannot help, so the cursor is ``blocked`` until the
-    operator resumes it (the cause fixed) or parks the failing events."""
-
-    def __init__(self, error: Exception, position: str):
-        super().__init__(f"{type(error).__name__}: {error}".strip())
-        self.error = error
-        self.position = position
 
 
 # The errors that say a page can never apply as it is (a constraint, a value
@@ -216,10 +202,10 @@ def pull(
             position = _feed_head(Publisher(service_url, auth or ""), labels)
         elif start != "beginning":
             phase, position = PullCursor.Phase.FEED, start
-        defaults = {"page_size": conf.get("PULL_PAGE_SIZE"), **settings}
+        defaults = {"page_size": conf.pull_page_size(), **settings}
         if lease_owner:
             defaults["lease_owner"] = lease_owner
-            defaults["lease_expires"] = timezone.now() + timedelta(seconds=conf.get("PULL_LEASE"))
+            defaults["lease_expires"] = timezone.now() + timedelta(seconds=conf.pull_lease())
         cursor, created = PullCursor.objects.get_or_create(
             name=name, defaults={**defaults, "phase": phase, "feed_position": position}
         )
@@ -258,9 +244,9 @@ CURSORS = jobs.LeaseSpec(
     table="pubsubpull_pullcursor",
     runnable="state IN ('active', 'failing') AND phase <> 'done'",
     due="next_run_at",
-    lease="PULL_LEASE",
-    retry_base="PULL_RETRY_BASE",
-    retry_max="PULL_RETRY_MAX",
+    lease=conf.pull_lease,
+    retry_base=conf.pull_retry_base,
+    retry_max=conf.pull_retry_max,
     sweep="true",  # every due, free cursor: retries, lost jobs, every=N
 )
 
@@ -375,7 +361,7 @@ class Runner:
                 last_success_at=now,
                 failures=0,
                 state=PullCursor.State.ACTIVE,
-                lease_expires=now + timedelta(seconds=conf.get("PULL_LEASE")),
+                lease_expires=now + timedelta(seconds=conf.pull_lease()),
             )
         for key, value in fields.items():
             setattr(cursor, key, value)
@@ -463,7 +449,7 @@ class Runner:
             params["wait"] = f"{wait:.1f}"
         try:
             body = self.get(
-                self.publisher.changes_url(), params, timeout=conf.get("PULL_TIMEOUT") + wait
+                self.publisher.changes_url(), params, timeout=conf.pull_timeout() + wait
             )
         except Gone as e:
             self.restart_snapshot(f"the publisher's change log no longer reaches our cursor ({e})")
@@ -509,7 +495,7 @@ class Runner:
             if stop_when_caught_up or cursor.every > 0:
                 return Outcome.CAUGHT_UP
             # Follow: long-poll for the next change while the budget lasts.
-            wait = conf.get("PULL_WAIT")
+            wait = conf.pull_wait()
 
 
 def release(cursor_id: int, owner: str) -> None:
@@ -648,6 +634,6 @@ PULL = jobs.register(
         name="pull",
         spec=CURSORS,
         work=_work,
-        budget=lambda: conf.get("PULL_BUDGET"),
+        budget=conf.pull_budget,
     )
 )

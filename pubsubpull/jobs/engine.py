@@ -180,6 +180,4 @@ def run_job(kind: str, id_: int) -> str:
 
 def enqueue(kind: str, id_: int) -> None:
     """Queue ``run_job`` on ``PUBSUBPULL["TASK_BACKEND"]`` and ``["TASK_QUEUE"]``."""
-    run_job.using(backend=conf.get("TASK_BACKEND"), queue_name=conf.get("TASK_QUEUE")).enqueue(
-        kind, id_
-    )
+    run_job.using(backend=conf.task_backend(), queue_name=conf.task_queue()).enqueue(kind, id_)

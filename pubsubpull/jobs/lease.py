@@ -29,13 +29,12 @@ past ``lease``: a failing row of a busy publisher would be retried every
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection
 
-from pubsubpull import conf
 from pubsubpull.jobs.backoff import backoff
 
 # Fragments for a kind's own statements that hold or let go of a row.
@@ -114,28 +113,26 @@ class LeaseSpec:
     ``runnable`` and ``due`` are SQL on the row: the states in which it has
     work, and the column saying when it may run next. ``sweep`` is SQL
     saying which free, due rows have work for a sweep to wake. ``columns``
-    is what a claim returns (of the row, as ``t``). ``lease`` names the
-    setting of the lease's length in seconds; ``retry_base`` and
-    ``retry_max`` those of the backoff.
+    is what a claim returns (of the row, as ``t``). ``lease`` is the
+    setting's accessor of the lease's length in seconds (``conf.lease``);
+    ``retry_base`` and ``retry_max`` those of the backoff.
     """
 
     table: str
     runnable: str
     due: str
-    lease: str
-    retry_base: str
-    retry_max: str
+    lease: Callable[[], float]
+    retry_base: Callable[[], float]
+    retry_max: Callable[[], float]
     sweep: str = "true"
     columns: str = "t.id"
 
     def lease_seconds(self) -> float:
-        return conf.get(self.lease)
+        return self.lease()
 
     def backoff(self, failures: int, retry_after: float | None = None) -> float:
         """Seconds to wait after the ``failures``-th failure in a row (see jobs.backoff)."""
-        return backoff(
-            failures, retry_after, base=conf.get(self.retry_base), cap=conf.get(self.retry_max)
-        )
+        return backoff(failures, retry_after, base=self.retry_base(), cap=self.retry_max())
 
     def _sql(self, template: str, **extra: str) -> str:
         return template.format(

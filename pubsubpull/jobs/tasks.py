@@ -21,4 +21,4 @@ __all__ = ["backend", "task", "task_backends"]
 
 def backend():
     """The TASKS backend jobs go to (PUBSUBPULL["TASK_BACKEND"])."""
-    return task_backends[conf.get("TASK_BACKEND")]
+    return task_backends[conf.task_backend()]

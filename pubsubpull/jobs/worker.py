@@ -63,10 +63,8 @@ class Worker:
         poll: float = 1.0,
         log: Callable[[str], None] = logger.info,
     ):
-        self.threads = conf.get("WORKER_THREADS") if threads is None else threads
-        self.sweep_interval = (
-            conf.get("SWEEP_INTERVAL") if sweep_interval is None else sweep_interval
-        )
+        self.threads = conf.worker_threads() if threads is None else threads
+        self.sweep_interval = conf.sweep_interval() if sweep_interval is None else sweep_interval
         self.run_jobs = _uses_database_backend() if run_jobs is None else run_jobs
         self.poll = poll
         self.log = log
@@ -166,7 +164,7 @@ class Worker:
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
         for thread in self._threads:
-            thread.join(timeout=conf.get("TIMEOUT") + 5)
+            thread.join(timeout=conf.timeout() + 5)
         try:
             WorkerHeartbeat.objects.filter(name=self.name).delete()
         except Exception:  # the database may be what stopped us
@@ -190,7 +188,7 @@ class Worker:
 
         name = tasks.backend().alias
         runner = DBWorker(
-            queue_names=[conf.get("TASK_QUEUE")],
+            queue_names=[conf.task_queue()],
             interval=self.poll,
             batch=False,
             backend_name=name,
@@ -201,7 +199,7 @@ class Worker:
         )
         jobs = DBTaskResult.objects.ready().filter(
             backend_name=name,
-            queue_name=conf.get("TASK_QUEUE"),
+            queue_name=conf.task_queue(),
             task_path=engine.run_job.module_path,
         )
         while not self.stop.is_set():

@@ -42,6 +42,7 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
 from pubsubpull.capture.registry import Registration, get_registration, registrations
+from pubsubpull.exceptions import CursorExpired, SeveralDatabases
 from pubsubpull.protocol import items
 
 # The cursor codec is the protocol's; the publisher's code reads it from here too.
@@ -50,22 +51,6 @@ from pubsubpull.protocol.cursor import InvalidCursor as InvalidCursor
 
 # The capture trigger's NOTIFY channel (sql/capture_v*.sql), with the model label.
 CHANNEL = "pubsubpull"
-
-
-class CursorExpired(Exception):
-    """The change log has been pruned past the cursor: changes after it may be gone.
-
-    The reader must take a new snapshot (its ``feed_position`` is a valid cursor).
-    """
-
-    def __init__(self, cursor: Position, horizon: Position):
-        self.cursor = cursor
-        self.horizon = horizon
-        super().__init__(
-            "The change log has been pruned past this cursor, so changes after it may "
-            "be missing. Take a new snapshot of the instances and follow the feed from "
-            "its feed_position."
-        )
 
 
 @dataclass
@@ -280,24 +265,6 @@ def log_database(registration: Registration) -> str:
     holds the table, the one Django's routers read the model from.
     """
     return router.db_for_read(registration.model) or DEFAULT_DB_ALIAS
-
-
-class SeveralDatabases(ValueError):
-    """A feed asked for models whose changes are recorded in different databases.
-
-    Each database has its own change log, ordered by its own positions, so a
-    page (and its cursor) covers the models of one database.
-    """
-
-    def __init__(self, groups: list[list[str]]):
-        self.groups = groups
-        feeds = " and ".join("models=" + ",".join(labels) for labels in groups)
-        super().__init__(
-            "These models are recorded in the change logs of different databases, and "
-            "a feed (and its cursor) follows one database's log: "
-            + "; ".join(", ".join(labels) for labels in groups)
-            + f". Follow them as separate feeds: {feeds}."
-        )
 
 
 def feed_models(models: Iterable[str] | None = None) -> list[Registration]:

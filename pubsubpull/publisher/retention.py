@@ -70,7 +70,7 @@ def prune(
     called after each batch.
     """
     if older_than is None:
-        older_than = timedelta(seconds=conf.get("RETENTION"))
+        older_than = timedelta(seconds=conf.retention())
     cutoff: datetime = timezone.now() - older_than
     # Every subscription's backlog is kept (None: there is none).
     keep = oldest_needed_position()

@@ -26,16 +26,9 @@ from django.utils import timezone
 
 from pubsubpull import conf
 from pubsubpull.capture.registry import get_registration
+from pubsubpull.exceptions import AccessDenied, NotAuthenticated
 
 TOKEN_PREFIX = "psp_"
-
-
-class NotAuthenticated(Exception):
-    """No credentials, or wrong ones: answer 401."""
-
-
-class PermissionDenied(Exception):
-    """Known caller, not allowed: answer 403."""
 
 
 def hash_token(token: str) -> str:
@@ -83,7 +76,7 @@ class Caller:
                 return False
             opts = registration.model._meta
             return self.user.has_perm(f"{opts.app_label}.view_{opts.model_name}")
-        return label in conf.get("ANONYMOUS_MODELS")
+        return label in conf.anonymous_models()
 
 
 def _bearer(request) -> str | None:
@@ -107,7 +100,7 @@ def has_credentials(request) -> bool:
 
 
 def authenticate(request) -> Caller:
-    """The caller of ``request``; raises NotAuthenticated or PermissionDenied (CSRF)."""
+    """The caller of ``request``; raises NotAuthenticated or AccessDenied (CSRF)."""
     from pubsubpull.publisher.models import ServiceToken
 
     token_text = _bearer(request)
@@ -128,10 +121,10 @@ def authenticate(request) -> Caller:
             # bearer token does not. Check CSRF like Django's middleware.
             reason = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
             if reason is not None:
-                raise PermissionDenied("CSRF verification failed.")
+                raise AccessDenied("CSRF verification failed.")
         return Caller(user=user)
 
-    if conf.get("ANONYMOUS_MODELS"):
+    if conf.anonymous_models():
         return Caller()
     raise NotAuthenticated(
         "Authentication required: send Authorization: Bearer <token> (manage.py "

@@ -89,7 +89,7 @@ def _limit() -> dict[str, Any]:
         "name": "limit",
         "in": "query",
         "description": "Items per page.",
-        "schema": {"type": "integer", "minimum": 1, "maximum": conf.get("MAX_PAGE_SIZE")},
+        "schema": {"type": "integer", "minimum": 1, "maximum": conf.max_page_size()},
     }
 
 
@@ -629,7 +629,7 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
                         "schema": {
                             "type": "number",
                             "minimum": 0,
-                            "maximum": conf.get("MAX_WAIT"),
+                            "maximum": conf.max_wait(),
                         },
                     },
                 ],

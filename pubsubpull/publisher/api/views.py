@@ -52,9 +52,9 @@ def _instance_url(request, label: str, pk_text: str) -> str:
 
 def _limit(request) -> int:
     text = request.GET.get("limit")
-    maximum = conf.get("MAX_PAGE_SIZE")
+    maximum = conf.max_page_size()
     if text is None or text == "":
-        return min(conf.get("PAGE_SIZE"), maximum)
+        return min(conf.page_size(), maximum)
     if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= maximum:
         raise ApiError(
             400, "invalid_limit", f"limit must be a whole number from 1 to {maximum}, not {text!r}."
@@ -216,7 +216,7 @@ def _wait(request) -> float:
     text = request.GET.get("wait")
     if text is None or text == "":
         return 0.0
-    maximum = conf.get("MAX_WAIT")
+    maximum = conf.max_wait()
     try:
         value = float(text)
     except ValueError:

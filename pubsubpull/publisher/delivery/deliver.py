@@ -42,6 +42,7 @@ import httpx
 from django.db import IntegrityError, connection
 
 from pubsubpull import conf, jobs
+from pubsubpull.exceptions import Unsubscribed
 from pubsubpull.jobs.lease import HELD, LET_GO, RENEWED, SPENT, execute
 from pubsubpull.jobs.outcome import Outcome
 from pubsubpull.protocol import notification
@@ -94,9 +95,9 @@ SUBSCRIPTIONS = jobs.LeaseSpec(
     table="pubsubpull_subscription",
     runnable="state IN (" + ", ".join(f"'{state}'" for state in DELIVERABLE) + ")",
     due="next_attempt_at",
-    lease="LEASE",
-    retry_base="RETRY_BASE",
-    retry_max="RETRY_MAX",
+    lease=conf.lease,
+    retry_base=conf.retry_base,
+    retry_max=conf.retry_max,
     sweep=_SWEEP,
     columns="""t.id, t.name, t.owner, t.state, t.callback, t.model_labels, t.batch_size,
           t.position_txid, t.position_id, t.pending_batch, t.pending_txid, t.pending_id,
@@ -249,10 +250,6 @@ WHERE {HELD} AND state = 'forbidden'
 """
 
 
-class Unsubscribed(Exception):
-    """The subscription was deleted while a worker was delivering it."""
-
-
 def _execute(sql: str, params: dict[str, Any]) -> list[tuple]:
     try:
         return execute(sql, params)
@@ -317,9 +314,9 @@ def http_client() -> httpx.Client:
 
 def send(url: str, body: bytes, headers: dict[str, str]) -> Response:
     """PUT ``body`` to ``url`` once; never raises for what the receiver or network does."""
-    excerpt_size = conf.get("RESPONSE_EXCERPT")
-    total = conf.get("TIMEOUT")
-    timeout = httpx.Timeout(total, connect=conf.get("CONNECT_TIMEOUT"))
+    excerpt_size = conf.response_excerpt()
+    total = conf.timeout()
+    timeout = httpx.Timeout(total, connect=conf.connect_timeout())
     started = time.monotonic()
     status, error, excerpt, retry_after = None, "", b"", None
     try:
@@ -436,7 +433,7 @@ def _check_access(sub: Claimed, owner: str) -> bool:
             owner,
             assignments=_FORBIDDEN,
             params={"reason": reason},
-            next_in=conf.get("ACCESS_RECHECK"),
+            next_in=conf.access_recheck(),
         )
         if sub.state != "forbidden":
             logger.warning(
@@ -501,7 +498,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
                 sub.skipped_from = sub.skipped_from or sub.position
                 sub.position = page.next  # recorded when the lease is let go
             return Outcome.HELD_BACK if page.held_back else Outcome.CAUGHT_UP
-        page = within(page, conf.get("BATCH_MAX_BYTES"), _envelope_size(sub, page))
+        page = within(page, conf.batch_max_bytes(), _envelope_size(sub, page))
         changes, following = page.changes, page.next
         webhook_id = f"msg_{uuid.uuid4().hex}"
         started = _execute(
@@ -513,7 +510,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
                 "txid": following.txid,
                 "pid": following.id,
                 "count": len(changes),
-                "lease": conf.get("LEASE"),
+                "lease": conf.lease(),
             },
         )
         if not started:
@@ -539,9 +536,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
         "response": response.body,
     }
     if ok:
-        params.update(
-            txid=following.txid, pid=following.id, lease=conf.get("LEASE"), models=sub.models
-        )
+        params.update(txid=following.txid, pid=following.id, lease=conf.lease(), models=sub.models)
         updated, sub.woken, more = _execute(_SUCCESS_SQL, params)[0]
         if not updated:
             return Outcome.LOST
@@ -558,7 +553,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
     if refusal and len(changes) > 1:
         return _split(sub, owner, params, changes, response)
     delay = backoff(sub.failures + 1, response.retry_after)
-    disable_after = conf.get("DISABLE_AFTER")
+    disable_after = conf.disable_after()
     params.update(
         gone=response.status == 410,
         refused=refusal,
@@ -620,7 +615,7 @@ def _split(
         new_txid=end.txid,
         new_pid=end.id,
         new_count=keep,
-        lease=conf.get("LEASE"),
+        lease=conf.lease(),
         split_reason=(
             f"The receiver refused a batch of {len(changes)} changes ({response.error}); "
             f"sending the first {keep} alone to find the change it refuses."

@@ -23,23 +23,12 @@ from django.utils import timezone
 
 from pubsubpull import conf
 from pubsubpull.capture.registry import get_registration
+from pubsubpull.exceptions import InvalidSubscription, NotAllowed
 from pubsubpull.publisher import feed
 from pubsubpull.publisher.delivery import guard, signing
 from pubsubpull.publisher.delivery.models import Attempt, Subscription
 
 FIELDS = {"callback", "models", "batch_size", "start", "rotate_secret"}
-
-
-class InvalidSubscription(ValueError):
-    """A subscription request that cannot be accepted; ``errors`` maps field to message."""
-
-    def __init__(self, errors: dict[str, str]):
-        self.errors = errors
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
-
-
-class NotAllowed(PermissionError):
-    """The caller may not read a model it wants to subscribe to."""
 
 
 @dataclass
@@ -124,7 +113,7 @@ def validate(data: Any, *, creating: bool) -> dict[str, Any]:
 
     size = data.get("batch_size")
     if size is not None:
-        largest = conf.get("MAX_BATCH_SIZE")
+        largest = conf.max_batch_size()
         if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= largest:
             errors["batch_size"] = f"must be an integer from 1 to {largest}"
         else:
@@ -172,7 +161,7 @@ def subscribe(
                 name=name,
                 callback=cleaned["callback"],
                 model_labels=cleaned["models"],
-                batch_size=cleaned.get("batch_size", conf.get("BATCH_SIZE")),
+                batch_size=cleaned.get("batch_size", conf.batch_size()),
                 position_txid=start.txid,
                 position_id=start.id,
                 secret=secret,
@@ -199,7 +188,7 @@ def subscribe(
                 secret = signing.new_secret()
                 subscription.previous_secret = subscription.secret
                 subscription.previous_secret_expires = timezone.now() + timedelta(
-                    seconds=conf.get("SECRET_GRACE")
+                    seconds=conf.secret_grace()
                 )
                 subscription.secret = secret
             if subscription.state in _RETRIED_ON_PUT:
