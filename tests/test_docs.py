@@ -491,10 +491,12 @@ def test_every_enum_value_of_the_openapi_document_is_documented():
     assert not missing, f"values the OpenAPI document allows that the docs never name: {missing}"
 
 
-RST_PAGES = sorted(
-    [ROOT / "README.rst", ROOT / "CHANGELOG.rst", ROOT / "benchmarks" / "README.rst"]
-    + list((ROOT / "docs").glob("*.rst"))
-)
+RST_PAGES = [
+    ROOT / "README.rst",
+    ROOT / "CHANGELOG.rst",
+    ROOT / "benchmarks" / "README.rst",
+    *sorted((ROOT / "docs").glob("*.rst")),
+]
 
 
 @pytest.mark.parametrize("page", RST_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
