@@ -377,8 +377,6 @@ def test_a_waiter_in_a_thread_is_woken_too():
     timer = threading.Timer(0.3, _insert, ["late"])
     timer.start()
     page = longpoll.wait_for_changes(head, models=[CUSTOMER], timeout=30)
-    # (still importable from feed, where it was)
-    assert feed.wait_for_changes is longpoll.wait_for_changes
     timer.join()
     assert [c.new["name"] for c in page.changes] == ["late"]
 

@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html
 
-from pubsubpull.client import parking
+from pubsubpull.client import parking, pulling
 from pubsubpull.client.models import ParkedEvent, PullCursor, RemoteSubscription
 
 
@@ -78,12 +78,12 @@ class PullCursorAdmin(admin.ModelAdmin):
 
     @admin.action(description="Resume (run again now: the cause is fixed)")
     def resume(self, request, queryset):
-        ids = parking.resume(queryset)
+        ids = pulling.resume(queryset)
         self.message_user(request, f"Resumed {len(ids)} cursor(s).")
 
     @admin.action(description="Park the events that fail on the next page, and go on")
     def park(self, request, queryset):
-        ids = parking.park(queryset)
+        ids = pulling.park(queryset)
         self.message_user(
             request,
             f"{len(ids)} cursor(s) will set aside what fails on their next page "
@@ -92,7 +92,7 @@ class PullCursorAdmin(admin.ModelAdmin):
 
     @admin.action(description="Pause")
     def pause(self, request, queryset):
-        self.message_user(request, f"Paused {parking.pause(queryset)} cursor(s).")
+        self.message_user(request, f"Paused {pulling.pause(queryset)} cursor(s).")
 
 
 @admin.register(ParkedEvent)

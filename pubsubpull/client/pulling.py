@@ -16,9 +16,7 @@ processes, so a handler is stored by its dotted path.
 
 from __future__ import annotations
 
-import importlib
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,94 +24,26 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import DataError, IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from pubsubpull import conf, jobs
+from pubsubpull.client.handlers import (
+    CANNOT_APPLY,
+    Handler,
+    call_handler,
+    handler_path,
+    resolve_handler,
+)
 from pubsubpull.client.models import PullCursor
+from pubsubpull.client.parking import apply_parking, behind_parked
 from pubsubpull.client.source import Gone, Publisher, SourceError, get_json, split_source
 from pubsubpull.exceptions import LostLease, PageCannotApply
 from pubsubpull.jobs.outcome import Outcome
 from pubsubpull.protocol.events import Event
 
 logger = logging.getLogger("pubsubpull.client")
-
-Handler = Callable[[Event], Any] | Any
-
-
-# The errors that say a page can never apply as it is (a constraint, a value
-# the column cannot hold), unlike a lost connection or a deadlock.
-CANNOT_APPLY = (IntegrityError, DataError)
-
-
-# -- handlers ------------------------------------------------------------------
-
-
-def handler_path(handler: Handler | str) -> str:
-    """The dotted path a worker imports ``handler`` by.
-
-    A function or class is found by its module and name; any other object
-    (a mirror, say) by the module-level name it was assigned to.
-    """
-    if isinstance(handler, str):
-        resolve_handler(handler)  # fail now, not in a worker later
-        return handler
-    qualname = getattr(handler, "__qualname__", None)
-    module = getattr(handler, "__module__", None)
-    if qualname and module and "<" not in qualname:
-        return f"{module}.{qualname}"
-    module = getattr(handler, "defined_in", None) or module
-    namespace = vars(sys.modules[module]) if module in sys.modules else {}
-    for name, value in namespace.items():
-        if value is handler:
-            return f"{module}.{name}"
-    raise ValueError(
-        f"{handler!r} cannot be found by a dotted path, so a worker could not import it. "
-        "Define it at module level (a function, or a mirror assigned to a module "
-        "variable) or pass its dotted path as a string."
-    )
-
-
-def resolve_handler(path: str) -> Handler:
-    """Import ``package.module.name`` (also ``package.module.Class.method``)."""
-    parts = path.split(".")
-    for split in range(len(parts) - 1, 0, -1):
-        try:
-            target: Any = importlib.import_module(".".join(parts[:split]))
-        except ImportError:
-            continue
-        try:
-            for attribute in parts[split:]:
-                target = getattr(target, attribute)
-        except AttributeError:
-            break
-        return target
-    raise ImportError(
-        f"No handler at {path!r}: give a dotted path like 'billing.handlers.on_user'."
-    )
-
-
-def call_handler(
-    handler: Handler, events: list[Event], snapshot: tuple[bool, bool] | None = None
-) -> None:
-    """Give ``events`` (in order) to the handler: all at once if it takes pages.
-
-    ``snapshot`` is (first page, last page) for the pages of a snapshot: a
-    handler with ``handle_snapshot(events, first=, last=)`` (a mirror) gets
-    them there, to remove at the end what the snapshot did not contain.
-    """
-    handle_snapshot = getattr(handler, "handle_snapshot", None)
-    if snapshot is not None and handle_snapshot is not None:
-        handle_snapshot(events, first=snapshot[0], last=snapshot[1])
-        return
-    handle_events = getattr(handler, "handle_events", None)
-    if handle_events is not None:
-        handle_events(events)
-        return
-    for event in events:
-        handler(event)
-
 
 # -- starting a pull -------------------------------------------------------------
 
@@ -343,13 +273,9 @@ class Runner:
             ):
                 raise LostLease(cursor.name)
             if held[3]:
-                from pubsubpull.client.parking import apply_parking
-
                 apply_parking(self.cursor, self.handler, events, snapshot, position)
                 fields["park_failures"] = False
             elif events or (snapshot is not None and snapshot[1]):
-                from pubsubpull.client.parking import behind_parked
-
                 try:
                     call_handler(self.handler, behind_parked(cursor, events, position), snapshot)
                 except CANNOT_APPLY as e:
@@ -637,3 +563,32 @@ PULL = jobs.register(
         budget=conf.pull_budget,
     )
 )
+
+
+# -- the operator's actions on cursors (the admin, manage.py pubsubpull_cursors) --
+
+
+def _now_due(cursors: Iterable[PullCursor], **fields: Any) -> list[int]:
+    ids = [c.id for c in cursors]
+    PullCursor.objects.filter(id__in=ids).update(
+        state=PullCursor.State.ACTIVE, next_run_at=timezone.now(), **fields
+    )
+    PULL.wake(ids, force=True)
+    return ids
+
+
+def resume(cursors: Iterable[PullCursor]) -> list[int]:
+    """Run these (blocked, failing or paused) cursors again now: the cause is fixed."""
+    return _now_due(cursors, failures=0)
+
+
+def park(cursors: Iterable[PullCursor]) -> list[int]:
+    """Run these cursors now, parking the events of their next page that fail."""
+    return _now_due(cursors, park_failures=True)
+
+
+def pause(cursors: Iterable[PullCursor]) -> int:
+    """Stop running these cursors until resumed."""
+    return PullCursor.objects.filter(id__in=[c.id for c in cursors]).update(
+        state=PullCursor.State.PAUSED
+    )

@@ -39,8 +39,8 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from pubsubpull import conf
+from pubsubpull.client.handlers import CANNOT_APPLY, Handler, call_handler, resolve_handler
 from pubsubpull.client.models import ReceivedBatch, RemoteSubscription
-from pubsubpull.client.pulling import CANNOT_APPLY, Handler, call_handler, resolve_handler
 from pubsubpull.client.source import Publisher, SourceError, request, split_source
 from pubsubpull.protocol import cursor as cursors
 from pubsubpull.protocol import jsonbody, notification

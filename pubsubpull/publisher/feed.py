@@ -25,9 +25,9 @@ through this module::
 
 ``read_changes`` raises ``CursorExpired`` when the log has been pruned past the
 cursor (re-snapshot). Long polls (``wait_for_changes``, woken by the
-trigger's NOTIFY) are in :mod:`pubsubpull.publisher.longpoll`, and importable
-from here too. Cursors and the change item are the wire protocol's
-(``pubsubpull.protocol.cursor`` and ``.items``): this module reads the log,
+trigger's NOTIFY) are in :mod:`pubsubpull.publisher.longpoll`. Cursors and
+the change item are the wire protocol's (``pubsubpull.protocol.cursor`` and
+``.items``): this module reads the log,
 the protocol says how what it read looks on the wire.
 """
 
@@ -550,16 +550,3 @@ def notify(labels: Iterable[str], using: str | None = None) -> None:
 # sql/capture_v1.sql; long polls arm instead, pubsubpull.publisher.listener).
 STAY_AWAKE_SQL = "SELECT setval('pubsubpull_wakeup_always_at', extract(epoch FROM now())::bigint)"
 STAY_AWAKE_EVERY = 5.0
-
-
-# Long polls (wait_for_changes, await_changes, stop_listening) live in
-# pubsubpull.publisher.longpoll; the names stay importable from here.
-_LONG_POLLS = ("wait_for_changes", "await_changes", "stop_listening")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LONG_POLLS:
-        from pubsubpull.publisher import longpoll
-
-        return getattr(longpoll, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
