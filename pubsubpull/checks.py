@@ -115,8 +115,10 @@ _TYPES: dict[object, tuple[typing.Callable[[object], bool], str]] = {
 def _problem(name: str) -> checks.Error | None:
     """What is wrong with the value of setting ``name`` on its own (E004, E005), or None."""
     accessor = getattr(conf, name.lower(), None)
-    kind = typing.get_type_hints(accessor).get("return") if accessor else None
-    if kind not in _TYPES:  # a setting without its typed function: a test says so
+    if not accessor:  # a setting without its typed function: a test says so
+        return None
+    kind = typing.get_type_hints(accessor).get("return")
+    if kind not in _TYPES:
         return None
     value, default = accessor(), conf.DEFAULTS[name]
     accepts, described = _TYPES[kind]

@@ -7,7 +7,7 @@ never by the ORM: the model classes are for reading. Import them from
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, cast
 
 from django.conf import settings
 from django.db import models
@@ -87,7 +87,10 @@ def _label(model_or_label: type[models.Model] | models.Model | str) -> str:
     if isinstance(model_or_label, str):
         return model_or_label.lower()
     # Changes are recorded under the table's model: a proxy's are its concrete model's.
-    return model_or_label._meta.concrete_model._meta.label_lower
+    # ModelBase sets concrete_model on every model class, abstract ones included; it
+    # is None only on an Options not yet attached to a class.
+    concrete = cast(type[models.Model], model_or_label._meta.concrete_model)
+    return concrete._meta.label_lower
 
 
 class ChangeQuerySet(ReadOnlyQuerySet):
@@ -153,7 +156,8 @@ class Change(ReadOnlyModel):
     old = models.JSONField(null=True, help_text="The published columns before the change.")
     new = models.JSONField(null=True, help_text="The published columns after the change.")
 
-    objects = ChangeQuerySet.as_manager()
+    # A ClassVar as ReadOnlyModel's manager is (the stubs' plugin makes that one so).
+    objects: ClassVar = ChangeQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]

@@ -12,7 +12,8 @@ from __future__ import annotations
 try:  # Django 6.0+
     from django.tasks import task, task_backends
 except ImportError:  # Django 5.2: the backport
-    from django_tasks import task, task_backends  # type: ignore[no-redef]
+    # The backport's classes are its own, of the same shape as Django 6's.
+    from django_tasks import task, task_backends  # type: ignore[no-redef,assignment]
 
 from pubsubpull import conf
 

@@ -375,7 +375,7 @@ def read_changes(
     alias, served = feed_source(models, using)
     chosen = {r.label: r for r in served}
     columns = {label: frozenset(r.published_columns) for label, r in chosen.items()}
-    params = {
+    params: dict[str, Any] = {
         "txid": start.txid,
         "id": start.id,
         "models": sorted(chosen),
@@ -515,7 +515,7 @@ def delete_oldest(
     from django.db import transaction
 
     keep = keep or END
-    params = {
+    params: dict[str, Any] = {
         "keep_txid": keep.txid,
         "keep_id": keep.id,
         "fence": current_fence(using),

@@ -34,7 +34,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from django.db import connections
@@ -186,18 +186,20 @@ class Waiter:
 
 def _settle(waiters: list[Waiter], outcome: Any) -> None:
     """On a waiter's loop: run the batches, then settle the futures."""
+    # Only waiters on a loop are settled on one, and those have a future.
+    futures = [(waiter, cast(asyncio.Future, waiter.future)) for waiter in waiters]
     batches: dict[Callable, list[Waiter]] = {}
-    for waiter in waiters:
-        if waiter.batch is not None and not waiter.future.done():
+    for waiter, future in futures:
+        if waiter.batch is not None and not future.done():
             batches.setdefault(waiter.batch, []).append(waiter)
     for batch, members in batches.items():
         try:
             batch(members, outcome)
         except Exception:  # pragma: no cover - batches answer their own errors
             logger.exception("pubsubpull: answering woken long polls failed")
-    for waiter in waiters:
-        if not waiter.future.done():
-            waiter.future.set_result(outcome)
+    for _, future in futures:
+        if not future.done():
+            future.set_result(outcome)
 
 
 class _Group:
@@ -348,7 +350,8 @@ class _Hub:
         with self.condition:
             if waiter.done:
                 return waiter.outcome
-            group = waiter.group
+            # Its callers joined it first, and join() gave it its group.
+            group = cast(_Group, waiter.group)
             group.waiters.discard(waiter)
             if not group.waiters and self.groups.get(group.key) is group:
                 del self.groups[group.key]
@@ -390,7 +393,7 @@ class _Hub:
             waiter.outcome = outcome
             if waiter.event is not None:
                 waiter.event.set()
-            else:
+            elif waiter.loop is not None:  # a waiter has either an event or a loop
                 by_loop.setdefault(waiter.loop, []).append(waiter)
         for loop, members in by_loop.items():
             # A loop that has closed took its waiters with it.

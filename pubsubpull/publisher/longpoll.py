@@ -49,12 +49,17 @@ import contextvars
 import gc
 import logging
 import secrets
-from collections.abc import Callable, Iterable
-from typing import Any
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, cast
 
 from asgiref.sync import sync_to_async
 
 from pubsubpull.publisher import feed, listener
+
+# The ``type: ignore[call-overload]`` on ``sync_to_async(..., executor=listener.readers())``:
+# asgiref's hints ask for a ThreadPoolExecutor, but it only hands the executor to
+# loop.run_in_executor, which takes any Executor (the readers are one).
 
 logger = logging.getLogger("pubsubpull")
 
@@ -109,8 +114,9 @@ def wait_for_changes(
         return feed.read_changes(after, limit, models, using=using)
     hub, explicit, labels, alias = _join_args(after, limit, models, using)
     waiter = listener.Waiter()
+    event = cast(threading.Event, waiter.event)  # a waiter without a loop has an event
     hub.join(explicit, labels, limit, waiter)
-    outcome = waiter.outcome if waiter.event.wait(timeout) else hub.leave(waiter)
+    outcome = waiter.outcome if event.wait(timeout) else hub.leave(waiter)
     return _outcome(outcome, explicit, limit, labels, alias)
 
 
@@ -128,23 +134,24 @@ async def await_changes(
     event loop would block it).
     """
     if timeout <= 0:
-        return await sync_to_async(
+        return await sync_to_async(  # type: ignore[call-overload]  # see the top
             feed.read_changes, thread_sensitive=False, executor=listener.readers()
         )(after, limit, models, using=using)
     hub, explicit, labels, alias = _join_args(after, limit, models, using)
     waiter = listener.Waiter(asyncio.get_running_loop())
+    future = cast(asyncio.Future, waiter.future)  # a waiter on a loop has a future
     hub.join(explicit, labels, limit, waiter)
     try:
-        outcome = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+        outcome = await asyncio.wait_for(asyncio.shield(future), timeout)
     except TimeoutError:
         outcome = hub.leave(waiter)
     except asyncio.CancelledError:
         hub.leave(waiter)
         raise
     if outcome is None:
-        return await sync_to_async(_outcome, thread_sensitive=False, executor=listener.readers())(
-            None, explicit, limit, labels, alias
-        )
+        return await sync_to_async(  # type: ignore[call-overload]  # see the top
+            _outcome, thread_sensitive=False, executor=listener.readers()
+        )(None, explicit, limit, labels, alias)
     return _outcome(outcome, explicit, limit, labels, alias)
 
 
@@ -187,7 +194,7 @@ class Parking:
     def __init__(self) -> None:
         self.waiter: listener.Waiter | None = None
         self.captured: tuple[tuple[bytes, bytes], ...] | None = None
-        self.send = None  # the ASGI send, once the wrapper waits
+        self.send: Callable[[dict], Awaitable[None]] | None = None  # once the wrapper waits
         self.sending: Any = None  # what is left of an answer the batch began
 
     # The view's half (on the event loop).
@@ -244,8 +251,11 @@ class Parking:
         wrote it for every waiter woken by the same read, in one go.
         """
         loop = asyncio.get_running_loop()
-        waiter = self.waiter
-        future = waiter.future
+        # The wrapper awaits this only after capture() kept a parked waiter's
+        # headers, and nothing clears the waiter before send is set below (the
+        # batch answers only then). A waiter on a loop has a future.
+        waiter = cast(listener.Waiter, self.waiter)
+        future = cast(asyncio.Future, waiter.future)
         self.send = send
         # The batch answers in the request's context (Django's script prefix,
         # whatever an ASGI middleware keeps in context variables for its send).
@@ -265,7 +275,7 @@ class Parking:
             if outcome is _TIMED_OUT:
                 outcome = self.hub.leave(waiter)
                 if outcome is None:  # timed out before the hub read at all
-                    outcome = await sync_to_async(
+                    outcome = await sync_to_async(  # type: ignore[call-overload]  # see the top
                         self._read, thread_sensitive=False, executor=listener.readers()
                     )()
             self.waiter = None
@@ -278,8 +288,10 @@ class Parking:
             receiving.cancel()
 
     async def _send(self, status: int, headers: list, body: bytes) -> None:
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
-        await self.send({"type": "http.response.body", "body": body})
+        # Both callers (answer_when_woken, and the batch's _answer_now) come after send is set.
+        send = cast(Callable[[dict], Awaitable[None]], self.send)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     def _answer_now(self, outcome: Any) -> None:
         """Write the answer from the loop's callback, without waiting for this poll's task.
@@ -328,7 +340,9 @@ class Parking:
         for name, value in response.items():
             own[name.lower().encode("ascii")] = (name.encode("ascii"), value.encode("latin1"))
         headers = []
-        for name, value in self.captured:
+        # Rendered for a poll that waits, and it waits once its headers are captured.
+        captured = cast(tuple[tuple[bytes, bytes], ...], self.captured)
+        for name, value in captured:
             lower = name.lower()
             if lower == b"content-length":
                 headers.append((name, str(len(body)).encode("ascii")))

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import connections, transaction
 from django.utils import timezone
@@ -80,7 +81,7 @@ def prune(
         return feed.delete_oldest(keep, cutoff, batch_size, using)
 
     def requests() -> int:
-        params = {"cutoff": cutoff, "batch": batch_size}
+        params: dict[str, Any] = {"cutoff": cutoff, "batch": batch_size}
         with transaction.atomic(using=using), connections[using].cursor() as cursor:
             cursor.execute(_REQUESTS_SQL, params)
             return cursor.rowcount

@@ -147,7 +147,7 @@ class Command(BaseCommand):
             except SourceError as e:
                 if e.status is not None and e.status < 500 and e.status not in (408, 429):
                     raise CommandError(str(e)) from e  # retrying will not help
-                outcome = "failed"
+                outcome = jobs.Outcome.FAILED
             except Exception as e:
                 raise CommandError(
                     f"The handler failed: {type(e).__name__}: {e}. Nothing of its page was "

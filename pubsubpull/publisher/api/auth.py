@@ -118,8 +118,10 @@ def authenticate(request) -> Caller:
     if user is not None and user.is_authenticated:
         if request.method not in ("GET", "HEAD", "OPTIONS", "TRACE"):
             # A session cookie rides along with cross-site requests; a
-            # bearer token does not. Check CSRF like Django's middleware.
-            reason = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
+            # bearer token does not. Check CSRF like Django's middleware: used
+            # as a check only, it is given no response to get and no view.
+            middleware = CsrfViewMiddleware(lambda r: None)  # type: ignore[arg-type]
+            reason = middleware.process_view(request, None, (), {})  # type: ignore[arg-type]
             if reason is not None:
                 raise AccessDenied("CSRF verification failed.")
         return Caller(user=user)

@@ -185,7 +185,7 @@ def instances(request, caller, model):
         ]
     head_json = json.dumps(head, ensure_ascii=False, separators=(",", ":")).encode()
     body = b"".join([head_json[:-1], b',"instances":[', b",".join(page.items), b"]}"])
-    return raw_json_response(body, **headers)
+    return raw_json_response(body, 200, **headers)
 
 
 @endpoint("GET")
@@ -379,7 +379,11 @@ async def changes(request):
     # Authenticate and validate on the feed's reader threads, so a burst of
     # new polls opens no connection each.
     readers = listener.readers()
-    result = await sync_to_async(_changes, thread_sensitive=False, executor=readers)(request)
+    # asgiref's hints ask for a ThreadPoolExecutor; it hands the executor to
+    # loop.run_in_executor, which takes any Executor (the readers are one).
+    result = await sync_to_async(  # type: ignore[call-overload]
+        _changes, thread_sensitive=False, executor=readers
+    )(request)
     if not isinstance(result, _LongPoll):
         return result
     parking = getattr(request, "scope", {}).get(longpoll.SCOPE_KEY)
@@ -398,13 +402,14 @@ async def changes(request):
             answer=lambda outcome: _answer(request, result.models, outcome),
             placeholder=raw_json_response(b"", Link=""),
         )
+    outcome: feed.Page | feed.CursorExpired
     try:
-        page = await longpoll.await_changes(
+        outcome = await longpoll.await_changes(
             result.after, result.limit, result.models, timeout=result.wait
         )
     except feed.CursorExpired as exc:
-        page = exc
-    return _answer(request, result.models, page)
+        outcome = exc
+    return _answer(request, result.models, outcome)
 
 
 def _answer(request, models: list[str], outcome) -> HttpResponse:

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from django.db import IntegrityError, connection
@@ -479,7 +479,9 @@ def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
         # pending_count changes after the position (nothing new can sort
         # before the pending end; it was at or before a fence).
         page = feed.read_from(sub.position, sub.pending_count, sub.models)
-        changes, following, webhook_id = page.changes, sub.pending, sub.pending_batch
+        # A claimed subscription with a pending batch has its end (_claimed).
+        following = cast(feed.Position, sub.pending)
+        changes, webhook_id = page.changes, sub.pending_batch
         if not changes:
             # Its changes were deleted from the log behind our back: forget
             # the batch and read afresh from the position.

@@ -89,14 +89,15 @@ def validate(data: Any, *, creating: bool) -> dict[str, Any]:
             errors["models"] = 'must be a non-empty list of model labels, e.g. ["shop.customer"]'
         else:
             labels = [m.lower() for m in models]
-            unknown_models = [m for m in labels if get_registration(m) is None]
+            found = [(m, get_registration(m)) for m in labels]
+            unknown_models = [m for m, registration in found if registration is None]
             # Delivery follows the main change log; a model stored in another
             # database is recorded in that database's log: pull it instead.
             home, _ = feed.feed_source(None)
             elsewhere = [
                 m
-                for m in labels
-                if m not in unknown_models and feed.log_database(get_registration(m)) != home
+                for m, registration in found
+                if registration is not None and feed.log_database(registration) != home
             ]
             if unknown_models:
                 errors["models"] = f"not published models: {', '.join(unknown_models)}"
