@@ -1,4 +1,4 @@
-"""The publisher's edges: callers who get it wrong, operators meeting odd rows, owners who lose access.
+"""The publisher's edges: callers who get it wrong, odd rows, owners who lose access.
 
 Each test is what a user, an operator or an attacker would do, on real
 PostgreSQL through the real views (Django's test client), and real HTTP
@@ -8,7 +8,6 @@ receivers on 127.0.0.1 where something is delivered.
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -18,7 +17,7 @@ from django.urls import resolve, reverse
 from standardwebhooks import Webhook
 
 from customers.models import Country, Customer
-from pubsubpull.models import Change, ServiceToken
+from pubsubpull.models import ServiceToken
 from pubsubpull.publisher.api.auth import create_token
 from pubsubpull.publisher.api.openapi import field_schema
 from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription
@@ -125,3 +124,126 @@ def test_a_json_column_may_hold_any_json_value_in_the_document():
 
     assert field_schema(models.JSONField(null=True)) == {}
     assert field_schema(models.IntegerField(null=True)) == {"type": ["integer", "null"]}
+
+
+# --- Delivery: owners, callbacks, parked changes -------------------------------------------
+
+
+@pytest.fixture
+def fast(settings):
+    return use_fast_settings(settings)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("owner", "reason"),
+    [
+        ("user:not-a-key", "Its user (user:not-a-key) was deleted: nothing is sent."),
+        ("service:billing", "Its owner 'service:billing' is neither a service token nor a user."),
+    ],
+)
+def test_an_owner_that_is_no_token_or_user_is_sent_nothing(fast, owner, reason):
+    with Receiver() as receiver:
+        subscription = make_subscription(receiver.url(), owner=owner).subscription
+        Customer.objects.create(name="Ada")
+        assert drain_settled(subscription.pk) == "forbidden"
+    assert receiver.requests == []
+    assert reason in Subscription.objects.get(pk=subscription.pk).state_reason
+
+
+@pytest.mark.django_db
+def test_a_callback_with_a_fragment_is_refused(fast):
+    _, token = create_token("billing", ["customers.customer"])
+    client = Client(headers={"Authorization": f"Bearer {token}"})
+    body = {"callback": "http://127.0.0.1:9/hook#part", "models": ["customers.customer"]}
+    response = put_json(client, f"{BASE}subscriptions/billing/", body)
+    assert response.status_code == 400
+    assert "may not have a #fragment" in response.json()["detail"]
+    assert not Subscription.objects.exists()
+
+
+def refusing_poison(state):
+    def answer(received, n):
+        if not state["fixed"] and any(c["new"]["name"] == "poison" for c in received.changes):
+            return Answer(400, body=b'{"error": "cannot take this"}')
+        return Answer()
+
+    return answer
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_parked_change_resent_after_a_rotation_is_signed_with_both_secrets(fast):
+    state = {"fixed": False}
+    record, token = create_token("billing", ["customers.customer"])
+    client = Client(headers={"Authorization": f"Bearer {token}"})
+    with Receiver(refusing_poison(state)) as receiver:
+        made = make_subscription(receiver.url(), owner=f"token:{record.pk}")
+        Customer.objects.create(name="poison")
+        assert drain_settled(made.subscription.pk) == "failed"
+        [attempt] = Attempt.objects.all()
+        assert str(attempt) == f"{attempt.webhook_id} → 400"
+        [change_id] = client.get(f"{BASE}subscriptions/billing/").json()["pending"]["changes"]
+        parked = put_json(client, f"{BASE}subscriptions/billing/parked/{change_id}/",
+                          {"action": "park"})  # fmt: skip
+        assert parked.status_code == 201
+
+        rotated = put_json(client, f"{BASE}subscriptions/billing/", {"rotate_secret": True})
+        new = rotated.json()["secret"]
+        state["fixed"] = True
+        resent = put_json(client, f"{BASE}subscriptions/billing/parked/{change_id}/",
+                          {"action": "resend"})  # fmt: skip
+        assert resent.status_code == 200 and resent.json()["resent"] is True
+        last = receiver.requests[-1]
+        # A receiver that has not switched yet still verifies it; so does one that has.
+        for secret in (made.secret, new):
+            assert Webhook(secret).verify(last.body, last.headers)["data"]["parked"] is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_parked_change_is_not_resent_to_an_owner_who_lost_the_model(fast):
+    state = {"fixed": False}
+    record, token = create_token("billing", ["customers.customer"])
+    client = Client(headers={"Authorization": f"Bearer {token}"})
+    User.objects.create_superuser("ops", "ops@example.com", "pw")
+    admin = Client()
+    admin.login(username="ops", password="pw")
+    with Receiver(refusing_poison(state)) as receiver:
+        subscription = make_subscription(receiver.url(), owner=f"token:{record.pk}").subscription
+        Customer.objects.create(name="poison")
+        assert drain_settled(subscription.pk) == "failed"
+        [change_id] = client.get(f"{BASE}subscriptions/billing/").json()["pending"]["changes"]
+        path = f"{BASE}subscriptions/billing/parked/{change_id}/"
+        assert put_json(client, path, {"action": "park"}).status_code == 201
+        sent = len(receiver.requests)
+
+        ServiceToken.objects.filter(pk=record.pk).update(scope=["customers.country"])
+        state["fixed"] = True
+        refused = put_json(client, path, {"action": "resend"})
+        assert refused.status_code == 403 and refused.json()["error"] == "permission_denied"
+        assert "may no longer read customers.customer" in refused.json()["detail"]
+
+        parked = ParkedChange.objects.get()
+        page = admin.post(
+            "/admin/pubsubpull/parkedchange/",
+            {"action": "resend", "_selected_action": [parked.pk]},
+            follow=True,
+        )
+        assert f"Change {change_id}: " in page.text and "may no longer read" in page.text
+        assert len(receiver.requests) == sent  # nothing went out
+        parked.refresh_from_db()
+        assert not parked.resent
+
+
+@pytest.mark.django_db
+def test_parking_in_the_admin_a_subscription_that_is_not_failing_parks_nothing(fast):
+    User.objects.create_superuser("ops", "ops@example.com", "pw")
+    admin = Client()
+    admin.login(username="ops", password="pw")
+    subscription = make_subscription("http://127.0.0.1:9/hook").subscription
+    page = admin.post(
+        "/admin/pubsubpull/subscription/",
+        {"action": "park", "_selected_action": [subscription.pk]},
+        follow=True,
+    )
+    assert "Billing: nothing is failing, so nothing was parked." in page.text  # capfirst
+    assert not ParkedChange.objects.exists()
