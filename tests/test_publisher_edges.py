@@ -8,6 +8,8 @@ receivers on 127.0.0.1 where something is delivered.
 from __future__ import annotations
 
 import json
+import re
+import uuid
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -247,3 +249,76 @@ def test_parking_in_the_admin_a_subscription_that_is_not_failing_parks_nothing(f
     )
     assert "Billing: nothing is failing, so nothing was parked." in page.text  # capfirst
     assert not ParkedChange.objects.exists()
+
+
+# --- The admin meets rows the log keeps: retired models, truncates, pruned requests --------
+
+
+def insert_change(model, object_pk, op, old, new, request_id=None):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO pubsubpull_change (txid, model, object_pk, op, at, request_id, old, new) "
+            "VALUES (pg_current_xact_id()::text::bigint, %s, %s, %s, now(), %s, %s, %s) "
+            "RETURNING id",
+            [model, object_pk, op, request_id, json.dumps(old), json.dumps(new)],
+        )
+        return cursor.fetchone()[0]
+
+
+def insert_request():
+    request_id = uuid.uuid4()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO pubsubpull_request (id, method, path, query_string, user_agent, "
+            "request_id, started, metadata) VALUES (%s, 'PUT', '/import/', '', 'curl', '', "
+            "now(), '{}')",
+            [request_id],
+        )
+    return request_id
+
+
+@pytest.mark.django_db
+def test_the_admin_shows_changes_of_a_retired_model_plainly(admin_client):
+    """The app is gone from the project; its changes stay readable, with no dead links."""
+    gone = uuid.uuid4()  # its request row was pruned
+    retired = insert_change(
+        "retired.widget", "7", "update", {"tags": ["a"], "n": 1}, {"tags": ["a", "b"], "n": 1}, gone
+    )
+    listing = admin_client.get("/admin/pubsubpull/change/")
+    assert listing.status_code == 200 and "retired.widget" in listing.text
+    assert "/admin/retired/" not in listing.text
+    assert f"/admin/pubsubpull/request/{gone}/change/" in listing.text  # labelled by its id
+
+    detail = admin_client.get(f"/admin/pubsubpull/change/{retired}/change/")
+    assert detail.status_code == 200
+    # Headings are the column names; a list is shown as JSON.
+    assert "<th>tags</th>" in detail.text or ">tags<" in detail.text
+    assert "[&quot;a&quot;, &quot;b&quot;]" in detail.text
+
+
+@pytest.mark.django_db
+def test_the_admin_shows_a_truncate_and_a_model_without_admin_with_no_links(admin_client):
+    truncate = insert_change("customers.customer", None, "truncate", None, None)
+    ledger = insert_change("ledger.entry", "3", "insert", None, {"id": 3})
+    detail = admin_client.get(f"/admin/pubsubpull/change/{truncate}/change/")
+    assert detail.status_code == 200
+    readonly = re.findall(r'<div class="readonly">(.*?)</div>', detail.text, re.S)
+    assert readonly.count("—") >= 4  # object, diff, before, after
+    page = admin_client.get(f"/admin/pubsubpull/change/{ledger}/change/")
+    assert page.status_code == 200 and "/admin/ledger/" not in page.text
+
+
+@pytest.mark.django_db
+def test_a_request_page_links_its_objects_or_says_none_survived(admin_client):
+    empty = insert_request()
+    page = admin_client.get(f"/admin/pubsubpull/request/{empty}/change/")
+    assert "None survived: they were rolled back, or pruned." in page.text
+
+    customer = Customer.objects.create(name="Ada")
+    made = insert_request()
+    insert_change("customers.customer", str(customer.pk), "update", {"name": "A"},
+                  {"name": "Ada"}, made)  # fmt: skip
+    page = admin_client.get(f"/admin/pubsubpull/request/{made}/change/")
+    assert f'<a href="/admin/customers/customer/{customer.pk}/change/">{customer.pk}</a>' in (
+        page.text
+    )
