@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 
 import pytest
@@ -322,3 +323,33 @@ def test_a_request_page_links_its_objects_or_says_none_survived(admin_client):
     assert f'<a href="/admin/customers/customer/{customer.pk}/change/">{customer.pk}</a>' in (
         page.text
     )
+
+
+# --- Two transactions commit out of order --------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_drain_waits_behind_an_open_transaction_then_delivers_in_commit_order(
+    fast, raw_connection
+):
+    from pubsubpull.publisher.delivery.deliver import drain
+
+    with Receiver() as receiver:
+        subscription = make_subscription(receiver.url()).subscription
+        ada = Customer.objects.create(name="Ada")
+        assert drain_settled(subscription.pk) == "caught_up"
+
+        raw_connection.execute("BEGIN")
+        raw_connection.execute(
+            "UPDATE customers_customer SET name = 'Ada L.' WHERE id = %s", [ada.pk]
+        )
+        Customer.objects.create(name="Grace")  # commits first, its txid is younger
+        started = time.monotonic()
+        assert drain(subscription.pk, budget=0.3) == "held_back"
+        assert 0.25 < time.monotonic() - started < 2.0  # it waited, within its budget
+        assert len(receiver.requests) == 1  # Grace is not sent ahead of the open update
+
+        raw_connection.execute("COMMIT")
+        assert drain_settled(subscription.pk) == "caught_up"
+    names = [(c["op"], c["new"]["name"]) for c in receiver.accepted_changes()]
+    assert names == [("insert", "Ada"), ("update", "Ada L."), ("insert", "Grace")]
