@@ -353,3 +353,37 @@ def test_a_drain_waits_behind_an_open_transaction_then_delivers_in_commit_order(
         assert drain_settled(subscription.pk) == "caught_up"
     names = [(c["op"], c["new"]["name"]) for c in receiver.accepted_changes()]
     assert names == [("insert", "Ada"), ("update", "Ada L."), ("insert", "Grace")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_huge_error_page_is_kept_as_an_excerpt_only(fast):
+    fast.PUBSUBPULL = {**fast.PUBSUBPULL, "RESPONSE_EXCERPT": 100}
+    page = b"<html>" + b"x" * 2_000_000 + b"</html>"
+    with Receiver(lambda received, n: Answer(500, body=page)) as receiver:
+        subscription = make_subscription(receiver.url()).subscription
+        Customer.objects.create(name="Ada")
+        assert drain_settled(subscription.pk) == "failed"
+    [attempt] = Attempt.objects.all()
+    assert attempt.status == 500 and attempt.response == "<html>" + "x" * 94
+    assert len(receiver.requests) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_unsubscribing_while_a_batch_is_in_flight_records_nothing_for_it(fast):
+    """The owner's DELETE lands while the receiver is still answering."""
+    from django.db import connections
+
+    record, token = create_token("billing", ["customers.customer"])
+
+    def unsubscribe_then_answer(received, n):
+        owner = Client(headers={"Authorization": f"Bearer {token}"})
+        assert owner.delete(f"{BASE}subscriptions/billing/").status_code == 204
+        connections.close_all()  # this thread's connection
+        return Answer()
+
+    with Receiver(unsubscribe_then_answer) as receiver:
+        subscription = make_subscription(receiver.url(), owner=f"token:{record.pk}").subscription
+        Customer.objects.create(name="Ada")
+        assert drain_settled(subscription.pk) == "lost"
+    assert len(receiver.requests) == 1
+    assert not Subscription.objects.exists() and not Attempt.objects.exists()
