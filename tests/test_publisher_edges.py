@@ -387,3 +387,35 @@ def test_unsubscribing_while_a_batch_is_in_flight_records_nothing_for_it(fast):
         assert drain_settled(subscription.pk) == "lost"
     assert len(receiver.requests) == 1
     assert not Subscription.objects.exists() and not Attempt.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_replay_with_neither_a_cursor_nor_a_time_asks_for_one(fast, admin_client):
+    subscription = make_subscription("http://127.0.0.1:9/hook").subscription
+    before = Subscription.objects.values_list("position_txid", "position_id").get()
+    for extra in ({}, {"cursor": "x", "since": "2026-01-01 00:00:00"}):
+        page = admin_client.post(
+            "/admin/pubsubpull/subscription/",
+            {"action": "replay", "_selected_action": [subscription.pk], "apply": "1", **extra},
+        )
+        assert page.status_code == 200 and "Give either a cursor or a time." in page.text
+    assert Subscription.objects.values_list("position_txid", "position_id").get() == before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_changes_deleted_by_hand_past_a_subscription_disable_it_saying_why(fast, caplog):
+    """An operator DELETEs old changes in psql, behind a subscription that had not got them."""
+    with Receiver() as receiver:
+        subscription = make_subscription(receiver.url()).subscription
+        Customer.objects.create(name="Ada")
+        assert drain_settled(subscription.pk) == "caught_up"
+        Customer.objects.create(name="Grace")
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM pubsubpull_change")
+        Customer.objects.create(name="Edsger")
+        assert drain_settled(subscription.pk) == "failed"
+    assert len(receiver.requests) == 1  # Ada only: nothing sent with a hole in it
+    disabled = Subscription.objects.get(pk=subscription.pk)
+    assert disabled.state == "disabled"
+    assert "pruned past this subscription's position" in disabled.state_reason
+    assert "fell behind the pruned change log: disabled" in caplog.text
