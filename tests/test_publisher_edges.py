@@ -20,7 +20,7 @@ from django.urls import resolve, reverse
 from standardwebhooks import Webhook
 
 from customers.models import Country, Customer
-from pubsubpull.models import ServiceToken
+from pubsubpull.models import Change, ServiceToken
 from pubsubpull.publisher.api.auth import create_token
 from pubsubpull.publisher.api.openapi import field_schema
 from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription
@@ -405,17 +405,40 @@ def test_a_replay_with_neither_a_cursor_nor_a_time_asks_for_one(fast, admin_clie
 @pytest.mark.django_db(transaction=True)
 def test_changes_deleted_by_hand_past_a_subscription_disable_it_saying_why(fast, caplog):
     """An operator DELETEs old changes in psql, behind a subscription that had not got them."""
+    record, token = create_token("billing", ["customers.customer"])
+    owner = Client(headers={"Authorization": f"Bearer {token}"})
     with Receiver() as receiver:
-        subscription = make_subscription(receiver.url()).subscription
+        subscription = make_subscription(receiver.url(), owner=f"token:{record.pk}").subscription
         Customer.objects.create(name="Ada")
         assert drain_settled(subscription.pk) == "caught_up"
         Customer.objects.create(name="Grace")
+        grace = Change.objects.latest("id").pk
         with connection.cursor() as cursor:
             cursor.execute("DELETE FROM pubsubpull_change")
         Customer.objects.create(name="Edsger")
+        # Nothing can be parked either: what comes next is unknown.
+        path = f"{BASE}subscriptions/billing/parked/{grace}/"
+        parking = put_json(owner, path, {"action": "park"})
+        assert parking.status_code == 410 and parking.json()["error"] == "cursor_expired"
         assert drain_settled(subscription.pk) == "failed"
     assert len(receiver.requests) == 1  # Ada only: nothing sent with a hole in it
     disabled = Subscription.objects.get(pk=subscription.pk)
     assert disabled.state == "disabled"
     assert "pruned past this subscription's position" in disabled.state_reason
     assert "fell behind the pruned change log: disabled" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_user_owned_subscription_to_a_model_no_longer_published_is_sent_nothing(fast):
+    """The project stopped publishing a model a user's subscription follows."""
+    user = User.objects.create_superuser("ops", "ops@example.com", "pw")
+    with Receiver() as receiver:
+        subscription = make_subscription(receiver.url(), owner=f"user:{user.pk}").subscription
+        Subscription.objects.filter(pk=subscription.pk).update(
+            model_labels=["customers.customer", "retired.widget"]
+        )
+        Customer.objects.create(name="Ada")
+        assert drain_settled(subscription.pk) == "forbidden"
+    assert receiver.requests == []
+    reason = Subscription.objects.get(pk=subscription.pk).state_reason
+    assert "User ops may no longer read retired.widget" in reason
