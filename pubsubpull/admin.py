@@ -175,10 +175,7 @@ class ChangeAdmin(ReadOnlyAdmin):
 
     @admin.display(description="object", ordering="object_pk")
     def object(self, change: Change):
-        url = _object_url(self.admin_site, change) if change.op != Change.Op.DELETE else None
-        if url:
-            return format_html('<a href="{}">{}</a>', url, change.object_pk)
-        return change.object_pk or "—"
+        return _object_link(self.admin_site, change)
 
     @admin.display(description="operation", ordering="op")
     def operation(self, change: Change):

@@ -709,10 +709,10 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
     }
     paths.update(SUBSCRIPTION_PATHS)
     schemas.update(SUBSCRIPTION_SCHEMAS)
+    # The view passes the labels of registrations(): each is published.
     for label in labels:
         registration = get_registration(label)
-        if registration is None:
-            continue
+        assert registration is not None, f"{label!r} is not published"
         more_paths, more_schemas = _instances_paths(registration)
         paths.update(more_paths)
         schemas.update(more_schemas)

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 from typing import NoReturn
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from asgiref.sync import AsyncToSync, SyncToAsync, sync_to_async
 from django.db import connection, connections
@@ -43,11 +43,8 @@ def _url(request, name: str, *args, **query) -> str:
     return request.build_absolute_uri(path)
 
 
-def _instance_url(request, label: str, pk_text: str) -> str:
-    base = reverse("pubsubpull:instances", args=[label])
-    if pk_text:
-        base += quote(pk_text, safe="") + "/"
-    return request.build_absolute_uri(base)
+def _instances_url(request, label: str) -> str:
+    return request.build_absolute_uri(reverse("pubsubpull:instances", args=[label]))
 
 
 def _limit(request) -> int:
@@ -160,7 +157,7 @@ def instances(request, caller, model):
             registration,
             after=after,
             limit=limit,
-            url_prefix=_instance_url(request, registration.label, ""),
+            url_prefix=_instances_url(request, registration.label),
             parts=parts,
         )
     except snapshot.InvalidAfter as exc:
@@ -194,7 +191,7 @@ def instance(request, caller, model, pk):
     registration = _readable(caller, model)
     try:
         found = snapshot.read_instance(
-            registration, pk, url_prefix=_instance_url(request, registration.label, "")
+            registration, pk, url_prefix=_instances_url(request, registration.label)
         )
     except LookupError:
         found = None

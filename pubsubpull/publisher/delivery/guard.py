@@ -261,7 +261,7 @@ def checked_addresses(host: str, port: int) -> list[IPAddress]:
         addresses = [ipaddress.ip_address(host.strip("[]"))]
     except ValueError:
         addresses = resolve(host, port)
-    if not addresses:
+    if not addresses:  # pragma: no cover - getaddrinfo raises rather than answer nothing
         raise CallbackRefused(f"the callback host {host!r} has no address")
     for address in addresses:
         check_address(host, address)
@@ -324,11 +324,9 @@ class _GuardedBackend(httpcore.NetworkBackend):
         assert error is not None
         raise error
 
-    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
-        raise httpcore.ConnectError("pubsubpull does not deliver to unix sockets")
-
-    def sleep(self, seconds: float) -> None:
-        self._backend.sleep(seconds)
+    # No connect_unix_socket and no sleep: client() builds its transport with
+    # no uds and retries=0, so httpcore asks for neither (the base class
+    # raises NotImplementedError if it ever did: still nothing is connected).
 
 
 def client(**kwargs: Any) -> httpx.Client:

@@ -117,10 +117,6 @@ class Attempt(models.Model):
     def __str__(self) -> str:
         return f"{self.webhook_id} → {self.status or self.error[:40]}"
 
-    @property
-    def succeeded(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
-
 
 class ParkedChange(models.Model):
     """A change an operator set aside so that delivery goes on behind it (a dead letter).
