@@ -26,6 +26,13 @@ cached-plan trap. Only what is stored, and how, differs:
     entry per statement; no per-object index (the snapshot's ``sequence``
     probe and the audit trail's per-object history would have to read
     every statement's array).
+``typed flat``
+    Like ``typed`` but the images as plain typed columns (``o_name``,
+    ``n_name``, ...), as django-pghistory's event tables hold them: no
+    composite value built per row.
+``statement typed``
+    One row per statement like ``per statement``, the rows as arrays of a
+    composite type (``array_agg``, stored uncompressed): no JSON at write time.
 ``json``
     The shared log as today but ``json`` images (``row_to_json``, no
     jsonb conversion) and the key as ``bigint`` in the object index.
@@ -145,6 +152,94 @@ def _typed(table: str, new_only: bool) -> tuple[list[str], str]:
     return setup, writes
 
 
+_TYPES = (
+    "bigint",
+    "varchar(200)",
+    "varchar(254)",
+    "varchar(2)",
+    "boolean",
+    "integer",
+    "timestamptz",
+    "timestamptz",
+)
+
+
+def _flat(table: str) -> tuple[list[str], str]:
+    log = f"{table}_change"
+    typed = ", ".join(
+        f"{side}{c} {t}" for side in ("o_", "n_") for c, t in zip(COLUMNS, _TYPES, strict=True)
+    )
+    setup = [
+        f"CREATE TABLE {log} (id bigint NOT NULL DEFAULT nextval('pubsubpull_change_id_seq'), "
+        'txid bigint NOT NULL, object_pk bigint, op "char" NOT NULL, '
+        f"at timestamptz NOT NULL, request_id uuid, {typed})",
+        f"CREATE INDEX {log}_feed ON {log} (txid, id)",
+        f"CREATE INDEX {log}_object ON {log} (object_pk, id)",
+        f"CREATE INDEX {log}_request ON {log} (request_id) WHERE request_id IS NOT NULL",
+    ]
+    old = ", ".join(f"o_{c}" for c in COLUMNS)
+    new = ", ".join(f"n_{c}" for c in COLUMNS)
+    o_values = ", ".join(f"o.{c}" for c in COLUMNS)
+    n_values = ", ".join(f"n.{c}" for c in COLUMNS)
+    writes = f"""
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {log} (txid, object_pk, op, at, request_id, {new})
+        SELECT xid, r.id, 'i', happened, request, {_IMAGE} FROM new_rows AS r;
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO {log} (txid, object_pk, op, at, request_id, {old}, {new})
+        SELECT xid, n.id, 'u', happened, request, {o_values}, {n_values}
+        FROM (SELECT row_number() OVER () AS i, r.* FROM old_rows AS r) AS o
+        JOIN (SELECT row_number() OVER () AS i, r.* FROM new_rows AS r) AS n USING (i)
+        WHERE ({o_values}) IS DISTINCT FROM ({n_values});
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO {log} (txid, object_pk, op, at, request_id, {old})
+        SELECT xid, r.id, 'd', happened, request, {_IMAGE} FROM old_rows AS r;
+    ELSE
+        INSERT INTO {log} (txid, op, at, request_id) VALUES (xid, 't', happened, request);
+    END IF;"""
+    return setup, writes
+
+
+def _statement_typed(table: str) -> tuple[list[str], str]:
+    log = f"{table}_change"
+    image = f"{table}_image"
+    setup = [
+        f"CREATE TYPE {image} AS ("
+        + ", ".join(f"{c} {t}" for c, t in zip(COLUMNS, _TYPES, strict=True))
+        + ")",
+        f"CREATE TABLE {log} (id bigint NOT NULL DEFAULT nextval('pubsubpull_change_id_seq'), "
+        'txid bigint NOT NULL, op "char" NOT NULL, at timestamptz NOT NULL, '
+        f"request_id uuid, rows integer NOT NULL, old {image}[], new {image}[])",
+        # Arrays of a statement's rows: not worth compressing on the write path.
+        f"ALTER TABLE {log} ALTER COLUMN old SET STORAGE EXTERNAL",
+        f"ALTER TABLE {log} ALTER COLUMN new SET STORAGE EXTERNAL",
+        f"CREATE INDEX {log}_feed ON {log} (txid, id)",
+        f"CREATE INDEX {log}_request ON {log} (request_id) WHERE request_id IS NOT NULL",
+    ]
+    cast = f"ROW({_IMAGE})::{image}"
+    writes = f"""
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {log} (txid, op, at, request_id, rows, new)
+        SELECT xid, 'i', happened, request, count(*), array_agg({cast}) FROM new_rows AS r
+        HAVING count(*) > 0;
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO {log} (txid, op, at, request_id, rows, old, new)
+        SELECT xid, 'u', happened, request, count(*), array_agg(o.r), array_agg(n.r)
+        FROM (SELECT row_number() OVER () AS i, {cast} AS r FROM old_rows AS r) AS o
+        JOIN (SELECT row_number() OVER () AS i, {cast} AS r FROM new_rows AS r) AS n USING (i)
+        WHERE o.r IS DISTINCT FROM n.r
+        HAVING count(*) > 0;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO {log} (txid, op, at, request_id, rows, old)
+        SELECT xid, 'd', happened, request, count(*), array_agg({cast}) FROM old_rows AS r
+        HAVING count(*) > 0;
+    ELSE
+        INSERT INTO {log} (txid, op, at, request_id, rows)
+        VALUES (xid, 't', happened, request, 0);
+    END IF;"""
+    return setup, writes
+
+
 def _statement(table: str) -> tuple[list[str], str]:
     log = f"{table}_change"
     setup = [
@@ -215,7 +310,9 @@ def _json(table: str) -> tuple[list[str], str]:
 DESIGNS = {
     "typed": ("bench_writes_designtyped", lambda t: _typed(t, new_only=False)),
     "typed new only": ("bench_writes_designtypednew", lambda t: _typed(t, new_only=True)),
+    "typed flat": ("bench_writes_designflat", _flat),
     "per statement": ("bench_writes_designstatement", _statement),
+    "statement typed": ("bench_writes_designstatementtyped", _statement_typed),
     "json": ("bench_writes_designjson", _json),
 }
 
@@ -230,6 +327,14 @@ READS = {
         "SELECT e::text AS j FROM {log} AS c, json_array_elements(c.new) AS e ORDER BY c.txid, c.id"
     ),
     "json": "SELECT c.new::text AS j FROM {log} AS c ORDER BY c.txid, c.id",
+    "typed flat": (
+        "SELECT json_build_object("
+        + ", ".join(f"'{c}', c.n_{c}" for c in COLUMNS)
+        + ")::text AS j FROM {log} AS c ORDER BY c.txid, c.id"
+    ),
+    "statement typed": (
+        "SELECT row_to_json(e)::text AS j FROM {log} AS c, unnest(c.new) AS e ORDER BY c.txid, c.id"
+    ),
 }
 
 

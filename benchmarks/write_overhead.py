@@ -91,6 +91,8 @@ MODELS = {
     "typed": "bench_writes.DesignTyped",
     "typed new only": "bench_writes.DesignTypedNew",
     "per statement": "bench_writes.DesignStatement",
+    "typed flat": "bench_writes.DesignFlat",
+    "statement typed": "bench_writes.DesignStatementTyped",
     "json": "bench_writes.DesignJson",
 }
 # What each variant writes besides the table, emptied before each measure.

@@ -47,6 +47,14 @@ class DesignTypedNew(Row):
     """Design "typed, new only": the new image only (a bound: no no-op skip, no old values)."""
 
 
+class DesignFlat(Row):
+    """Design "typed flat": old and new as typed columns of a per-model change table."""
+
+
+class DesignStatementTyped(Row):
+    """Design "statement typed": one change-log row per statement, typed image arrays."""
+
+
 class DesignStatement(Row):
     """Design "per statement": one change-log row per statement, the rows as one json array."""
 
