@@ -114,6 +114,11 @@ class Position:
 START = Position(0, 0)
 
 
+# old, new and pk of a change whose item PostgreSQL rendered: parsed from the
+# item when first asked for (serving a page parses nothing).
+_UNPARSED: Any = object()
+
+
 @dataclass
 class FeedChange:
     """One change as the feed serves it: published fields only."""
@@ -121,13 +126,13 @@ class FeedChange:
     id: int
     txid: int
     model: str
-    pk: Any
+    _pk: Any
     op: str
     at_text: str
     """When the statement that made the change started, ISO 8601 as PostgreSQL
     renders timestamps in the snapshot's fields too."""
-    old: dict[str, Any] | None
-    new: dict[str, Any] | None
+    _old: dict[str, Any] | None
+    _new: dict[str, Any] | None
     user_id: int | None = None
     method: str | None = None
     path: str | None = None
@@ -135,6 +140,31 @@ class FeedChange:
     # had to be removed: serving a page then re-encodes nothing.
     old_json: str | None = field(default=None, repr=False)
     new_json: str | None = field(default=None, repr=False)
+    # The whole item (as_json_text()), rendered by the page statement.
+    item_json: str | None = field(default=None, repr=False)
+
+    def _parsed(self) -> dict[str, Any]:
+        item = json.loads(self.item_json)
+        self._pk, self._old, self._new = item["pk"], item["old"], item["new"]
+        return item
+
+    @property
+    def pk(self) -> Any:
+        if self._pk is _UNPARSED:
+            self._parsed()
+        return self._pk
+
+    @property
+    def old(self) -> dict[str, Any] | None:
+        if self._old is _UNPARSED:
+            self._parsed()
+        return self._old
+
+    @property
+    def new(self) -> dict[str, Any] | None:
+        if self._new is _UNPARSED:
+            self._parsed()
+        return self._new
 
     @property
     def at(self) -> datetime.datetime:
@@ -176,6 +206,8 @@ class FeedChange:
 
     def as_json_text(self) -> str:
         """``json.dumps(self.as_json())``, without encoding old and new again."""
+        if self.item_json is not None:
+            return self.item_json
 
         def dumps(value: Any) -> str:
             return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -293,13 +325,41 @@ held_back AS MATERIALIZED (
     FROM bounds
 )
 SELECT bounds.xmin, bounds.horizon_txid, bounds.horizon_id, held_back.held_back,
-       c.id, c.txid, c.model, c.op, to_jsonb(c.at) #>> '{}', c.old, c.new,
-       r.user_id, r.method, r.path
+       c.id, c.txid, c.model, c.op, to_jsonb(c.at) #>> '{}', r.user_id, r.method, r.path,
+       -- The whole item as as_json_text() gives it, when the stored values
+       -- hold only published columns (always, unless the registration was
+       -- narrowed since): serving the page then costs no Python per change.
+       CASE WHEN c.published THEN
+           '{"id":' || c.id || ',"cursor":"'
+           || translate(rtrim(encode(convert_to('c1.' || c.txid || '.' || c.id, 'UTF8'),
+                                     'base64'), '='), '+/', '-_')
+           || '","model":' || to_jsonb(c.model)::text
+           || ',"pk":' || coalesce((coalesce(c.new, c.old) -> (c.spec ->> 'pk'))::text, 'null')
+           || ',"op":"' || c.op || '","at":' || to_jsonb(c.at)::text
+           || ',"sequence":' || c.id
+           || ',"old":' || coalesce(c.old::text, 'null')
+           || ',"new":' || coalesce(c.new::text, 'null')
+           || ',"request":' || CASE WHEN r.method IS NULL THEN 'null' ELSE
+                  '{"user":' || coalesce(to_jsonb(r.user_id)::text, 'null')
+                  || ',"method":' || to_jsonb(r.method)::text
+                  || ',"path":' || to_jsonb(r.path)::text || '}' END
+           || '}'
+       END,
+       CASE WHEN NOT c.published THEN c.old::text END,
+       CASE WHEN NOT c.published THEN c.new::text END
 FROM bounds
 CROSS JOIN held_back
 LEFT JOIN LATERAL (
-    SELECT c.*
+    SELECT c.*, spec.spec,
+           -- Every stored column still published (%(published)s: label ->
+           -- {"pk": column, "columns": {column: 1, ...}}). old and new of a
+           -- change were written at once, with the same columns.
+           NOT EXISTS (
+               SELECT FROM jsonb_object_keys(coalesce(c.new, c.old)) AS k
+               WHERE NOT (spec.spec -> 'columns') ? k
+           ) AS published
     FROM pubsubpull_change AS c
+    CROSS JOIN LATERAL (SELECT %(published)s::jsonb -> c.model::text AS spec) AS spec
     WHERE (c.txid, c.id) > (bounds.from_txid, bounds.from_id)
       AND c.txid < bounds.xmin
       AND c.model = ANY(%(models)s)
@@ -458,6 +518,12 @@ def read_changes(
         "id": start.id,
         "models": sorted(chosen),
         "limit": limit,
+        "published": json.dumps(
+            {
+                label: {"pk": r.pk_column, "columns": dict.fromkeys(columns[label], 1)}
+                for label, r in chosen.items()
+            }
+        ),
     }
     connection = connections[alias]
     with connection.cursor() as cursor:
@@ -481,9 +547,16 @@ def read_changes(
 
     changes = []
     for row in rows:
-        id_, txid, label, op, at, old, new, user_id, method, path = row[4:]
+        id_, txid, label, op, at, user_id, method, path, item, old, new = row[4:]
         if id_ is None:
             break  # the fence row alone: nothing to serve
+        if item is not None:
+            lazy = _UNPARSED
+            change = FeedChange(id_, txid, label, lazy, op, at, lazy, lazy, user_id, method, path)
+            change.item_json = item
+            changes.append(change)
+            continue
+        # Stored values with columns no longer published: drop them here.
         old, old_json = _published(old, columns[label])
         new, new_json = _published(new, columns[label])
         values = new if new is not None else old
