@@ -110,7 +110,7 @@ def reset() -> None:
 
 
 def subscribe(receiver: Receiver, count: int, batch_size: int) -> None:
-    from pubsubpull.delivery.subscriptions import subscribe
+    from pubsubpull.publisher.delivery.subscriptions import subscribe
 
     for n in range(count):
         subscribe(
@@ -204,8 +204,8 @@ def throughput(receiver: Receiver, subscriptions: int, backlog: int) -> dict[str
     from django.db import connection
 
     from customers.models import Customer
-    from pubsubpull.delivery import subscriptions as api
-    from pubsubpull.delivery.models import Subscription
+    from pubsubpull.publisher.delivery import subscriptions as api
+    from pubsubpull.publisher.delivery.models import Subscription
 
     reset()
     receiver.counts.clear()

@@ -392,7 +392,7 @@ def main() -> None:
     setup_database()
     from django.db import connection
 
-    from pubsubpull.api.auth import create_token
+    from pubsubpull.publisher.api.auth import create_token
 
     token = create_token(f"bench-{time.time()}", ["*"])[1]
     conninfo = dsn()

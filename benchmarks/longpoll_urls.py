@@ -6,7 +6,7 @@ from django.urls import include, path
 
 async def waiting(request):
     """How many long polls wait in this server process."""
-    from pubsubpull import listener
+    from pubsubpull.publisher import listener
 
     return JsonResponse({"waiting": listener.waiting()})
 

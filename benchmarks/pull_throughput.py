@@ -262,7 +262,7 @@ def main() -> None:
     setup_database()
     from django.db import connection
 
-    from pubsubpull.api.auth import create_token
+    from pubsubpull.publisher.api.auth import create_token
 
     token = create_token(f"bench-{time.time()}", ["*"])[1]
     connection.close()

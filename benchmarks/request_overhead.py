@@ -270,7 +270,7 @@ def in_process_worker(middleware: bool) -> None:
             thread.append(time.thread_time_ns() - t0)
             backend.append(own_backend() - b0)
         if middleware:
-            from pubsubpull.middleware import status_writer
+            from pubsubpull.capture.status import status_writer
 
             status_writer._queue.join()  # its batches as they come, no hurry
         total = (time.process_time_ns() + cpu_ns(pids) - before) / int(count)

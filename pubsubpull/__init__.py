@@ -3,8 +3,14 @@
 The public API is what this module exports; everything else may change.
 """
 
-from .context import context
-from .registry import Registration, get_registration, register, registrations, unregister
+from pubsubpull.capture.context import context
+from pubsubpull.capture.registry import (
+    Registration,
+    get_registration,
+    register,
+    registrations,
+    unregister,
+)
 
 __version__ = "0.1.0.dev0"
 

@@ -27,8 +27,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.text import capfirst
 
-from .models import Change, Request, ServiceToken
-from .registry import registrations
+from pubsubpull.capture.registry import registrations
+from pubsubpull.models import Change, Request, ServiceToken
 
 # How many changes a history page or a request page shows before linking to
 # the full, paginated list.
@@ -371,7 +371,7 @@ class ServiceTokenAdmin(admin.ModelAdmin):
         if not change:
             from django.contrib import messages
 
-            from .api.auth import hash_token, new_token
+            from pubsubpull.publisher.api.auth import hash_token, new_token
 
             token = new_token()
             obj.key_hash, obj.prefix = hash_token(token), token[:12]
@@ -397,5 +397,5 @@ class ServiceTokenAdmin(admin.ModelAdmin):
 
 # Pull cursors, parked events and remote subscriptions (the subscribing side);
 # subscriptions and their delivery attempts.
-from .client import admin as _client_admin  # noqa: E402, F401
-from .delivery import admin as _delivery_admin  # noqa: E402, F401
+from pubsubpull.client import admin as _client_admin  # noqa: E402, F401
+from pubsubpull.publisher.delivery import admin as _delivery_admin  # noqa: E402, F401

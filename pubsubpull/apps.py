@@ -11,8 +11,8 @@ class PubSubPullConfig(AppConfig):
         from django.db import connections
         from django.db.backends.signals import connection_created
 
-        from . import checks
-        from .context import install
+        from pubsubpull import checks
+        from pubsubpull.capture.context import install
 
         # Every connection, of every alias and thread, sends the active
         # request or job with its data-changing statements.

@@ -8,8 +8,9 @@ from django.core import checks
 from django.db import connections, router
 from django.db.migrations.executor import MigrationExecutor
 
-from . import conf, triggers
-from .registry import registrations
+from pubsubpull import conf
+from pubsubpull.capture import triggers
+from pubsubpull.capture.registry import registrations
 
 
 @checks.register(checks.Tags.models)

@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
     # How many proxies you run in front of Django: the address taken from a
     # comma-separated TRUSTED_PROXY_HEADER is this many entries from the right.
     "TRUSTED_PROXY_COUNT": 1,
-    # Subscriptions (pubsubpull.delivery). Times are in seconds.
+    # Subscriptions (pubsubpull.publisher.delivery). Times are in seconds.
     #
     # Callbacks may not resolve to an address the IANA special-purpose
     # registries call not globally reachable (private, loopback, link-local,

@@ -275,7 +275,7 @@ class WorkerHeartbeat(models.Model):
         return self.name
 
 
-from .client.models import (  # noqa: E402, F401  (pull and receive)
+from pubsubpull.client.models import (  # noqa: E402, F401  (pull and receive)
     MirrorSeen,
     MirrorTombstone,
     ParkedEvent,
@@ -283,4 +283,4 @@ from .client.models import (  # noqa: E402, F401  (pull and receive)
     ReceivedBatch,
     RemoteSubscription,
 )
-from .delivery.models import Attempt, ParkedChange, Subscription  # noqa: E402, F401  (subscriptions)
+from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription  # noqa: E402, F401  (subscriptions)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.db import router
 from django.db.migrations.operations.base import Operation, OperationCategory
 
-from .triggers import drop_sql, install_sql
+from pubsubpull.capture.triggers import drop_sql, install_sql
 
 
 class _TriggerOperation(Operation):

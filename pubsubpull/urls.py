@@ -5,7 +5,7 @@ path("pubsubpull/", include("pubsubpull.urls")),
 
 from django.urls import path, register_converter
 
-from .api import operations, subscriptions, views
+from pubsubpull.publisher.api import health, subscriptions, views
 
 
 class PrimaryKeyConverter:
@@ -31,8 +31,8 @@ urlpatterns = [
     path("models/<str:model>/instances/", views.instances, name="instances"),
     path("models/<str:model>/instances/<pubsubpull_pk:pk>/", views.instance, name="instance"),
     path("subscriptions/", subscriptions.collection, name="subscriptions"),
-    path("health/", operations.health, name="health"),
-    path("metrics", operations.metrics, name="metrics"),
+    path("health/", health.health, name="health"),
+    path("metrics", health.metrics, name="metrics"),
     path("subscriptions/<str:name>/", subscriptions.subscription, name="subscription"),
     path(
         "subscriptions/<str:name>/parked/",

@@ -160,7 +160,7 @@ class Demo:
         self.publisher.manage(
             "shell",
             "-c",
-            "from pubsubpull.delivery.models import Subscription\n"
+            "from pubsubpull.publisher.delivery.models import Subscription\n"
             "from pubsubpull.models import ServiceToken\n"
             "owners = [f'token:{pk}' for pk in ServiceToken.objects.values_list('pk', flat=True)]\n"
             "Subscription.objects.filter(name='billing-users', owner__startswith='token:')"
@@ -171,7 +171,7 @@ class Demo:
                 "shell",
                 "-c",
                 "import os\n"
-                "from pubsubpull.api.auth import hash_token\n"
+                "from pubsubpull.publisher.api.auth import hash_token\n"
                 "from pubsubpull.models import ServiceToken\n"
                 "print(ServiceToken.objects.filter(name='billing', is_active=True,\n"
                 "    key_hash=hash_token(os.environ['DEMO_TOKEN'])).exists())",
@@ -186,7 +186,7 @@ class Demo:
         self.publisher.manage(
             "shell",
             "-c",
-            "from pubsubpull.delivery.models import Subscription\n"
+            "from pubsubpull.publisher.delivery.models import Subscription\n"
             "from pubsubpull.models import ServiceToken\n"
             "old = ServiceToken.objects.filter(name='billing')\n"
             "Subscription.objects.filter(owner__in=[f'token:{t.pk}' for t in old]).delete()\n"

@@ -182,7 +182,7 @@ def run_tour(demo) -> None:
     say("7. However many times the demo ran, billing has one subscription, and it delivers.")
     subscriptions = query(
         publisher,
-        "import json\nfrom pubsubpull.delivery.models import Attempt, Subscription\n"
+        "import json\nfrom pubsubpull.publisher.delivery.models import Attempt, Subscription\n"
         "subs = Subscription.objects.filter(name='billing-users')\n"
         "print(json.dumps({'states': [s.state for s in subs],\n"
         "    'refused': Attempt.objects.filter(subscription__in=subs, status=401).count()}))",

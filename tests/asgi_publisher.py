@@ -20,7 +20,7 @@ service = long_polls(get_asgi_application())
 
 async def application(scope, receive, send):
     if scope["type"] == "http" and scope["path"] == "/_test/waiting":
-        from pubsubpull import listener
+        from pubsubpull.publisher import listener
 
         body = json.dumps({"waiting": listener.waiting()}).encode()
         await send(

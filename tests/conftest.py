@@ -68,7 +68,7 @@ def _request_status_written():
     about to be dropped.
     """
     yield
-    from pubsubpull.middleware import flush
+    from pubsubpull.capture.middleware import flush
 
     assert flush(timeout=30), "request status rows were still queued after 30 s"
 
@@ -79,6 +79,6 @@ def django_db_setup(django_db_setup):
     the test databases are dropped (a session fixture of our own would be torn
     down after them)."""
     yield
-    from pubsubpull import feed
+    from pubsubpull.publisher import feed
 
     feed.stop_listening()

@@ -7,9 +7,9 @@ import time
 
 from django.db import connection
 
-from pubsubpull.delivery.deliver import drain
-from pubsubpull.delivery.subscriptions import subscribe
-from pubsubpull.delivery.worker import Worker
+from pubsubpull.publisher.delivery.deliver import drain
+from pubsubpull.publisher.delivery.subscriptions import subscribe
+from pubsubpull.publisher.delivery.worker import Worker
 
 FAST = {
     "RETRY_BASE": 0.05,
@@ -34,8 +34,8 @@ def make_subscription(callback, name="billing", owner="token:1", **fields):
     """
     kind, _, key = owner.partition(":")
     if kind == "token":
-        from pubsubpull.api.auth import hash_token, new_token
         from pubsubpull.models import ServiceToken
+        from pubsubpull.publisher.api.auth import hash_token, new_token
 
         text = new_token()
         ServiceToken.objects.get_or_create(
@@ -86,8 +86,8 @@ def settle(timeout=60.0):
     back. Tests that expect a drain to deliver what they just committed wait
     for that first.
     """
-    from pubsubpull import feed
     from pubsubpull.models import Change
+    from pubsubpull.publisher import feed
 
     newest = Change.objects.order_by("-txid", "-id").values_list("txid", "id").first()
     if newest is None:

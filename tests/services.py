@@ -279,8 +279,8 @@ def billing_service():
 @pytest.fixture
 def billing(billing_service, live_server):
     """Billing, emptied, pointed at the customers service (live_server) with a token."""
-    from pubsubpull import feed
-    from pubsubpull.api.auth import create_token
+    from pubsubpull.publisher import feed
+    from pubsubpull.publisher.api.auth import create_token
 
     billing_service.reset()
     billing_service.customers_url = live_server.url + "/pubsubpull/"

@@ -17,9 +17,9 @@ from django.db import connection
 from django.test import Client
 
 from customers.models import Contract, Country, Customer
-from pubsubpull import feed
-from pubsubpull.api.auth import create_token
 from pubsubpull.models import ServiceToken
+from pubsubpull.publisher import feed
+from pubsubpull.publisher.api.auth import create_token
 from tests.conftest import dsn
 
 pytestmark = pytest.mark.django_db(transaction=True)

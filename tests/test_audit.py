@@ -25,7 +25,7 @@ from django.utils.http import urlencode
 import pubsubpull
 from customers.models import Country, Customer
 from ledger.models import Entry
-from pubsubpull.middleware import flush
+from pubsubpull.capture.middleware import flush
 from pubsubpull.models import Change, Request
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -648,7 +648,7 @@ def test_completing_a_batch_of_request_rows_leaves_them_on_their_pages():
     entries are written. Rows are inserted as the trigger inserts them, then
     completed by the status writer's own statement, in batches of 80 as a busy
     server sends them; with full pages about none would stay."""
-    from pubsubpull.context import complete
+    from pubsubpull.capture.context import complete
 
     moved = stayed = 0
     with connection.cursor() as cursor:

@@ -23,11 +23,11 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from pubsubpull import jsonbody
-from pubsubpull.api.auth import create_token
-from pubsubpull.api.responses import error_response
 from pubsubpull.client.models import ReceivedBatch, RemoteSubscription
-from pubsubpull.delivery.models import Subscription
+from pubsubpull.protocol import jsonbody
+from pubsubpull.publisher.api.auth import create_token
+from pubsubpull.publisher.api.responses import error_response
+from pubsubpull.publisher.delivery.models import Subscription
 
 from . import poison, receiver_urls
 

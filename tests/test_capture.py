@@ -13,8 +13,8 @@ from django.contrib.auth.models import User
 from django.db import connection, transaction
 
 from customers.models import Address, Contract, Country, Customer, InternalNote
-from pubsubpull.feed import STAY_AWAKE_SQL
 from pubsubpull.models import Change, ChangeLogIsReadOnly, Request
+from pubsubpull.publisher.feed import STAY_AWAKE_SQL
 
 pytestmark = pytest.mark.django_db
 
@@ -246,7 +246,7 @@ def test_listeners_are_notified_once_per_transaction_not_per_row(raw_connection)
             return names
 
         def arm():
-            # What a sleeping listener does (pubsubpull.feed): ask for a NOTIFY.
+            # What a sleeping listener does (pubsubpull.publisher.listener): ask for a NOTIFY.
             return listener.execute(
                 "SELECT nextval('pubsubpull_wakeup_armed'), "
                 "setval('pubsubpull_wakeup_armed_at', extract(epoch FROM now())::bigint)"

@@ -17,9 +17,9 @@ from django.utils import timezone
 
 import pubsubpull
 from customers.models import Country, Customer
-from pubsubpull.api.auth import create_token
 from pubsubpull.client import pulling
 from pubsubpull.client.models import PullCursor
+from pubsubpull.publisher.api.auth import create_token
 from tests import client_handlers
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -9,9 +9,9 @@ from django.db import connection
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from customers.models import Customer
-from pubsubpull.delivery import batch
-from pubsubpull.delivery.deliver import USER_AGENT, backoff, drain
-from pubsubpull.delivery.models import Attempt, Subscription
+from pubsubpull.publisher.delivery import batch
+from pubsubpull.publisher.delivery.deliver import USER_AGENT, backoff, drain
+from pubsubpull.publisher.delivery.models import Attempt, Subscription
 
 from .delivery_helpers import (
     WorkerThread,
@@ -168,7 +168,7 @@ def test_a_long_failure_streak_disables_and_resuming_delivers_in_order(fast):
             lambda: drain_settled(subscription.pk) == "busy" and _state(subscription) == "disabled"
         )
         assert Attempt.objects.count() >= 2
-    from pubsubpull.delivery.subscriptions import resume
+    from pubsubpull.publisher.delivery.subscriptions import resume
 
     Customer.objects.create(name="Grace")
     with Receiver() as receiver:

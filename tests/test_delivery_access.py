@@ -16,9 +16,9 @@ from django.core.management import call_command
 from django.test import Client
 
 from customers.models import Address, Customer
-from pubsubpull.delivery.deliver import drain
-from pubsubpull.delivery.models import Subscription
-from pubsubpull.delivery.subscriptions import subscribe
+from pubsubpull.publisher.delivery.deliver import drain
+from pubsubpull.publisher.delivery.models import Subscription
+from pubsubpull.publisher.delivery.subscriptions import subscribe
 
 from .delivery_helpers import WorkerThread, drain_settled, settle, use_fast_settings, wait_until
 from .receivers import Receiver

@@ -17,8 +17,8 @@ from django.test import Client
 from standardwebhooks import Webhook
 
 from customers.models import Customer
-from pubsubpull.api.auth import create_token
-from pubsubpull.delivery.models import Attempt, ParkedChange, Subscription
+from pubsubpull.publisher.api.auth import create_token
+from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription
 
 from .delivery_helpers import drain_settled, make_subscription, use_fast_settings, wait_until
 from .receivers import Answer, Receiver
@@ -337,7 +337,7 @@ def test_the_blocked_and_parked_responses_match_the_openapi_document(fast, live_
 def test_parking_while_the_change_is_in_flight_loses_and_repeats_nothing(fast, status):
     from django.db import connection
 
-    from pubsubpull.delivery import parking
+    from pubsubpull.publisher.delivery import parking
 
     parked = {}
 

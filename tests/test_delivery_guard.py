@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from customers.models import Customer
-from pubsubpull.api.auth import create_token
-from pubsubpull.delivery import guard
-from pubsubpull.delivery.models import Attempt, Subscription
-from pubsubpull.delivery.subscriptions import InvalidSubscription
+from pubsubpull.publisher.api.auth import create_token
+from pubsubpull.publisher.delivery import guard
+from pubsubpull.publisher.delivery.models import Attempt, Subscription
+from pubsubpull.publisher.delivery.subscriptions import InvalidSubscription
 
 from .delivery_helpers import drain_settled, make_subscription, use_fast_settings
 from .receivers import Receiver

@@ -11,7 +11,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 
-from pubsubpull.delivery.models import Attempt, Subscription
+from pubsubpull.publisher.delivery.models import Attempt, Subscription
 
 from .delivery_helpers import WorkerThread, use_fast_settings
 from .services import billing, billing_service, wait_until  # noqa: F401  (fixtures)

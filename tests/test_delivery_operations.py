@@ -12,9 +12,9 @@ from django.test import Client
 from django.utils import timezone
 
 from customers.models import Customer
-from pubsubpull import feed
-from pubsubpull.delivery.attempts import prune_attempts
-from pubsubpull.delivery.models import Attempt, Subscription
+from pubsubpull.publisher import feed
+from pubsubpull.publisher.delivery.attempts import prune_attempts
+from pubsubpull.publisher.delivery.models import Attempt, Subscription
 
 from .delivery_helpers import drain_settled, make_subscription, use_fast_settings
 from .receivers import Answer, Receiver
@@ -111,7 +111,7 @@ def test_old_attempts_are_pruned(settings):
 def test_a_replay_while_a_batch_is_in_flight_is_not_undone(settings):
     from django.db import connection
 
-    from pubsubpull.delivery.subscriptions import replay
+    from pubsubpull.publisher.delivery.subscriptions import replay
 
     use_fast_settings(settings)
 

@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 
 from customers.models import Customer
-from pubsubpull.delivery.models import Attempt
+from pubsubpull.publisher.delivery.models import Attempt
 
 from .delivery_helpers import WorkerThread, make_subscription, use_fast_settings
 from .receivers import Answer, Receiver

@@ -14,7 +14,7 @@ import pytest
 from django.db import connection, transaction
 
 from customers.models import Customer
-from pubsubpull.delivery.models import Attempt, Subscription
+from pubsubpull.publisher.delivery.models import Attempt, Subscription
 
 from .delivery_helpers import FAST, WorkerThread, make_subscription, use_fast_settings
 from .receivers import Answer, Receiver

@@ -21,8 +21,8 @@ from django.utils import timezone
 import pubsubpull
 from customers.models import Customer
 from pubsubpull import conf
-from pubsubpull.api.auth import create_token
-from pubsubpull.delivery.models import Subscription
+from pubsubpull.publisher.api.auth import create_token
+from pubsubpull.publisher.delivery.models import Subscription
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [*sorted((ROOT / "docs").glob("*.rst")), ROOT / "README.rst"]
@@ -180,7 +180,7 @@ def test_every_key_of_every_json_response_is_documented(settings):
     without a word in its section of the docs fails here."""
     from django.test import Client
 
-    from pubsubpull import feed
+    from pubsubpull.publisher import feed
     from tests.delivery_helpers import drain_settled, use_fast_settings
     from tests.receivers import Answer, Receiver
 
@@ -433,7 +433,7 @@ def test_the_statuses_the_subscription_docs_give_are_what_a_bad_put_gets():
 
 def test_the_documented_retry_schedule_is_the_one_backoff_computes(settings):
     """docs/subscriptions.rst's table of waits holds for every draw of the jitter."""
-    from pubsubpull.delivery.deliver import backoff
+    from pubsubpull.publisher.delivery.deliver import backoff
 
     settings.PUBSUBPULL = {**settings.PUBSUBPULL, "RETRY_BASE": 2.0, "RETRY_MAX": 3600.0}
     table = section("docs/subscriptions.rst", "Answering")
@@ -471,7 +471,7 @@ def test_every_value_of_a_state_or_kind_is_documented(field, page, title):
 
 
 def test_every_enum_value_of_the_openapi_document_is_documented():
-    from pubsubpull.api import openapi
+    from pubsubpull.publisher.api import openapi
 
     def enums(node):
         if isinstance(node, dict):

@@ -12,7 +12,7 @@ import pytest
 from django.db import connection, connections
 
 from customers.models import Country, Customer
-from pubsubpull import feed
+from pubsubpull.publisher import feed
 from tests.conftest import dsn
 
 pytestmark = pytest.mark.django_db(transaction=True)

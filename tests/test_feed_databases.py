@@ -19,8 +19,8 @@ from django.db import connections
 
 from customers.models import Customer
 from ledger.models import Entry
-from pubsubpull import feed
-from pubsubpull.api.auth import create_token
+from pubsubpull.publisher import feed
+from pubsubpull.publisher.api.auth import create_token
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 

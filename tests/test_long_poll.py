@@ -24,8 +24,8 @@ import pytest
 from django.db import connection
 
 from pubsubpull import asgi as asgi_wrapper
-from pubsubpull import feed, listener
-from pubsubpull.api.auth import create_token
+from pubsubpull.publisher import feed, listener
+from pubsubpull.publisher.api.auth import create_token
 from tests.conftest import dsn
 
 pytestmark = pytest.mark.django_db(transaction=True)

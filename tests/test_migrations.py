@@ -307,7 +307,7 @@ def test_migration_0006_installs_capture_v2_and_reverses_to_v1(changes):
     from django.db import connection
 
     from customers.models import Country
-    from pubsubpull import triggers
+    from pubsubpull.capture import triggers
 
     with connection.cursor() as cursor:
         assert "pg_sequence_last_value" in _capture_source(cursor)

@@ -16,9 +16,10 @@ from datetime import timedelta
 import pytest
 
 from customers.models import Country, Customer
-from pubsubpull import retention
+from pubsubpull.publisher import retention
 
 from . import services
+from .delivery_helpers import WorkerThread, use_fast_settings
 from .services import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -224,3 +225,40 @@ def test_a_page_that_can_never_apply_blocks_the_mirror_until_it_is_parked(billin
     billing.stop_all()
     billing.sql("TRUNCATE billing_customercard")  # as the model says, for the next test
     billing.sql("ALTER TABLE billing_customercard ALTER name TYPE varchar(20)")
+
+
+def test_a_pushed_change_that_can_never_apply_blocks_the_subscription_until_parked(
+    billing, settings
+):
+    """Push mode: the receiver says 422 for what its database refuses, never 500.
+
+    A 500 means "try again later", and the publisher would retry it on the
+    backoff for days. 422 lets it narrow the batch to the change and block on it,
+    naming it, until the operator parks it; the rest then goes on in order.
+    """
+    use_fast_settings(settings)
+    from pubsubpull.publisher.delivery.models import Attempt, Subscription
+    from pubsubpull.publisher.delivery.parking import next_change, park
+
+    billing.start_server()
+    billing.shell(
+        f"from billing.mirrors import cards; cards.subscribe('{billing.url}/hooks/cards/')"
+    )
+    with WorkerThread():
+        Customer.objects.create(name="a")
+        long = Customer.objects.create(name="Maria Salomea Skłodowska-Curie")  # 30 > 20
+        Customer.objects.create(name="b")
+        wait_until(lambda: Subscription.objects.get().state == "blocked", timeout=60)
+        subscription = Subscription.objects.get()
+        assert f"customers.customer {long.pk}" in subscription.state_reason
+        refused = Attempt.objects.filter(status=422)
+        assert refused.exists() and not Attempt.objects.filter(status=500).exists()
+        assert all("cannot_apply" in a.response and "DataError" in a.response for a in refused)
+        assert [n for n, _ in mirrored(billing, "billing_customercard").values()] == ["a"]
+
+        park(subscription, next_change(subscription).id, by="test")
+        expected = {pk: row for pk, row in published().items() if pk != long.pk}
+        wait_until(lambda: mirrored(billing, "billing_customercard") == expected, timeout=60)
+        assert Subscription.objects.get().state == "active"
+    billing.stop_all()
+    billing.sql("TRUNCATE billing_customercard")  # as the model says, for the next test

@@ -15,8 +15,8 @@ from openapi_spec_validator import validate
 from schemathesis.core import NotSet
 
 from customers.models import Contract, Country, Customer
-from pubsubpull import feed
-from pubsubpull.api.auth import create_token
+from pubsubpull.publisher import feed
+from pubsubpull.publisher.api.auth import create_token
 
 from . import poison
 

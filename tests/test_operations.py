@@ -7,9 +7,9 @@ from django.contrib.auth.models import Permission, User
 from django.db import connection
 
 from customers.models import Customer
-from pubsubpull.api.auth import create_token
-from pubsubpull.delivery.models import Subscription
 from pubsubpull.models import WorkerHeartbeat
+from pubsubpull.publisher.api.auth import create_token
+from pubsubpull.publisher.delivery.models import Subscription
 
 from .delivery_helpers import WorkerThread
 

@@ -18,9 +18,9 @@ import psycopg
 import pytest
 
 from customers.models import Customer
-from pubsubpull import feed
-from pubsubpull.api.auth import create_token
-from pubsubpull.delivery.deliver import drain
+from pubsubpull.publisher import feed
+from pubsubpull.publisher.api.auth import create_token
+from pubsubpull.publisher.delivery.deliver import drain
 from tests.conftest import dsn
 from tests.delivery_helpers import make_subscription, settle, use_fast_settings
 from tests.receivers import Receiver

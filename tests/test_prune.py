@@ -7,9 +7,9 @@ from django.db import connection
 
 import pubsubpull
 from customers.models import Customer
-from pubsubpull import feed
-from pubsubpull.delivery.models import Subscription
 from pubsubpull.models import Change, Request
+from pubsubpull.publisher import feed
+from pubsubpull.publisher.delivery.models import Subscription
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

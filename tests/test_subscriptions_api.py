@@ -10,9 +10,9 @@ from django.test import Client
 from standardwebhooks import Webhook
 
 from customers.models import Customer
-from pubsubpull import feed
-from pubsubpull.api.auth import create_token
-from pubsubpull.delivery.models import Subscription
+from pubsubpull.publisher import feed
+from pubsubpull.publisher.api.auth import create_token
+from pubsubpull.publisher.delivery.models import Subscription
 
 from .conftest import dsn
 from .delivery_helpers import drain_settled, settle, use_fast_settings

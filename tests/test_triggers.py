@@ -8,7 +8,8 @@ from django.core.management.base import CommandError
 from django.db import connection
 
 from customers.models import Address, Country, Customer
-from pubsubpull import checks, triggers
+from pubsubpull import checks
+from pubsubpull.capture import triggers
 from pubsubpull.models import Change
 
 pytestmark = pytest.mark.django_db

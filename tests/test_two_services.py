@@ -21,7 +21,7 @@ from django.utils import timezone
 from standardwebhooks import Webhook
 
 from customers.models import Country, Customer
-from pubsubpull import feed
+from pubsubpull.publisher import feed
 
 from . import services
 from .delivery_helpers import WorkerThread, use_fast_settings
@@ -119,10 +119,10 @@ def test_comms_welcomes_each_new_user_once_across_restarts_and_redelivery(billin
 
         # The publisher sends everything again (its position was rewound,
         # say from a backup): new batches, old changes.
-        from pubsubpull.delivery.models import Subscription
+        from pubsubpull.publisher.delivery.models import Subscription
 
         Subscription.objects.update(position_txid=0, position_id=0)
-        from pubsubpull.delivery.wake import wake_subscriptions
+        from pubsubpull.publisher.delivery.wake import wake_subscriptions
 
         wake_subscriptions(Subscription.objects.values_list("id", flat=True), force=True)
         users.append(User.objects.create_user("w0"))
@@ -177,7 +177,7 @@ def test_a_wrong_secret_handles_nothing_until_it_is_right(billing, settings):
     )
     [(secret,)] = billing.sql("SELECT secret FROM pubsubpull_remotesubscription")
     billing.sql("UPDATE pubsubpull_remotesubscription SET secret = %s", ["whsec_" + "B" * 43 + "="])
-    from pubsubpull.delivery.models import Attempt
+    from pubsubpull.publisher.delivery.models import Attempt
 
     with WorkerThread():
         User.objects.create_user("eve")
@@ -243,7 +243,7 @@ def test_publisher_down_for_a_while_the_client_backs_off_and_catches_up(billing,
 
 def test_billing_mirrors_customers_by_push_and_catches_up_after_a_gap(billing, settings):
     use_fast_settings(settings)
-    from pubsubpull.delivery.models import Subscription
+    from pubsubpull.publisher.delivery.models import Subscription
 
     Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(30))
     server = billing.start_server()
@@ -292,8 +292,8 @@ def test_two_tokens_subscribe_with_one_name_and_each_is_verified_with_its_own_se
     and its receiver verifies each notification with the secret that signs it.
     """
     use_fast_settings(settings)
-    from pubsubpull.api.auth import create_token
-    from pubsubpull.delivery.models import Attempt, Subscription
+    from pubsubpull.publisher.api.auth import create_token
+    from pubsubpull.publisher.delivery.models import Attempt, Subscription
 
     other_token = create_token("billing-team-2", ["auth.user"])[1]
     billing.start_server()

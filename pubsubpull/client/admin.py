@@ -9,8 +9,8 @@ from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html
 
-from . import parking
-from .models import ParkedEvent, PullCursor, RemoteSubscription
+from pubsubpull.client import parking
+from pubsubpull.client.models import ParkedEvent, PullCursor, RemoteSubscription
 
 
 class ParkedEventInline(admin.TabularInline):

@@ -65,10 +65,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, models, transaction
 from django.utils import timezone
 
-from .. import conf
-from .events import Event
-from .models import MirrorSeen, MirrorTombstone, PullCursor, RemoteSubscription
-from .source import Publisher, get_json, split_source
+from pubsubpull import conf
+from pubsubpull.client.events import Event
+from pubsubpull.client.models import MirrorSeen, MirrorTombstone, PullCursor, RemoteSubscription
+from pubsubpull.client.source import Publisher, get_json, split_source
 
 TOMBSTONES = MirrorTombstone._meta.db_table
 SEEN = MirrorSeen._meta.db_table
@@ -177,7 +177,7 @@ class Mirror:
 
     def pull(self, **options: Any) -> PullCursor:
         """Pull mode: snapshot, then follow the feed (run by ``pubsubpull_worker``)."""
-        from .pulling import pull
+        from pubsubpull.client.pulling import pull
 
         options.setdefault("page_size", self.page_size)
         return pull(self.source_url, self, name=self.name, auth=self.auth, **options)
@@ -188,8 +188,8 @@ class Mirror:
         The view at ``callback_url`` is :meth:`receiver`. Call :meth:`catch_up`
         when the service starts, to pull whatever a lost subscription missed.
         """
-        from .pulling import pull_down, run
-        from .receiver import subscribe
+        from pubsubpull.client.pulling import pull_down, run
+        from pubsubpull.client.receiver import subscribe
 
         cursor = pull_down(
             self.source_url, self, name=self.name, auth=self.auth, enqueue=False,
@@ -219,13 +219,13 @@ class Mirror:
 
     def receiver(self, subscription: str | None = None):
         """The view for push mode's callback URL."""
-        from .receiver import receiver
+        from pubsubpull.client.receiver import receiver
 
         return receiver(self, subscription=subscription)
 
     def catch_up(self, subscription: RemoteSubscription | None = None) -> int:
         """Push mode: pull the feed from the last handled position to now; events applied."""
-        from .receiver import _position
+        from pubsubpull.client.receiver import _position
 
         subscription = subscription or RemoteSubscription.objects.get(
             publisher=self.service_url,

@@ -25,8 +25,8 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from .events import Event
-from .models import ParkedEvent, PullCursor
+from pubsubpull.client.events import Event
+from pubsubpull.client.models import ParkedEvent, PullCursor
 
 
 def _now_due(cursors: Iterable[PullCursor], **fields: Any) -> list[int]:
@@ -34,7 +34,7 @@ def _now_due(cursors: Iterable[PullCursor], **fields: Any) -> list[int]:
     PullCursor.objects.filter(id__in=ids).update(
         state=PullCursor.State.ACTIVE, next_run_at=timezone.now(), **fields
     )
-    from .wake import wake_cursors
+    from pubsubpull.client.wake import wake_cursors
 
     wake_cursors(ids, force=True)
     return ids
@@ -69,7 +69,7 @@ def apply_parking(
     position: str,
 ) -> int:
     """Apply a page event by event (in the page's transaction); park those that fail."""
-    from .pulling import call_handler
+    from pubsubpull.client.pulling import call_handler
 
     first, last = snapshot if snapshot is not None else (False, False)
     within = None if snapshot is None else (False, False)
@@ -130,7 +130,7 @@ def reapply(parked: Iterable[ParkedEvent]) -> tuple[int, int]:
     failing one keeps its place with the new error and one more attempt, and
     the later events of its object wait behind it.
     """
-    from .pulling import call_handler, resolve_handler
+    from pubsubpull.client.pulling import call_handler, resolve_handler
 
     applied = failing = 0
     stuck: set[tuple[int, str, str]] = set()

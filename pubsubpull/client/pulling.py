@@ -33,10 +33,10 @@ from django.db import DataError, IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from .. import conf
-from .events import Event
-from .models import PullCursor
-from .source import Gone, Publisher, SourceError, get_json, split_source
+from pubsubpull import conf
+from pubsubpull.client.events import Event
+from pubsubpull.client.models import PullCursor
+from pubsubpull.client.source import Gone, Publisher, SourceError, get_json, split_source
 
 logger = logging.getLogger("pubsubpull.client")
 
@@ -244,7 +244,7 @@ def pull(
                 Q(lease_expires__isnull=True) | Q(lease_expires__lt=timezone.now()), id=cursor.id
             ).update(lease_owner=lease_owner, lease_expires=until)
     if enqueue:
-        from .wake import wake_cursors
+        from pubsubpull.client.wake import wake_cursors
 
         wake_cursors([cursor.id], force=True)
     return cursor
@@ -374,12 +374,12 @@ class Runner:
             ):
                 raise LostLease(cursor.name)
             if held[3]:
-                from .parking import apply_parking
+                from pubsubpull.client.parking import apply_parking
 
                 apply_parking(self.cursor, self.handler, events, snapshot, position)
                 fields["park_failures"] = False
             elif events or (snapshot is not None and snapshot[1]):
-                from .parking import behind_parked
+                from pubsubpull.client.parking import behind_parked
 
                 try:
                     call_handler(self.handler, behind_parked(cursor, events, position), snapshot)
@@ -665,7 +665,7 @@ def run(
     else:
         _release(cursor, owner, keep)
     if outcome == "more" and progress is None and not keep:
-        from .wake import wake_cursors
+        from pubsubpull.client.wake import wake_cursors
 
         wake_cursors([cursor.id], force=True)
     return outcome

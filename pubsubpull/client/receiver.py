@@ -38,12 +38,13 @@ from django.views.decorators.csrf import csrf_exempt
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from .. import conf, jsonbody
-from ..feed import InvalidCursor, Position
-from .events import Event
-from .models import ReceivedBatch, RemoteSubscription
-from .pulling import Handler, call_handler, resolve_handler
-from .source import Publisher, SourceError, request, split_source
+from pubsubpull import conf
+from pubsubpull.client.events import Event
+from pubsubpull.client.models import ReceivedBatch, RemoteSubscription
+from pubsubpull.client.pulling import CANNOT_APPLY, Handler, call_handler, resolve_handler
+from pubsubpull.client.source import Publisher, SourceError, request, split_source
+from pubsubpull.protocol import jsonbody
+from pubsubpull.publisher.feed import InvalidCursor, Position
 
 logger = logging.getLogger("pubsubpull.client")
 
@@ -183,6 +184,18 @@ class Receiver(View):
             self._handle(verified, headers["webhook-id"], changes, cursor, parked=parked)
             if random.random() < 0.01:
                 prune_received()
+        except CANNOT_APPLY as e:
+            # The database refuses the batch as it is (a constraint, a value the
+            # column cannot hold): sending it again cannot help. A 4xx says so,
+            # and the publisher narrows the batch to the change and blocks on it
+            # until the operator parks it or the cause is fixed.
+            logger.exception("Receiver: %s can never apply", headers["webhook-id"])
+            return _error(
+                422,
+                "cannot_apply",
+                f"The handler's database refused the batch ({type(e).__name__}: "
+                f"{str(e).strip()[:300]}); nothing was kept.",
+            )
         except Exception:
             logger.exception("Receiver: the handler failed on %s", headers["webhook-id"])
             return _error(

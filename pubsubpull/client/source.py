@@ -15,8 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import orjson
 
-from .. import __version__, conf
-from ..retry_after import parse_retry_after
+from pubsubpull import __version__, conf
+from pubsubpull.protocol.retry_after import parse_retry_after
 
 USER_AGENT = f"django-pubsubpull/{__version__} (pull)"
 

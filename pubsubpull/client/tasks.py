@@ -7,14 +7,14 @@ cursor busy.
 
 from __future__ import annotations
 
-from .. import conf
-from ..delivery.tasks import task
+from pubsubpull import conf
+from pubsubpull.publisher.delivery.tasks import task
 
 
 @task()
 def pull_job(cursor_id: int) -> str:
     """Run one pull cursor for up to PULL_BUDGET seconds; it re-enqueues itself to go on."""
-    from .pulling import run
+    from pubsubpull.client.pulling import run
 
     return run(cursor_id)
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 from django.db import connection
 
-from .. import conf
-from . import tasks
+from pubsubpull import conf
+from pubsubpull.client import tasks
 
 _WAKE_SQL = """
 UPDATE pubsubpull_pullcursor

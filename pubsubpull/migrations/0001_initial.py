@@ -4,7 +4,7 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
-from pubsubpull.triggers import function_sql
+from pubsubpull.capture.triggers import function_sql
 
 
 class Migration(migrations.Migration):

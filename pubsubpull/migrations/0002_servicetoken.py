@@ -67,7 +67,7 @@ class Migration(migrations.Migration):
         # Deleting change rows moves the horizon (feed cursors before it get 410).
         # horizon_v1.sql is frozen: a new version is a new file and migration.
         migrations.RunSQL(
-            sql=[resources.files("pubsubpull").joinpath("sql/horizon_v1.sql").read_text()],
+            sql=[resources.files("pubsubpull.capture").joinpath("sql/horizon_v1.sql").read_text()],
             reverse_sql=[
                 "DROP TRIGGER IF EXISTS horizon_follows_deletes ON pubsubpull_change",
                 "DROP FUNCTION IF EXISTS pubsubpull_move_horizon()",

@@ -8,7 +8,7 @@ function, leaving the wake-up sequences as they are.
 
 from django.db import migrations
 
-from pubsubpull.triggers import function_sql
+from pubsubpull.capture.triggers import function_sql
 
 
 class Migration(migrations.Migration):

@@ -2,7 +2,7 @@
 
 from django.core.management.commands import migrate
 
-from pubsubpull.autodetector import publishing
+from pubsubpull.capture.autodetector import publishing
 
 
 class Command(migrate.Command):

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS
 
 from pubsubpull import conf
-from pubsubpull.retention import parse_age, prune
+from pubsubpull.publisher.retention import parse_age, prune
 
 
 class Command(BaseCommand):

@@ -6,8 +6,8 @@ from django.core.management.base import BaseCommand
 from django.db.models import Count
 from django.utils import timezone
 
-from pubsubpull.delivery.models import Subscription
-from pubsubpull.delivery.subscriptions import lag
+from pubsubpull.publisher.delivery.models import Subscription
+from pubsubpull.publisher.delivery.subscriptions import lag
 
 # States whose reason matters more than the last error (it says what to do).
 _EXPLAINED = {"blocked", "forbidden", "disabled", "paused"}

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from pubsubpull.api.auth import create_token
+from pubsubpull.capture.registry import get_registration, registrations
 from pubsubpull.models import ServiceToken
-from pubsubpull.registry import get_registration, registrations
+from pubsubpull.publisher.api.auth import create_token
 
 
 class Command(BaseCommand):

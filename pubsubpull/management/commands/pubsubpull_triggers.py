@@ -3,8 +3,8 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS
 
-from pubsubpull import triggers
-from pubsubpull.registry import get_registration
+from pubsubpull.capture import triggers
+from pubsubpull.capture.registry import get_registration
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ import signal
 
 from django.core.management.base import BaseCommand
 
-from pubsubpull.delivery.worker import Worker
+from pubsubpull.publisher.delivery.worker import Worker
 
 
 class Command(BaseCommand):

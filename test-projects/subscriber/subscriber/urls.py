@@ -9,4 +9,6 @@ urlpatterns = [
     path("hooks/users/", pubsubpull.receiver("billing.handlers.welcome")),
     # Push mode of the customers mirror.
     path("hooks/customers/", pubsubpull.receiver("billing.mirrors.customers")),
+    # Push mode of the cards mirror (a card's name holds 20 characters).
+    path("hooks/cards/", pubsubpull.receiver("billing.mirrors.cards")),
 ]

@@ -262,7 +262,7 @@ def install(connection, **kwargs) -> None:
     """
     if connection.vendor != "postgresql" or _execute_wrapper in connection.execute_wrappers:
         return
-    from .models import Change
+    from pubsubpull.models import Change
 
     if not router.allow_migrate_model(connection.alias, Change):
         return
@@ -327,7 +327,7 @@ def complete(alias: str, rows: list[dict[str, Any]]) -> None:
     Errors are logged, not raised: the response is ready and the changes are
     committed; a missing status is not worth an error page.
     """
-    from .models import Request
+    from pubsubpull.models import Request
 
     connection = connections[alias]
     sql = _COMPLETE.format(user_type=Request._meta.get_field("user").db_type(connection))

@@ -39,7 +39,7 @@ from typing import Any
 import psycopg
 from django.db import connections
 
-from . import feed
+from pubsubpull.publisher import feed
 
 logger = logging.getLogger("pubsubpull")
 

@@ -2,7 +2,7 @@
 
 Example (what ``PUT /subscriptions/billing/`` does for the caller ``token:3``)::
 
-    from pubsubpull.delivery.subscriptions import subscribe
+    from pubsubpull.publisher.delivery.subscriptions import subscribe
 
     result = subscribe("token:3", "billing", {
         "callback": "https://billing.internal/pubsubpull/",
@@ -21,10 +21,11 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from .. import conf, feed
-from ..registry import get_registration
-from . import batch, guard, signing
-from .models import Attempt, Subscription
+from pubsubpull import conf
+from pubsubpull.capture.registry import get_registration
+from pubsubpull.publisher import feed
+from pubsubpull.publisher.delivery import batch, guard, signing
+from pubsubpull.publisher.delivery.models import Attempt, Subscription
 
 FIELDS = {"callback", "models", "batch_size", "start", "rotate_secret"}
 

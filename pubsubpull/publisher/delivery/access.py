@@ -4,7 +4,7 @@ A subscription outlives the request that made it: the token can be revoked or
 narrowed, the user deactivated, deleted or stripped of a permission. Delivery
 asks :func:`refusal` before every batch (and before a parked change is sent
 again), with the same rules the HTTP API applies to a reading caller
-(:meth:`pubsubpull.api.auth.Caller.can_read`), so access ends deliveries the
+(:meth:`pubsubpull.publisher.api.auth.Caller.can_read`), so access ends deliveries the
 moment it ends reads.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 
-from ..api.auth import Caller
-from ..models import ServiceToken
+from pubsubpull.models import ServiceToken
+from pubsubpull.publisher.api.auth import Caller
 
 
 def _caller(owner: str) -> tuple[Caller | None, str]:

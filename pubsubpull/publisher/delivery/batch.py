@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import feed
+from pubsubpull.publisher import feed
 
 Position = feed.Position
 START = feed.START

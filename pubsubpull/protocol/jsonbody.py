@@ -15,7 +15,7 @@ what Python's ``json`` accepts but a service must not:
 
 Example::
 
-    from pubsubpull.jsonbody import InvalidJSON, loads
+    from pubsubpull.protocol.jsonbody import InvalidJSON, loads
 
     loads(b'{"models": ["customers.customer"]}')   # {'models': [...]}
     loads(b'{"models": ["\\\\ud800"]}')             # InvalidJSON: $.models[0] ...

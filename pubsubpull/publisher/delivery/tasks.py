@@ -13,7 +13,7 @@ try:  # Django 6.0+
 except ImportError:  # Django 5.2: the backport
     from django_tasks import task, task_backends  # type: ignore[no-redef]
 
-from .. import conf
+from pubsubpull import conf
 
 __all__ = ["backend", "deliver", "enqueue", "task_backends"]
 
@@ -21,7 +21,7 @@ __all__ = ["backend", "deliver", "enqueue", "task_backends"]
 @task()
 def deliver(subscription_id: int) -> str:
     """Deliver one subscription's backlog until caught up, failing, or 10 s passed."""
-    from .deliver import drain
+    from pubsubpull.publisher.delivery.deliver import drain
 
     return drain(subscription_id)
 

@@ -14,9 +14,9 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from .. import feed
-from . import parking, subscriptions
-from .models import Attempt, ParkedChange, Subscription
+from pubsubpull.publisher import feed
+from pubsubpull.publisher.delivery import parking, subscriptions
+from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription
 
 
 class ReplayForm(forms.Form):

@@ -12,7 +12,7 @@ signed like any batch, with ``"parked": true`` in its ``data`` (and no
 
 Example::
 
-    from pubsubpull.delivery import parking
+    from pubsubpull.publisher.delivery import parking
 
     parked = parking.park(subscription, change_id=812, by="admin:ops")
     ...  # the receiver is fixed
@@ -28,10 +28,10 @@ from datetime import UTC, datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from .. import feed
-from . import access, batch, deliver
-from .models import Attempt, ParkedChange, Subscription
-from .subscriptions import forget_pending, notify
+from pubsubpull.publisher import feed
+from pubsubpull.publisher.delivery import access, batch, deliver
+from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription
+from pubsubpull.publisher.delivery.subscriptions import forget_pending, notify
 
 
 class CannotPark(Exception):

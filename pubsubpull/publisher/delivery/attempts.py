@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from .. import conf
-from .models import Attempt
+from pubsubpull import conf
+from pubsubpull.publisher.delivery.models import Attempt
 
 
 def prune_attempts(before: datetime | None = None) -> int:

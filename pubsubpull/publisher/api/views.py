@@ -21,10 +21,17 @@ from django.urls import reverse
 from django.utils.http import parse_etags
 from django.views.decorators.csrf import csrf_exempt
 
-from .. import __version__, conf, feed, listener, snapshot
-from ..registry import get_registration, registrations
-from . import openapi
-from .responses import ApiError, endpoint, error_response, json_response, raw_json_response
+from pubsubpull import __version__, conf
+from pubsubpull.capture.registry import get_registration, registrations
+from pubsubpull.publisher import feed, listener, snapshot
+from pubsubpull.publisher.api import openapi
+from pubsubpull.publisher.api.responses import (
+    ApiError,
+    endpoint,
+    error_response,
+    json_response,
+    raw_json_response,
+)
 
 
 def _url(request, name: str, *args, **query) -> str:

@@ -13,10 +13,10 @@ transaction that took its id first is served first even if it committed
 later, so a child row's transaction can precede its parent's, and one
 object's changes can come out of sequence order (docs/guarantees.rst).
 
-The HTTP change feed (``pubsubpull.api``) and the delivery worker both read
+The HTTP change feed (``pubsubpull.publisher.api``) and the delivery worker both read
 through this module::
 
-    from pubsubpull import feed
+    from pubsubpull.publisher import feed
 
     page = feed.read_changes(after=stored_cursor, limit=500, models=["shop.customer"])
     for change in page.changes:
@@ -42,7 +42,7 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
-from .registry import Registration, get_registration, registrations
+from pubsubpull.capture.registry import Registration, get_registration, registrations
 
 MAX_ID = 2**63 - 1
 CHANNEL = "pubsubpull"
@@ -373,7 +373,7 @@ ORDER BY c.txid, c.id
 
 def _database(using: str | None) -> str:
     """The database whose change log is read when no model says otherwise."""
-    from .models import Change
+    from pubsubpull.models import Change
 
     return using or router.db_for_read(Change) or DEFAULT_DB_ALIAS
 
@@ -582,19 +582,19 @@ def read_changes(
 
 # A process that listens all the time (pubsubpull_worker) runs this every few
 # seconds: writers notify while its stamp is under 30 s old (see the end of
-# sql/capture_v1.sql; long polls arm instead, pubsubpull.listener).
+# sql/capture_v1.sql; long polls arm instead, pubsubpull.publisher.listener).
 STAY_AWAKE_SQL = "SELECT setval('pubsubpull_wakeup_always_at', extract(epoch FROM now())::bigint)"
 STAY_AWAKE_EVERY = 5.0
 
 #
-# Waiters join their process's hub (pubsubpull.listener): one LISTEN
+# Waiters join their process's hub (pubsubpull.publisher.listener): one LISTEN
 # connection and a few reader threads per process and database, whatever the
 # number of waiters, and one read per distinct (cursor, models, limit) when
 # woken.
 
 
 def _long_poll(after, limit, models, using):
-    from . import listener
+    from pubsubpull.publisher import listener
 
     if limit < 1:
         raise ValueError("limit must be at least 1")
@@ -631,7 +631,7 @@ def wait_for_changes(
     if timeout <= 0:
         return read_changes(after, limit, models, using=using)
     hub, explicit, labels, alias = _long_poll(after, limit, models, using)
-    from .listener import Waiter
+    from pubsubpull.publisher.listener import Waiter
 
     waiter = Waiter()
     hub.join(explicit, labels, limit, waiter)
@@ -656,7 +656,7 @@ async def await_changes(
 
     from asgiref.sync import sync_to_async
 
-    from .listener import Waiter, readers
+    from pubsubpull.publisher.listener import Waiter, readers
 
     if timeout <= 0:
         return await sync_to_async(read_changes, thread_sensitive=False, executor=readers())(
@@ -684,6 +684,6 @@ def stop_listening(timeout: float = 5.0) -> None:
 
     For tests and orderly shutdowns; an idle listener closes by itself.
     """
-    from . import listener
+    from pubsubpull.publisher import listener
 
     listener.stop()

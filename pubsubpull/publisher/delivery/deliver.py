@@ -37,9 +37,10 @@ from typing import Any
 import httpx
 from django.db import IntegrityError, connection
 
-from .. import __version__, conf, feed
-from ..retry_after import parse_retry_after
-from . import access, batch, guard, signing
+from pubsubpull import __version__, conf
+from pubsubpull.protocol.retry_after import parse_retry_after
+from pubsubpull.publisher import feed
+from pubsubpull.publisher.delivery import access, batch, guard, signing
 
 logger = logging.getLogger("pubsubpull.delivery")
 
@@ -712,7 +713,7 @@ def drain(subscription_id: int, budget: float = 10.0) -> str:
                 else outcome not in ("failed", "forbidden") and release(sub, owner)
             )
         if outcome == "more" or (woken and time.monotonic() >= deadline):
-            from .wake import wake_subscriptions
+            from pubsubpull.publisher.delivery.wake import wake_subscriptions
 
             wake_subscriptions([sub.id], force=True)
             return "more"

@@ -10,8 +10,8 @@ from django.db import transaction
 from django.http import HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from .. import jsonbody
-from . import auth
+from pubsubpull.protocol import jsonbody
+from pubsubpull.publisher.api import auth
 
 JSON = "application/json"
 
@@ -43,7 +43,7 @@ def json_body(request, example: str, *, max_bytes: int = MAX_BODY) -> Any:
     """The request's JSON body, or an :class:`ApiError` saying what is wrong with it.
 
     413 over ``max_bytes``; 400 for a body that is not UTF-8 JSON, is nested
-    too deep, or holds a NUL or a lone surrogate (see :mod:`pubsubpull.jsonbody`).
+    too deep, or holds a NUL or a lone surrogate (see :mod:`pubsubpull.protocol.jsonbody`).
     ``example`` shows the caller what a good body looks like.
     """
     length = request.headers.get("Content-Length") or "0"

@@ -19,10 +19,10 @@ from typing import Any
 from django.urls import reverse
 from django.utils import timezone
 
-from .. import feed
-from ..delivery import parking, subscriptions
-from ..delivery.models import Attempt, ParkedChange, Subscription
-from .responses import ApiError, endpoint, json_body, json_response
+from pubsubpull.publisher import feed
+from pubsubpull.publisher.api.responses import ApiError, endpoint, json_body, json_response
+from pubsubpull.publisher.delivery import parking, subscriptions
+from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _EXAMPLE = '{"callback": "https://…", "models": ["app.model"]}.'

@@ -10,7 +10,7 @@ The first page also gives ``feed_position``: a feed cursor from the same
 statement's snapshot. Following the feed from there after the last page
 misses nothing that changed while the pages were read::
 
-    from pubsubpull import snapshot
+    from pubsubpull.publisher import snapshot
 
     page = snapshot.read_instances("shop.customer", limit=1000)
     position = page.feed_position
@@ -35,10 +35,10 @@ import psycopg
 from django.core.exceptions import ValidationError
 from django.db import connections, router
 
-from . import jsonbody
-from .feed import Position, fence_position
-from .jsonbody import unstorable
-from .registry import Registration, get_registration
+from pubsubpull.capture.registry import Registration, get_registration
+from pubsubpull.protocol import jsonbody
+from pubsubpull.protocol.jsonbody import unstorable
+from pubsubpull.publisher.feed import Position, fence_position
 
 # One template for every model; {names} are quoted identifiers and SQL
 # expressions made from the registration (see _query). PostgreSQL renders each

@@ -12,9 +12,9 @@ from typing import Any
 
 from django.db import models
 
-from .. import __version__, conf
-from ..registry import Registration, get_registration
-from ..snapshot import MAX_PARTS
+from pubsubpull import __version__, conf
+from pubsubpull.capture.registry import Registration, get_registration
+from pubsubpull.publisher.snapshot import MAX_PARTS
 
 _STRING_FIELDS = (
     models.CharField,
@@ -397,7 +397,9 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
             },
         },
     }
-    from . import subscriptions  # the subscription endpoints describe themselves
+    from pubsubpull.publisher.api import (
+        subscriptions,  # the subscription endpoints describe themselves
+    )
 
     paths.update(subscriptions.PATHS)
     schemas.update(subscriptions.SCHEMAS)

@@ -30,11 +30,12 @@ from collections.abc import Callable
 import psycopg
 from django.db import close_old_connections, connection, transaction
 
-from .. import conf, feed
-from ..client import tasks as pull_tasks
-from ..client import wake as pull_wake
-from ..models import WorkerHeartbeat
-from . import tasks, wake
+from pubsubpull import conf
+from pubsubpull.client import tasks as pull_tasks
+from pubsubpull.client import wake as pull_wake
+from pubsubpull.models import WorkerHeartbeat
+from pubsubpull.publisher import feed
+from pubsubpull.publisher.delivery import tasks, wake
 
 logger = logging.getLogger("pubsubpull.delivery")
 

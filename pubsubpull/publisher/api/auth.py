@@ -24,8 +24,8 @@ from typing import Any
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 
-from .. import conf
-from ..registry import get_registration
+from pubsubpull import conf
+from pubsubpull.capture.registry import get_registration
 
 TOKEN_PREFIX = "psp_"
 
@@ -49,7 +49,7 @@ def new_token() -> str:
 
 def create_token(name: str, models: list[str]) -> tuple[Any, str]:
     """Create a ServiceToken; return it and the token text (shown only now)."""
-    from ..models import ServiceToken
+    from pubsubpull.models import ServiceToken
 
     token = new_token()
     record = ServiceToken.objects.create(
@@ -108,7 +108,7 @@ def has_credentials(request) -> bool:
 
 def authenticate(request) -> Caller:
     """The caller of ``request``; raises NotAuthenticated or PermissionDenied (CSRF)."""
-    from ..models import ServiceToken
+    from pubsubpull.models import ServiceToken
 
     token_text = _bearer(request)
     if token_text is not None:

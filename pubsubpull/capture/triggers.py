@@ -17,7 +17,7 @@ from importlib import resources
 
 from django.db import connections, router, transaction
 
-from .registry import Registration, registrations
+from pubsubpull.capture.registry import Registration, registrations
 
 FUNCTION = "pubsubpull_capture"
 TRIGGER_PREFIX = "pubsubpull_"
@@ -39,7 +39,7 @@ def function_sql(version: int = 1, *, function_only: bool = False) -> str:
     FUNCTION`` (version 1 also creates and resets the wake-up sequences, which
     going back from version 2 must not do: it would strand armed sleepers).
     """
-    text = resources.files("pubsubpull").joinpath(f"sql/capture_v{version}.sql").read_text()
+    text = resources.files("pubsubpull.capture").joinpath(f"sql/capture_v{version}.sql").read_text()
     if function_only:
         text = text[text.index("CREATE OR REPLACE FUNCTION") :]
     return text

@@ -21,9 +21,9 @@ from collections.abc import Iterable
 
 from django.db import connection
 
-from .. import conf
-from . import tasks
-from .deliver import DELIVERABLE
+from pubsubpull import conf
+from pubsubpull.publisher.delivery import tasks
+from pubsubpull.publisher.delivery.deliver import DELIVERABLE
 
 _WAKE_SQL = """
 UPDATE pubsubpull_subscription

@@ -19,9 +19,10 @@ from datetime import datetime, timedelta
 from django.db import connections, transaction
 from django.utils import timezone
 
-from . import conf, feed
-from .delivery.attempts import prune_attempts
-from .delivery.subscriptions import oldest_needed_position
+from pubsubpull import conf
+from pubsubpull.publisher import feed
+from pubsubpull.publisher.delivery.attempts import prune_attempts
+from pubsubpull.publisher.delivery.subscriptions import oldest_needed_position
 
 logger = logging.getLogger("pubsubpull")
 

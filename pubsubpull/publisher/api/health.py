@@ -9,12 +9,12 @@ from django.db.models import Count, Q
 from django.http import HttpResponse
 from django.utils import timezone
 
-from .. import conf
-from ..delivery import subscriptions
-from ..delivery.models import Attempt, ParkedChange, Subscription
-from ..models import WorkerHeartbeat
-from . import auth
-from .responses import endpoint, json_response
+from pubsubpull import conf
+from pubsubpull.models import WorkerHeartbeat
+from pubsubpull.publisher.api import auth
+from pubsubpull.publisher.api.responses import endpoint, json_response
+from pubsubpull.publisher.delivery import subscriptions
+from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription
 
 
 def _workers() -> tuple[int, int]:

@@ -19,10 +19,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.migrations import Migration
 from django.db.migrations.autodetector import MigrationAutodetector
 
-from . import conf
-from .operations import Publish, Unpublish
-from .registry import Registration, registrations
-from .triggers import create_sql
+from pubsubpull import conf
+from pubsubpull.capture.registry import Registration, registrations
+from pubsubpull.capture.triggers import create_sql
+from pubsubpull.operations import Publish, Unpublish
 
 
 def migrated_triggers(graph) -> dict[str, tuple[str, str, list[str]]]:

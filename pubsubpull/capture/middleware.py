@@ -1,0 +1,79 @@
+"""Attribute the changes made while handling a web request to that request.
+
+Add ``"pubsubpull.middleware.RequestMiddleware"`` to ``MIDDLEWARE`` (first, so
+that it times the whole request and sees writes made by other middleware).
+The first change a request makes writes its ``pubsubpull.models.Request`` row;
+a request that changes nothing writes nothing. Status and duration are filled
+in once the response is ready, outside the request's transaction, by a
+background thread (``pubsubpull.capture.status``) so the request does not wait
+for them; the request's columns come from ``pubsubpull.capture.request_info``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.http import HttpRequest
+
+from pubsubpull.capture.context import _Root, begin, end
+from pubsubpull.capture.request_info import request_root
+from pubsubpull.capture.status import finish, flush, status_writer
+
+__all__ = ["RequestMiddleware", "flush", "status_writer"]
+
+
+class RequestMiddleware:
+    """Tie every change made while handling a request to a ``Request`` row.
+
+    Works under WSGI and ASGI, with ``ATOMIC_REQUESTS`` on or off, on every
+    database alias. The user is read when each change happens, so views that
+    set ``request.user`` themselves (DRF authentication) are attributed
+    correctly. Settings (in ``PUBSUBPULL``): ``REQUEST_ID_HEADER``,
+    ``TRUSTED_PROXY_HEADER``, ``TRUSTED_PROXY_COUNT``.
+
+    The duration is the time until the response object is ready; the body of
+    a streaming response is sent later, and changes made while streaming it
+    are not attributed.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest):
+        if self.async_mode:
+            return self.__acall__(request)
+        root = request_root(request)
+        token = begin(root)
+        status = 500  # unless a response comes back
+        try:
+            response = self.get_response(request)
+            status = response.status_code
+            return response
+        finally:
+            end(token)
+            if root.written:
+                finish(root, status, _elapsed(root))
+
+    async def __acall__(self, request: HttpRequest):
+        root = request_root(request)
+        token = begin(root)
+        status = 500
+        try:
+            response = await self.get_response(request)
+            status = response.status_code
+            return response
+        finally:
+            end(token)
+            if root.written:
+                await sync_to_async(finish)(root, status, _elapsed(root))
+
+
+def _elapsed(root: _Root) -> float:
+    return time.monotonic() - root.started

@@ -1,0 +1,1 @@
+"""The wire protocol both sides share: how bodies, cursors and headers look."""

@@ -1,0 +1,1 @@
+"""Signed change notifications PUT to subscribers' callbacks, in order, with retries."""
