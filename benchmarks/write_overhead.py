@@ -563,7 +563,7 @@ def print_results(args, variants: list[str], rates: dict) -> None:
                 ratio = median_ratio(got, theirs)
                 mark = "ok" if ratio >= PEER_TARGETS[measure] else "MISSED"
                 parts.append(f"{measure} {ratio:.2f}x ({PEER_TARGETS[measure]:g}x {mark})")
-        print(f"  {variant:<16} " + ", ".join(parts))
+        print(f"    {variant:<16} " + ", ".join(parts))
     row = "pghistory"
     if row in variants:
         print(f"Against {row} (row level), single-row (target 1x):")
@@ -575,7 +575,7 @@ def print_results(args, variants: list[str], rates: dict) -> None:
                 got, theirs = rates[measure].get(variant), rates[measure].get(row)
                 if got and theirs:
                     parts.append(f"{measure} {median_ratio(got, theirs):.2f}x")
-            print(f"  {variant:<16} " + ", ".join(parts))
+            print(f"    {variant:<16} " + ", ".join(parts))
 
 
 def main(argv=None) -> int:
