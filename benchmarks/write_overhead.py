@@ -138,6 +138,7 @@ SQL_MEASURES = ["insert 1", "update 1", "INSERT", "UPDATE", "DELETE"]
 ORM_MEASURES = ["create 1", "save 1", "bulk_create", "update()", "delete()"]
 SINGLE = {"insert 1", "update 1", "create 1", "save 1"}
 MEASURES = SQL_MEASURES + ORM_MEASURES
+CPU_MEASURES = ["INSERT cpu", "UPDATE cpu", "DELETE cpu"]
 # Issue 13: bulk at least 1.2x pghistory stmt's rows/s; single-row at least
 # both pghistory modes'.
 PEER_TARGETS = {
@@ -314,15 +315,32 @@ def read_rate(conn, variant: str) -> float | None:
     return count / (time.perf_counter() - started) if count else None
 
 
+def backend_cpu(conn) -> float | None:
+    """Seconds of CPU the connection's server process has used (a local server only)."""
+    try:
+        with open(f"/proc/{conn.info.backend_pid}/schedstat") as stat:
+            return int(stat.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def bulk(args, variant: str) -> dict[str, float]:
-    """Rows/s of one INSERT, one UPDATE and one DELETE of ``args.rows`` rows."""
+    """Rows/s of one INSERT, one UPDATE and one DELETE of ``args.rows`` rows.
+
+    Also the server process's CPU time per row (``INSERT cpu`` ...), in µs,
+    when the server runs on this machine: less sensitive than wall time to
+    what else runs on a shared machine.
+    """
     result = {}
     with connect(args) as conn:
         reset(conn, variant)
         for measure, template in bulk_statements(variant):
+            cpu = backend_cpu(conn)
             seconds, rows = timed(conn, q(template, variant), {"rows": args.rows})
             assert rows == args.rows, (variant, measure, rows)
             result[measure] = rows / seconds
+            if cpu is not None:
+                result[f"{measure} cpu"] = (backend_cpu(conn) - cpu) / rows * 1e6
             if measure == "INSERT" and args.designs:
                 rate = read_rate(conn, variant)
                 if rate:
@@ -548,6 +566,23 @@ def print_results(args, variants: list[str], rates: dict) -> None:
             else:
                 cells.append(f"{median_ratio(got, base):.1%}")
         print(f"{variant:<16}" + "".join(f"{c:>{width}}" for c in cells))
+    if any(rates[m]["no trigger"] for m in CPU_MEASURES):
+        print()
+        print("Server CPU per row of the bulk statements, µs (median over rounds; in")
+        print("brackets what capture adds over no trigger)")
+        print(f"{'variant':<16}" + "".join(f"{m:>18}" for m in CPU_MEASURES))
+        for variant in variants:
+            cells = []
+            for measure in CPU_MEASURES:
+                got = rates[measure].get(variant) or []
+                base = rates[measure].get("no trigger") or []
+                if not got or not base:
+                    cells.append("-")
+                    continue
+                mine, theirs = statistics.median(got), statistics.median(base)
+                extra = "" if variant == "no trigger" else f" (+{mine - theirs:.2f})"
+                cells.append(f"{mine:.2f}{extra}")
+            print(f"{variant:<16}" + "".join(f"{c:>18}" for c in cells))
     peer = "pghistory stmt"
     if peer not in variants:
         return
@@ -596,7 +631,7 @@ def main(argv=None) -> int:
             + "."
         )
         # rates[measure][variant] = [rows/s per round]
-        rates = {m: {v: [] for v in variants} for m in [*MEASURES, "feed read"]}
+        rates = {m: {v: [] for v in variants} for m in [*MEASURES, *CPU_MEASURES, "feed read"]}
         singles = ["insert 1", "update 1"] + ([] if args.no_orm else ["create 1", "save 1"])
         for number in range(args.rounds):
             shift = number % len(variants)
