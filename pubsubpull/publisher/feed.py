@@ -38,6 +38,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, router
@@ -114,11 +115,6 @@ class Position:
 START = Position(0, 0)
 
 
-# old, new and pk of a change whose item PostgreSQL rendered: parsed from the
-# item when first asked for (serving a page parses nothing).
-_UNPARSED: Any = object()
-
-
 @dataclass
 class FeedChange:
     """One change as the feed serves it: published fields only."""
@@ -126,13 +122,13 @@ class FeedChange:
     id: int
     txid: int
     model: str
-    _pk: Any
+    pk: Any
     op: str
     at_text: str
     """When the statement that made the change started, ISO 8601 as PostgreSQL
     renders timestamps in the snapshot's fields too."""
-    _old: dict[str, Any] | None
-    _new: dict[str, Any] | None
+    old: dict[str, Any] | None
+    new: dict[str, Any] | None
     user_id: int | None = None
     method: str | None = None
     path: str | None = None
@@ -140,31 +136,8 @@ class FeedChange:
     # had to be removed: serving a page then re-encodes nothing.
     old_json: str | None = field(default=None, repr=False)
     new_json: str | None = field(default=None, repr=False)
-    # The whole item (as_json_text()), rendered by the page statement.
+    # The whole item, as_json_text(), when the page statement rendered it.
     item_json: str | None = field(default=None, repr=False)
-
-    def _parsed(self) -> dict[str, Any]:
-        item = json.loads(self.item_json)
-        self._pk, self._old, self._new = item["pk"], item["old"], item["new"]
-        return item
-
-    @property
-    def pk(self) -> Any:
-        if self._pk is _UNPARSED:
-            self._parsed()
-        return self._pk
-
-    @property
-    def old(self) -> dict[str, Any] | None:
-        if self._old is _UNPARSED:
-            self._parsed()
-        return self._old
-
-    @property
-    def new(self) -> dict[str, Any] | None:
-        if self._new is _UNPARSED:
-            self._parsed()
-        return self._new
 
     @property
     def at(self) -> datetime.datetime:
@@ -219,6 +192,33 @@ class FeedChange:
             f'"pk":{dumps(self.pk)},"op":"{self.op}","at":{dumps(self.at_text)},'
             f'"sequence":{self.id},"old":{old},"new":{new},"request":{dumps(self.request)}}}'
         )
+
+
+class _RenderedChange(FeedChange):
+    """A change whose item PostgreSQL rendered whole (the page statement).
+
+    Serving it joins its text; its fields are parsed from the item only when
+    something asks for one (a delivery's last ``at_text``, the admin, tests).
+    """
+
+    def __init__(self, id_: int, txid: int, model: str, item_json: str):
+        self.id, self.txid, self.model = id_, txid, model
+        self.item_json = item_json
+        self.old_json = self.new_json = None
+
+    @cached_property
+    def _item(self) -> dict[str, Any]:
+        return json.loads(self.item_json)
+
+    pk = property(lambda self: self._item["pk"])
+    op = property(lambda self: self._item["op"])
+    at_text = property(lambda self: self._item["at"])
+    old = property(lambda self: self._item["old"])
+    new = property(lambda self: self._item["new"])
+    request = property(lambda self: self._item["request"])
+    user_id = property(lambda self: (self.request or {}).get("user"))
+    method = property(lambda self: (self.request or {}).get("method"))
+    path = property(lambda self: (self.request or {}).get("path"))
 
 
 @dataclass
@@ -325,7 +325,7 @@ held_back AS MATERIALIZED (
     FROM bounds
 )
 SELECT bounds.xmin, bounds.horizon_txid, bounds.horizon_id, held_back.held_back,
-       c.id, c.txid, c.model, c.op, to_jsonb(c.at) #>> '{}', r.user_id, r.method, r.path,
+       c.id, c.txid, c.model,
        -- The whole item as as_json_text() gives it, when the stored values
        -- hold only published columns (always, unless the registration was
        -- narrowed since): serving the page then costs no Python per change.
@@ -345,6 +345,12 @@ SELECT bounds.xmin, bounds.horizon_txid, bounds.horizon_id, held_back.held_back,
                   || ',"path":' || to_jsonb(r.path)::text || '}' END
            || '}'
        END,
+       -- Only for a change Python has to filter (NULLs cost psycopg nothing).
+       CASE WHEN NOT c.published THEN c.op END,
+       CASE WHEN NOT c.published THEN to_jsonb(c.at) #>> '{}' END,
+       CASE WHEN NOT c.published THEN r.user_id END,
+       CASE WHEN NOT c.published THEN r.method END,
+       CASE WHEN NOT c.published THEN r.path END,
        CASE WHEN NOT c.published THEN c.old::text END,
        CASE WHEN NOT c.published THEN c.new::text END
 FROM bounds
@@ -552,14 +558,11 @@ def read_changes(
 
     changes = []
     for row in rows:
-        id_, txid, label, op, at, user_id, method, path, item, old, new = row[4:]
+        id_, txid, label, item, op, at, user_id, method, path, old, new = row[4:]
         if id_ is None:
             break  # the fence row alone: nothing to serve
         if item is not None:
-            lazy = _UNPARSED
-            change = FeedChange(id_, txid, label, lazy, op, at, lazy, lazy, user_id, method, path)
-            change.item_json = item
-            changes.append(change)
+            changes.append(_RenderedChange(id_, txid, label, item))
             continue
         # Stored values with columns no longer published: drop them here.
         old, old_json = _published(old, columns[label])
