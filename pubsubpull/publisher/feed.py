@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import psycopg
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
 from pubsubpull.capture.registry import Registration, get_registration, registrations
@@ -201,14 +202,18 @@ class _RenderedChange(FeedChange):
     something asks for one (a delivery's last ``at_text``, the admin, tests).
     """
 
-    def __init__(self, id_: int, txid: int, model: str, item_json: str):
+    def __init__(self, id_: int, txid: int, model: str, item: bytes):
         self.id, self.txid, self.model = id_, txid, model
-        self.item_json = item_json
+        self.item_bytes = item  # UTF-8, as the HTTP feed's body is made of
         self.old_json = self.new_json = None
 
     @cached_property
+    def item_json(self) -> str:  # type: ignore[override]
+        return self.item_bytes.decode()
+
+    @cached_property
     def _item(self) -> dict[str, Any]:
-        return json.loads(self.item_json)
+        return json.loads(self.item_bytes)
 
     pk = property(lambda self: self._item["pk"])
     op = property(lambda self: self._item["op"])
@@ -254,6 +259,17 @@ class Page:
         if self._changes_json is None:
             self._changes_json = "[" + ",".join([c.as_json_text() for c in self.changes]) + "]"
         return self._changes_json
+
+    def changes_json_bytes(self) -> bytes:
+        """:meth:`changes_json` as UTF-8, joined from the bytes PostgreSQL rendered."""
+        rendered = self.rendered.get("changes_json_bytes")
+        if rendered is None:
+            if all(isinstance(c, _RenderedChange) for c in self.changes):
+                rendered = b"[" + b",".join([c.item_bytes for c in self.changes]) + b"]"
+            else:
+                rendered = self.changes_json().encode()
+            self.rendered["changes_json_bytes"] = rendered
+        return rendered
 
 
 # Everything in one statement, so one snapshot decides: the fence, the
@@ -329,7 +345,8 @@ SELECT bounds.xmin, bounds.horizon_txid, bounds.horizon_id, held_back.held_back,
        -- The whole item as as_json_text() gives it, when the stored values
        -- hold only published columns (always, unless the registration was
        -- narrowed since): serving the page then costs no Python per change.
-       CASE WHEN c.published THEN
+       -- As UTF-8 bytes in binary results: no decoding and encoding again.
+       CASE WHEN c.published THEN convert_to(
            '{"id":' || c.id || ',"cursor":"'
            || translate(rtrim(encode(convert_to('c1.' || c.txid || '.' || c.id, 'UTF8'),
                                      'base64'), '='), '+/', '-_')
@@ -343,7 +360,7 @@ SELECT bounds.xmin, bounds.horizon_txid, bounds.horizon_id, held_back.held_back,
                   '{"user":' || coalesce(to_jsonb(r.user_id)::text, 'null')
                   || ',"method":' || to_jsonb(r.method)::text
                   || ',"path":' || to_jsonb(r.path)::text || '}' END
-           || '}'
+           || '}', 'UTF8')
        END,
        -- Only for a change Python has to filter (NULLs cost psycopg nothing).
        CASE WHEN NOT c.published THEN c.op END,
@@ -537,18 +554,22 @@ def read_changes(
         ),
     }
     connection = connections[alias]
-    with connection.cursor() as cursor:
+    # Binary results give each item as the bytes the response is made of
+    # (as the snapshot reads its pages): psycopg's own cursor on Django's
+    # connection, same transaction.
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         if not connection.get_autocommit() or connection.in_atomic_block:
             # pg_stat_activity is cached for the rest of a transaction: drop
             # the cache so the page statement reads it after its snapshot.
             cursor.execute("SELECT pg_stat_clear_snapshot()")
-        cursor.execute(_PAGE_SQL, params)
+        cursor.execute(_PAGE_SQL, params, binary=True)
         rows = cursor.fetchall()
         if rows[0][3] and len(rows) < limit:
             # Held back. Often by a transaction of another database that
             # ended between the snapshot and the activity check, so could not
             # be placed: a fresh snapshot usually serves the page.
-            cursor.execute(_PAGE_SQL, params)
+            cursor.execute(_PAGE_SQL, params, binary=True)
             rows = cursor.fetchall()
 
     xmin, horizon_txid, horizon_id, held_back = rows[0][:4]
