@@ -350,9 +350,10 @@ SELECT bounds.xmin, bounds.horizon_txid, bounds.horizon_id, held_back.held_back,
            '{"id":' || c.id || ',"cursor":"'
            || translate(rtrim(encode(convert_to('c1.' || c.txid || '.' || c.id, 'UTF8'),
                                      'base64'), '='), '+/', '-_')
-           || '","model":' || to_jsonb(c.model)::text
+           -- A model label is app_label.model_name: nothing to escape.
+           || '","model":"' || c.model || '"'
            || ',"pk":' || coalesce((coalesce(c.new, c.old) -> (c.spec ->> 'pk'))::text, 'null')
-           || ',"op":"' || c.op || '","at":' || to_jsonb(c.at)::text
+           || ',"op":"' || c.op || '","at":' || to_json(c.at)::text
            || ',"sequence":' || c.id
            || ',"old":' || coalesce(c.old::text, 'null')
            || ',"new":' || coalesce(c.new::text, 'null')
