@@ -110,11 +110,17 @@ def reset() -> None:
 
 
 def subscribe(receiver: Receiver, count: int, batch_size: int) -> None:
+    from pubsubpull.models import ServiceToken
+    from pubsubpull.publisher.api.auth import create_token
     from pubsubpull.publisher.delivery.subscriptions import subscribe
 
+    # Delivery re-checks the owner's access before each batch: a real token.
+    token = ServiceToken.objects.filter(name="bench").first()
+    if token is None:
+        token, _ = create_token("bench", ["customers.customer"])
     for n in range(count):
         subscribe(
-            "bench",
+            f"token:{token.pk}",
             f"s{n}",
             {
                 "callback": receiver.url(f"/s{n}/"),

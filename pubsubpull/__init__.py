@@ -17,7 +17,7 @@ __version__ = "0.1.0.dev0"
 # The subscribing side. Imported lazily: these need Django's app registry,
 # and ``import pubsubpull`` happens in models.py files before it is ready.
 _CLIENT = {
-    "Event": "pubsubpull.client.events",
+    "Event": "pubsubpull.protocol.events",
     "Mirror": "pubsubpull.client.mirror",
     "mirror": "pubsubpull.client.mirror",
     "pull": "pubsubpull.client.pulling",

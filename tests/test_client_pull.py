@@ -275,8 +275,8 @@ def test_a_mirror_page_keeps_integers_beyond_64_bits():
 def test_the_admin_shows_a_blocked_cursor_and_parks_it(admin_client, customers_url, token):
     import dataclasses
 
-    from pubsubpull.client.events import Event
     from pubsubpull.client.models import ParkedEvent
+    from pubsubpull.protocol.events import Event
 
     cursor = pubsubpull.pull(customers_url, client_handlers.record, auth=token, enqueue=False)
     PullCursor.objects.filter(pk=cursor.pk).update(

@@ -18,7 +18,7 @@ import pytest
 from customers.models import Country, Customer
 from pubsubpull.publisher import retention
 
-from . import services
+from . import newer_publisher_urls, services
 from .delivery_helpers import WorkerThread, use_fast_settings
 from .services import wait_until
 
@@ -262,3 +262,28 @@ def test_a_pushed_change_that_can_never_apply_blocks_the_subscription_until_park
         assert Subscription.objects.get().state == "active"
     billing.stop_all()
     billing.sql("TRUNCATE billing_customercard")  # as the model says, for the next test
+
+
+def test_catching_up_applies_a_change_whose_cursor_it_cannot_place(billing, settings):
+    """A later publisher version may spell a cursor this client cannot read: catch_up
+    applies that change (at least once) and still drops the one it has handled,
+    instead of failing to compare the unreadable cursor with its position."""
+    settings.ROOT_URLCONF = newer_publisher_urls.__name__
+    newer = billing.customers_url.replace("/pubsubpull/", "/newer/")
+    out = billing.shell(
+        "from billing.models import CustomerCountry\n"
+        "from pubsubpull.client.mirror import Mirror\n"
+        "from pubsubpull.client.models import RemoteSubscription\n"
+        f"m = Mirror({newer + 'models/customers.customer/instances/'!r}, CustomerCountry,\n"
+        "           fields={'name': 'name', 'country': 'country'}, name='newer')\n"
+        "sub = RemoteSubscription.objects.create(publisher=m.service_url, name='newer',\n"
+        "    owner=RemoteSubscription.owner_for(''), callback='http://billing.invalid/',\n"
+        f"    secret='whsec_x', position={newer_publisher_urls.HANDLED.encode()!r})\n"
+        "print(m.catch_up(sub))\n"
+        "sub.refresh_from_db()\n"
+        "print(sub.position)\n"
+    )
+    applied, position = out.split()
+    assert applied == "1"
+    assert mirrored(billing) == {2: ("from the future", None)}
+    assert position == newer_publisher_urls.FOLLOWING.encode()

@@ -66,9 +66,10 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 
 from pubsubpull import conf
-from pubsubpull.client.events import Event
 from pubsubpull.client.models import MirrorSeen, MirrorTombstone, PullCursor, RemoteSubscription
 from pubsubpull.client.source import Publisher, get_json, split_source
+from pubsubpull.protocol import cursor as cursors
+from pubsubpull.protocol.events import Event
 
 TOMBSTONES = MirrorTombstone._meta.db_table
 SEEN = MirrorSeen._meta.db_table
@@ -225,8 +226,6 @@ class Mirror:
 
     def catch_up(self, subscription: RemoteSubscription | None = None) -> int:
         """Push mode: pull the feed from the last handled position to now; events applied."""
-        from pubsubpull.client.receiver import _position
-
         subscription = subscription or RemoteSubscription.objects.get(
             publisher=self.service_url,
             owner=RemoteSubscription.owner_for(self.auth),
@@ -241,14 +240,14 @@ class Mirror:
             body = get_json(changes_url, token=self.auth, params=params)
             with transaction.atomic():
                 locked = RemoteSubscription.objects.select_for_update().get(pk=subscription.pk)
-                done = _position(locked.position)
+                done = cursors.parse(locked.position)
                 events = [
                     Event.from_change(c)
                     for c in body["changes"]
-                    if done is None or _position(c["cursor"]) > done
+                    if cursors.is_new(c.get("cursor"), done)
                 ]
                 self.handle_events(events)
-                if done is None or _position(body["cursor"]) > done:
+                if cursors.advances(body["cursor"], done):
                     locked.position = body["cursor"]
                 locked.save(update_fields=["position"])
             subscription = locked

@@ -25,8 +25,8 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from pubsubpull.client.events import Event
 from pubsubpull.client.models import ParkedEvent, PullCursor
+from pubsubpull.protocol.events import Event
 
 
 def _now_due(cursors: Iterable[PullCursor], **fields: Any) -> list[int]:

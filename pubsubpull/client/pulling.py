@@ -7,7 +7,7 @@ open, then calls the handler for the page's events and moves the cursor in
 one transaction. So a crash anywhere redoes a page, never skips one, and a
 handler's own writes commit exactly when the cursor moves past them.
 
-A handler is a callable taking one :class:`~pubsubpull.client.events.Event`,
+A handler is a callable taking one :class:`~pubsubpull.protocol.events.Event`,
 or an object with ``handle_events(events)`` taking a page at a time (a
 mirror does that to write a page in one statement). Jobs run in other
 processes, so a handler is stored by its dotted path.
@@ -34,9 +34,9 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from pubsubpull import conf
-from pubsubpull.client.events import Event
 from pubsubpull.client.models import PullCursor
 from pubsubpull.client.source import Gone, Publisher, SourceError, get_json, split_source
+from pubsubpull.protocol.events import Event
 
 logger = logging.getLogger("pubsubpull.client")
 

@@ -39,12 +39,12 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from pubsubpull import conf
-from pubsubpull.client.events import Event
 from pubsubpull.client.models import ReceivedBatch, RemoteSubscription
 from pubsubpull.client.pulling import CANNOT_APPLY, Handler, call_handler, resolve_handler
 from pubsubpull.client.source import Publisher, SourceError, request, split_source
-from pubsubpull.protocol import jsonbody
-from pubsubpull.publisher.feed import InvalidCursor, Position
+from pubsubpull.protocol import cursor as cursors
+from pubsubpull.protocol import jsonbody, notification
+from pubsubpull.protocol.events import Event
 
 logger = logging.getLogger("pubsubpull.client")
 
@@ -58,19 +58,6 @@ def _error(status: int, code: str, detail: str) -> JsonResponse:
     return JsonResponse({"status": status, "error": code, "detail": detail}, status=status)
 
 
-def _is_change(item: Any) -> bool:
-    return isinstance(item, dict) and all(isinstance(item.get(k), str) for k in ("model", "op"))
-
-
-def _position(cursor: str | None) -> Position | None:
-    if not cursor:
-        return None
-    try:
-        return Position.decode(cursor)
-    except InvalidCursor:
-        return None
-
-
 _RECORD_BATCH_SQL = """
 INSERT INTO pubsubpull_receivedbatch (webhook_id, subscription_id, changes, at)
 VALUES (%s, %s, %s, now())
@@ -82,7 +69,7 @@ RETURNING id
 class Receiver(View):
     """The callback view. Subclass it, or use :func:`pubsubpull.receiver`.
 
-    ``handler`` takes one :class:`~pubsubpull.client.events.Event` (or is an
+    ``handler`` takes one :class:`~pubsubpull.protocol.events.Event` (or is an
     object with ``handle_events(events)``; or a dotted path to either).
     ``subscription`` names the subscription whose secret verifies; by
     default the name the notification carries.
@@ -134,11 +121,8 @@ class Receiver(View):
             return _error(400, "invalid_body", f"The body is not a pubsubpull notification: {e}.")
         name = self.subscription
         if name is None:
-            try:
-                name = envelope["data"]["subscription"]
-            except (KeyError, TypeError):
-                name = None
-            if not isinstance(name, str):
+            name = notification.subscription_of(envelope)
+            if name is None:
                 return _error(400, "invalid_body", "The body is not a pubsubpull notification.")
         # Two publishers, or two of our tokens at one publisher, may each have a
         # subscription of this name: the one whose secret signs is the one.
@@ -170,18 +154,19 @@ class Receiver(View):
             )
             return _error(401, "invalid_signature", f"The signature does not verify: {reason}.")
         try:
-            data = envelope["data"]
-            changes = data["changes"]
-            cursor = data.get("cursor")
-            if not isinstance(changes, list) or not all(_is_change(c) for c in changes):
-                raise TypeError
-        except (KeyError, TypeError, AttributeError):
-            return _error(400, "invalid_body", "The body is not a pubsubpull notification.")
+            received = notification.read(envelope)
+        except notification.InvalidNotification as e:
+            return _error(400, "invalid_body", str(e))
 
         try:
             # A parked change sent again is older than the position: handle it anyway.
-            parked = data.get("parked") is True
-            self._handle(verified, headers["webhook-id"], changes, cursor, parked=parked)
+            self._handle(
+                verified,
+                headers["webhook-id"],
+                received.changes,
+                received.cursor,
+                parked=received.parked,
+            )
             if random.random() < 0.01:
                 prune_received()
         except CANNOT_APPLY as e:
@@ -217,17 +202,15 @@ class Receiver(View):
                 db.execute(_RECORD_BATCH_SQL, [webhook_id, locked.pk, len(changes)])
                 if not db.fetchall():
                     return  # handled before: a redelivery
-            done = _position(locked.position)
+            done = cursors.parse(locked.position)
             events = []
             for change in changes:
-                at = _position(change.get("cursor"))
-                if done is not None and at is not None and at <= done and not parked:
+                if not parked and not cursors.is_new(change.get("cursor"), done):
                     continue  # already handled (by an earlier batch or a catch-up pull)
                 events.append(Event.from_change(change))
             if events:
                 self.handle(locked, events)
-            following = _position(cursor)
-            if following is not None and (done is None or following > done):
+            if cursors.advances(cursor, done):
                 locked.position = cursor
             locked.received += len(events)
             locked.last_received_at = timezone.now()
@@ -245,7 +228,7 @@ def prune_received() -> int:
 def receiver(handler: Handler | str, *, subscription: str | None = None):
     """A view for a subscription's callback URL that calls ``handler`` per change.
 
-    ``handler`` takes one :class:`~pubsubpull.client.events.Event`; it runs
+    ``handler`` takes one :class:`~pubsubpull.protocol.events.Event`; it runs
     in the batch's transaction, so its database writes commit with the
     batch being marked handled. Example::
 

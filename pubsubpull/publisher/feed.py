@@ -25,17 +25,15 @@ through this module::
 
 ``read_changes`` raises ``CursorExpired`` when the log has been pruned past the
 cursor (re-snapshot), ``wait_for_changes`` long-polls, woken by the trigger's
-NOTIFY.
+NOTIFY. Cursors and the change item are the wire protocol's
+(``pubsubpull.protocol.cursor`` and ``.items``): this module reads the log,
+the protocol says how what it read looks on the wire.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
 import datetime
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -45,13 +43,13 @@ import psycopg
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
 from pubsubpull.capture.registry import Registration, get_registration, registrations
+from pubsubpull.protocol import items
 
-MAX_ID = 2**63 - 1
+# The cursor codec is the protocol's; the publisher's code reads it from here too.
+from pubsubpull.protocol.cursor import MAX_ID, START, Position
+from pubsubpull.protocol.cursor import InvalidCursor as InvalidCursor
+
 CHANNEL = "pubsubpull"
-
-
-class InvalidCursor(ValueError):
-    """A cursor string that this server did not hand out."""
 
 
 class CursorExpired(Exception):
@@ -68,52 +66,6 @@ class CursorExpired(Exception):
             "be missing. Take a new snapshot of the instances and follow the feed from "
             "its feed_position."
         )
-
-
-_CURSOR = re.compile(r"c1\.(\d{1,19})\.(\d{1,19})")
-_BASE64 = re.compile(r"[A-Za-z0-9_-]{1,60}")
-
-
-@dataclass(frozen=True, order=True)
-class Position:
-    """A place in the feed: everything at or before ``(txid, id)`` has been read."""
-
-    txid: int
-    id: int
-
-    def encode(self) -> str:
-        """The opaque cursor string clients store and send back as ``after``."""
-        raw = f"c1.{self.txid}.{self.id}".encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-    @classmethod
-    def decode(cls, cursor: str) -> Position:
-        """Parse a cursor from :meth:`encode`; raise :class:`InvalidCursor` otherwise."""
-        raw = ""
-        if isinstance(cursor, str) and _BASE64.fullmatch(cursor):
-            with contextlib.suppress(binascii.Error, ValueError):
-                raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        match = _CURSOR.fullmatch(raw)
-        # Only the canonical spelling: one cursor, one string.
-        if match is None or cls(int(match[1]), int(match[2])).encode() != cursor:
-            raise InvalidCursor(
-                f"{cursor!r} is not a feed cursor. Use the cursor or next link of a "
-                "previous page, or the feed_position of a snapshot; leave it out to "
-                "start at the oldest retained change."
-            )
-        txid, id_ = int(match[1]), int(match[2])
-        if txid > MAX_ID or id_ > MAX_ID:
-            raise InvalidCursor(f"{cursor!r} is not a feed cursor (out of range).")
-        return cls(txid, id_)
-
-    @classmethod
-    def coerce(cls, value: Position | str | None) -> Position | None:
-        if value is None or isinstance(value, Position):
-            return value
-        return cls.decode(value)
-
-
-START = Position(0, 0)
 
 
 @dataclass
@@ -159,40 +111,25 @@ class FeedChange:
 
     @property
     def request(self) -> dict[str, Any] | None:
-        if self.method is None:
-            return None
-        return {"user": self.user_id, "method": self.method, "path": self.path}
+        return items.request_item(self.user_id, self.method, self.path)
 
     def as_json(self) -> dict[str, Any]:
         """The change as a JSON-ready dict, as the HTTP feed and deliveries carry it."""
-        return {
-            "id": self.id,
-            "cursor": self.cursor,
-            "model": self.model,
-            "pk": self.pk,
-            "op": self.op,
-            "at": self.at_text,
-            "sequence": self.id,
-            "old": self.old,
-            "new": self.new,
-            "request": self.request,
-        }
+        return items.change_item(
+            self.id, self.cursor, self.model, self.pk, self.op, self.at_text,
+            self.old, self.new, self.request,
+        )  # fmt: skip
 
     def as_json_text(self) -> str:
         """``json.dumps(self.as_json())``, without encoding old and new again."""
         if self.item_json is not None:
             return self.item_json
-
-        def dumps(value: Any) -> str:
-            return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-        old = self.old_json if self.old_json is not None else dumps(self.old)
-        new = self.new_json if self.new_json is not None else dumps(self.new)
-        return (
-            f'{{"id":{self.id},"cursor":"{self.cursor}","model":{dumps(self.model)},'
-            f'"pk":{dumps(self.pk)},"op":"{self.op}","at":{dumps(self.at_text)},'
-            f'"sequence":{self.id},"old":{old},"new":{new},"request":{dumps(self.request)}}}'
-        )
+        old = self.old_json if self.old_json is not None else items.dumps(self.old)
+        new = self.new_json if self.new_json is not None else items.dumps(self.new)
+        return items.change_item_json(
+            self.id, self.cursor, self.model, self.pk, self.op, self.at_text,
+            old, new, self.request,
+        )  # fmt: skip
 
 
 class _RenderedChange(FeedChange):

@@ -36,17 +36,17 @@ from django.core.exceptions import ValidationError
 from django.db import connections, router
 
 from pubsubpull.capture.registry import Registration, get_registration
-from pubsubpull.protocol import jsonbody
+from pubsubpull.protocol import items, jsonbody
+from pubsubpull.protocol.cursor import Position
 from pubsubpull.protocol.jsonbody import unstorable
-from pubsubpull.publisher.feed import Position, fence_position
+from pubsubpull.publisher.feed import fence_position
 
 # One template for every model; {names} are quoted identifiers and SQL
 # expressions made from the registration (see _query). PostgreSQL renders each
 # item whole, as the API serves it, so a page costs the view no Python per row:
-# ``row_to_json`` of the published columns (half the cost of ``to_jsonb`` and
-# the same values), the pk as JSON and as URL text, and the sequence: the
-# newest change of the row, one probe of the (model, object_pk, id) index. The
-# pk text is what the trigger stores as object_pk (``to_jsonb(row) ->> pk``).
+# {item} is the instance item as the protocol defines it
+# (pubsubpull.protocol.items, made into SQL by _ITEM below). The pk text is
+# what the trigger stores as object_pk (``to_jsonb(row) ->> pk``).
 _PAGE_SQL = """
 WITH fence AS MATERIALIZED (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
@@ -57,12 +57,7 @@ WITH fence AS MATERIALIZED (
 SELECT fence.xmin, fence.horizon_txid, fence.horizon_id, page.pk_text, page.item
 FROM fence
 LEFT JOIN LATERAL (
-    SELECT keyed.key, keyed.pk_text, convert_to(
-           '{{"pk":' || keyed.pk_json
-           || ',"url":"' || %(url_prefix)s || {url_segment} || '/","sequence":'
-           || coalesce((SELECT max(c.id) FROM pubsubpull_change AS c
-                        WHERE c.model = %(label)s AND c.object_pk = keyed.pk_text)::text, 'null')
-           || ',"fields":' || keyed.fields || '}}', 'UTF8') AS item
+    SELECT keyed.key, keyed.pk_text, convert_to({item}, 'UTF8') AS item
     FROM (
         SELECT t.{pk} AS key, {pk_text} AS pk_text, {pk_json} AS pk_json,
                row_to_json(published)::text AS fields
@@ -88,6 +83,28 @@ ELSE coalesce((
     FROM regexp_split_to_table(keyed.pk_text, '') WITH ORDINALITY AS chars(ch, n)
 ), '') END
 """
+
+# The item's values as JSON text: the pk; its URL (the prefix arrives escaped
+# for a JSON string; the key's segment is plain or percent-encoded, by pk
+# type); the sequence, the newest change of the row, one probe of the
+# (model, object_pk, id) index; and ``row_to_json`` of the published columns
+# (half the cost of ``to_jsonb``, and the same values).
+_ITEM = {
+    plain: items.instance_item_sql(
+        pk="keyed.pk_json",
+        url=(
+            items.Text('"'),
+            "%(url_prefix)s",
+            "keyed.pk_text" if plain else _PERCENT_ENCODED,
+            items.Text('/"'),
+        ),
+        sequence="""coalesce((SELECT max(c.id) FROM pubsubpull_change AS c
+                          WHERE c.model = %(label)s AND c.object_pk = keyed.pk_text)::text,
+                         'null')""",
+        fields="keyed.fields",
+    )
+    for plain in (True, False)
+}
 
 # Column types whose ::text is the text to_jsonb gives (so it matches
 # object_pk and is cheaper), and the ones of those always plain in a URL.
@@ -227,10 +244,10 @@ def _query(
     pk_type = (pk_field.db_type(connection) or "").split("(")[0].strip().lower()
     pk_text = f"t.{pk}::text" if pk_type in _TEXT_AS_JSON else f"to_jsonb(t.{pk}) #>> '{{}}'"
     sql = _PAGE_SQL.format(
+        item=_ITEM[pk_type in _PLAIN_IN_URL],
         pk=pk,
         pk_text=pk_text,
         pk_json=f"t.{pk}::text" if pk_type in _INTEGERS else f"to_json(t.{pk})::text",
-        url_segment="keyed.pk_text" if pk_type in _PLAIN_IN_URL else _PERCENT_ENCODED,
         table=quote(registration.table),
         columns=", ".join(f"t.{quote(c)}" for c in registration.published_columns),
         where=where,

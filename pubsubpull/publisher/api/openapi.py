@@ -1,8 +1,11 @@
-"""The OpenAPI 3.1 document of the pull API, built from the registrations.
+"""The OpenAPI 3.1 document of the pull and subscription API, built from the registrations.
 
 Each published model gets its own instances paths, so the document states
-exactly which fields (and of which JSON types) each model publishes. A test
-validates real responses against it, and a schemathesis run fuzzes it.
+exactly which fields (and of which JSON types) each model publishes. The
+items on the wire, a change and an instance, are described by the protocol's
+definitions of them (``pubsubpull.protocol.items``), so the document and what
+is served cannot drift apart. A test validates real responses against it, and
+a schemathesis run fuzzes it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from django.db import models
 
 from pubsubpull import __version__, conf
 from pubsubpull.capture.registry import Registration, get_registration
+from pubsubpull.protocol import items
+from pubsubpull.publisher.api import subscriptions
 from pubsubpull.publisher.snapshot import MAX_PARTS
 
 _STRING_FIELDS = (
@@ -188,59 +193,8 @@ def _instances_paths(registration: Registration) -> dict[str, Any]:
                 },
             }
         },
-    }, {
-        name: {
-            "type": "object",
-            "required": ["pk", "url", "sequence", "fields"],
-            "properties": {
-                "model": {"type": "string"},
-                "pk": pk_schema,
-                "url": {"type": "string", "format": "uri"},
-                "sequence": {
-                    "type": ["integer", "null"],
-                    "description": "Id of the row's newest retained change.",
-                },
-                "fields": _fields_schema(registration),
-            },
-            "additionalProperties": False,
-        }
-    }
+    }, {name: items.instance_schema(pk_schema, _fields_schema(registration))}
 
-
-_CHANGE = {
-    "type": "object",
-    "required": ["id", "cursor", "model", "pk", "op", "at", "sequence", "old", "new", "request"],
-    "properties": {
-        "id": {"type": "integer"},
-        "cursor": {"type": "string"},
-        "model": {"type": "string"},
-        "pk": {},
-        "op": {"enum": ["insert", "update", "delete", "truncate"]},
-        "at": {"type": "string", "format": "date-time"},
-        "sequence": {
-            "type": "integer",
-            "description": "Orders the changes of one object (it follows the object's "
-            "commits): keep the highest, drop an event with a lower one.",
-        },
-        "old": {"type": ["object", "null"]},
-        "new": {"type": ["object", "null"]},
-        "request": {
-            "oneOf": [
-                {"type": "null"},
-                {
-                    "type": "object",
-                    "required": ["user", "method", "path"],
-                    "properties": {
-                        "user": {"type": ["integer", "string", "null"]},
-                        "method": {"type": "string"},
-                        "path": {"type": "string"},
-                    },
-                },
-            ]
-        },
-    },
-    "additionalProperties": False,
-}
 
 _ERROR = {
     "type": "object",
@@ -258,6 +212,360 @@ _ERROR = {
             "type": "object",
             "additionalProperties": {"type": "string", "format": "uri"},
             "description": "cursor_expired: each model's instances URL to re-snapshot from.",
+        },
+    },
+}
+
+
+# -- Subscriptions ---------------------------------------------------------------
+
+
+def _subscription_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Subscription"}}},
+    }
+
+
+_NAME_PARAMETER = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "Your name for the subscription; unique among your subscriptions.",
+    "schema": {"type": "string", "pattern": f"^{subscriptions.NAME.pattern}$"},
+}
+
+_SUBSCRIPTION_ERRORS = {
+    "401": _error("No credentials, or a wrong or revoked token."),
+    "403": _error("The caller may not read a model of the subscription."),
+}
+
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+SUBSCRIPTION_SCHEMAS: dict[str, Any] = {
+    "SubscriptionRequest": {
+        "type": "object",
+        "properties": {
+            "callback": {
+                "type": "string",
+                "description": "http(s) URL the changes are PUT to; required to create.",
+            },
+            "models": {
+                "type": "array",
+                "items": {"type": "string"},
+                "minItems": 1,
+                "description": "Model labels; required to create.",
+            },
+            "batch_size": {"type": "integer", "minimum": 1},
+            "start": {
+                "type": "string",
+                "description": '"now" (default), "beginning", or a feed cursor.',
+            },
+            "rotate_secret": {"type": "boolean"},
+        },
+        "additionalProperties": False,
+    },
+    "Subscription": {
+        "type": "object",
+        "required": ["name", "callback", "models", "state", "position", "lag"],
+        "properties": {
+            "name": {"type": "string"},
+            "url": {"type": "string", "format": "uri"},
+            "callback": {"type": "string"},
+            "models": {"type": "array", "items": {"type": "string"}},
+            "batch_size": {"type": "integer"},
+            "state": {"enum": ["active", "failing", "blocked", "forbidden", "disabled", "paused"]},
+            "state_reason": {"type": "string"},
+            "position": {
+                "type": "string",
+                "description": "The feed cursor reached: every change of its models up to "
+                "it was acknowledged (or came before start). It also moves over stretches "
+                "without changes of its models, so it is not a particular change's cursor.",
+            },
+            "lag": {
+                "type": "object",
+                "required": ["changes", "seconds"],
+                "properties": {
+                    "changes": {"type": "integer"},
+                    "seconds": {"type": "number"},
+                },
+            },
+            "delivered": {"type": "integer", "description": "Changes acknowledged."},
+            "failures": {
+                "type": "integer",
+                "description": "Failed attempts in a row since the last success.",
+            },
+            "failing_since": {
+                **_NULLABLE_TIME,
+                "description": "When the current failure streak began; null when not failing.",
+            },
+            "next_attempt_at": {
+                **_NULLABLE_TIME,
+                "description": "The earliest time of the next attempt (after a failure: "
+                "the end of the backoff; in the past: as soon as there is something).",
+            },
+            "last_success_at": {
+                **_NULLABLE_TIME,
+                "description": "When a receiver last answered 2xx.",
+            },
+            "last_error": {"type": "string", "description": "Of the latest failed attempt."},
+            "pending": {
+                "description": "The batch sent but not acknowledged yet, if any.",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["webhook_id", "changes", "attempts"],
+                        "properties": {
+                            "webhook_id": {"type": "string"},
+                            "changes": {"type": "array", "items": {"type": "integer"}},
+                            "attempts": {"type": "integer"},
+                        },
+                    },
+                ],
+            },
+            "parked": {"type": "integer", "description": "How many changes are parked."},
+            "last_attempt": {
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "at": {"type": "string", "format": "date-time"},
+                            "webhook_id": {"type": "string"},
+                            "changes": {"type": "integer"},
+                            "status": {"type": ["integer", "null"]},
+                            "duration": {"type": "number"},
+                            "error": {"type": "string"},
+                        },
+                    },
+                ]
+            },
+            "previous_secret_expires": {
+                **_NULLABLE_TIME,
+                "description": "After rotate_secret: until when the old secret still signs.",
+            },
+            "created": {"type": "string", "format": "date-time"},
+            "secret": {
+                "type": "string",
+                "description": "The whsec_ signing secret: only when created or rotated.",
+            },
+        },
+    },
+}
+
+SUBSCRIPTION_SCHEMAS["ParkedChange"] = {
+    "type": "object",
+    "required": ["change_id", "cursor", "model", "change", "attempts", "resent"],
+    "properties": {
+        "change_id": {"type": "integer"},
+        "cursor": {"type": "string", "description": "The change's feed position."},
+        "model": {"type": "string"},
+        "pk": {},
+        "reason": {"type": "string", "description": "The last error before it was parked."},
+        "parked_at": {"type": "string", "format": "date-time"},
+        "parked_by": {"type": "string"},
+        "attempts": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "at": {"type": "string", "format": "date-time"},
+                    "webhook_id": {"type": "string"},
+                    "changes": {"type": "integer"},
+                    "status": {"type": ["integer", "null"]},
+                    "error": {"type": "string"},
+                    "response": {"type": "string"},
+                },
+            },
+        },
+        "change": {"type": "object", "description": "The change as it was sent."},
+        "resent": {"type": "boolean", "description": "A re-send was acknowledged (2xx)."},
+        "resent_at": _NULLABLE_TIME,
+        "resent_status": {"type": ["integer", "null"]},
+        "resent_error": {"type": "string"},
+        "url": {"type": "string", "format": "uri"},
+    },
+}
+SUBSCRIPTION_SCHEMAS["ParkRequest"] = {
+    "type": "object",
+    "required": ["action"],
+    "properties": {
+        "action": {
+            "enum": ["park", "resend"],
+            "description": "park: set the subscription's next change aside and go on; "
+            "resend: PUT a parked change to the callback again.",
+        }
+    },
+    "additionalProperties": False,
+}
+
+
+def _parked_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ParkedChange"}}},
+    }
+
+
+_CHANGE_ID_PARAMETER = {
+    "name": "change_id",
+    "in": "path",
+    "required": True,
+    "description": "The id of the change (as the feed and notifications give it).",
+    "schema": {"type": "integer", "minimum": 0},
+}
+
+_NOT_FOUND = _error("You have no subscription of this name, or that change is not parked.")
+
+SUBSCRIPTION_PATHS: dict[str, Any] = {
+    "/subscriptions/": {
+        "get": {
+            "operationId": "listSubscriptions",
+            "summary": "Your subscriptions",
+            "responses": {
+                "200": {
+                    "description": "Every subscription of the caller.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["subscriptions"],
+                                "properties": {
+                                    "subscriptions": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/Subscription"},
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "401": _SUBSCRIPTION_ERRORS["401"],
+            },
+        }
+    },
+    "/subscriptions/{name}/": {
+        "parameters": [_NAME_PARAMETER],
+        "put": {
+            "operationId": "subscribe",
+            "summary": "Subscribe, or change a subscription (idempotent)",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/SubscriptionRequest"}
+                    }
+                },
+            },
+            "responses": {
+                "200": _subscription_response("Updated."),
+                "201": _subscription_response("Created; the body carries the secret."),
+                "400": _error(
+                    "Nothing was changed: the body is invalid (invalid_subscription, with "
+                    "fields; a model that is not published included), is not UTF-8 JSON, "
+                    "nests over 64 levels or holds a NUL or a lone surrogate (invalid_json), "
+                    "or the name is invalid."
+                ),
+                "413": _error("The body is over 1 MiB (body_too_large); nothing was changed."),
+                **_SUBSCRIPTION_ERRORS,
+            },
+        },
+        "get": {
+            "operationId": "subscription",
+            "summary": "State, position, lag and the last attempt",
+            "responses": {
+                "200": _subscription_response("The subscription."),
+                "400": _error("Not a valid subscription name."),
+                "401": _SUBSCRIPTION_ERRORS["401"],
+                "404": _error("You have no subscription of this name."),
+            },
+        },
+        "delete": {
+            "operationId": "unsubscribe",
+            "summary": "Unsubscribe",
+            "responses": {
+                "204": {"description": "Deleted."},
+                "400": _error("Not a valid subscription name."),
+                "401": _SUBSCRIPTION_ERRORS["401"],
+                "404": _error("You have no subscription of this name."),
+            },
+        },
+    },
+    "/subscriptions/{name}/parked/": {
+        "parameters": [_NAME_PARAMETER],
+        "get": {
+            "operationId": "parkedChanges",
+            "summary": "The subscription's parked changes (its dead-letter list)",
+            "responses": {
+                "200": {
+                    "description": "Every parked change, in feed order.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["parked"],
+                                "properties": {
+                                    "parked": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/ParkedChange"},
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "400": _error("Not a valid subscription name."),
+                "401": _SUBSCRIPTION_ERRORS["401"],
+                "404": _error("You have no subscription of this name."),
+            },
+        },
+    },
+    "/subscriptions/{name}/parked/{change_id}/": {
+        "parameters": [_NAME_PARAMETER, _CHANGE_ID_PARAMETER],
+        "put": {
+            "operationId": "parkOrResend",
+            "summary": "Park the change the subscription is stopped at, or send a parked one again",
+            "description": 'With {"action": "park"}: only the next change to deliver can be '
+            "parked; the position moves past it and delivery goes on in order. With "
+            '{"action": "resend"}: the parked change is PUT to the callback once, signed, with '
+            '"parked": true in its data; the outcome is in resent_status.',
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ParkRequest"}}
+                },
+            },
+            "responses": {
+                "200": _parked_response("Already parked, or sent again (see resent_status)."),
+                "201": _parked_response("Parked; delivery goes on after it."),
+                "400": _error("Not a valid name, or not a valid action."),
+                "401": _SUBSCRIPTION_ERRORS["401"],
+                "403": _error("The subscription's owner may not read the change's model."),
+                "404": _NOT_FOUND,
+                "409": _error("Not the change the subscription would send next."),
+                "410": _error("The change log was pruned past the subscription's position."),
+            },
+        },
+        "get": {
+            "operationId": "parkedChange",
+            "summary": "A parked change, its attempts and its last re-send",
+            "responses": {
+                "200": _parked_response("The parked change."),
+                "400": _error("Not a valid subscription name."),
+                "401": _SUBSCRIPTION_ERRORS["401"],
+                "404": _NOT_FOUND,
+            },
+        },
+        "delete": {
+            "operationId": "forgetParkedChange",
+            "summary": "Forget a parked change (it is never sent again)",
+            "responses": {
+                "204": {"description": "Forgotten."},
+                "400": _error("Not a valid subscription name."),
+                "401": _SUBSCRIPTION_ERRORS["401"],
+                "404": _NOT_FOUND,
+            },
         },
     },
 }
@@ -364,7 +672,7 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
             }
         },
     }
-    schemas: dict[str, Any] = {"Change": _CHANGE, "Error": _ERROR}
+    schemas: dict[str, Any] = {"Change": items.change_schema(), "Error": _ERROR}
     schemas["Service"] = {
         "type": "object",
         "required": ["service", "version", "models", "links"],
@@ -397,12 +705,8 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
             },
         },
     }
-    from pubsubpull.publisher.api import (
-        subscriptions,  # the subscription endpoints describe themselves
-    )
-
-    paths.update(subscriptions.PATHS)
-    schemas.update(subscriptions.SCHEMAS)
+    paths.update(SUBSCRIPTION_PATHS)
+    schemas.update(SUBSCRIPTION_SCHEMAS)
     for label in labels:
         registration = get_registration(label)
         if registration is None:

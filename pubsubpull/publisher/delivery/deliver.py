@@ -38,6 +38,7 @@ import httpx
 from django.db import IntegrityError, connection
 
 from pubsubpull import __version__, conf
+from pubsubpull.protocol import notification
 from pubsubpull.protocol.retry_after import parse_retry_after
 from pubsubpull.publisher import feed
 from pubsubpull.publisher.delivery import access, batch, guard, signing
@@ -385,33 +386,9 @@ def backoff(failures: int, retry_after: float | None = None) -> float:
     return delay
 
 
-def envelope(
-    name: str, timestamp: str, changes_json: str, cursor: str | None, **extra: Any
-) -> bytes:
-    """A notification body around ``changes_json`` (a JSON array, as the feed renders it).
-
-    The changes are the feed's own JSON text: their old/new are not decoded
-    and encoded again for every subscription.
-    """
-    data: dict[str, Any] = {"subscription": name, **extra}
-    if cursor is not None:
-        data["cursor"] = cursor
-    head = json.dumps(
-        {"type": "pubsubpull.changes", "timestamp": timestamp, "data": data},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return (head[:-2] + ',"changes":' + changes_json + "}}").encode()
-
-
-# The longest cursor a body can carry, for the byte cap's envelope bound.
-_LONGEST_CURSOR = batch.Position(feed.MAX_ID, feed.MAX_ID).encode()
-
-
 def _envelope_size(sub: Claimed, page: batch.Batch) -> int:
     """An upper bound of a body's bytes besides its changes' (see Batch.within)."""
-    longest_time = max((len(c.at_text) for c in page.changes), default=0)
-    return len(envelope(sub.name, "t" * longest_time, "", _LONGEST_CURSOR))
+    return notification.overhead(sub.name, max((len(c.at_text) for c in page.changes), default=0))
 
 
 def signed_headers(
@@ -560,7 +537,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
             return "lost"
         sub.pending_batch, sub.pending, sub.pending_count = webhook_id, following, len(changes)
 
-    body = envelope(sub.name, changes[-1].at_text, page.changes_json(), following.encode())
+    body = notification.body(sub.name, changes[-1].at_text, page.changes_json(), following.encode())
     now = datetime.now(UTC)
     headers = signed_headers(sub.secrets, webhook_id, body, now)
     response = send(sub.callback, body, headers)

@@ -21,13 +21,13 @@ Example::
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 from django.db import transaction
 from django.utils import timezone
 
+from pubsubpull.protocol import items, notification
 from pubsubpull.publisher import feed
 from pubsubpull.publisher.delivery import access, batch, deliver
 from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription
@@ -148,9 +148,13 @@ def resend(parked: ParkedChange, by: str = "") -> ParkedChange:
         timezone.now()
     ):
         secrets.append(subscription.previous_secret)
-    change_text = feed_json(parked.change)
-    body = deliver.envelope(
-        subscription.name, parked.change.get("at", ""), f"[{change_text}]", None, parked=True
+    # The change as it was stored from the feed's item: same keys, same order.
+    body = notification.body(
+        subscription.name,
+        parked.change.get("at", ""),
+        f"[{items.dumps(parked.change)}]",
+        None,
+        parked=True,
     )
     webhook_id = f"msg_{uuid.uuid4().hex}"
     now = datetime.now(UTC)
@@ -175,8 +179,3 @@ def resend(parked: ParkedChange, by: str = "") -> ParkedChange:
     parked.resent_error = response.error
     parked.save(update_fields=["resent_at", "resent_status", "resent_error"])
     return parked
-
-
-def feed_json(change: dict) -> str:
-    """A stored change as the feed's JSON text (same keys, same order)."""
-    return json.dumps(change, ensure_ascii=False, separators=(",", ":"))

@@ -1,4 +1,10 @@
-"""The event a handler receives: one instance of a snapshot, or one change of the feed."""
+"""The event a handler receives: one instance of a snapshot, or one change of the feed.
+
+Reading the wire's items (``pubsubpull.protocol.items``) into events is part
+of the protocol: a subscriber reads instance pages, feed pages and
+notifications through :meth:`Event.from_instance` and :meth:`Event.from_change`.
+Handlers know it as ``pubsubpull.Event``.
+"""
 
 from __future__ import annotations
 
