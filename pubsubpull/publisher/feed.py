@@ -283,23 +283,7 @@ SELECT bounds.xmin, bounds.horizon_txid, bounds.horizon_id, held_back.held_back,
        -- hold only published columns (always, unless the registration was
        -- narrowed since): serving the page then costs no Python per change.
        -- As UTF-8 bytes in binary results: no decoding and encoding again.
-       CASE WHEN c.published THEN convert_to(
-           '{"id":' || c.id || ',"cursor":"'
-           || translate(rtrim(encode(convert_to('c1.' || c.txid || '.' || c.id, 'UTF8'),
-                                     'base64'), '='), '+/', '-_')
-           -- A model label is app_label.model_name: nothing to escape.
-           || '","model":"' || c.model || '"'
-           || ',"pk":' || coalesce((coalesce(c.new, c.old) -> (c.spec ->> 'pk'))::text, 'null')
-           || ',"op":"' || c.op || '","at":' || to_json(c.at)::text
-           || ',"sequence":' || c.id
-           || ',"old":' || coalesce(c.old::text, 'null')
-           || ',"new":' || coalesce(c.new::text, 'null')
-           || ',"request":' || CASE WHEN r.method IS NULL THEN 'null' ELSE
-                  '{"user":' || coalesce(to_jsonb(r.user_id)::text, 'null')
-                  || ',"method":' || to_jsonb(r.method)::text
-                  || ',"path":' || to_jsonb(r.path)::text || '}' END
-           || '}', 'UTF8')
-       END,
+       CASE WHEN c.published THEN convert_to({change_item}, 'UTF8') END,
        -- Only for a change Python has to filter (NULLs cost psycopg nothing).
        CASE WHEN NOT c.published THEN c.op END,
        CASE WHEN NOT c.published THEN to_jsonb(c.at) #>> '{}' END,
@@ -329,6 +313,35 @@ LEFT JOIN LATERAL (
 LEFT JOIN pubsubpull_request AS r ON r.id = c.request_id
 ORDER BY c.txid, c.id
 """
+
+
+# The change item (pubsubpull.protocol.items.CHANGE), rendered by PostgreSQL:
+# the same text change_item_json() gives.
+_CHANGE_ITEM_SQL = items.change_item_sql(
+    id="c.id::text",
+    # Position.encode(): base64url of c1.<txid>.<id>, unpadded.
+    cursor=(
+        items.Text('"'),
+        "translate(rtrim(encode(convert_to('c1.' || c.txid || '.' || c.id, 'UTF8'), "
+        "'base64'), '='), '+/', '-_')",
+        items.Text('"'),
+    ),
+    # A model label is app_label.model_name: nothing to escape.
+    model=(items.Text('"'), "c.model", items.Text('"')),
+    pk="coalesce((coalesce(c.new, c.old) -> (c.spec ->> 'pk'))::text, 'null')",
+    op=(items.Text('"'), "c.op", items.Text('"')),
+    at="to_json(c.at)::text",
+    sequence="c.id::text",
+    old="coalesce(c.old::text, 'null')",
+    new="coalesce(c.new::text, 'null')",
+    request=(
+        "CASE WHEN r.method IS NULL THEN 'null' ELSE "
+        "'{\"user\":' || coalesce(to_jsonb(r.user_id)::text, 'null') "
+        "|| ',\"method\":' || to_jsonb(r.method)::text "
+        "|| ',\"path\":' || to_jsonb(r.path)::text || '}' END"
+    ),
+)
+_PAGE_SQL = _PAGE_SQL.replace("{change_item}", _CHANGE_ITEM_SQL)
 
 
 def _database(using: str | None) -> str:
