@@ -1,13 +1,22 @@
 """A thousand clients long-polling one server process: connections held, commit-to-answer time.
 
 It starts the publisher (benchmarks/longpoll_site.py) as one server process
-on 127.0.0.1, under ASGI (uvicorn) and under WSGI (gunicorn, one gthread
-worker with a thread per poll), and for each:
+on 127.0.0.1 and, for each ``--servers`` design:
+
+- ``asgi``: uvicorn, the application wrapped in ``pubsubpull.asgi.long_polls``
+  as the docs say (woken polls answered by the wrapper, one rendering for all);
+- ``asgi-django``: the same, ``long_polls(..., answer_directly=False)``: each
+  woken poll goes back through Django's handler and middleware;
+- ``wsgi``: gunicorn, one gthread worker with a thread per poll;
+
+and for each:
 
 - ``--polls`` clients (1,000) each send ``GET changes/?wait=30`` at the head
-  of the feed (httpx AsyncClient, one connection each, spread over
-  ``--clients`` client processes so the clients' own parsing is not the
-  bottleneck measured), and the driver waits until the server holds them all;
+  of the feed, one connection each, spread over ``--clients`` client
+  processes (``--client-lib raw``, the default: a minimal keep-alive HTTP/1.1
+  protocol on uvloop, timing a response at its last byte; ``httpx``: an httpx
+  AsyncClient per poll, whose own per-response cost on the same two cores is
+  about the server's), and the driver waits until the server holds them all;
 - one row is committed; every poll must answer with exactly that change. The
   time from the commit's return to each poll's full response is recorded;
 - the polls go again from the new cursor, ``--rounds`` times (5).
@@ -21,8 +30,8 @@ no errors, at most 5 connections, p99 at most 100 ms.
 Run it (needs the bench extra: pip install -e ".[bench]")::
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \\
-        python benchmarks/longpoll.py [--polls 1000] [--rounds 5] [--servers asgi wsgi]
-        [--middleware full|api]
+        python benchmarks/longpoll.py [--polls 1000] [--rounds 5]
+        [--servers asgi asgi-django wsgi] [--middleware full|api] [--client-lib raw|httpx]
 
 It uses its own database, PUBLISHER_DB_NAME (default bench_longpoll), dropped
 and created anew. ``--quick`` (100 polls, 2 rounds) is the smoke test's.
@@ -76,7 +85,77 @@ def free_port() -> int:
 # -- A client process: its share of the polls, round after round -------------------------
 
 
-def client(url: str, token: str, polls: int) -> None:
+class RawConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, GETs only: a client much cheaper than httpx.
+
+    On two cores shared by the server and the clients, httpx's per-response
+    cost (about as much as the server's) would be most of what is measured.
+    A response's time is taken when its last byte arrives; it is parsed after.
+    """
+
+    def __init__(self, url: str, token: str):
+        self.host, _, port = url.removeprefix("http://").partition(":")
+        self.port = int(port)
+        self.token = token
+        self.transport = None
+        self.buffer = bytearray()
+        self.answer: asyncio.Future | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        if b"transfer-encoding: chunked" in head:
+            # JSON has no raw line breaks: the last chunk ends the buffer.
+            complete = self.buffer.endswith(b"\r\n0\r\n\r\n")
+        else:
+            length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+            complete = len(self.buffer) >= end + 4 + length
+        if complete:
+            at = time.monotonic()
+            raw, self.buffer = bytes(self.buffer), bytearray()
+            self.answer.set_result((at, raw))
+
+    def connection_lost(self, exc) -> None:
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_exception(ConnectionError(f"connection lost: {exc}"))
+
+    async def get(self, path: str, params: dict) -> tuple[float, int, bytes]:
+        from urllib.parse import urlencode
+
+        loop = asyncio.get_running_loop()
+        if self.transport is None:
+            await loop.create_connection(lambda: self, self.host, self.port)
+        self.answer = loop.create_future()
+        self.transport.write(
+            f"GET {path}?{urlencode(params)} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Authorization: Bearer {self.token}\r\n\r\n".encode()
+        )
+        at, raw = await self.answer
+        head, _, body = raw.partition(b"\r\n\r\n")
+        if b"transfer-encoding: chunked" in head.lower():
+            chunks, rest = [], body
+            while True:
+                size_line, _, rest = rest.partition(b"\r\n")
+                size = int(size_line.split(b";")[0], 16)
+                if size == 0:
+                    break
+                chunks.append(rest[:size])
+                rest = rest[size + 2 :]
+            body = b"".join(chunks)
+        return at, int(head.split(b" ", 2)[1]), body
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    async def aclose(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def client(url: str, token: str, polls: int, kind: str) -> None:
     """Read ``<cursor> <name>`` lines; answer each with one JSON line of results.
 
     Every poll runs on its own connection, kept open from round to round as a
@@ -90,9 +169,13 @@ def client(url: str, token: str, polls: int) -> None:
         # A client (so a connection pool) per poll, as each long-polling
         # service has its own: one pool of a thousand connections would
         # measure httpcore's pool bookkeeping, not the server.
-        https = [
-            httpx.AsyncClient(headers=headers, timeout=timeout, base_url=url) for _ in range(polls)
-        ]
+        if kind == "httpx":
+            https = [
+                httpx.AsyncClient(headers=headers, timeout=timeout, base_url=url)
+                for _ in range(polls)
+            ]
+        else:
+            https = [RawConnection(url, token) for _ in range(polls)]
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -104,17 +187,19 @@ def client(url: str, token: str, polls: int) -> None:
                 async def poll(
                     http: httpx.AsyncClient, cursor=cursor, name=name
                 ) -> tuple[float, str | None, str | None]:
+                    params = {"models": "customers.customer", "after": cursor, "wait": 30}
                     try:
-                        response = await http.get(
-                            "/pubsubpull/changes/",
-                            params={"models": "customers.customer", "after": cursor, "wait": 30},
-                        )
-                        at = time.monotonic()
-                        body = response.json()
+                        if kind == "httpx":
+                            response = await http.get("/pubsubpull/changes/", params=params)
+                            at = time.monotonic()
+                            status, content = response.status_code, response.content
+                        else:
+                            at, status, content = await http.get("/pubsubpull/changes/", params)
+                        body = json.loads(content)
                     except Exception as exc:
                         return time.monotonic(), f"{type(exc).__name__}: {exc}", None
-                    if response.status_code != 200:
-                        return at, f"HTTP {response.status_code}", None
+                    if status != 200:
+                        return at, f"HTTP {status}", None
                     got = [c["new"]["name"] for c in body["changes"]]
                     if got != [name]:
                         return at, f"served {got}, not [{name!r}]", None
@@ -138,7 +223,12 @@ def client(url: str, token: str, polls: int) -> None:
             for http in https:
                 await http.aclose()
 
-    asyncio.run(main())
+    try:  # the clients' own cost is not what is measured: the fastest loop there is
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
 
 
 # -- The driver ---------------------------------------------------------------------------
@@ -199,9 +289,10 @@ class Server:
             "PYTHONPATH": f"{PUBLISHER}{os.pathsep}{ROOT}",
             "PGAPPNAME": SERVER_APP,
             "LONGPOLL_MIDDLEWARE": middleware,
+            "LONGPOLL_DESIGN": "django" if kind == "asgi-django" else "direct",
         }
         bind = ["--bind", f"127.0.0.1:{self.port}"]
-        if kind == "asgi":
+        if kind.startswith("asgi"):
             args = [
                 "-m", "uvicorn", "--factory", "benchmarks.longpoll_app:asgi",
                 "--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "off",
@@ -287,7 +378,7 @@ def run(kind: str, args, token: str, conninfo: str) -> dict:
               for i in range(args.clients)]  # fmt: skip
     clients = [
         subprocess.Popen(
-            [sys.executable, __file__, "--client", server.url, token, str(share)],
+            [sys.executable, __file__, "--client", server.url, token, str(share), args.client_lib],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -371,20 +462,40 @@ def _head(url: str, token: str) -> str:
             return after
 
 
+LABELS = {
+    "asgi": "ASGI direct (uvicorn)",
+    "asgi-django": "ASGI via Django",
+    "wsgi": "WSGI (gunicorn gthread)",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--polls", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clients", type=int, default=4, help="client processes")
-    parser.add_argument("--servers", nargs="+", default=["asgi", "wsgi"])
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        choices=list(LABELS),
+        default=list(LABELS),
+        help="asgi: long_polls answering woken polls directly; asgi-django: through "
+        "Django's handler and middleware; wsgi: gunicorn, a thread per poll",
+    )
+    parser.add_argument(
+        "--client-lib",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="the polling clients' HTTP (raw: a minimal keep-alive HTTP/1.1 client)",
+    )
     parser.add_argument("--middleware", choices=["full", "api"], default="full")
     parser.add_argument("--quick", action="store_true", help="100 polls, 2 rounds")
     parser.add_argument("--keep", action="store_true", help="keep the database at the end")
-    parser.add_argument("--client", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     raise_file_limit()
     if args.client:
-        client(args.client[0], args.client[1], int(args.client[2]))
+        client(args.client[0], args.client[1], int(args.client[2]), args.client[3])
         return
     if args.quick:
         args.polls, args.rounds, args.clients = 100, 2, 1
@@ -399,17 +510,16 @@ def main() -> None:
     connection.close()
     print(
         f"{args.polls} polls x {args.rounds} rounds, wait=30, one server process, "
-        f"{args.middleware} middleware, {os.cpu_count()} CPUs, "
+        f"{args.middleware} middleware, {args.client_lib} clients, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f} at start"
     )
     print(
         f"{'server':<24} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>7} {'conns':>6}"
         f"   {'sent p50':>8} {'sent p99':>8}"
     )
-    labels = {"asgi": "ASGI (uvicorn)", "wsgi": "WSGI (gunicorn gthread)"}
     try:
         for kind in args.servers:
-            report(labels[kind], run(kind, args, token, conninfo))
+            report(LABELS[kind], run(kind, args, token, conninfo))
     finally:
         if not args.keep:
             drop_database()

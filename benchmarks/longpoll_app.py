@@ -1,7 +1,8 @@
 """The server applications benchmarks/longpoll.py runs: the publisher, timing long polls.
 
 ``asgi()`` (a uvicorn ``--factory``) is the publisher's ASGI application
-wrapped in ``pubsubpull.asgi.long_polls``, as the docs say to serve it;
+wrapped in ``pubsubpull.asgi.long_polls``, as the docs say to serve it
+(``LONGPOLL_DESIGN=django``: without its direct answers);
 ``wsgi()`` (for gunicorn) its WSGI application. Both note when each long
 poll's response has been handed to the server to send, and answer
 ``GET /_bench/sent`` with those times (CLOCK_MONOTONIC, the same in every
@@ -12,6 +13,7 @@ commit-to-answer time, without the client's.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -36,7 +38,10 @@ def asgi():
 
     from pubsubpull.asgi import is_long_poll, long_polls
 
-    service = long_polls(get_asgi_application())
+    # LONGPOLL_DESIGN=django: woken polls go back through Django's handler
+    # and middleware, each rendering its own response (the design before).
+    direct = os.environ.get("LONGPOLL_DESIGN", "direct") == "direct"
+    service = long_polls(get_asgi_application(), answer_directly=direct)
 
     async def application(scope, receive, send):
         if scope["type"] == "http" and scope["path"] == "/_bench/sent":

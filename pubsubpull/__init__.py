@@ -11,8 +11,7 @@ from pubsubpull.capture.registry import (
     registrations,
     unregister,
 )
-
-__version__ = "0.1.0.dev0"
+from pubsubpull.version import __version__
 
 # The subscribing side. Imported lazily: these need Django's app registry,
 # and ``import pubsubpull`` happens in models.py files before it is ready.

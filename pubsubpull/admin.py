@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
 from django.contrib import admin
@@ -120,8 +120,9 @@ class ModelFilter(admin.SimpleListFilter):
         return [(r.label, f"{r.label} ({r.model._meta.verbose_name})") for r in registrations()]
 
     def queryset(self, request, queryset):
-        if self.value():
-            return queryset.filter(model=self.value().lower())
+        value = self.value()
+        if value:
+            return queryset.filter(model=value.lower())
         return queryset
 
 
@@ -303,7 +304,14 @@ def _object_link(site: admin.AdminSite, change: Change):
     return change.object_pk or "—"
 
 
-class HistoryMixin:
+# The mixin's methods are a ModelAdmin's, to the type checker.
+if TYPE_CHECKING:
+    _ModelAdmin = admin.ModelAdmin
+else:
+    _ModelAdmin = object
+
+
+class HistoryMixin(_ModelAdmin):
     """Show an object's recorded changes on its admin "History" page.
 
     Mix it into the ``ModelAdmin`` of a published model. The page lists the
@@ -353,7 +361,7 @@ class HistoryMixin:
 
 
 def _label_of(model: type[models.Model]) -> str:
-    return model._meta.concrete_model._meta.label_lower
+    return (model._meta.concrete_model or model)._meta.label_lower
 
 
 @admin.register(ServiceToken)

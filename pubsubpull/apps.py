@@ -20,6 +20,11 @@ class PubSubPullConfig(AppConfig):
         for connection in connections.all(initialized_only=True):
             install(connection)
 
+        # The two kinds of job the worker runs (pubsubpull.jobs): delivering
+        # subscriptions and running pulls. Importing them registers them.
+        from pubsubpull.client import pulling  # noqa: F401
+        from pubsubpull.publisher.delivery import deliver  # noqa: F401
+
         # After `migrate`, say at once if a published table lacks its trigger
         # (registered but never migrated, or dropped by hand).
         post_migrate.connect(checks.warn_after_migrate, sender=self)

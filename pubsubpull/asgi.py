@@ -17,6 +17,13 @@ the long polls of the process, not one each::
     application = long_polls(get_asgi_application())
 
 Every other request is served exactly as before.
+
+The wrapper also answers woken long polls itself: a poll arrives through
+Django as usual (middleware, authentication, the view's checks and errors),
+the view parks it and gives the middleware an empty placeholder response
+whose headers the wrapper keeps, and when a commit wakes the polls every
+poll woken by one read gets the same page, rendered once, written from one
+callback on the event loop (:mod:`pubsubpull.publisher.longpoll`).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from asgiref.sync import ThreadSensitiveContext
+
+from pubsubpull.publisher.longpoll import SCOPE_KEY, Parking
 
 # Threads the sync parts of all long polls of a process share.
 THREADS = 4
@@ -48,8 +57,13 @@ def is_long_poll(scope: dict[str, Any]) -> bool:
     return False
 
 
-def long_polls(application):
+def long_polls(application, *, answer_directly: bool = True):
     """Wrap a Django ASGI application: long polls share a few threads for their sync parts.
+
+    With ``answer_directly`` (the default) a woken long poll is answered by
+    the wrapper with the page rendered once for every poll that waited for
+    it (see :mod:`pubsubpull.publisher.longpoll`); without, each goes back
+    through Django's handler and middleware.
 
     Needs an asgiref whose ``ThreadSensitiveContext`` takes an ``executor``
     (3.13 does); with an older one the application is served unchanged, with
@@ -74,11 +88,37 @@ def long_polls(application):
     ]
     turn = itertools.cycle(executors)
 
+    if not answer_directly:
+
+        async def through_django(scope, receive, send):
+            if is_long_poll(scope):
+                # Django's own per-request context then defers to this one.
+                async with ThreadSensitiveContext(executor=next(turn)):
+                    return await application(scope, receive, send)
+            return await application(scope, receive, send)
+
+        return through_django
+
     async def wrapped(scope, receive, send):
-        if is_long_poll(scope):
+        if not is_long_poll(scope):
+            return await application(scope, receive, send)
+        parking = Parking()
+        scope = {**scope, SCOPE_KEY: parking}
+
+        async def intercept(message):
+            # Once the placeholder's headers are kept, its body is not sent either.
+            if parking.captured is None and (
+                message["type"] != "http.response.start" or not parking.capture(message)
+            ):
+                await send(message)
+
+        try:
             # Django's own per-request context then defers to this one.
             async with ThreadSensitiveContext(executor=next(turn)):
-                return await application(scope, receive, send)
-        return await application(scope, receive, send)
+                await application(scope, receive, intercept)
+            if parking.captured is not None:
+                await parking.answer_when_woken(receive, send)
+        finally:
+            parking.abandon()  # the client left before the view answered, say
 
     return wrapped

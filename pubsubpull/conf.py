@@ -1,6 +1,10 @@
 """pubsubpull's settings: one ``PUBSUBPULL = {...}`` dict in the project's settings.
 
-Read them with ``conf.get(name)``; every key and its default is listed here.
+Every key and its default is stated once, in :data:`DEFAULTS` (whose comments
+``scripts/settings_doc.py`` turns into docs/settings.rst). The rest of the
+package reads each setting through its typed function below (``conf.lease()``
+for ``LEASE``), never by string key; :mod:`pubsubpull.checks` checks the values'
+types, ranges and the invariants between them at startup.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "CALLBACK_ALLOW": [],
     # Changes per PUT unless a subscription asks for another batch_size.
     "BATCH_SIZE": 100,
-    # The largest batch_size a subscription may ask for.
+    # The largest batch_size a subscription may ask for (at least BATCH_SIZE:
+    # pubsubpull.E008).
     "MAX_BATCH_SIZE": 1000,
     # A notification body (the JSON PUT to a callback) holds changes up to
     # this many bytes; the rest follow in the next batch. A single change
@@ -89,18 +94,22 @@ DEFAULTS: dict[str, Any] = {
     # backlog is kept and re-enabling it resumes in order.
     "DISABLE_AFTER": 3 * 24 * 3600.0,
     # How long a worker holds a subscription per batch. Keep it above
-    # CONNECT_TIMEOUT + TIMEOUT, so a slow answer is not also sent by a second
-    # worker; a killed worker's batch is redelivered by another this soon.
+    # CONNECT_TIMEOUT + TIMEOUT (pubsubpull.E006 otherwise), so a slow answer
+    # is not also sent by a second worker; a killed worker's batch is
+    # redelivered by another this soon.
     "LEASE": 25.0,
     # Workers also sweep for due subscriptions this often (retries, and any
     # wake-up a lost notification or job missed).
     "SWEEP_INTERVAL": 2.0,
     # Threads of pubsubpull_worker that run delivery and pull jobs.
     "WORKER_THREADS": 4,
-    # The alias in TASKS that delivery and pull jobs go to. It must be a
-    # backend with workers (django-tasks-db, RQ, ...): Django's default when
-    # TASKS is unset, the ImmediateBackend, runs each job inside the call that
-    # enqueues it.
+    # The alias in TASKS that delivery and pull jobs go to (pubsubpull.E010 if
+    # TASKS has no such alias). It must be a backend with workers
+    # (django-tasks-db, RQ, ...): Django's default when TASKS is unset, the
+    # ImmediateBackend, runs each job inside the call that enqueues it, so
+    # pubsubpull.pull() pulls inside the call instead of returning and the
+    # worker delivers in its listening thread (pubsubpull.W002); a
+    # DummyBackend never runs one (pubsubpull.W003).
     "TASK_BACKEND": "default",
     # The queue of that backend that delivery and pull jobs go to
     # (pubsubpull_worker runs this queue's jobs with django-tasks-db).
@@ -123,7 +132,8 @@ DEFAULTS: dict[str, Any] = {
     "PULL_TIMEOUT": 15.0,
     # How long a worker holds a cursor without committing a page; a killed
     # worker's cursor is taken up by another this soon. Longer than
-    # PULL_WAIT + PULL_TIMEOUT plus a page's handler time.
+    # PULL_WAIT + PULL_TIMEOUT plus a page's handler time (pubsubpull.E007
+    # if not longer than PULL_WAIT + PULL_TIMEOUT).
     "PULL_LEASE": 60.0,
     # A pull job runs this long, then enqueues its successor (so jobs of
     # many cursors take turns on the worker threads).
@@ -151,16 +161,224 @@ DEFAULTS: dict[str, Any] = {
 
 
 def get(name: str) -> Any:
-    """The value of ``PUBSUBPULL[name]``, or its default."""
+    """The value of ``PUBSUBPULL[name]``, or its default.
+
+    The lookup the typed functions below share; read a setting through its
+    function (``conf.lease()``), which says its type.
+    """
     if name not in DEFAULTS:
         raise ImproperlyConfigured(f"pubsubpull has no setting {name!r}.")
-    configured = getattr(settings, "PUBSUBPULL", {})
-    return configured.get(name, DEFAULTS[name])
+    given = configured()
+    return given.get(name, DEFAULTS[name]) if isinstance(given, dict) else DEFAULTS[name]
+
+
+def configured() -> Any:
+    """The project's PUBSUBPULL setting as given (``{}`` when unset)."""
+    return getattr(settings, "PUBSUBPULL", {})
+
+
+# One typed function per setting (the checks read their return types). Numbers
+# typed ``float`` accept ints too.
+
+
+def migrations_app() -> str | None:
+    """``MIGRATIONS_APP``: the app whose migrations hold installed packages' triggers."""
+    return get("MIGRATIONS_APP")
+
+
+def page_size() -> int:
+    """``PAGE_SIZE``: items per page when a caller gives no ``?limit=``."""
+    return get("PAGE_SIZE")
+
+
+def max_page_size() -> int:
+    """``MAX_PAGE_SIZE``: the largest ``?limit=`` a caller may ask for."""
+    return get("MAX_PAGE_SIZE")
+
+
+def max_wait() -> float:
+    """``MAX_WAIT``: the longest ``?wait=`` of a change feed long poll (seconds)."""
+    return get("MAX_WAIT")
+
+
+def anonymous_models() -> list[str]:
+    """``ANONYMOUS_MODELS``: model labels anonymous callers may read."""
+    return get("ANONYMOUS_MODELS")
+
+
+def health_worker_stale() -> float:
+    """``HEALTH_WORKER_STALE``: seconds after which a worker's heartbeat is stale."""
+    return get("HEALTH_WORKER_STALE")
+
+
+def health_require_worker() -> bool:
+    """``HEALTH_REQUIRE_WORKER``: whether the health endpoint answers 503 without a fresh worker."""
+    return get("HEALTH_REQUIRE_WORKER")
+
+
+def retention() -> float:
+    """``RETENTION``: seconds of changes ``pubsubpull_prune`` keeps by default."""
+    return get("RETENTION")
+
+
+def request_id_header() -> str | None:
+    """``REQUEST_ID_HEADER``: the header stored as a Request's ``request_id``, or None."""
+    return get("REQUEST_ID_HEADER")
+
+
+def trusted_proxy_header() -> str | None:
+    """``TRUSTED_PROXY_HEADER``: the proxy header holding the client's address, or None."""
+    return get("TRUSTED_PROXY_HEADER")
+
+
+def trusted_proxy_count() -> int:
+    """``TRUSTED_PROXY_COUNT``: how many proxies run in front of Django."""
+    return get("TRUSTED_PROXY_COUNT")
+
+
+def callback_allow() -> list[str]:
+    """``CALLBACK_ALLOW``: hosts, addresses and networks callbacks may use although not global."""
+    return get("CALLBACK_ALLOW")
+
+
+def batch_size() -> int:
+    """``BATCH_SIZE``: changes per PUT unless a subscription asks for another batch_size."""
+    return get("BATCH_SIZE")
+
+
+def max_batch_size() -> int:
+    """``MAX_BATCH_SIZE``: the largest batch_size a subscription may ask for."""
+    return get("MAX_BATCH_SIZE")
+
+
+def batch_max_bytes() -> int:
+    """``BATCH_MAX_BYTES``: the largest notification body (bytes), bar a larger change."""
+    return get("BATCH_MAX_BYTES")
+
+
+def connect_timeout() -> float:
+    """``CONNECT_TIMEOUT``: seconds a PUT may take to connect (TCP, TLS) to the receiver."""
+    return get("CONNECT_TIMEOUT")
+
+
+def timeout() -> float:
+    """``TIMEOUT``: seconds a connected PUT waits to send, and for each part of the answer."""
+    return get("TIMEOUT")
+
+
+def retry_base() -> float:
+    """``RETRY_BASE``: the base of a delivery's exponential backoff (seconds)."""
+    return get("RETRY_BASE")
+
+
+def retry_max() -> float:
+    """``RETRY_MAX``: the cap of a delivery's backoff and of Retry-After (seconds)."""
+    return get("RETRY_MAX")
+
+
+def access_recheck() -> float:
+    """``ACCESS_RECHECK``: how often a forbidden subscription checks its access again (seconds)."""
+    return get("ACCESS_RECHECK")
+
+
+def disable_after() -> float:
+    """``DISABLE_AFTER``: seconds of failing without a success before a subscription is disabled."""
+    return get("DISABLE_AFTER")
+
+
+def lease() -> float:
+    """``LEASE``: seconds a worker holds a subscription per batch."""
+    return get("LEASE")
+
+
+def sweep_interval() -> float:
+    """``SWEEP_INTERVAL``: how often workers sweep for due subscriptions and cursors (seconds)."""
+    return get("SWEEP_INTERVAL")
+
+
+def worker_threads() -> int:
+    """``WORKER_THREADS``: threads of ``pubsubpull_worker`` that run jobs."""
+    return get("WORKER_THREADS")
+
+
+def task_backend() -> str:
+    """``TASK_BACKEND``: the TASKS alias delivery and pull jobs go to."""
+    return get("TASK_BACKEND")
+
+
+def task_queue() -> str:
+    """``TASK_QUEUE``: the queue of that backend delivery and pull jobs go to."""
+    return get("TASK_QUEUE")
+
+
+def secret_grace() -> float:
+    """``SECRET_GRACE``: seconds the old secret keeps signing after ``rotate_secret``."""
+    return get("SECRET_GRACE")
+
+
+def response_excerpt() -> int:
+    """``RESPONSE_EXCERPT``: bytes of a receiver's response an attempt record keeps."""
+    return get("RESPONSE_EXCERPT")
+
+
+def attempt_retention() -> float:
+    """``ATTEMPT_RETENTION``: seconds attempt records are kept."""
+    return get("ATTEMPT_RETENTION")
+
+
+def pull_page_size() -> int:
+    """``PULL_PAGE_SIZE``: instances or changes asked for per page of a pull."""
+    return get("PULL_PAGE_SIZE")
+
+
+def pull_wait() -> float:
+    """``PULL_WAIT``: seconds a pull following the feed long-polls per request."""
+    return get("PULL_WAIT")
+
+
+def pull_timeout() -> float:
+    """``PULL_TIMEOUT``: seconds per request to the publisher, on top of the long poll."""
+    return get("PULL_TIMEOUT")
+
+
+def pull_lease() -> float:
+    """``PULL_LEASE``: seconds a worker holds a cursor without committing a page."""
+    return get("PULL_LEASE")
+
+
+def pull_budget() -> float:
+    """``PULL_BUDGET``: seconds a pull job runs before it enqueues its successor."""
+    return get("PULL_BUDGET")
+
+
+def pull_retry_base() -> float:
+    """``PULL_RETRY_BASE``: the base of a pull's exponential backoff (seconds)."""
+    return get("PULL_RETRY_BASE")
+
+
+def pull_retry_max() -> float:
+    """``PULL_RETRY_MAX``: the cap of a pull's backoff and of Retry-After (seconds)."""
+    return get("PULL_RETRY_MAX")
+
+
+def receiver_max_bytes() -> int:
+    """``RECEIVER_MAX_BYTES``: the largest notification body the receiver reads (bytes)."""
+    return get("RECEIVER_MAX_BYTES")
+
+
+def received_retention() -> float:
+    """``RECEIVED_RETENTION``: seconds the receiver remembers a handled batch's webhook-id."""
+    return get("RECEIVED_RETENTION")
+
+
+def mirror_tombstone_retention() -> float:
+    """``MIRROR_TOMBSTONE_RETENTION``: seconds a mirror keeps a deleted object's tombstone."""
+    return get("MIRROR_TOMBSTONE_RETENTION")
 
 
 def check_keys() -> list[str]:
     """Names in the PUBSUBPULL setting that pubsubpull does not know."""
-    configured = getattr(settings, "PUBSUBPULL", {})
-    if not isinstance(configured, dict):
-        return ["<PUBSUBPULL must be a dict>"]
-    return sorted(set(configured) - set(DEFAULTS))
+    given = configured()
+    if not isinstance(given, dict):
+        return []  # pubsubpull.E003 says so
+    return sorted(set(given) - set(DEFAULTS))

@@ -1,281 +1,11 @@
-"""The change log and the requests that caused the changes.
+"""The app's models, gathered from each side for Django (app label ``pubsubpull``).
 
-Rows of both tables are written by the database trigger (``sql/capture_v2.sql``),
-never by the ORM: the model classes are for reading.
+Each side keeps its tables beside its code; this module is where Django, the
+admin and users find them all (``from pubsubpull.models import Change``).
 """
 
-from __future__ import annotations
-
-from typing import Any
-
-from django.conf import settings
-from django.db import models
-
-
-class ChangeLogIsReadOnly(Exception):
-    """Raised when code tries to write the change log through the ORM."""
-
-
-_READ_ONLY = (
-    "{} rows are written by pubsubpull's database trigger when a published table "
-    "changes; they cannot be created, edited or deleted through the ORM. Change the "
-    "published model instead (pruning is done by the pubsubpull_prune command)."
-)
-
-
-class ReadOnlyQuerySet(models.QuerySet):
-    def _refuse(self, *args, **kwargs):
-        raise ChangeLogIsReadOnly(_READ_ONLY.format(self.model.__name__))
-
-    create = get_or_create = update_or_create = bulk_create = bulk_update = _refuse
-    update = delete = _refuse
-
-
-class ReadOnlyModel(models.Model):
-    objects = ReadOnlyQuerySet.as_manager()
-
-    class Meta:
-        abstract = True
-
-    def save(self, *args, **kwargs):
-        raise ChangeLogIsReadOnly(_READ_ONLY.format(type(self).__name__))
-
-    def delete(self, *args, **kwargs):
-        raise ChangeLogIsReadOnly(_READ_ONLY.format(type(self).__name__))
-
-
-class Request(ReadOnlyModel):
-    """A web request (or a ``pubsubpull.context`` block) that changed published data.
-
-    Written by the first change it makes, in that change's transaction; a request
-    that changes nothing leaves no row.
-    """
-
-    id = models.UUIDField(primary_key=True)
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.DO_NOTHING,
-        # No constraint: the trail outlives deleted users, and a foreign key
-        # check would cost a lookup on every audited write.
-        db_constraint=False,
-        related_name="+",
-    )
-    method = models.CharField(max_length=16, blank=True)
-    path = models.TextField(blank=True)
-    query_string = models.TextField(blank=True)
-    remote_addr = models.GenericIPAddressField(null=True, blank=True)
-    user_agent = models.TextField(blank=True)
-    request_id = models.CharField(
-        max_length=200, blank=True, help_text="The incoming request id header, if any."
-    )
-    started = models.DateTimeField()
-    duration = models.DurationField(null=True, blank=True)
-    status = models.PositiveSmallIntegerField(null=True, blank=True)
-    metadata = models.JSONField(default=dict, blank=True)
-
-    class Meta:
-        ordering = ["-started"]
-        indexes = [models.Index(fields=["started"], name="pubsubpull_request_started")]
-
-    def __str__(self) -> str:
-        if self.method:
-            return f"{self.method} {self.path}"
-        return f"context {self.metadata}" if self.metadata else str(self.id)
-
-
-def _label(model_or_label: type[models.Model] | models.Model | str) -> str:
-    if isinstance(model_or_label, str):
-        return model_or_label.lower()
-    # Changes are recorded under the table's model: a proxy's are its concrete model's.
-    return model_or_label._meta.concrete_model._meta.label_lower
-
-
-class ChangeQuerySet(ReadOnlyQuerySet):
-    """Reading the audit trail: ``Change.objects.for_object(customer)``."""
-
-    def for_object(self, obj: models.Model) -> ChangeQuerySet:
-        """The changes of one model instance, oldest first.
-
-        Matched by its current primary key: changes made before an UPDATE
-        that changed the key are under the old one.
-        """
-        return self.filter(model=_label(obj), object_pk=str(obj.pk))
-
-    def for_model(self, model: type[models.Model] | str) -> ChangeQuerySet:
-        """The changes of a model's table (a class or an ``app_label.model`` label)."""
-        return self.filter(model=_label(model))
-
-    def by_user(self, user: models.Model | Any) -> ChangeQuerySet:
-        """The changes made by requests of ``user`` (an instance or a primary key)."""
-        pk = user.pk if isinstance(user, models.Model) else user
-        return self.filter(request__user_id=pk)
-
-
-class Change(ReadOnlyModel):
-    """One inserted, updated or deleted row of a published table (or one TRUNCATE)."""
-
-    class Op(models.TextChoices):
-        INSERT = "insert"
-        UPDATE = "update"
-        DELETE = "delete"
-        TRUNCATE = "truncate"
-
-    id = models.BigAutoField(primary_key=True)
-    txid = models.BigIntegerField(
-        help_text="pg_current_xact_id() of the writing transaction; the feed "
-        "orders by (txid, id) and only serves transactions that have ended."
-    )
-    # Collation "C": the object index compares bytes instead of calling the
-    # locale's strcoll, which made every captured row's index insert dearer
-    # (labels and keys are looked up by equality; their order means nothing).
-    model = models.CharField(
-        max_length=200, db_collation="C", help_text="The model label, e.g. shop.customer."
-    )
-    object_pk = models.TextField(
-        null=True, db_collation="C", help_text="The row's primary key; empty for TRUNCATE."
-    )
-    op = models.CharField(max_length=8, choices=Op.choices)
-    at = models.DateTimeField(help_text="When the statement that made the change started.")
-    request = models.ForeignKey(
-        Request,
-        null=True,
-        blank=True,
-        on_delete=models.DO_NOTHING,
-        # The trigger writes the request row after the change rows of a
-        # statement, and a per-row foreign key check would double the cost of
-        # bulk writes.
-        db_constraint=False,
-        # Indexed below only where set: most changes (bulk jobs, migrations,
-        # psql) have no request, and indexing their NULLs cost every write.
-        db_index=False,
-        related_name="changes",
-    )
-    old = models.JSONField(null=True, help_text="The published columns before the change.")
-    new = models.JSONField(null=True, help_text="The published columns after the change.")
-
-    objects = ChangeQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["id"]
-        indexes = [
-            models.Index(fields=["txid", "id"], name="pubsubpull_change_feed"),
-            models.Index(fields=["model", "object_pk", "id"], name="pubsubpull_change_object"),
-            models.Index(
-                fields=["request"],
-                name="pubsubpull_change_request",
-                condition=models.Q(request__isnull=False),
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.op} {self.model} {self.object_pk or ''}".rstrip()
-
-    @property
-    def diff(self) -> dict[str, tuple[Any, Any]]:
-        """``{column: (old, new)}`` for the columns this change changed.
-
-        An update lists only the columns whose value changed; an insert lists
-        every column as ``(None, value)``, a delete as ``(value, None)``, and a
-        truncate nothing. Keys are the published column names as stored
-        (``country_id`` for a foreign key ``country``); values are as JSON
-        stored them (numbers, strings, ISO dates).
-        """
-        old, new = self.old or {}, self.new or {}
-        return {
-            column: (old.get(column), new.get(column))
-            for column in [*old, *(c for c in new if c not in old)]
-            if old.get(column) != new.get(column) or (column in old) != (column in new)
-        }
-
-    @property
-    def user(self):
-        """The user whose request made this change, or None (also if since deleted)."""
-        if self.request_id is None:
-            return None
-        try:
-            # select_related() leaves None where a row is missing; a plain
-            # access raises instead. No foreign key constraints: rows can go.
-            request = self.request
-            return request.user if request is not None else None
-        except models.ObjectDoesNotExist:
-            return None
-
-
-class Horizon(models.Model):
-    """How far the change log has been pruned: one row, maintained by the database.
-
-    Deleting change rows (the prune command, or a DELETE in psql) moves it, in
-    the deleting transaction, to the newest feed position deleted, by a trigger
-    on the change table (``sql/horizon_v1.sql``). A feed cursor before it
-    answers 410 Gone: changes after that cursor may be missing.
-    """
-
-    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
-    txid = models.BigIntegerField(default=0)
-    change_id = models.BigIntegerField(default=0)
-
-    class Meta:
-        constraints = [
-            models.CheckConstraint(condition=models.Q(id=1), name="pubsubpull_horizon_one")
-        ]
-
-    def __str__(self) -> str:
-        return f"changes up to ({self.txid}, {self.change_id}) pruned"
-
-
-class ServiceToken(models.Model):
-    """A bearer token another service uses to read published models over HTTP.
-
-    Created with ``manage.py pubsubpull_token create NAME --models app.model``;
-    only a SHA-256 hash of the token is stored, so it is shown once.
-    """
-
-    name = models.CharField(max_length=100, unique=True)
-    key_hash = models.CharField(max_length=64, unique=True, editable=False)
-    prefix = models.CharField(
-        max_length=12, editable=False, help_text="The token's first characters, to recognise it."
-    )
-    scope = models.JSONField(
-        default=list,
-        blank=True,
-        help_text='Model labels the token may read, e.g. ["customers.customer"]; '
-        '["*"] for every published model.',
-    )
-    is_active = models.BooleanField(default=True)
-    created = models.DateTimeField(auto_now_add=True)
-    last_used = models.DateTimeField(null=True, blank=True, editable=False)
-
-    class Meta:
-        ordering = ["name"]
-
-    def __str__(self) -> str:
-        return self.name
-
-    def can_read(self, label: str) -> bool:
-        return self.is_active and ("*" in self.scope or label in self.scope)
-
-
-class WorkerHeartbeat(models.Model):
-    """A running ``pubsubpull_worker`` process, stamped every few seconds.
-
-    The health endpoint reports workers whose stamp is older than
-    HEALTH_WORKER_STALE as stale; a worker that stops cleanly removes its row.
-    """
-
-    name = models.CharField(max_length=200, primary_key=True, help_text="host:pid")
-    started = models.DateTimeField()
-    last_seen = models.DateTimeField()
-
-    class Meta:
-        ordering = ["name"]
-
-    def __str__(self) -> str:
-        return self.name
-
-
-from pubsubpull.client.models import (  # noqa: E402, F401  (pull and receive)
+from pubsubpull.capture.models import Change, Request
+from pubsubpull.client.models import (
     MirrorSeen,
     MirrorTombstone,
     ParkedEvent,
@@ -283,4 +13,25 @@ from pubsubpull.client.models import (  # noqa: E402, F401  (pull and receive)
     ReceivedBatch,
     RemoteSubscription,
 )
-from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription  # noqa: E402, F401  (subscriptions)
+from pubsubpull.exceptions import ChangeLogIsReadOnly  # documented here
+from pubsubpull.jobs.models import WorkerHeartbeat
+from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription
+from pubsubpull.publisher.models import Horizon, ServiceToken
+
+__all__ = [
+    "Attempt",
+    "Change",
+    "ChangeLogIsReadOnly",
+    "Horizon",
+    "MirrorSeen",
+    "MirrorTombstone",
+    "ParkedChange",
+    "ParkedEvent",
+    "PullCursor",
+    "ReceivedBatch",
+    "RemoteSubscription",
+    "Request",
+    "ServiceToken",
+    "Subscription",
+    "WorkerHeartbeat",
+]

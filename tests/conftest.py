@@ -79,6 +79,6 @@ def django_db_setup(django_db_setup):
     the test databases are dropped (a session fixture of our own would be torn
     down after them)."""
     yield
-    from pubsubpull.publisher import feed
+    from pubsubpull.publisher import longpoll
 
-    feed.stop_listening()
+    longpoll.stop_listening()

@@ -7,9 +7,9 @@ import time
 
 from django.db import connection
 
+from pubsubpull.jobs.worker import Worker
 from pubsubpull.publisher.delivery.deliver import drain
 from pubsubpull.publisher.delivery.subscriptions import subscribe
-from pubsubpull.publisher.delivery.worker import Worker
 
 FAST = {
     "RETRY_BASE": 0.05,

@@ -279,7 +279,7 @@ def billing_service():
 @pytest.fixture
 def billing(billing_service, live_server):
     """Billing, emptied, pointed at the customers service (live_server) with a token."""
-    from pubsubpull.publisher import feed
+    from pubsubpull.publisher import longpoll
     from pubsubpull.publisher.api.auth import create_token
 
     billing_service.reset()
@@ -290,4 +290,4 @@ def billing(billing_service, live_server):
     yield billing_service
     print(billing_service.outputs())  # shown when the test failed
     billing_service.stop_all()
-    feed.stop_listening()  # live_server's long polls: let the test database go
+    longpoll.stop_listening()  # live_server's long polls: let the test database go

@@ -18,7 +18,7 @@ from django.test import Client
 
 from customers.models import Contract, Country, Customer
 from pubsubpull.models import ServiceToken
-from pubsubpull.publisher import feed
+from pubsubpull.publisher import feed, longpoll
 from pubsubpull.publisher.api.auth import create_token
 from tests.conftest import dsn
 
@@ -30,7 +30,7 @@ BASE = "/pubsubpull/"
 @pytest.fixture(autouse=True, scope="module")
 def _close_listeners():
     yield
-    feed.stop_listening()
+    longpoll.stop_listening()
 
 
 @pytest.fixture

@@ -368,6 +368,20 @@ def test_nested_contexts_merge_their_metadata_into_one_row():
     }
 
 
+def test_entering_the_same_context_block_twice_is_refused_and_the_outer_block_goes_on():
+    job = pubsubpull.context(task="import")
+    with job:
+        with pytest.raises(RuntimeError, match="open already"), job:
+            pass
+        Country.objects.create(code="fr", name="France")
+    Country.objects.create(code="de", name="Germany")
+    fr, de = Change.objects.for_model(Country)
+    assert fr.request_id == job.id and fr.request.metadata == {"task": "import"}
+    assert de.request_id is None
+    with job:  # once left, it can be entered again
+        Country.objects.create(code="it", name="Italy")
+
+
 def test_a_context_inside_a_request_adds_to_the_request_row(client, ada, grace):
     # A view might say why it writes; the test client runs in this thread.
     with pubsubpull.context(reason="support ticket 7"):

@@ -38,11 +38,12 @@ def test_write_overhead_quick():
 
 @pytest.mark.slow
 def test_longpoll_quick():
-    """100 polls, 2 rounds, under uvicorn (and gunicorn with the bench extra): no errors,
-    a few connections. Timings are not asserted: this is not a measurement."""
+    """100 polls, 2 rounds, under uvicorn (answering directly and through Django; and
+    gunicorn with the bench extra): no errors, a few connections. Timings are not
+    asserted: this is not a measurement."""
     import importlib.util
 
-    servers = ["asgi"] + (["wsgi"] if importlib.util.find_spec("gunicorn") else [])
+    servers = ["asgi", "asgi-django"] + (["wsgi"] if importlib.util.find_spec("gunicorn") else [])
     name = f"{os.environ.get('PUBLISHER_DB_NAME', 'bench')}_longpoll_{os.getpid()}"
     result = subprocess.run(
         [sys.executable, "benchmarks/longpoll.py", "--quick", "--servers", *servers],
@@ -53,7 +54,8 @@ def test_longpoll_quick():
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for label in ["ASGI (uvicorn)"] + (["WSGI (gunicorn gthread)"] if "wsgi" in servers else []):
+    labels = ["ASGI direct (uvicorn)", "ASGI via Django"]
+    for label in labels + (["WSGI (gunicorn gthread)"] if "wsgi" in servers else []):
         line = re.search(rf"^{re.escape(label)} +(.*)$", result.stdout, re.MULTILINE)
         assert line, result.stdout
         _, _, _, errors, connections, *_ = line.group(1).split()

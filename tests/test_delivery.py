@@ -9,7 +9,7 @@ from django.db import connection
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from customers.models import Customer
-from pubsubpull.publisher.delivery import batch
+from pubsubpull.publisher import feed
 from pubsubpull.publisher.delivery.deliver import USER_AGENT, backoff, drain
 from pubsubpull.publisher.delivery.models import Attempt, Subscription
 
@@ -32,7 +32,7 @@ def fast(settings):
 
 
 def feed_ids(models=("customers.customer",)):
-    return [c.id for c in batch.read(batch.Position(0, 0), 10_000, list(models)).changes]
+    return [c.id for c in feed.read_from(feed.Position(0, 0), 10_000, list(models)).changes]
 
 
 def test_a_billing_service_is_told_about_new_customers(fast):
@@ -60,8 +60,8 @@ def test_a_billing_service_is_told_about_new_customers(fast):
     subscription = Subscription.objects.get()
     assert subscription.delivered == 3
     assert subscription.state == "active"
-    position = batch.Position(subscription.position_txid, subscription.position_id)
-    assert position >= batch.Position.decode(changes[-1]["cursor"])
+    position = feed.Position(subscription.position_txid, subscription.position_id)
+    assert position >= feed.Position.decode(changes[-1]["cursor"])
     [attempt] = Attempt.objects.all()
     assert attempt.status == 200 and attempt.changes == 3 and attempt.response == '{"ok": true}'
     assert attempt.webhook_id == request.webhook_id

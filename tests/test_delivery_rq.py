@@ -8,7 +8,7 @@ import time
 import pytest
 
 from customers.models import Customer
-from pubsubpull.publisher.delivery import tasks
+from pubsubpull.jobs import tasks
 
 from .delivery_helpers import WorkerThread, make_subscription, use_fast_settings
 from .receivers import Receiver

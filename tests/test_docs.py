@@ -489,3 +489,36 @@ def test_every_enum_value_of_the_openapi_document_is_documented():
     )
     missing = sorted({v for v in enums(document) if not mentions(docs, str(v))})
     assert not missing, f"values the OpenAPI document allows that the docs never name: {missing}"
+
+
+RST_PAGES = [
+    ROOT / "README.rst",
+    ROOT / "CHANGELOG.rst",
+    ROOT / "benchmarks" / "README.rst",
+    *sorted((ROOT / "docs").glob("*.rst")),
+]
+
+
+@pytest.mark.parametrize("page", RST_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_page_renders_without_a_warning(page):
+    """As GitHub and PyPI render reStructuredText: plain docutils, no Sphinx roles.
+
+    A malformed table, a Sphinx-only role (``:doc:``) or a merge's leftover
+    ``=======`` shows on GitHub as an error box in the page.
+    """
+    import io
+
+    from docutils.core import publish_doctree
+
+    warnings = io.StringIO()
+    publish_doctree(
+        page.read_text(),
+        source_path=str(page),
+        settings_overrides={
+            "report_level": 2,
+            "halt_level": 5,
+            "warning_stream": warnings,
+            "syntax_highlight": "none",
+        },
+    )
+    assert warnings.getvalue() == ""

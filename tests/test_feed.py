@@ -12,7 +12,7 @@ import pytest
 from django.db import connection, connections
 
 from customers.models import Country, Customer
-from pubsubpull.publisher import feed
+from pubsubpull.publisher import feed, longpoll
 from tests.conftest import dsn
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def _close_listeners():
     """Long polls open a LISTEN connection; close it before the test database is dropped."""
     yield
-    feed.stop_listening()
+    longpoll.stop_listening()
 
 
 INSERT = "INSERT INTO customers_customer (name, email, newsletter, notes, created, updated) "
@@ -220,7 +220,7 @@ def test_long_poll_wakes_on_notify():
     started = time.monotonic()
     timer = threading.Timer(0.3, lambda: _insert_elsewhere("late"))
     timer.start()
-    page = feed.wait_for_changes(after, timeout=10)
+    page = longpoll.wait_for_changes(after, timeout=10)
     elapsed = time.monotonic() - started
     timer.join()
     assert names(page) == ["late"]
@@ -235,7 +235,7 @@ def test_long_poll_serves_a_change_held_back_by_an_older_transaction():
     timer = threading.Timer(0.4, blocker.rollback)
     timer.start()
     started = time.monotonic()
-    page = feed.wait_for_changes(after, timeout=10)
+    page = longpoll.wait_for_changes(after, timeout=10)
     timer.join()
     blocker.close()
     assert names(page) == ["held back"]
@@ -245,7 +245,7 @@ def test_long_poll_serves_a_change_held_back_by_an_older_transaction():
 def test_long_poll_times_out_with_an_empty_page():
     _, after = follow()
     started = time.monotonic()
-    page = feed.wait_for_changes(after, timeout=0.3)
+    page = longpoll.wait_for_changes(after, timeout=0.3)
     assert page.changes == []
     assert 0.25 < time.monotonic() - started < 2
 
@@ -371,7 +371,7 @@ def test_long_polls_keep_waking_one_after_another():
         started = time.monotonic()
         timer = threading.Timer(0.2, lambda n=n: _insert_elsewhere(f"late {n}"))
         timer.start()
-        page = feed.wait_for_changes(after, timeout=10)
+        page = longpoll.wait_for_changes(after, timeout=10)
         timer.join()
         assert names(page) == [f"late {n}"]
         assert time.monotonic() - started < 3

@@ -19,7 +19,7 @@ from django.db import connections
 
 from customers.models import Customer
 from ledger.models import Entry
-from pubsubpull.publisher import feed
+from pubsubpull.publisher import feed, longpoll
 from pubsubpull.publisher.api.auth import create_token
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
@@ -30,7 +30,7 @@ def _empty_other_log():
     with connections["other"].cursor() as cursor:
         cursor.execute("TRUNCATE pubsubpull_change, pubsubpull_request")
     yield
-    feed.stop_listening()  # the long polls' connections to both test databases
+    longpoll.stop_listening()  # the long polls' connections to both test databases
 
 
 @pytest.fixture

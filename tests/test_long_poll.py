@@ -10,6 +10,9 @@ Connections are counted in pg_stat_activity by the server's application_name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import json
 import os
 import socket
 import subprocess
@@ -17,6 +20,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -24,7 +28,7 @@ import pytest
 from django.db import connection
 
 from pubsubpull import asgi as asgi_wrapper
-from pubsubpull.publisher import feed, listener
+from pubsubpull.publisher import feed, listener, longpoll
 from pubsubpull.publisher.api.auth import create_token
 from tests.conftest import dsn
 
@@ -36,6 +40,7 @@ INSERT = (
     "INSERT INTO customers_customer (name, email, newsletter, notes, created, updated) "
     "VALUES (%s, '', false, '', now(), now())"
 )
+CUSTOMER = "customers.customer"
 # What a process's long polls hold at most, however many wait.
 BOUND = 1 + listener.READERS
 
@@ -43,9 +48,9 @@ BOUND = 1 + listener.READERS
 @pytest.fixture(autouse=True)
 def _fresh_listeners():
     """Each test starts and ends with no LISTEN or reader connection in this process."""
-    feed.stop_listening()
+    longpoll.stop_listening()
     yield
-    feed.stop_listening()
+    longpoll.stop_listening()
 
 
 @pytest.fixture
@@ -89,6 +94,12 @@ def _free_port() -> int:
 @pytest.fixture
 def asgi():
     """uvicorn serving the publisher (tests/asgi_publisher.py) on the test database."""
+    with _uvicorn("tests.asgi_publisher:application") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _uvicorn(application: str, *options: str):
     app = f"longpoll-asgi-{uuid.uuid4().hex[:8]}"
     port = _free_port()
     env = {
@@ -101,9 +112,9 @@ def asgi():
     }
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "uvicorn", "tests.asgi_publisher:application",
+            sys.executable, "-m", "uvicorn", application,
             "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off",
-            "--no-access-log", "--log-level", "warning",
+            "--no-access-log", "--log-level", "warning", *options,
         ],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -343,7 +354,9 @@ def test_a_thousand_waiters_at_one_position_share_one_read():
 
     async def scenario():
         waits = [
-            asyncio.create_task(feed.await_changes(head, 100, ["customers.customer"], timeout=60))
+            asyncio.create_task(
+                longpoll.await_changes(head, 100, ["customers.customer"], timeout=60)
+            )
             for _ in range(1000)
         ]
         await _until(lambda: listener.waiting() == 1000, what="1000 waiters")
@@ -357,13 +370,13 @@ def test_a_thousand_waiters_at_one_position_share_one_read():
 
 
 def test_a_waiter_in_a_thread_is_woken_too():
-    """feed.wait_for_changes (the sync call) waits the same way, holding no connection."""
+    """longpoll.wait_for_changes (the sync call) waits the same way, holding no connection."""
     import threading
 
     head = feed.read_changes(None, limit=1000).next
     timer = threading.Timer(0.3, _insert, ["late"])
     timer.start()
-    page = feed.wait_for_changes(head, models=["customers.customer"], timeout=30)
+    page = longpoll.wait_for_changes(head, models=[CUSTOMER], timeout=30)
     timer.join()
     assert [c.new["name"] for c in page.changes] == ["late"]
 
@@ -375,7 +388,9 @@ def test_a_cursor_from_the_future_does_not_carry_other_waiters_past_a_change():
 
     async def scenario():
         waits = [
-            asyncio.create_task(feed.await_changes(after, 100, ["customers.customer"], timeout=60))
+            asyncio.create_task(
+                longpoll.await_changes(after, 100, ["customers.customer"], timeout=60)
+            )
             for after in (head, future, head)
         ]
         await _until(lambda: listener.waiting() == 3, what="3 waiters")
@@ -402,3 +417,192 @@ def test_the_feed_answers_with_atomic_requests_on_any_database(client, token, mo
             headers={"Authorization": f"Bearer {token}"},
         )
         assert response.status_code == 200, response.content
+
+
+# -- Woken polls answered directly (pubsubpull.asgi.long_polls) -----------------------------
+
+# Added by uvicorn to every response, whoever rendered it.
+_SERVER_HEADERS = {"date", "server"}
+
+
+def _headers(response: httpx.Response) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in response.headers.multi_items() if k not in _SERVER_HEADERS]
+
+
+def _same_answer(answer: httpx.Response, read: httpx.Response) -> None:
+    """``answer`` is what the view answers to ``read``'s request, but for where the page ends.
+
+    A page's cursor (and the link to the next page) moves on over empty
+    stretches of the log, so a read after the poll may end further on: all
+    else is equal, headers in the same order included.
+    """
+    assert answer.status_code == read.status_code
+    body, expected = answer.json(), read.json()
+    assert body.keys() == expected.keys()
+    if "changes" in body:
+        assert body["changes"] == expected["changes"]
+        assert f"after={quote(body['cursor'], safe='')}&" in body["next"]
+        # The same link but for the cursor in it.
+        assert body["next"].replace(quote(body["cursor"], safe=""), "~") == expected[
+            "next"
+        ].replace(quote(expected["cursor"], safe=""), "~")
+        assert answer.headers["link"] == f'<{body["next"]}>; rel="next"'
+        # Byte for byte, once the read's page end is put in place of the answer's.
+        assert answer.content == read.content.replace(
+            json.dumps(expected["cursor"]).encode(), json.dumps(body["cursor"]).encode()
+        ).replace(json.dumps(expected["next"]).encode(), json.dumps(body["next"]).encode())
+    else:
+        assert answer.content == read.content
+    if "content-length" in read.headers:
+        assert int(answer.headers["content-length"]) == len(answer.content)
+    moving = {"link", "content-length"}
+    assert [(k, v if k not in moving else "") for k, v in _headers(answer)] == [
+        (k, v if k not in moving else "") for k, v in _headers(read)
+    ]
+
+
+def _woken_and_plain(server: Server, cursor: str, headers: dict, polls: int = 5):
+    """``polls`` long polls at ``cursor`` woken by one commit, and a plain read of the same page."""
+    params = {"models": "customers.customer", "after": cursor, "limit": "10"}
+
+    async def scenario():
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(limits=limits, headers=headers, timeout=120) as client:
+            tasks = [
+                asyncio.create_task(
+                    client.get(f"{server.url}/pubsubpull/changes/", params={**params, "wait": 60})
+                )
+                for _ in range(polls)
+            ]
+            await _until(lambda: server.waiting() == polls, what=f"{polls} polls waiting")
+            await asyncio.to_thread(_insert, "woken")
+            woken = await asyncio.gather(*tasks)
+            plain = await client.get(f"{server.url}/pubsubpull/changes/", params=params)
+            return woken, plain
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("application", "options"),
+    [
+        ("application", []),
+        ("application_through_django", []),
+        ("application_behind_a_slow_send", []),
+        # Served under a path prefix (SCRIPT_NAME): the links carry it.
+        ("application", ["--root-path", "/svc"]),
+    ],
+)
+def test_a_woken_poll_is_answered_exactly_as_the_view_answers_a_read(token, application, options):
+    """Same body, same headers in the same order (the middleware's included) as a plain
+    read of the page; the placeholder's marker never leaves the server."""
+    from pubsubpull.publisher.longpoll import MARKER
+
+    with _uvicorn(f"tests.asgi_publisher:{application}", *options) as server:
+        cursor = _head(server, token)
+        woken, plain = _woken_and_plain(server, cursor, {"Authorization": f"Bearer {token}"})
+    assert plain.status_code == 200, plain.text
+    assert [c["new"]["name"] for c in plain.json()["changes"]] == ["woken"]
+    names = {k for k, _ in _headers(plain)}
+    # The publisher's middleware ran for it (SecurityMiddleware, CommonMiddleware).
+    assert {"x-content-type-options", "content-length", "link"} <= names, names
+    if options:
+        assert plain.json()["next"].startswith(f"{server.url}/svc/pubsubpull/changes/?")
+    for response in woken:
+        _same_answer(response, plain)
+        assert MARKER.lower() not in response.headers
+    # Every poll woken by the commit got the same bytes.
+    assert len({(r.content, tuple(_headers(r))) for r in woken}) == 1
+
+
+def test_a_session_user_long_polls_with_the_models_the_user_may_read(asgi, client):
+    """Arrival goes through Django's middleware: a logged-in user's session authenticates
+    the poll, and the answer carries what the session middleware adds."""
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user("reader", password="x")
+    user.user_permissions.add(Permission.objects.get(codename="view_customer"))
+    client.force_login(user)
+    headers = {"Cookie": f"sessionid={client.cookies['sessionid'].value}"}
+    response = httpx.get(
+        f"{asgi.url}/pubsubpull/changes/", params={"models": "customers.customer", "limit": 1000},
+        headers=headers, timeout=30,
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    woken, plain = _woken_and_plain(asgi, response.json()["cursor"], headers, polls=3)
+    assert [c["new"]["name"] for c in plain.json()["changes"]] == ["woken"]
+    assert "cookie" in plain.headers.get("vary", "").lower()
+    for answer in woken:
+        _same_answer(answer, plain)
+    # A user who may not read the model is refused at once, as JSON.
+    other = User.objects.create_user("stranger", password="x")
+    client.force_login(other)
+    refused = httpx.get(
+        f"{asgi.url}/pubsubpull/changes/",
+        params={"models": "customers.customer", "wait": 30},
+        headers={"Cookie": f"sessionid={client.cookies['sessionid'].value}"},
+        timeout=30,
+    )
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "permission_denied"
+
+
+def test_a_long_poll_at_a_pruned_cursor_answers_410_as_a_read_does(asgi, token):
+    from django.core.management import call_command
+
+    from customers.models import Customer
+    from pubsubpull.models import Change
+
+    for i in range(3):
+        Customer.objects.create(name=f"old{i}")
+    first = Change.objects.order_by("txid", "id").first()
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE pubsubpull_change SET at = at - interval '40 days'")
+    call_command("pubsubpull_prune", "--older-than", "30d", stdout=io.StringIO())
+    Customer.objects.create(name="young")  # the log's horizon moves past the first
+    call_command("pubsubpull_prune", "--older-than", "30d", stdout=io.StringIO())
+    expired = feed.Position(first.txid, first.id).encode()
+    params = {"models": "customers.customer", "after": expired}
+    auth = {"Authorization": f"Bearer {token}"}
+    plain = httpx.get(f"{asgi.url}/pubsubpull/changes/", params=params, headers=auth, timeout=30)
+    assert plain.status_code == 410, plain.text
+    assert plain.json()["error"] == "cursor_expired"
+    polled = httpx.get(
+        f"{asgi.url}/pubsubpull/changes/", params={**params, "wait": 60}, headers=auth, timeout=60
+    )
+    _same_answer(polled, plain)
+    assert asgi.waiting() == 0
+
+
+def test_a_response_put_in_the_placeholders_place_is_sent_and_the_poll_stops_waiting():
+    """A middleware that answers instead of the view (after it parked the poll): the wrapper
+    sends that answer as it is, and the poll leaves the hub."""
+    from pubsubpull.publisher.api.responses import raw_json_response
+    from pubsubpull.publisher.longpoll import MARKER, Parking
+
+    def park() -> tuple[Parking, list[tuple[bytes, bytes]]]:
+        parking = Parking()
+        placeholder = parking.park(
+            None, 10, [CUSTOMER], 30, key=(), answer=lambda outcome: None,
+            placeholder=raw_json_response(b"", Link=""),
+        )  # fmt: skip
+        return parking, [(k.encode(), v.encode()) for k, v in placeholder.items()]
+
+    async def scenario():
+        parking, headers = park()
+        assert listener.waiting() == 1
+        replaced = {"type": "http.response.start", "status": 429, "headers": headers[:1]}
+        assert not parking.capture(replaced)
+        assert listener.waiting() == 0
+        # Its own placeholder (whatever headers the middleware added) is kept, unmarked.
+        parking, headers = park()
+        extra = (b"X-Frame-Options", b"DENY")
+        start = {"type": "http.response.start", "status": 200, "headers": [*headers, extra]}
+        assert parking.capture(start)
+        assert extra in parking.captured
+        assert MARKER.encode() not in {name for name, _ in parking.captured}
+        assert listener.waiting() == 1
+        parking.abandon()
+        assert listener.waiting() == 0
+
+    asyncio.run(scenario())

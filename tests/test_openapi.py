@@ -15,7 +15,7 @@ from openapi_spec_validator import validate
 from schemathesis.core import NotSet
 
 from customers.models import Contract, Country, Customer
-from pubsubpull.publisher import feed
+from pubsubpull.publisher import longpoll
 from pubsubpull.publisher.api.auth import create_token
 
 from . import poison
@@ -31,7 +31,7 @@ POISONED_PER_OPERATION = 15
 @pytest.fixture(autouse=True, scope="module")
 def _close_listeners():
     yield
-    feed.stop_listening()
+    longpoll.stop_listening()
 
 
 @pytest.fixture

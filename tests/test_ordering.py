@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from customers.models import Customer
-from pubsubpull.publisher import feed
+from pubsubpull.publisher import feed, longpoll
 from pubsubpull.publisher.api.auth import create_token
 from pubsubpull.publisher.delivery.deliver import drain
 from tests.conftest import dsn
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(autouse=True, scope="module")
 def _close_listeners():
     yield
-    feed.stop_listening()
+    longpoll.stop_listening()
 
 
 INSERT_CUSTOMER = (

@@ -122,9 +122,9 @@ def test_comms_welcomes_each_new_user_once_across_restarts_and_redelivery(billin
         from pubsubpull.publisher.delivery.models import Subscription
 
         Subscription.objects.update(position_txid=0, position_id=0)
-        from pubsubpull.publisher.delivery.wake import wake_subscriptions
+        from pubsubpull.publisher.delivery.deliver import DELIVERY
 
-        wake_subscriptions(Subscription.objects.values_list("id", flat=True), force=True)
+        DELIVERY.wake(Subscription.objects.values_list("id", flat=True), force=True)
         users.append(User.objects.create_user("w0"))
         wait_until(lambda: len(welcomes(billing)) >= 9)
         time.sleep(0.5)

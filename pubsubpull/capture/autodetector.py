@@ -9,15 +9,16 @@ was about to write anyway.
 
 from __future__ import annotations
 
-import functools
 import sys
 import sysconfig
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 from django.db.migrations import Migration
 from django.db.migrations.autodetector import MigrationAutodetector
+from django.db.migrations.operations.base import Operation
 
 from pubsubpull import conf
 from pubsubpull.capture.registry import Registration, registrations
@@ -58,7 +59,7 @@ def migrations_app_for(registration: Registration) -> str:
     app_config = registration.model._meta.app_config
     if _is_project_app(app_config):
         return app_config.label
-    configured = conf.get("MIGRATIONS_APP")
+    configured = conf.migrations_app()
     if configured:
         return apps.get_app_config(configured).label
     raise ImproperlyConfigured(
@@ -69,11 +70,20 @@ def migrations_app_for(registration: Registration) -> str:
     )
 
 
-class PublishingMixin:
+# The mixin's methods are an autodetector's, to the type checker.
+if TYPE_CHECKING:
+    _Autodetector = MigrationAutodetector
+else:
+    _Autodetector = object
+
+
+class PublishingMixin(_Autodetector):
     """Adds trigger operations to whatever autodetector Django (or another app) uses."""
 
+    migrations: dict[str, list[Migration]]  # built by Django's _detect_changes
+
     def _detect_changes(self, convert_apps=None, graph=None):
-        migrations = super()._detect_changes(convert_apps, graph)
+        migrations = super()._detect_changes(convert_apps, graph)  # type: ignore[misc]
         if graph is None:
             return migrations
         current = migrated_triggers(graph)
@@ -83,7 +93,7 @@ class PublishingMixin:
             before = current.get(label)
             if before is not None and before[2] == sql:
                 continue
-            operation = Publish(
+            operation: Publish | Unpublish = Publish(
                 model=label,
                 table=registration.table,
                 sql=sql,
@@ -101,28 +111,28 @@ class PublishingMixin:
             self._add(app_label, operation, label.split(".")[0], graph)
         return migrations
 
-    def _add(self, app_label: str, operation, model_app: str, graph) -> None:
+    def _add(self, app_label: str, operation: Operation, model_app: str, graph) -> None:
         """Append ``operation`` to ``app_label``'s next migration, after what it needs."""
         migrations = self.migrations.setdefault(app_label, [])
         if not migrations:
             subclass = type("Migration", (Migration,), {"operations": [], "dependencies": []})
             migrations.append(subclass(f"auto_{len(migrations) + 1}", app_label))
         migration = migrations[-1]
-        migration.operations.append(operation)
+        cast(list, migration.operations).append(operation)  # a list: see just above
         # The model's table and pubsubpull's capture function must exist first.
         for needed in (model_app, "pubsubpull"):
             if needed == app_label:
                 continue
+            dependency: tuple[str, str] | None
             if self.migrations.get(needed):
                 dependency = (needed, self.migrations[needed][-1].name)
             else:
                 leaves = graph.leaf_nodes(needed)
                 dependency = leaves[0] if leaves else None  # an app without migrations
             if dependency and dependency not in migration.dependencies:
-                migration.dependencies.append(dependency)
+                cast(list, migration.dependencies).append(dependency)
 
 
-@functools.cache
 def publishing(base: type[MigrationAutodetector]) -> type[MigrationAutodetector]:
     """``base`` with trigger detection mixed in.
 
@@ -132,4 +142,9 @@ def publishing(base: type[MigrationAutodetector]) -> type[MigrationAutodetector]
     """
     if issubclass(base, PublishingMixin):
         return base
-    return type("PublishingAutodetector", (PublishingMixin, base), {})
+    if base not in _MIXED:
+        _MIXED[base] = type("PublishingAutodetector", (PublishingMixin, base), {})
+    return _MIXED[base]
+
+
+_MIXED: dict[type[MigrationAutodetector], type[MigrationAutodetector]] = {}

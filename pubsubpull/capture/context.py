@@ -47,6 +47,7 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, connections, router, transaction
 
+_ClientCursor: type | None
 try:
     from psycopg import ClientCursor as _ClientCursor
 except ImportError:  # psycopg2: every statement takes the separate-execute path
@@ -262,7 +263,7 @@ def install(connection, **kwargs) -> None:
     """
     if connection.vendor != "postgresql" or _execute_wrapper in connection.execute_wrappers:
         return
-    from pubsubpull.models import Change
+    from pubsubpull.capture.models import Change
 
     if not router.allow_migrate_model(connection.alias, Change):
         return
@@ -327,7 +328,7 @@ def complete(alias: str, rows: list[dict[str, Any]]) -> None:
     Errors are logged, not raised: the response is ready and the changes are
     committed; a missing status is not worth an error page.
     """
-    from pubsubpull.models import Request
+    from pubsubpull.capture.models import Request
 
     connection = connections[alias]
     sql = _COMPLETE.format(user_type=Request._meta.get_field("user").db_type(connection))
@@ -380,7 +381,7 @@ class context(ContextDecorator):
     def __init__(self, **metadata: Any):
         self.metadata = metadata
         self.id: uuid.UUID | None = None
-        self._token: contextvars.Token | None = None
+        self._token: contextvars.Token[_Frame | None] | None = None
         self._root: _Root | None = None
 
     def _recreate_cm(self):
@@ -388,6 +389,12 @@ class context(ContextDecorator):
         return type(self)(**self.metadata)
 
     def __enter__(self) -> context:
+        if self._token is not None:
+            # Its one token would be lost, and the inner exit would end the outer block.
+            raise RuntimeError(
+                "This pubsubpull.context block is open already; nest a new "
+                "pubsubpull.context(...) instead of entering the same one again."
+            )
         parent = _active.get()
         if parent is None:
             root = self._root = _Root()
@@ -400,6 +407,8 @@ class context(ContextDecorator):
         return self
 
     def __exit__(self, *exc_info) -> None:
+        if self._token is None:
+            raise RuntimeError("This pubsubpull.context block was left without being entered.")
         _active.reset(self._token)
         self._token = None
         if self._root is not None:

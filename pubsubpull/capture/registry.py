@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
@@ -30,7 +31,7 @@ class Registration:
 
     @property
     def pk_column(self) -> str:
-        return self.model._meta.pk.column
+        return _column(self.model._meta.pk)
 
     @property
     def published_fields(self) -> list[models.Field]:
@@ -49,13 +50,19 @@ class Registration:
 
     @property
     def published_columns(self) -> list[str]:
-        return [f.column for f in self.published_fields]
+        return [_column(f) for f in self.published_fields]
 
     @property
     def excluded_columns(self) -> list[str]:
         """Columns the trigger removes before anything is written."""
         published = set(self.published_columns)
-        return [f.column for f in self.model._meta.concrete_fields if f.column not in published]
+        return [_column(f) for f in self.model._meta.concrete_fields if f.column not in published]
+
+
+def _column(field: models.Field) -> str:
+    # Every field here is concrete, and Django calls a field concrete when it has a
+    # column (Field.concrete is ``column is not None``).
+    return cast(str, field.column)
 
 
 _registry: dict[str, Registration] = {}

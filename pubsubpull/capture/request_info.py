@@ -30,7 +30,7 @@ def request_fields(request: HttpRequest) -> dict[str, Any]:
     """The ``pubsubpull_request`` columns that describe ``request``."""
     meta = request.META
     request_id = ""
-    header = conf.get("REQUEST_ID_HEADER")
+    header = conf.request_id_header()
     if header:
         # The column holds 200 characters; a longer value must not make the
         # audited write fail.
@@ -108,12 +108,12 @@ def remote_addr(request: HttpRequest) -> str | None:
     one your outermost trusted proxy saw. Entries further left are written by
     the client and could be anything.
     """
-    header = conf.get("TRUSTED_PROXY_HEADER")
+    header = conf.trusted_proxy_header()
     if header:
         value = request.META.get(_meta_key(header), "")
         entries = [e.strip() for e in value.split(",") if e.strip()]
         if entries:
-            count = max(int(conf.get("TRUSTED_PROXY_COUNT")), 1)
+            count = max(int(conf.trusted_proxy_count()), 1)
             address = _ip(entries[max(len(entries) - count, 0)])
             if address is not None:
                 return address

@@ -9,14 +9,13 @@ from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html
 
-from pubsubpull.client import parking
+from pubsubpull.client import parking, pulling
 from pubsubpull.client.models import ParkedEvent, PullCursor, RemoteSubscription
 
 
 class ParkedEventInline(admin.TabularInline):
     model = ParkedEvent
-    fields = ["model", "object_pk", "op", "error", "attempts", "last_attempt_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("model", "object_pk", "op", "error", "attempts", "last_attempt_at")
     extra = 0
     max_num = 0
     show_change_link = True
@@ -79,12 +78,12 @@ class PullCursorAdmin(admin.ModelAdmin):
 
     @admin.action(description="Resume (run again now: the cause is fixed)")
     def resume(self, request, queryset):
-        ids = parking.resume(queryset)
+        ids = pulling.resume(queryset)
         self.message_user(request, f"Resumed {len(ids)} cursor(s).")
 
     @admin.action(description="Park the events that fail on the next page, and go on")
     def park(self, request, queryset):
-        ids = parking.park(queryset)
+        ids = pulling.park(queryset)
         self.message_user(
             request,
             f"{len(ids)} cursor(s) will set aside what fails on their next page "
@@ -93,7 +92,7 @@ class PullCursorAdmin(admin.ModelAdmin):
 
     @admin.action(description="Pause")
     def pause(self, request, queryset):
-        self.message_user(request, f"Paused {parking.pause(queryset)} cursor(s).")
+        self.message_user(request, f"Paused {pulling.pause(queryset)} cursor(s).")
 
 
 @admin.register(ParkedEvent)
@@ -151,7 +150,7 @@ class RemoteSubscriptionAdmin(admin.ModelAdmin):
         "last_received_at",
     ]
     # The secret and the token never show.
-    fields = readonly_fields
+    fields = tuple(readonly_fields)
 
     def has_add_permission(self, request):
         return False  # pubsubpull.subscribe() makes them, with the secret

@@ -58,7 +58,7 @@ import sys
 import time
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from django.core.exceptions import ImproperlyConfigured
@@ -234,7 +234,10 @@ class Mirror:
         changes_url = Publisher(self.service_url, self.auth).changes_url()
         applied = 0
         while True:
-            params = {"models": self.label, "limit": self.page_size or 1000}
+            params: dict[str, Any] = {
+                "models": self.label,
+                "limit": self.page_size or conf.pull_page_size(),
+            }
             if subscription.position:
                 params["after"] = subscription.position
             body = get_json(changes_url, token=self.auth, params=params)
@@ -314,13 +317,17 @@ class Mirror:
         # it); a varchar(n) in the recordset would refuse first.
         if re.fullmatch(r"varchar\(\d+\)", kind or ""):
             kind = "text"
-        return connection.ops.quote_name(field.column), kind
+        # A concrete field: it has a column and a type (checked at declaration).
+        return connection.ops.quote_name(cast(str, field.column)), cast(str, kind)
 
     def _columns(self):
         opts = self.model._meta
         table = connection.ops.quote_name(opts.db_table)
-        key, seq = (self._column(opts.get_field(n)) for n in (self.key, self.sequence))
-        return table, key, seq, [self._column(opts.get_field(f)) for f in self.fields]
+        key, seq = (self._column(self._field(n)) for n in (self.key, self.sequence))
+        return table, key, seq, [self._column(self._field(f)) for f in self.fields]
+
+    def _field(self, name: str) -> models.Field:
+        return cast(models.Field, self.model._meta.get_field(name))  # checked at declaration
 
     def _apply(self, latest: dict[Any, Event], mark: bool = False) -> None:
         if not latest:
@@ -442,7 +449,7 @@ class Mirror:
 
     def prune_tombstones(self) -> int:
         """Forget tombstones older than MIRROR_TOMBSTONE_RETENTION (see the module doc)."""
-        cutoff = timezone.now() - timedelta(seconds=conf.get("MIRROR_TOMBSTONE_RETENTION"))
+        cutoff = timezone.now() - timedelta(seconds=conf.mirror_tombstone_retention())
         deleted, _ = MirrorTombstone.objects.filter(mirror=self.name, at__lt=cutoff).delete()
         return deleted
 

@@ -11,6 +11,8 @@ import hashlib
 
 from django.db import models
 
+from pubsubpull import conf
+
 
 class PullCursor(models.Model):
     """One pull of another service: where it is, how it is doing.
@@ -49,7 +51,7 @@ class PullCursor(models.Model):
     token = models.TextField(
         blank=True, help_text="Bearer token for the publisher (pubsubpull_token create there)."
     )
-    page_size = models.PositiveIntegerField(default=1000)
+    page_size = models.PositiveIntegerField(default=conf.DEFAULTS["PULL_PAGE_SIZE"])
     every = models.FloatField(
         default=0.0,
         help_text="Seconds between looks for new changes once caught up; 0 follows "

@@ -4,7 +4,8 @@ When the handler's database refuses a page (an IntegrityError or DataError:
 a constraint, a value the column cannot hold), trying the same page again
 cannot help, so the cursor goes ``blocked`` and says why (``last_error``
 names the page), instead of retrying for ever. The operator then either
-fixes the cause and calls :func:`resume`, or calls :func:`park`: the next
+fixes the cause and resumes the cursor, or parks it
+(``pubsubpull.client.pulling.resume`` and ``.park``): the next
 run applies that page event by event, each in a savepoint, sets aside each
 event that fails as a :class:`~pubsubpull.client.models.ParkedEvent` with its
 error, and goes on in order with the rest. The later events of a parked
@@ -23,38 +24,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
-from django.utils import timezone
 
+from pubsubpull.client.handlers import call_handler, resolve_handler
 from pubsubpull.client.models import ParkedEvent, PullCursor
 from pubsubpull.protocol.events import Event
-
-
-def _now_due(cursors: Iterable[PullCursor], **fields: Any) -> list[int]:
-    ids = [c.id for c in cursors]
-    PullCursor.objects.filter(id__in=ids).update(
-        state=PullCursor.State.ACTIVE, next_run_at=timezone.now(), **fields
-    )
-    from pubsubpull.client.wake import wake_cursors
-
-    wake_cursors(ids, force=True)
-    return ids
-
-
-def resume(cursors: Iterable[PullCursor]) -> list[int]:
-    """Run these (blocked, failing or paused) cursors again now: the cause is fixed."""
-    return _now_due(cursors, failures=0)
-
-
-def park(cursors: Iterable[PullCursor]) -> list[int]:
-    """Run these cursors now, parking the events of their next page that fail."""
-    return _now_due(cursors, park_failures=True)
-
-
-def pause(cursors: Iterable[PullCursor]) -> int:
-    """Stop running these cursors until resumed."""
-    return PullCursor.objects.filter(id__in=[c.id for c in cursors]).update(
-        state=PullCursor.State.PAUSED
-    )
 
 
 def _error(e: Exception) -> str:
@@ -69,8 +42,6 @@ def apply_parking(
     position: str,
 ) -> int:
     """Apply a page event by event (in the page's transaction); park those that fail."""
-    from pubsubpull.client.pulling import call_handler
-
     first, last = snapshot if snapshot is not None else (False, False)
     within = None if snapshot is None else (False, False)
     if first:
@@ -130,8 +101,6 @@ def reapply(parked: Iterable[ParkedEvent]) -> tuple[int, int]:
     failing one keeps its place with the new error and one more attempt, and
     the later events of its object wait behind it.
     """
-    from pubsubpull.client.pulling import call_handler, resolve_handler
-
     applied = failing = 0
     stuck: set[tuple[int, str, str]] = set()
     for item in sorted(parked, key=lambda p: p.id):

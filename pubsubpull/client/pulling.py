@@ -1,11 +1,12 @@
 """Pull another service: its instances page by page, then its change feed, for ever.
 
-A :class:`~pubsubpull.client.models.PullCursor` row says where a pull is. A job
-(``pubsubpull.client.tasks.pull_job``, run by ``manage.py pubsubpull_worker``)
-takes the cursor with a lease, reads a page over HTTP with no transaction
-open, then calls the handler for the page's events and moves the cursor in
-one transaction. So a crash anywhere redoes a page, never skips one, and a
-handler's own writes commit exactly when the cursor moves past them.
+A :class:`~pubsubpull.client.models.PullCursor` row says where a pull is.
+Pulling is a kind of job of the engine (``pubsubpull.jobs``, run by ``manage.py
+pubsubpull_worker``): a job takes the cursor with a lease of PULL_LEASE
+seconds, reads a page over HTTP with no transaction open, then calls the
+handler for the page's events and moves the cursor in one transaction. So a
+crash anywhere redoes a page, never skips one, and a handler's own writes
+commit exactly when the cursor moves past them.
 
 A handler is a callable taking one :class:`~pubsubpull.protocol.events.Event`,
 or an object with ``handle_events(events)`` taking a page at a time (a
@@ -15,123 +16,34 @@ processes, so a handler is stored by its dotted path.
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
-import random
-import socket
-import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import DataError, IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
-from pubsubpull import conf
+from pubsubpull import conf, jobs
+from pubsubpull.client.handlers import (
+    CANNOT_APPLY,
+    Handler,
+    call_handler,
+    handler_path,
+    resolve_handler,
+)
 from pubsubpull.client.models import PullCursor
+from pubsubpull.client.parking import apply_parking, behind_parked
 from pubsubpull.client.source import Gone, Publisher, SourceError, get_json, split_source
+from pubsubpull.exceptions import LostLease, PageCannotApply
+from pubsubpull.jobs.outcome import Outcome
 from pubsubpull.protocol.events import Event
 
 logger = logging.getLogger("pubsubpull.client")
-
-WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
-
-Handler = Callable[[Event], Any] | Any
-
-
-class LostLease(Exception):
-    """Another worker took the cursor (ours expired): leave the page to it."""
-
-
-class PageCannotApply(Exception):
-    """The handler's database refused the page (IntegrityError, DataError): trying
-    the same page again cannot help, so the cursor is ``blocked`` until the
-    operator resumes it (the cause fixed) or parks the failing events."""
-
-    def __init__(self, error: Exception, position: str):
-        super().__init__(f"{type(error).__name__}: {error}".strip())
-        self.error = error
-        self.position = position
-
-
-# The errors that say a page can never apply as it is (a constraint, a value
-# the column cannot hold), unlike a lost connection or a deadlock.
-CANNOT_APPLY = (IntegrityError, DataError)
-
-
-# -- handlers ------------------------------------------------------------------
-
-
-def handler_path(handler: Handler | str) -> str:
-    """The dotted path a worker imports ``handler`` by.
-
-    A function or class is found by its module and name; any other object
-    (a mirror, say) by the module-level name it was assigned to.
-    """
-    if isinstance(handler, str):
-        resolve_handler(handler)  # fail now, not in a worker later
-        return handler
-    qualname = getattr(handler, "__qualname__", None)
-    module = getattr(handler, "__module__", None)
-    if qualname and module and "<" not in qualname:
-        return f"{module}.{qualname}"
-    module = getattr(handler, "defined_in", None) or module
-    namespace = vars(sys.modules[module]) if module in sys.modules else {}
-    for name, value in namespace.items():
-        if value is handler:
-            return f"{module}.{name}"
-    raise ValueError(
-        f"{handler!r} cannot be found by a dotted path, so a worker could not import it. "
-        "Define it at module level (a function, or a mirror assigned to a module "
-        "variable) or pass its dotted path as a string."
-    )
-
-
-def resolve_handler(path: str) -> Handler:
-    """Import ``package.module.name`` (also ``package.module.Class.method``)."""
-    parts = path.split(".")
-    for split in range(len(parts) - 1, 0, -1):
-        try:
-            target: Any = importlib.import_module(".".join(parts[:split]))
-        except ImportError:
-            continue
-        try:
-            for attribute in parts[split:]:
-                target = getattr(target, attribute)
-        except AttributeError:
-            break
-        return target
-    raise ImportError(
-        f"No handler at {path!r}: give a dotted path like 'billing.handlers.on_user'."
-    )
-
-
-def call_handler(
-    handler: Handler, events: list[Event], snapshot: tuple[bool, bool] | None = None
-) -> None:
-    """Give ``events`` (in order) to the handler: all at once if it takes pages.
-
-    ``snapshot`` is (first page, last page) for the pages of a snapshot: a
-    handler with ``handle_snapshot(events, first=, last=)`` (a mirror) gets
-    them there, to remove at the end what the snapshot did not contain.
-    """
-    handle_snapshot = getattr(handler, "handle_snapshot", None)
-    if snapshot is not None and handle_snapshot is not None:
-        handle_snapshot(events, first=snapshot[0], last=snapshot[1])
-        return
-    handle_events = getattr(handler, "handle_events", None)
-    if handle_events is not None:
-        handle_events(events)
-        return
-    for event in events:
-        handler(event)
-
 
 # -- starting a pull -------------------------------------------------------------
 
@@ -220,10 +132,10 @@ def pull(
             position = _feed_head(Publisher(service_url, auth or ""), labels)
         elif start != "beginning":
             phase, position = PullCursor.Phase.FEED, start
-        defaults = {"page_size": conf.get("PULL_PAGE_SIZE"), **settings}
+        defaults = {"page_size": conf.pull_page_size(), **settings}
         if lease_owner:
             defaults["lease_owner"] = lease_owner
-            defaults["lease_expires"] = timezone.now() + timedelta(seconds=conf.get("PULL_LEASE"))
+            defaults["lease_expires"] = timezone.now() + timedelta(seconds=conf.pull_lease())
         cursor, created = PullCursor.objects.get_or_create(
             name=name, defaults={**defaults, "phase": phase, "feed_position": position}
         )
@@ -239,14 +151,9 @@ def pull(
         # Only these: a worker may be moving the position or holding the lease.
         cursor.save(update_fields=changed)
         if lease_owner:
-            until = timezone.now() + timedelta(seconds=conf.get("PULL_LEASE"))
-            PullCursor.objects.filter(
-                Q(lease_expires__isnull=True) | Q(lease_expires__lt=timezone.now()), id=cursor.id
-            ).update(lease_owner=lease_owner, lease_expires=until)
+            CURSORS.hold(cursor.id, lease_owner)
     if enqueue:
-        from pubsubpull.client.wake import wake_cursors
-
-        wake_cursors([cursor.id], force=True)
+        PULL.wake([cursor.id], force=True)
     return cursor
 
 
@@ -263,31 +170,23 @@ def pull_down(url: str, handler: Handler | str, **options: Any) -> PullCursor:
 # -- running a pull --------------------------------------------------------------
 
 
-def backoff(failures: int, retry_after: float | None = None) -> float:
-    """Seconds to wait after the ``failures``-th failure in a row, with jitter."""
-    base, cap = conf.get("PULL_RETRY_BASE"), conf.get("PULL_RETRY_MAX")
-    delay = min(cap, base * 2 ** min(max(failures - 1, 0), 60)) * random.uniform(0.5, 1.0)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
-    return delay
-
-
-_CLAIM_SQL = """
-UPDATE pubsubpull_pullcursor
-SET lease_owner = %(owner)s,
-    lease_expires = now() + %(lease)s * interval '1 second',
-    wake_requested_at = NULL
-WHERE id = (
-    SELECT id FROM pubsubpull_pullcursor
-    WHERE id = %(id)s
-      AND state IN ('active', 'failing')
-      AND phase <> 'done'
-      AND (%(now)s OR next_run_at <= now())
-      AND (lease_expires IS NULL OR lease_expires < now() OR lease_owner = %(owner)s)
-    FOR UPDATE SKIP LOCKED
+CURSORS = jobs.LeaseSpec(
+    table="pubsubpull_pullcursor",
+    runnable="state IN ('active', 'failing') AND phase <> 'done'",
+    due="next_run_at",
+    lease=conf.pull_lease,
+    retry_base=conf.pull_retry_base,
+    retry_max=conf.pull_retry_max,
+    sweep="true",  # every due, free cursor: retries, lost jobs, every=N
 )
-RETURNING id
-"""
+
+
+def backoff(failures: int, retry_after: float | None = None) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row, with jitter.
+
+    The engine's schedule from PULL_RETRY_BASE, capped at PULL_RETRY_MAX.
+    """
+    return CURSORS.backoff(failures, retry_after)
 
 
 @dataclass
@@ -374,13 +273,9 @@ class Runner:
             ):
                 raise LostLease(cursor.name)
             if held[3]:
-                from pubsubpull.client.parking import apply_parking
-
                 apply_parking(self.cursor, self.handler, events, snapshot, position)
                 fields["park_failures"] = False
             elif events or (snapshot is not None and snapshot[1]):
-                from pubsubpull.client.parking import behind_parked
-
                 try:
                     call_handler(self.handler, behind_parked(cursor, events, position), snapshot)
                 except CANNOT_APPLY as e:
@@ -392,7 +287,7 @@ class Runner:
                 last_success_at=now,
                 failures=0,
                 state=PullCursor.State.ACTIVE,
-                lease_expires=now + timedelta(seconds=conf.get("PULL_LEASE")),
+                lease_expires=now + timedelta(seconds=conf.pull_lease()),
             )
         for key, value in fields.items():
             setattr(cursor, key, value)
@@ -402,11 +297,7 @@ class Runner:
     def renew(self) -> None:
         """Hold the cursor PULL_LEASE seconds more without a page to commit (a long poll
         that brought nothing), so a worker does not take it from a foreground pull."""
-        now = timezone.now()
-        held = PullCursor.objects.filter(id=self.cursor.id, lease_owner=self.owner).update(
-            lease_expires=now + timedelta(seconds=conf.get("PULL_LEASE"))
-        )
-        if not held:
+        if not CURSORS.renew(self.cursor.id, self.owner):
             raise LostLease(self.cursor.name)
 
     def restart_snapshot(self, reason: str) -> None:
@@ -484,7 +375,7 @@ class Runner:
             params["wait"] = f"{wait:.1f}"
         try:
             body = self.get(
-                self.publisher.changes_url(), params, timeout=conf.get("PULL_TIMEOUT") + wait
+                self.publisher.changes_url(), params, timeout=conf.pull_timeout() + wait
             )
         except Gone as e:
             self.restart_snapshot(f"the publisher's change log no longer reaches our cursor ({e})")
@@ -508,16 +399,16 @@ class Runner:
             self.progress(Progress(cursor, len(events), PullCursor.Phase.FEED, caught_up))
         return caught_up
 
-    def run(self, *, stop_when_caught_up: bool = False) -> str:
+    def run(self, *, stop_when_caught_up: bool = False) -> Outcome:
         """Pages until the deadline: ``more``, ``caught_up`` or ``done``."""
         cursor = self.cursor
         wait = 0.0
         while True:
             if cursor.phase == PullCursor.Phase.DONE:
-                return "done"
+                return Outcome.DONE
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
-                return "more"
+                return Outcome.MORE
             if cursor.phase == PullCursor.Phase.SNAPSHOT:
                 self.snapshot_page()
                 continue
@@ -526,46 +417,20 @@ class Runner:
                 wait = 0.0
                 continue
             if cursor.phase == PullCursor.Phase.DONE:
-                return "done"
+                return Outcome.DONE
             if stop_when_caught_up or cursor.every > 0:
-                return "caught_up"
+                return Outcome.CAUGHT_UP
             # Follow: long-poll for the next change while the budget lasts.
-            wait = conf.get("PULL_WAIT")
-
-
-def _claim(cursor_id: int, owner: str, now: bool) -> PullCursor | None:
-    from django.db import connection
-
-    with connection.cursor() as db:
-        db.execute(
-            _CLAIM_SQL,
-            {"id": cursor_id, "owner": owner, "lease": conf.get("PULL_LEASE"), "now": now},
-        )
-        if not db.fetchall():
-            return None
-    return PullCursor.objects.get(id=cursor_id)
-
-
-def _release(cursor: PullCursor, owner: str, keep: bool = False, **fields: Any) -> None:
-    """Let the cursor go (or, ``keep``, hold it until the next run is due plus a lease)."""
-    if keep:
-        until = max(fields.get("next_run_at") or timezone.now(), timezone.now())
-        lease = {"lease_expires": until + timedelta(seconds=conf.get("PULL_LEASE"))}
-    else:
-        lease = {"lease_owner": "", "lease_expires": None}
-    PullCursor.objects.filter(id=cursor.id, lease_owner=owner).update(**lease, **fields)
+            wait = conf.pull_wait()
 
 
 def release(cursor_id: int, owner: str) -> None:
-    """Give up a cursor held by ``owner`` (the pull command, when it exits)."""
-    PullCursor.objects.filter(id=cursor_id, lease_owner=owner).update(
-        lease_owner="", lease_expires=None
-    )
+    """Give up a cursor held by ``owner`` (the pull command, when it exits).
 
-
-def new_owner(kind: str = "") -> str:
-    """A lease owner name: this process, and a random part (one per run or command)."""
-    return f"{kind}{WORKER_NAME}:{uuid.uuid4().hex[:8]}"
+    A wake that came while it was held is handed to a worker.
+    """
+    if CURSORS.release(cursor_id, owner):
+        PULL.wake([cursor_id], force=True)
 
 
 def run(
@@ -577,7 +442,7 @@ def run(
     now: bool = False,
     raise_errors: bool = False,
     owner: str | None = None,
-) -> str:
+) -> Outcome:
     """Run a pull until caught up or ``budget`` seconds pass (the job, and the command).
 
     Returns ``busy`` (another worker holds it, or it is not due), ``more``
@@ -590,22 +455,49 @@ def run(
     (the pull command): it may claim the cursor while its lease lasts, and
     keeps holding it afterwards, until :func:`release`.
     """
-    keep = owner is not None
-    owner = owner or new_owner()
-    cursor = _claim(cursor_id, owner, now)
-    if cursor is None:
-        return "busy"
-    budget = conf.get("PULL_BUDGET") if budget is None else budget
-    deadline = time.monotonic() + budget
+    return jobs.run(
+        PULL,
+        cursor_id,
+        owner=owner,
+        budget=budget,
+        now=now,
+        progress=progress,
+        stop_when_caught_up=stop_when_caught_up,
+        raise_errors=raise_errors,
+    )
+
+
+def _let_go(lease: jobs.Lease, *, next_in: float | None = None, spent: bool = False,
+            **fields: Any) -> bool:  # fmt: skip
+    """Release the cursor, setting ``fields`` (columns) in the same statement."""
+    return lease.release(
+        assignments=[f"{column} = %({column})s" for column in fields],
+        params=fields,
+        next_in=next_in,
+        spent=spent,
+    )
+
+
+def _work(
+    lease: jobs.Lease,
+    row: tuple,
+    deadline: float,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    stop_when_caught_up: bool = False,
+    raise_errors: bool = False,
+) -> jobs.Ending:
+    """The engine's work on a claimed cursor: pages until the deadline; then let go."""
+    cursor = PullCursor.objects.get(id=lease.id)
     try:
-        runner = Runner(cursor, owner, deadline, progress)
+        runner = Runner(cursor, lease.owner, deadline, progress)
         try:
             outcome = runner.run(stop_when_caught_up=stop_when_caught_up)
         finally:
             runner.close()
     except LostLease:
         logger.warning("pull %s: another worker took the cursor; leaving it", cursor.name)
-        return "busy"
+        return jobs.Ending(Outcome.BUSY)
     except PageCannotApply as e:
         error = (
             f"{e} (at {e.position}). This page can never apply as it is: fix the cause and "
@@ -618,20 +510,19 @@ def run(
             error,
             extra={"pubsubpull": {"event": "pull_blocked", "cursor": cursor.name}},
         )
-        now_ = timezone.now()
-        _release(
-            cursor,
-            owner,
-            keep,
+        # Blocked waits for an operator: any wake meanwhile is spent.
+        _let_go(
+            lease,
+            spent=True,
             state=PullCursor.State.BLOCKED,
             failures=cursor.failures + 1,
             last_error=error[:4000],
-            last_error_at=now_,
+            last_error_at=timezone.now(),
         )
         cursor.state, cursor.last_error = PullCursor.State.BLOCKED, error
         if raise_errors:
             raise
-        return "blocked"
+        return jobs.Ending(Outcome.BLOCKED)
     except Exception as e:
         failures = cursor.failures + 1
         retry_after = e.retry_after if isinstance(e, SourceError) else None
@@ -645,27 +536,59 @@ def run(
             delay,
             exc_info=not isinstance(e, SourceError),
         )
-        now_ = timezone.now()
-        _release(
-            cursor,
-            owner,
-            keep,
+        _let_go(
+            lease,
+            next_in=delay,
             state=PullCursor.State.FAILING,
             failures=failures,
             last_error=error[:4000],
-            last_error_at=now_,
-            next_run_at=now_ + timedelta(seconds=delay),
+            last_error_at=timezone.now(),
         )
         cursor.failures, cursor.last_error = failures, error
         if raise_errors:
             raise
-        return "failed"
-    if outcome == "caught_up" and cursor.every > 0:
-        _release(cursor, owner, keep, next_run_at=timezone.now() + timedelta(seconds=cursor.every))
+        return jobs.Ending(Outcome.FAILED)
+    if outcome is Outcome.CAUGHT_UP and cursor.every > 0:
+        woken = _let_go(lease, next_in=cursor.every)
     else:
-        _release(cursor, owner, keep)
-    if outcome == "more" and progress is None and not keep:
-        from pubsubpull.client.wake import wake_cursors
+        woken = _let_go(lease)
+    return jobs.Ending(outcome, woken)
 
-        wake_cursors([cursor.id], force=True)
-    return outcome
+
+PULL = jobs.register(
+    jobs.Kind(
+        name="pull",
+        spec=CURSORS,
+        work=_work,
+        budget=conf.pull_budget,
+    )
+)
+
+
+# -- the operator's actions on cursors (the admin, manage.py pubsubpull_cursors) --
+
+
+def _now_due(cursors: Iterable[PullCursor], **fields: Any) -> list[int]:
+    ids = [c.id for c in cursors]
+    PullCursor.objects.filter(id__in=ids).update(
+        state=PullCursor.State.ACTIVE, next_run_at=timezone.now(), **fields
+    )
+    PULL.wake(ids, force=True)
+    return ids
+
+
+def resume(cursors: Iterable[PullCursor]) -> list[int]:
+    """Run these (blocked, failing or paused) cursors again now: the cause is fixed."""
+    return _now_due(cursors, failures=0)
+
+
+def park(cursors: Iterable[PullCursor]) -> list[int]:
+    """Run these cursors now, parking the events of their next page that fail."""
+    return _now_due(cursors, park_failures=True)
+
+
+def pause(cursors: Iterable[PullCursor]) -> int:
+    """Stop running these cursors until resumed."""
+    return PullCursor.objects.filter(id__in=[c.id for c in cursors]).update(
+        state=PullCursor.State.PAUSED
+    )

@@ -39,8 +39,8 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from pubsubpull import conf
+from pubsubpull.client.handlers import CANNOT_APPLY, Handler, call_handler, resolve_handler
 from pubsubpull.client.models import ReceivedBatch, RemoteSubscription
-from pubsubpull.client.pulling import CANNOT_APPLY, Handler, call_handler, resolve_handler
 from pubsubpull.client.source import Publisher, SourceError, request, split_source
 from pubsubpull.protocol import cursor as cursors
 from pubsubpull.protocol import jsonbody, notification
@@ -108,7 +108,7 @@ class Receiver(View):
         # Up to RECEIVER_MAX_BYTES, read from the stream: request.body would
         # answer 400 past Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) first,
         # and the publisher would send the same batch until it gave up.
-        limit = conf.get("RECEIVER_MAX_BYTES")
+        limit = conf.receiver_max_bytes()
         length = request.headers.get("Content-Length") or "0"
         if not length.isdigit() or int(length) > limit:
             return _error(413, "body_too_large", f"The body must be at most {limit} bytes.")
@@ -210,7 +210,7 @@ class Receiver(View):
                 events.append(Event.from_change(change))
             if events:
                 self.handle(locked, events)
-            if cursors.advances(cursor, done):
+            if cursor is not None and cursors.advances(cursor, done):
                 locked.position = cursor
             locked.received += len(events)
             locked.last_received_at = timezone.now()
@@ -220,7 +220,7 @@ class Receiver(View):
 def prune_received() -> int:
     """Forget webhook-ids older than RECEIVED_RETENTION (a redelivery that old is
     still dropped by its position); the receiver calls it now and then."""
-    cutoff = timezone.now() - timedelta(seconds=conf.get("RECEIVED_RETENTION"))
+    cutoff = timezone.now() - timedelta(seconds=conf.received_retention())
     deleted, _ = ReceivedBatch.objects.filter(at__lt=cutoff).delete()
     return deleted
 

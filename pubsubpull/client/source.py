@@ -15,23 +15,12 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import orjson
 
-from pubsubpull import __version__, conf
+from pubsubpull import conf
+from pubsubpull.exceptions import Gone, SourceError
 from pubsubpull.protocol.retry_after import parse_retry_after
+from pubsubpull.version import __version__
 
 USER_AGENT = f"django-pubsubpull/{__version__} (pull)"
-
-
-class SourceError(Exception):
-    """The publisher could not be read; try again later (``retry_after`` seconds if known)."""
-
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-
-
-class Gone(SourceError):
-    """410: the feed cursor is older than the publisher's log; take a new snapshot."""
 
 
 def split_source(url: str) -> tuple[str, list[str] | None]:
@@ -63,7 +52,7 @@ def http_client() -> httpx.Client:
         if _client is None:
             _client = httpx.Client(
                 headers={"user-agent": USER_AGENT, "accept": "application/json"},
-                timeout=httpx.Timeout(conf.get("PULL_TIMEOUT"), connect=5.0),
+                timeout=httpx.Timeout(conf.pull_timeout(), connect=5.0),
                 follow_redirects=False,
             )
         return _client

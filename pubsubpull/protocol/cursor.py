@@ -27,15 +27,13 @@ import contextlib
 import re
 from dataclasses import dataclass
 
+from pubsubpull.exceptions import InvalidCursor
+
 #: The largest transaction id and change id a cursor can hold (PostgreSQL bigint).
 MAX_ID = 2**63 - 1
 
 _CURSOR = re.compile(r"c1\.(\d{1,19})\.(\d{1,19})")
 _BASE64 = re.compile(r"[A-Za-z0-9_-]{1,60}")
-
-
-class InvalidCursor(ValueError):
-    """A cursor string that this server did not hand out."""
 
 
 @dataclass(frozen=True, order=True)

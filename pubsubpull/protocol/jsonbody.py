@@ -27,15 +27,13 @@ import json
 import re
 from typing import Any
 
+from pubsubpull.exceptions import InvalidJSON
+
 #: Nesting allowed by default: generous for request bodies, far from the
 #: interpreter's recursion limit.
 MAX_DEPTH = 64
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-class InvalidJSON(ValueError):
-    """The body is not JSON a service can accept; the message says why and where."""
 
 
 def unstorable(text: str) -> str | None:

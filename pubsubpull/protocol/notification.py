@@ -19,16 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pubsubpull.exceptions import InvalidNotification
 from pubsubpull.protocol.cursor import END
 from pubsubpull.protocol.items import dumps
 
 TYPE = "pubsubpull.changes"
 
 _LONGEST_CURSOR = END.encode()
-
-
-class InvalidNotification(ValueError):
-    """A body that is not a pubsubpull notification."""
 
 
 def body(name: str, timestamp: str, changes_json: str, cursor: str | None, **extra: Any) -> bytes:

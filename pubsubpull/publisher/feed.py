@@ -24,9 +24,10 @@ through this module::
     stored_cursor = page.next.encode()       # store it with what handle() did
 
 ``read_changes`` raises ``CursorExpired`` when the log has been pruned past the
-cursor (re-snapshot), ``wait_for_changes`` long-polls, woken by the trigger's
-NOTIFY. Cursors and the change item are the wire protocol's
-(``pubsubpull.protocol.cursor`` and ``.items``): this module reads the log,
+cursor (re-snapshot). Long polls (``wait_for_changes``, woken by the
+trigger's NOTIFY) are in :mod:`pubsubpull.publisher.longpoll`. Cursors and
+the change item are the wire protocol's (``pubsubpull.protocol.cursor`` and
+``.items``): this module reads the log,
 the protocol says how what it read looks on the wire.
 """
 
@@ -43,29 +44,15 @@ import psycopg
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
 from pubsubpull.capture.registry import Registration, get_registration, registrations
+from pubsubpull.exceptions import CursorExpired, SeveralDatabases
 from pubsubpull.protocol import items
 
 # The cursor codec is the protocol's; the publisher's code reads it from here too.
-from pubsubpull.protocol.cursor import MAX_ID, START, Position
+from pubsubpull.protocol.cursor import END, MAX_ID, START, Position
 from pubsubpull.protocol.cursor import InvalidCursor as InvalidCursor
 
+# The capture trigger's NOTIFY channel (sql/capture_v*.sql), with the model label.
 CHANNEL = "pubsubpull"
-
-
-class CursorExpired(Exception):
-    """The change log has been pruned past the cursor: changes after it may be gone.
-
-    The reader must take a new snapshot (its ``feed_position`` is a valid cursor).
-    """
-
-    def __init__(self, cursor: Position, horizon: Position):
-        self.cursor = cursor
-        self.horizon = horizon
-        super().__init__(
-            "The change log has been pruned past this cursor, so changes after it may "
-            "be missing. Take a new snapshot of the instances and follow the feed from "
-            "its feed_position."
-        )
 
 
 @dataclass
@@ -182,6 +169,7 @@ class Page:
     fence: int = field(default=0, repr=False)
 
     # The changes as JSON text, rendered once however many long polls serve them.
+    _texts: list[str] | None = field(default=None, repr=False, compare=False)
     _changes_json: str | None = field(default=None, repr=False, compare=False)
     # For renderers of a page that answers many requests (the HTTP view's
     # bodies by URL); shared by whoever the page is handed to.
@@ -191,10 +179,16 @@ class Page:
     def caught_up(self) -> bool:
         return len(self.changes) < self.limit
 
+    def texts(self) -> list[str]:
+        """Each change's JSON text, encoded once (for a byte cap, and the body)."""
+        if self._texts is None:
+            self._texts = [c.as_json_text() for c in self.changes]
+        return self._texts
+
     def changes_json(self) -> str:
         """``[change.as_json_text(), ...]`` as one JSON array, rendered once."""
         if self._changes_json is None:
-            self._changes_json = "[" + ",".join([c.as_json_text() for c in self.changes]) + "]"
+            self._changes_json = "[" + ",".join(self.texts()) + "]"
         return self._changes_json
 
     def changes_json_bytes(self) -> bytes:
@@ -207,6 +201,15 @@ class Page:
                 rendered = self.changes_json().encode()
             self.rendered["changes_json_bytes"] = rendered
         return rendered
+
+    def head(self, count: int) -> Page:
+        """The first ``count`` changes (at least one) as a page of their own.
+
+        Its ``next`` is the last kept change's position, so the rest follow
+        on the next page.
+        """
+        kept = self.changes[:count]
+        return Page(kept, kept[-1].position, self.limit, _texts=self.texts()[:count])
 
 
 # Everything in one statement, so one snapshot decides: the fence, the
@@ -346,7 +349,7 @@ _PAGE_SQL = _PAGE_SQL.replace("{change_item}", _CHANGE_ITEM_SQL)
 
 def _database(using: str | None) -> str:
     """The database whose change log is read when no model says otherwise."""
-    from pubsubpull.models import Change
+    from pubsubpull.capture.models import Change
 
     return using or router.db_for_read(Change) or DEFAULT_DB_ALIAS
 
@@ -358,24 +361,6 @@ def log_database(registration: Registration) -> str:
     holds the table, the one Django's routers read the model from.
     """
     return router.db_for_read(registration.model) or DEFAULT_DB_ALIAS
-
-
-class SeveralDatabases(ValueError):
-    """A feed asked for models whose changes are recorded in different databases.
-
-    Each database has its own change log, ordered by its own positions, so a
-    page (and its cursor) covers the models of one database.
-    """
-
-    def __init__(self, groups: list[list[str]]):
-        self.groups = groups
-        feeds = " and ".join("models=" + ",".join(labels) for labels in groups)
-        super().__init__(
-            "These models are recorded in the change logs of different databases, and "
-            "a feed (and its cursor) follows one database's log: "
-            + "; ".join(", ".join(labels) for labels in groups)
-            + f". Follow them as separate feeds: {feeds}."
-        )
 
 
 def feed_models(models: Iterable[str] | None = None) -> list[Registration]:
@@ -492,7 +477,7 @@ def read_changes(
     alias, served = feed_source(models, using)
     chosen = {r.label: r for r in served}
     columns = {label: frozenset(r.published_columns) for label, r in chosen.items()}
-    params = {
+    params: dict[str, Any] = {
         "txid": start.txid,
         "id": start.id,
         "models": sorted(chosen),
@@ -558,6 +543,122 @@ def read_changes(
     return Page(changes, following, limit, held_back=held_back and not changes, fence=xmin)
 
 
+def read_from(position: Position, limit: int, models: Iterable[str]) -> Page:
+    """:func:`read_changes` for a stored position (a subscription's).
+
+    ``START`` (a subscription that started at the beginning) follows the
+    oldest retained change instead of expiring when the log is pruned.
+    """
+    return read_changes(None if position == START else position, limit, models)
+
+
+def pending_sql(position: str, models: str, *, jsonb: bool = False) -> str:
+    """SQL that is true when the log holds a change of ``models`` past ``position``.
+
+    For statements that must decide in one snapshot (delivery lets go of a
+    caught-up subscription in the statement that records its last batch).
+    ``position`` is SQL of a ``txid, id`` pair, ``models`` of a text array
+    (``jsonb``: a JSON array of labels). Committed changes count whether or
+    not they are behind the fence yet.
+    """
+    match = f"({models}) ? c.model" if jsonb else f"c.model = ANY({models})"
+    return (
+        "EXISTS (SELECT 1 FROM pubsubpull_change AS c "
+        f"WHERE (c.txid, c.id) > ({position}) AND {match})"
+    )
+
+
+def backlog(after: Position, models: Iterable[str]) -> tuple[int, datetime.datetime | None]:
+    """How many changes of ``models`` the log holds past ``after``, and the oldest's time."""
+    with connections[_database(None)].cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*), min(at) FROM pubsubpull_change "
+            "WHERE (txid, id) > (%s, %s) AND model = ANY(%s)",
+            [after.txid, after.id, list(models)],
+        )
+        count, oldest = cursor.fetchone()
+    return count, oldest
+
+
+def position_since(since: datetime.datetime, models: Iterable[str]) -> Position:
+    """The position just before the first change of ``models`` made at or after ``since``.
+
+    With none since then, the current position (only changes from now on).
+    """
+    with connections[_database(None)].cursor() as cursor:
+        cursor.execute(
+            "SELECT txid, id FROM pubsubpull_change WHERE at >= %s AND model = ANY(%s) "
+            "ORDER BY txid, id LIMIT 1",
+            [since, list(models)],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return current_position()
+    return Position(row[0], row[1] - 1)
+
+
+# The oldest changes in feed order up to ``keep`` that no running transaction
+# of this database can precede, up to the first one that is not old enough
+# (a prefix, so the pruned range has no holes).
+_PRUNE_SQL = """
+WITH batch AS (
+    SELECT id, txid, at FROM pubsubpull_change
+    WHERE (txid, id) <= (%(keep_txid)s, %(keep_id)s)
+      AND txid < %(fence)s
+    ORDER BY txid, id
+    LIMIT %(batch)s
+),
+prefix AS (
+    SELECT id FROM (
+        SELECT id, bool_and(at < %(cutoff)s) OVER (ORDER BY txid, id) AS old FROM batch
+    ) AS b
+    WHERE old
+)
+DELETE FROM pubsubpull_change AS c USING prefix WHERE c.id = prefix.id
+"""
+
+
+def delete_oldest(
+    keep: Position | None, older_than: datetime.datetime, limit: int, using: str
+) -> int:
+    """Delete up to ``limit`` of the oldest changes, in feed order; how many went.
+
+    Only changes at or before ``keep`` (None: any), made before
+    ``older_than``, and of transactions older than every running one (a
+    prefix of the log: the horizon follows the deletes, sql/horizon_v1.sql),
+    in a short transaction of its own, so no long lock is held.
+    """
+    from django.db import transaction
+
+    keep = keep or END
+    params: dict[str, Any] = {
+        "keep_txid": keep.txid,
+        "keep_id": keep.id,
+        "fence": current_fence(using),
+        "cutoff": older_than,
+        "batch": limit,
+    }
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(_PRUNE_SQL, params)
+        return cursor.rowcount
+
+
+def newest_change_id(using: str | None = None) -> int:
+    """The id of the latest change recorded (0 before the first)."""
+    with connections[_database(using)].cursor() as cursor:
+        cursor.execute(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM pubsubpull_change_id_seq"
+        )
+        return cursor.fetchone()[0]
+
+
+def notify(labels: Iterable[str], using: str | None = None) -> None:
+    """Notify listeners (workers, long polls) on :data:`CHANNEL` as a commit of ``labels`` does."""
+    with connections[_database(using)].cursor() as cursor:
+        for label in labels:
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, label])
+
+
 # -- Long polling ------------------------------------------------------------
 
 # A process that listens all the time (pubsubpull_worker) runs this every few
@@ -565,105 +666,3 @@ def read_changes(
 # sql/capture_v1.sql; long polls arm instead, pubsubpull.publisher.listener).
 STAY_AWAKE_SQL = "SELECT setval('pubsubpull_wakeup_always_at', extract(epoch FROM now())::bigint)"
 STAY_AWAKE_EVERY = 5.0
-
-#
-# Waiters join their process's hub (pubsubpull.publisher.listener): one LISTEN
-# connection and a few reader threads per process and database, whatever the
-# number of waiters, and one read per distinct (cursor, models, limit) when
-# woken.
-
-
-def _long_poll(after, limit, models, using):
-    from pubsubpull.publisher import listener
-
-    if limit < 1:
-        raise ValueError("limit must be at least 1")
-    explicit = Position.coerce(after)
-    alias, served = feed_source(models, using)
-    labels = tuple(sorted(r.label for r in served))
-    return listener.hub(alias), explicit, labels, alias
-
-
-def _outcome(outcome, after, limit, labels, alias) -> Page:
-    if outcome is None:  # timed out before the hub read at all
-        return read_changes(after, limit, list(labels), using=alias)
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
-
-
-def wait_for_changes(
-    after: Position | str | None = None,
-    limit: int = 100,
-    models: Iterable[str] | None = None,
-    *,
-    timeout: float,
-    using: str | None = None,
-) -> Page:
-    """Like :func:`read_changes`, but wait up to ``timeout`` seconds for a change.
-
-    Returns as soon as a page has changes, or an empty page at the timeout.
-    Woken by the capture trigger's NOTIFY, so a change is served within
-    milliseconds of its commit (of the commit of every older transaction).
-    The calling thread holds no database connection of this call while it
-    waits: the process's feed readers read for every waiter.
-    """
-    if timeout <= 0:
-        return read_changes(after, limit, models, using=using)
-    hub, explicit, labels, alias = _long_poll(after, limit, models, using)
-    from pubsubpull.publisher.listener import Waiter
-
-    waiter = Waiter()
-    hub.join(explicit, labels, limit, waiter)
-    outcome = waiter.outcome if waiter.event.wait(timeout) else hub.leave(waiter)
-    return _outcome(outcome, explicit, limit, labels, alias)
-
-
-async def await_changes(
-    after: Position | str | None = None,
-    limit: int = 100,
-    models: Iterable[str] | None = None,
-    *,
-    timeout: float,
-    using: str | None = None,
-) -> Page:
-    """:func:`wait_for_changes` for async code: waiting holds no thread either.
-
-    The reads run on the process's feed readers (a database read from the
-    event loop would block it).
-    """
-    import asyncio
-
-    from asgiref.sync import sync_to_async
-
-    from pubsubpull.publisher.listener import Waiter, readers
-
-    if timeout <= 0:
-        return await sync_to_async(read_changes, thread_sensitive=False, executor=readers())(
-            after, limit, models, using=using
-        )
-    hub, explicit, labels, alias = _long_poll(after, limit, models, using)
-    waiter = Waiter(asyncio.get_running_loop())
-    hub.join(explicit, labels, limit, waiter)
-    try:
-        outcome = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
-    except TimeoutError:
-        outcome = hub.leave(waiter)
-    except asyncio.CancelledError:
-        hub.leave(waiter)
-        raise
-    if outcome is None:
-        return await sync_to_async(_outcome, thread_sensitive=False, executor=readers())(
-            None, explicit, limit, labels, alias
-        )
-    return _outcome(outcome, explicit, limit, labels, alias)
-
-
-def stop_listening(timeout: float = 5.0) -> None:
-    """Close this process's LISTEN and feed reader connections (they reopen when used).
-
-    For tests and orderly shutdowns; an idle listener closes by itself.
-    """
-    from pubsubpull.publisher import listener
-
-    listener.stop()

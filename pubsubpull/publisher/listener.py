@@ -34,7 +34,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from django.db import connections
@@ -158,21 +158,46 @@ def _tidy_connections() -> None:
 
 
 class Waiter:
-    """One long poll: settled once, with a Page or an exception to raise."""
+    """One long poll: settled once, with a Page or an exception to raise.
 
-    __slots__ = ("done", "event", "future", "group", "loop", "outcome")
+    ``batch``, for a waiter on an event loop, is called on that loop as
+    ``batch(waiters, outcome)`` with every waiter of the same batch woken by
+    one read, before their futures are set (pubsubpull.publisher.longpoll
+    answers a thousand HTTP polls in one go that way).
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
+    __slots__ = ("batch", "done", "event", "future", "group", "loop", "outcome", "owner")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None = None,
+        batch: Callable[[list[Waiter], Any], None] | None = None,
+        owner: Any = None,
+    ):
         self.loop = loop
         self.future = loop.create_future() if loop is not None else None
         self.event = threading.Event() if loop is None else None
         self.group: _Group | None = None
         self.done = False
         self.outcome: Any = None
+        self.batch = batch
+        self.owner = owner  # whatever the batch needs of the waiter
 
 
-def _settle(futures: list[asyncio.Future], outcome: Any) -> None:
-    for future in futures:
+def _settle(waiters: list[Waiter], outcome: Any) -> None:
+    """On a waiter's loop: run the batches, then settle the futures."""
+    # Only waiters on a loop are settled on one, and those have a future.
+    futures = [(waiter, cast(asyncio.Future, waiter.future)) for waiter in waiters]
+    batches: dict[Callable, list[Waiter]] = {}
+    for waiter, future in futures:
+        if waiter.batch is not None and not future.done():
+            batches.setdefault(waiter.batch, []).append(waiter)
+    for batch, members in batches.items():
+        try:
+            batch(members, outcome)
+        except Exception:  # pragma: no cover - batches answer their own errors
+            logger.exception("pubsubpull: answering woken long polls failed")
+    for _, future in futures:
         if not future.done():
             future.set_result(outcome)
 
@@ -325,7 +350,8 @@ class _Hub:
         with self.condition:
             if waiter.done:
                 return waiter.outcome
-            group = waiter.group
+            # Its callers joined it first, and join() gave it its group.
+            group = cast(_Group, waiter.group)
             group.waiters.discard(waiter)
             if not group.waiters and self.groups.get(group.key) is group:
                 del self.groups[group.key]
@@ -359,7 +385,7 @@ class _Hub:
 
     def _settle(self, waiters: set[Waiter], outcome: Any) -> None:
         """Give every waiter of a group its outcome (called holding the lock)."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[Waiter]] = {}
         for waiter in waiters:
             if waiter.done:
                 continue
@@ -367,12 +393,12 @@ class _Hub:
             waiter.outcome = outcome
             if waiter.event is not None:
                 waiter.event.set()
-            else:
-                by_loop.setdefault(waiter.loop, []).append(waiter.future)
-        for loop, futures in by_loop.items():
+            elif waiter.loop is not None:  # a waiter has either an event or a loop
+                by_loop.setdefault(waiter.loop, []).append(waiter)
+        for loop, members in by_loop.items():
             # A loop that has closed took its waiters with it.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, futures, outcome)
+                loop.call_soon_threadsafe(_settle, members, outcome)
 
     def _read(self, group: _Group) -> Any:
         try:

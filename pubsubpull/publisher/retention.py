@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import connections, transaction
 from django.utils import timezone
@@ -25,8 +26,6 @@ from pubsubpull.publisher.delivery.attempts import prune_attempts
 from pubsubpull.publisher.delivery.subscriptions import oldest_needed_position
 
 logger = logging.getLogger("pubsubpull")
-
-MAX_ID = 9223372036854775807
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -41,26 +40,6 @@ def parse_age(text: str) -> timedelta:
         )
     return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
-
-# One batch: the oldest changes in feed order that every subscription has
-# received and no running transaction of this database can precede, up to the first one that
-# is not old enough (a prefix, so the pruned range has no holes).
-_BATCH_SQL = """
-WITH batch AS (
-    SELECT id, txid, at FROM pubsubpull_change
-    WHERE (txid, id) <= (%(keep_txid)s, %(keep_id)s)
-      AND txid < %(fence)s
-    ORDER BY txid, id
-    LIMIT %(batch)s
-),
-prefix AS (
-    SELECT id FROM (
-        SELECT id, bool_and(at < %(cutoff)s) OVER (ORDER BY txid, id) AS old FROM batch
-    ) AS b
-    WHERE old
-)
-DELETE FROM pubsubpull_change AS c USING prefix WHERE c.id = prefix.id
-"""
 
 _REQUESTS_SQL = """
 DELETE FROM pubsubpull_request WHERE id IN (
@@ -92,23 +71,24 @@ def prune(
     called after each batch.
     """
     if older_than is None:
-        older_than = timedelta(seconds=conf.get("RETENTION"))
+        older_than = timedelta(seconds=conf.retention())
     cutoff: datetime = timezone.now() - older_than
+    # Every subscription's backlog is kept (None: there is none).
     keep = oldest_needed_position()
-    keep_txid, keep_id = (keep.txid, keep.id) if keep is not None else (MAX_ID, MAX_ID)
     result = Pruned()
-    params = {
-        "cutoff": cutoff,
-        "batch": batch_size,
-        "keep_txid": keep_txid,
-        "keep_id": keep_id,
-    }
-    for sql, attribute in ((_BATCH_SQL, "changes"), (_REQUESTS_SQL, "requests")):
+
+    def changes() -> int:
+        return feed.delete_oldest(keep, cutoff, batch_size, using)
+
+    def requests() -> int:
+        params: dict[str, Any] = {"cutoff": cutoff, "batch": batch_size}
+        with transaction.atomic(using=using), connections[using].cursor() as cursor:
+            cursor.execute(_REQUESTS_SQL, params)
+            return cursor.rowcount
+
+    for delete, attribute in ((changes, "changes"), (requests, "requests")):
         while True:
-            params["fence"] = feed.current_fence(using)
-            with transaction.atomic(using=using), connections[using].cursor() as cursor:
-                cursor.execute(sql, params)
-                deleted = cursor.rowcount
+            deleted = delete()
             setattr(result, attribute, getattr(result, attribute) + deleted)
             if progress:
                 progress(result)

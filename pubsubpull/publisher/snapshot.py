@@ -36,6 +36,7 @@ from django.core.exceptions import ValidationError
 from django.db import connections, router
 
 from pubsubpull.capture.registry import Registration, get_registration
+from pubsubpull.exceptions import InvalidAfter
 from pubsubpull.protocol import items, jsonbody
 from pubsubpull.protocol.cursor import Position
 from pubsubpull.protocol.jsonbody import unstorable
@@ -116,10 +117,6 @@ _PLAIN_IN_URL = (*_INTEGERS, "uuid")
 # The most ranges a first page splits the keys into (``parts``): enough for
 # every core of a big reader; each range is read by one reader.
 MAX_PARTS = 16
-
-
-class InvalidAfter(ValueError):
-    """An ``after`` token that is not from a previous page of this model."""
 
 
 @dataclass

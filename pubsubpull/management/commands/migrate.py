@@ -7,6 +7,6 @@ from pubsubpull.capture.autodetector import publishing
 
 class Command(migrate.Command):
     @property
-    def autodetector(self):
+    def autodetector(self):  # type: ignore[override]  # Django's is a class attribute
         # Read at run time: another app may have patched Django's command.
         return publishing(migrate.Command.autodetector)

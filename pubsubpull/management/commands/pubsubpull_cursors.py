@@ -12,7 +12,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from pubsubpull.client import parking
+from pubsubpull.client import parking, pulling
 from pubsubpull.client.models import ParkedEvent, PullCursor
 
 
@@ -45,16 +45,16 @@ class Command(BaseCommand):
         if unknown:
             raise CommandError(f"No pull cursor named {', '.join(sorted(unknown))}.")
         if action == "resume":
-            parking.resume(cursors)
+            pulling.resume(cursors)
             self.stdout.write(f"Resumed {', '.join(names)}.")
         elif action == "park":
-            parking.park(cursors)
+            pulling.park(cursors)
             self.stdout.write(
                 f"{', '.join(names)}: the events that fail on the next page will be parked "
                 "and the pull goes on."
             )
         elif action == "pause":
-            parking.pause(cursors)
+            pulling.pause(cursors)
             self.stdout.write(f"Paused {', '.join(names)}.")
         else:
             parked = ParkedEvent.objects.filter(cursor__in=cursors).select_related("cursor")

@@ -27,7 +27,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, older_than, batch_size, database, verbosity, **options):
         try:
-            age = parse_age(older_than) if older_than else timedelta(seconds=conf.get("RETENTION"))
+            age = parse_age(older_than) if older_than else timedelta(seconds=conf.retention())
         except ValueError as error:
             raise CommandError(str(error)) from None
         if batch_size < 1:

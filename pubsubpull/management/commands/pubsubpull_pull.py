@@ -22,6 +22,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from pubsubpull import jobs
 from pubsubpull.client import pulling
 from pubsubpull.client.models import PullCursor
 from pubsubpull.client.source import Publisher, SourceError, split_source
@@ -97,7 +98,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         models = [m.strip() for m in options["models"].split(",") if m.strip()] or None
-        owner = pulling.new_owner("command:")
+        owner = jobs.new_owner("command:")
         try:
             cursor = pulling.pull(
                 options["url"],
@@ -146,7 +147,7 @@ class Command(BaseCommand):
             except SourceError as e:
                 if e.status is not None and e.status < 500 and e.status not in (408, 429):
                     raise CommandError(str(e)) from e  # retrying will not help
-                outcome = "failed"
+                outcome = jobs.Outcome.FAILED
             except Exception as e:
                 raise CommandError(
                     f"The handler failed: {type(e).__name__}: {e}. Nothing of its page was "

@@ -11,8 +11,8 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from pubsubpull.capture.registry import get_registration, registrations
-from pubsubpull.models import ServiceToken
 from pubsubpull.publisher.api.auth import create_token
+from pubsubpull.publisher.models import ServiceToken
 
 
 class Command(BaseCommand):

@@ -29,8 +29,9 @@ class Command(BaseCommand):
         rows = triggers.status(database)
         if action == "install":
             for row in rows:
-                if row.state in (row.MISSING, row.OUTDATED):
-                    triggers.install(get_registration(row.label), database)
+                registration = get_registration(row.label) if row.label else None
+                if registration is not None and row.state in (row.MISSING, row.OUTDATED):
+                    triggers.install(registration, database)
                     self.stdout.write(f"installed {row.label} ({row.table})")
         elif action == "prune":
             for row in rows:

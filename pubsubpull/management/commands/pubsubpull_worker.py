@@ -1,4 +1,8 @@
-"""``manage.py pubsubpull_worker``: everything a publisher runs besides its web server."""
+"""``manage.py pubsubpull_worker``: everything a service runs besides its web server.
+
+It runs the job engine's worker (``pubsubpull.jobs.worker``) for every kind of
+job: delivering subscriptions (a publisher) and running pulls (a subscriber).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import signal
 
 from django.core.management.base import BaseCommand
 
-from pubsubpull.publisher.delivery.worker import Worker
+from pubsubpull.jobs.worker import Worker
 
 
 class Command(BaseCommand):

@@ -26,16 +26,9 @@ from django.utils import timezone
 
 from pubsubpull import conf
 from pubsubpull.capture.registry import get_registration
+from pubsubpull.exceptions import AccessDenied, NotAuthenticated
 
 TOKEN_PREFIX = "psp_"
-
-
-class NotAuthenticated(Exception):
-    """No credentials, or wrong ones: answer 401."""
-
-
-class PermissionDenied(Exception):
-    """Known caller, not allowed: answer 403."""
 
 
 def hash_token(token: str) -> str:
@@ -49,7 +42,7 @@ def new_token() -> str:
 
 def create_token(name: str, models: list[str]) -> tuple[Any, str]:
     """Create a ServiceToken; return it and the token text (shown only now)."""
-    from pubsubpull.models import ServiceToken
+    from pubsubpull.publisher.models import ServiceToken
 
     token = new_token()
     record = ServiceToken.objects.create(
@@ -83,7 +76,7 @@ class Caller:
                 return False
             opts = registration.model._meta
             return self.user.has_perm(f"{opts.app_label}.view_{opts.model_name}")
-        return label in conf.get("ANONYMOUS_MODELS")
+        return label in conf.anonymous_models()
 
 
 def _bearer(request) -> str | None:
@@ -107,8 +100,8 @@ def has_credentials(request) -> bool:
 
 
 def authenticate(request) -> Caller:
-    """The caller of ``request``; raises NotAuthenticated or PermissionDenied (CSRF)."""
-    from pubsubpull.models import ServiceToken
+    """The caller of ``request``; raises NotAuthenticated or AccessDenied (CSRF)."""
+    from pubsubpull.publisher.models import ServiceToken
 
     token_text = _bearer(request)
     if token_text is not None:
@@ -125,13 +118,15 @@ def authenticate(request) -> Caller:
     if user is not None and user.is_authenticated:
         if request.method not in ("GET", "HEAD", "OPTIONS", "TRACE"):
             # A session cookie rides along with cross-site requests; a
-            # bearer token does not. Check CSRF like Django's middleware.
-            reason = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
+            # bearer token does not. Check CSRF like Django's middleware: used
+            # as a check only, it is given no response to get and no view.
+            middleware = CsrfViewMiddleware(lambda r: None)  # type: ignore[arg-type]
+            reason = middleware.process_view(request, None, (), {})  # type: ignore[arg-type]
             if reason is not None:
-                raise PermissionDenied("CSRF verification failed.")
+                raise AccessDenied("CSRF verification failed.")
         return Caller(user=user)
 
-    if conf.get("ANONYMOUS_MODELS"):
+    if conf.anonymous_models():
         return Caller()
     raise NotAuthenticated(
         "Authentication required: send Authorization: Bearer <token> (manage.py "

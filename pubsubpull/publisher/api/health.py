@@ -10,7 +10,9 @@ from django.http import HttpResponse
 from django.utils import timezone
 
 from pubsubpull import conf
-from pubsubpull.models import WorkerHeartbeat
+from pubsubpull.exceptions import AccessDenied
+from pubsubpull.jobs.models import WorkerHeartbeat
+from pubsubpull.publisher import feed
 from pubsubpull.publisher.api import auth
 from pubsubpull.publisher.api.responses import endpoint, json_response
 from pubsubpull.publisher.delivery import subscriptions
@@ -19,7 +21,7 @@ from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscrip
 
 def _workers() -> tuple[int, int]:
     """How many workers have a fresh heartbeat, and how many a stale one."""
-    stale_before = timezone.now() - timedelta(seconds=conf.get("HEALTH_WORKER_STALE"))
+    stale_before = timezone.now() - timedelta(seconds=conf.health_worker_stale())
     fresh = WorkerHeartbeat.objects.filter(last_seen__gte=stale_before).count()
     stale = WorkerHeartbeat.objects.filter(last_seen__lt=stale_before).count()
     return fresh, stale
@@ -37,7 +39,7 @@ def health(request, caller):
         fresh, stale = _workers()
     except DatabaseError:
         return json_response({"status": "unavailable", "database": "unreachable"}, status=503)
-    healthy = fresh > 0 or not conf.get("HEALTH_REQUIRE_WORKER")
+    healthy = fresh > 0 or not conf.health_require_worker()
     body = {
         "status": "ok" if healthy else "degraded",
         "database": "ok",
@@ -75,7 +77,7 @@ def metrics(request, caller):
             "the pubsubpull.view_subscription permission."
         )
     if not _allowed(caller):
-        raise auth.PermissionDenied(
+        raise AccessDenied(
             f"{caller.name} may not read metrics: it needs the '*' scope or the "
             "pubsubpull.view_subscription permission."
         )
@@ -88,11 +90,7 @@ def metrics(request, caller):
             label_text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
             lines.append(f"{name}{{{label_text}}} {value:g}" if labels else f"{name} {value:g}")
 
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM pubsubpull_change_id_seq"
-        )
-        (recorded,) = cursor.fetchone()
+    recorded = feed.newest_change_id()
     metric(
         "pubsubpull_changes_recorded_total",
         "counter",

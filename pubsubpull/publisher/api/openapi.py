@@ -15,11 +15,12 @@ from typing import Any
 
 from django.db import models
 
-from pubsubpull import __version__, conf
+from pubsubpull import conf
 from pubsubpull.capture.registry import Registration, get_registration
 from pubsubpull.protocol import items
 from pubsubpull.publisher.api import subscriptions
 from pubsubpull.publisher.snapshot import MAX_PARTS
+from pubsubpull.version import __version__
 
 _STRING_FIELDS = (
     models.CharField,
@@ -33,8 +34,9 @@ _STRING_FIELDS = (
 
 
 def _value_schema(field: models.Field) -> dict[str, Any]:
-    if field.is_relation and field.target_field is not None:
-        return _value_schema(field.target_field)
+    target = getattr(field, "target_field", None)  # a foreign key's: the key it holds
+    if field.is_relation and target is not None:
+        return _value_schema(target)
     if isinstance(field, models.BooleanField):
         return {"type": ["boolean"]}
     if isinstance(field, models.IntegerField):
@@ -87,11 +89,11 @@ def _limit() -> dict[str, Any]:
         "name": "limit",
         "in": "query",
         "description": "Items per page.",
-        "schema": {"type": "integer", "minimum": 1, "maximum": conf.get("MAX_PAGE_SIZE")},
+        "schema": {"type": "integer", "minimum": 1, "maximum": conf.max_page_size()},
     }
 
 
-def _instances_paths(registration: Registration) -> dict[str, Any]:
+def _instances_paths(registration: Registration) -> tuple[dict[str, Any], dict[str, Any]]:
     label = registration.label
     name = label.replace(".", "_")
     pk_schema = field_schema(registration.model._meta.pk)
@@ -627,7 +629,7 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
                         "schema": {
                             "type": "number",
                             "minimum": 0,
-                            "maximum": conf.get("MAX_WAIT"),
+                            "maximum": conf.max_wait(),
                         },
                     },
                 ],

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.http import HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from pubsubpull.exceptions import AccessDenied, ApiError
 from pubsubpull.protocol import jsonbody
 from pubsubpull.publisher.api import auth
 
@@ -17,17 +18,6 @@ JSON = "application/json"
 
 #: The largest request body the API reads (subscription bodies are a few hundred bytes).
 MAX_BODY = 1024 * 1024
-
-
-class ApiError(Exception):
-    """Raised inside a view to answer with a JSON error."""
-
-    def __init__(self, status: int, code: str, detail: str, **extra: Any):
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.extra = extra
 
 
 def json_response(data: Any, status: int = 200, **headers: str) -> HttpResponse:
@@ -110,7 +100,7 @@ def endpoint(*methods: str, public: bool = False):
                 return view(request, caller, *args, **kwargs)
             except auth.NotAuthenticated as exc:
                 return error_response(401, "not_authenticated", str(exc))
-            except auth.PermissionDenied as exc:
+            except AccessDenied as exc:
                 return error_response(403, "permission_denied", str(exc))
             except ApiError as exc:
                 return error_response(exc.status, exc.code, exc.detail, **exc.extra)

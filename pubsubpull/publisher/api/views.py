@@ -21,9 +21,9 @@ from django.urls import reverse
 from django.utils.http import parse_etags
 from django.views.decorators.csrf import csrf_exempt
 
-from pubsubpull import __version__, conf
+from pubsubpull import conf
 from pubsubpull.capture.registry import get_registration, registrations
-from pubsubpull.publisher import feed, listener, snapshot
+from pubsubpull.publisher import feed, listener, longpoll, snapshot
 from pubsubpull.publisher.api import openapi
 from pubsubpull.publisher.api.responses import (
     ApiError,
@@ -32,6 +32,7 @@ from pubsubpull.publisher.api.responses import (
     json_response,
     raw_json_response,
 )
+from pubsubpull.version import __version__
 
 
 def _url(request, name: str, *args, **query) -> str:
@@ -51,9 +52,9 @@ def _instance_url(request, label: str, pk_text: str) -> str:
 
 def _limit(request) -> int:
     text = request.GET.get("limit")
-    maximum = conf.get("MAX_PAGE_SIZE")
+    maximum = conf.max_page_size()
     if text is None or text == "":
-        return min(conf.get("PAGE_SIZE"), maximum)
+        return min(conf.page_size(), maximum)
     if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= maximum:
         raise ApiError(
             400, "invalid_limit", f"limit must be a whole number from 1 to {maximum}, not {text!r}."
@@ -184,7 +185,7 @@ def instances(request, caller, model):
         ]
     head_json = json.dumps(head, ensure_ascii=False, separators=(",", ":")).encode()
     body = b"".join([head_json[:-1], b',"instances":[', b",".join(page.items), b"]}"])
-    return raw_json_response(body, **headers)
+    return raw_json_response(body, 200, **headers)
 
 
 @endpoint("GET")
@@ -215,7 +216,7 @@ def _wait(request) -> float:
     text = request.GET.get("wait")
     if text is None or text == "":
         return 0.0
-    maximum = conf.get("MAX_WAIT")
+    maximum = conf.max_wait()
     try:
         value = float(text)
     except ValueError:
@@ -300,13 +301,27 @@ def _changes(request, caller):
     return _page(request, page)
 
 
+def _page_key(request) -> tuple:
+    """What a page's body depends on besides the page: the URL it links to.
+
+    (The raw Host header is part of it, so a host that fails validation
+    never reaches a cached body.)
+    """
+    return (
+        request.scheme,
+        request.META.get("HTTP_HOST"),
+        request.path,
+        request.GET.get("models"),
+        request.GET.get("limit") or None,
+    )
+
+
 def _page(request, page: feed.Page) -> HttpResponse:
     filter_ = request.GET.get("models")
     limit = request.GET.get("limit") or None
     # A page woken for many long polls answers them all with the same body:
-    # render it once per URL it links to (the raw Host header is part of the
-    # key, so a host that fails validation never reaches a cached body).
-    key = (request.scheme, request.META.get("HTTP_HOST"), request.path, filter_, limit)
+    # render it once per URL it links to.
+    key = _page_key(request)
     cached = page.rendered.get(key)
     if cached is None:
         cursor = page.next.encode()
@@ -364,19 +379,49 @@ async def changes(request):
     # Authenticate and validate on the feed's reader threads, so a burst of
     # new polls opens no connection each.
     readers = listener.readers()
-    result = await sync_to_async(_changes, thread_sensitive=False, executor=readers)(request)
+    # asgiref's hints ask for a ThreadPoolExecutor; it hands the executor to
+    # loop.run_in_executor, which takes any Executor (the readers are one).
+    result = await sync_to_async(  # type: ignore[call-overload]
+        _changes, thread_sensitive=False, executor=readers
+    )(request)
     if not isinstance(result, _LongPoll):
         return result
+    parking = getattr(request, "scope", {}).get(longpoll.SCOPE_KEY)
+    if parking is not None:
+        # Under pubsubpull.asgi.long_polls: the wrapper waits and answers,
+        # with the headers the middleware give this placeholder. (The page
+        # links to this host: a host that fails validation is refused now,
+        # as Django would refuse it when the page is rendered.)
+        request.get_host()
+        return parking.park(
+            result.after,
+            result.limit,
+            result.models,
+            result.wait,
+            key=_page_key(request),
+            answer=lambda outcome: _answer(request, result.models, outcome),
+            placeholder=raw_json_response(b"", Link=""),
+        )
+    outcome: feed.Page | feed.CursorExpired
     try:
-        page = await feed.await_changes(
+        outcome = await longpoll.await_changes(
             result.after, result.limit, result.models, timeout=result.wait
         )
     except feed.CursorExpired as exc:
+        outcome = exc
+    return _answer(request, result.models, outcome)
+
+
+def _answer(request, models: list[str], outcome) -> HttpResponse:
+    """The feed's answer to a long poll that ended with ``outcome`` (a page or an error)."""
+    if isinstance(outcome, feed.CursorExpired):
         try:
-            _expired(request, exc, result.models)
+            _expired(request, outcome, models)
         except ApiError as error:
             return error_response(error.status, error.code, error.detail, **error.extra)
-    return _page(request, page)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return _page(request, outcome)
 
 
 def _outside_transactions(view):

@@ -13,8 +13,8 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 
-from pubsubpull.models import ServiceToken
 from pubsubpull.publisher.api.auth import Caller
+from pubsubpull.publisher.models import ServiceToken
 
 
 def _caller(owner: str) -> tuple[Caller | None, str]:

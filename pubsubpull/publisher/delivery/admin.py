@@ -7,9 +7,11 @@ And the parked changes (the dead-letter list): look at them, send them again.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
-from django.db import connection
+from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
@@ -27,8 +29,9 @@ class ReplayForm(forms.Form):
         required=False, help_text="Or a time: deliver every change made since then."
     )
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         if bool(data.get("cursor")) == bool(data.get("since")):
             raise forms.ValidationError("Give either a cursor or a time.")
         if data.get("cursor"):
@@ -41,25 +44,13 @@ class ReplayForm(forms.Form):
 
 def position_since(subscription: Subscription, since) -> feed.Position:
     """The position just before the first change of the subscription's models since ``since``."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT txid, id FROM pubsubpull_change
-            WHERE at >= %s AND model = ANY(%s)
-            ORDER BY txid, id LIMIT 1
-            """,
-            [since, subscription.model_labels],
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return feed.current_position()
-    return feed.Position(row[0], row[1] - 1)
+    return feed.position_since(since, subscription.model_labels)
 
 
 class AttemptInline(admin.TabularInline):
     model = Attempt
-    fields = ["at", "webhook_id", "changes", "status", "duration", "error", "worker"]
-    readonly_fields = fields
+    readonly_fields = ["at", "webhook_id", "changes", "status", "duration", "error", "worker"]
+    fields = tuple(readonly_fields)  # the same (to mypy a list[str] is no list of field groups)
     extra = 0
     max_num = 0
     can_delete = False
@@ -214,7 +205,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
                 "form": form,
                 "subscriptions": queryset,
                 "opts": self.model._meta,
-                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             },
         )
 
@@ -268,7 +259,7 @@ class ParkedChangeAdmin(admin.ModelAdmin):
         "resent_status",
         "resent_error",
     ]
-    fields = readonly_fields
+    fields = tuple(readonly_fields)  # the same (to mypy a list[str] is no list of field groups)
 
     def has_add_permission(self, request):
         return False  # parked from the subscription (action) or the API

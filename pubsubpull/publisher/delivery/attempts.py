@@ -17,7 +17,7 @@ def prune_attempts(before: datetime | None = None) -> int:
     each subscription is kept whatever its age, so GET still shows it.
     """
     if before is None:
-        before = timezone.now() - timedelta(seconds=conf.get("ATTEMPT_RETENTION"))
+        before = timezone.now() - timedelta(seconds=conf.attempt_retention())
     old = Attempt.objects.filter(at__lt=before)
     latest = Attempt.objects.order_by("subscription_id", "-at").distinct("subscription_id")
     deleted, _ = old.exclude(pk__in=latest.values("pk")).delete()

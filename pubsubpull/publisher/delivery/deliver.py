@@ -1,11 +1,17 @@
 """Deliver a subscription's backlog: claim it, PUT batches, record, advance or back off.
 
-One batch in flight per subscription: a worker first claims the subscription
-(``FOR UPDATE SKIP LOCKED`` and a lease of ``LEASE`` seconds, in one short
+Delivery is a kind of job of the engine (``pubsubpull.jobs``): its rows are
+subscriptions, its lease ``LEASE`` seconds. One batch in flight per
+subscription: a worker first claims the subscription (in one short
 statement), then sends batch after batch, renewing the lease, until the
 receiver is caught up, fails, or the worker's time budget runs out. No
 transaction is held open during a request: an open transaction would hold
 back every reader's feed fence.
+
+Wakes come by model (the capture trigger's NOTIFY: :func:`wake_models`), by
+id (``DELIVERY.wake``) and by the engine's sweep, which wakes due
+subscriptions with a batch to retry or changes past their position (and
+forbidden ones, to check their owner's access again).
 
 The position only moves after a 2xx, in the statement that records the
 attempt, and only while the worker still holds the lease. A worker that dies
@@ -24,29 +30,30 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import random
-import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from django.db import IntegrityError, connection
 
-from pubsubpull import __version__, conf
+from pubsubpull import conf, jobs
+from pubsubpull.exceptions import Unsubscribed
+from pubsubpull.jobs.lease import HELD, LET_GO, RENEWED, SPENT, execute
+from pubsubpull.jobs.outcome import Outcome
 from pubsubpull.protocol import notification
 from pubsubpull.protocol.retry_after import parse_retry_after
 from pubsubpull.publisher import feed
-from pubsubpull.publisher.delivery import access, batch, guard, signing
+from pubsubpull.publisher.delivery import access, guard, signing
+from pubsubpull.version import __version__
 
 logger = logging.getLogger("pubsubpull.delivery")
 
 USER_AGENT = f"django-pubsubpull/{__version__}"
-WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
 
 # States a worker delivers (or, when forbidden, checks access for).
@@ -62,58 +69,58 @@ class Claimed:
     callback: str
     models: list[str]
     batch_size: int
-    position: batch.Position
+    position: feed.Position
     pending_batch: str
-    pending: batch.Position | None
+    pending: feed.Position | None
     pending_count: int
     secrets: list[str]
     failures: int
     woken: bool = False  # a wake came while we held it (set when letting go)
     # An empty read moved past other models' changes: from where (the
     # position as claimed), recorded when letting go if nobody moved it since.
-    skipped_from: batch.Position | None = None
+    skipped_from: feed.Position | None = None
 
 
-_CLAIM_SQL = """
-UPDATE pubsubpull_subscription AS s
-SET lease_owner = %(owner)s,
-    lease_expires = now() + %(lease)s * interval '1 second',
-    wake_requested_at = NULL
-FROM (
-    SELECT id FROM pubsubpull_subscription
-    WHERE id = %(id)s
-      AND state = ANY(%(deliverable)s)
-      AND next_attempt_at <= now()
-      AND (lease_expires IS NULL OR lease_expires < now())
-    FOR UPDATE SKIP LOCKED
-) AS due
-WHERE s.id = due.id
-RETURNING s.id, s.name, s.owner, s.state, s.callback, s.model_labels, s.batch_size,
-          s.position_txid, s.position_id, s.pending_batch, s.pending_txid, s.pending_id,
-          s.pending_count, s.secret,
-          CASE WHEN s.previous_secret_expires > now() THEN s.previous_secret ELSE '' END,
-          s.failures
-"""
+# Due subscriptions nobody holds that have a batch to retry or committed
+# changes past their position. Whether those are behind the feed's fence yet
+# is the feed's to say when the job reads them (a job finding them held back
+# by an open transaction waits for it a little, then the next sweep retries).
+# A forbidden one is due to have its owner's access checked again, backlog or
+# not, so that its state says the truth.
+_SWEEP = "pending_batch <> '' OR state = 'forbidden' OR " + feed.pending_sql(
+    "position_txid, position_id", "model_labels", jsonb=True
+)
+
+SUBSCRIPTIONS = jobs.LeaseSpec(
+    table="pubsubpull_subscription",
+    runnable="state IN (" + ", ".join(f"'{state}'" for state in DELIVERABLE) + ")",
+    due="next_attempt_at",
+    lease=conf.lease,
+    retry_base=conf.retry_base,
+    retry_max=conf.retry_max,
+    sweep=_SWEEP,
+    columns="""t.id, t.name, t.owner, t.state, t.callback, t.model_labels, t.batch_size,
+          t.position_txid, t.position_id, t.pending_batch, t.pending_txid, t.pending_id,
+          t.pending_count, t.secret,
+          CASE WHEN t.previous_secret_expires > now() THEN t.previous_secret ELSE '' END,
+          t.failures""",
+)
 
 # Letting go also records how far an empty read skipped (past other models'
 # changes), so the next read does not scan them again; only if the position
 # is still the one the read started from (a replay or a park meanwhile wins).
-_RELEASE_SQL = """
-UPDATE pubsubpull_subscription
-SET lease_owner = '', lease_expires = NULL,
-    position_txid = CASE WHEN pending_batch = '' AND (position_txid, position_id)
-        = (%(from_txid)s, %(from_pid)s) THEN %(txid)s ELSE position_txid END,
-    position_id = CASE WHEN pending_batch = '' AND (position_txid, position_id)
-        = (%(from_txid)s, %(from_pid)s) THEN %(pid)s ELSE position_id END
-WHERE id = %(id)s AND lease_owner = %(owner)s
-RETURNING wake_requested_at IS NOT NULL
-"""
+_SKIPPED = [
+    """position_txid = CASE WHEN pending_batch = '' AND (position_txid, position_id)
+        = (%(from_txid)s, %(from_pid)s) THEN %(txid)s ELSE position_txid END""",
+    """position_id = CASE WHEN pending_batch = '' AND (position_txid, position_id)
+        = (%(from_txid)s, %(from_pid)s) THEN %(pid)s ELSE position_id END""",
+]
 
-_BEGIN_BATCH_SQL = """
+_BEGIN_BATCH_SQL = f"""
 UPDATE pubsubpull_subscription
 SET pending_batch = %(batch)s, pending_txid = %(txid)s, pending_id = %(pid)s,
-    pending_count = %(count)s, lease_expires = now() + %(lease)s * interval '1 second'
-WHERE id = %(id)s AND lease_owner = %(owner)s
+    pending_count = %(count)s, {RENEWED}
+WHERE {HELD}
 """
 
 _ATTEMPT_SQL = """
@@ -133,10 +140,9 @@ WITH more AS MATERIALIZED (
     -- Any committed change past the new position (behind the fence or not)?
     -- If none, the subscription is caught up and is let go in this statement;
     -- a change committed later wakes it by its own notification.
-    SELECT EXISTS (
-        SELECT 1 FROM pubsubpull_change
-        WHERE (txid, id) > (%(txid)s, %(pid)s) AND model = ANY(%(models)s)
-    ) AS more
+    SELECT """
+    + feed.pending_sql("%(txid)s, %(pid)s", "%(models)s")
+    + """ AS more
 ),
 updated AS (
     UPDATE pubsubpull_subscription
@@ -192,8 +198,9 @@ WITH updated AS (
             ELSE 'Retrying with backoff.' END,
         next_attempt_at = now() + %(delay)s * interval '1 second',
         last_attempt_at = now(), last_error = %(error)s,
-        lease_owner = '', lease_expires = NULL, wake_requested_at = NULL
-    WHERE id = %(id)s AND lease_owner = %(owner)s AND pending_batch = %(batch)s
+        """
+    + f"{LET_GO}, {SPENT} WHERE {HELD}"
+    + """ AND pending_batch = %(batch)s
     RETURNING id
 ),
 """
@@ -217,8 +224,9 @@ WITH updated AS (
         pending_batch = %(new_batch)s, pending_txid = %(new_txid)s, pending_id = %(new_pid)s,
         pending_count = %(new_count)s,
         last_attempt_at = now(), last_error = %(error)s,
-        lease_expires = now() + %(lease)s * interval '1 second'
-    WHERE id = %(id)s AND lease_owner = %(owner)s AND pending_batch = %(batch)s
+        """
+    + f"{RENEWED} WHERE {HELD}"
+    + """ AND pending_batch = %(batch)s
     RETURNING id
 ),
 """
@@ -227,67 +235,32 @@ WITH updated AS (
 )
 
 # The owner lost access: send nothing, say why, look again in ACCESS_RECHECK.
-_FORBIDDEN_SQL = """
-UPDATE pubsubpull_subscription
-SET state = CASE WHEN state IN ('paused', 'disabled') THEN state ELSE 'forbidden' END,
-    state_reason = CASE WHEN state IN ('paused', 'disabled') THEN state_reason
-                        ELSE %(reason)s END,
-    next_attempt_at = now() + %(recheck)s * interval '1 second',
-    lease_owner = '', lease_expires = NULL, wake_requested_at = NULL
-WHERE id = %(id)s AND lease_owner = %(owner)s
-RETURNING id
-"""
+_FORBIDDEN = [
+    "state = CASE WHEN state IN ('paused', 'disabled') THEN state ELSE 'forbidden' END",
+    """state_reason = CASE WHEN state IN ('paused', 'disabled') THEN state_reason
+                        ELSE %(reason)s END""",
+]
 
 # Access is back: deliver again from the position, as if never stopped.
-_ALLOWED_AGAIN_SQL = """
+_ALLOWED_AGAIN_SQL = f"""
 UPDATE pubsubpull_subscription
 SET state = CASE WHEN failures > 0 THEN 'failing' ELSE 'active' END,
     state_reason = CASE WHEN failures > 0 THEN 'Retrying with backoff.' ELSE '' END
-WHERE id = %(id)s AND lease_owner = %(owner)s AND state = 'forbidden'
+WHERE {HELD} AND state = 'forbidden'
 """
-
-
-class Unsubscribed(Exception):
-    """The subscription was deleted while a worker was delivering it."""
 
 
 def _execute(sql: str, params: dict[str, Any]) -> list[tuple]:
     try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchall() if cursor.description else []
+        return execute(sql, params)
     except IntegrityError as e:  # deleted between our statement's snapshot and its write
         raise Unsubscribed(params.get("id")) from e
 
 
-# A wake that finds the subscription paused, disabled or not yet due is used
-# up: clear its flag so the next change can wake it again. (A holder's flag
-# stays: the holder drains again when it lets go.)
-_SPENT_WAKE_SQL = """
-UPDATE pubsubpull_subscription
-SET wake_requested_at = NULL
-WHERE id = %(id)s AND (lease_expires IS NULL OR lease_expires < now())
-RETURNING state = ANY(%(deliverable)s) AND next_attempt_at <= now()
-"""
-
-
-def claim(subscription_id: int, owner: str) -> Claimed | None:
-    """Take the subscription for ``owner`` if it is due and nobody holds it."""
-    params = {
-        "id": subscription_id,
-        "owner": owner,
-        "lease": conf.get("LEASE"),
-        "deliverable": DELIVERABLE,
-    }
-    rows = _execute(_CLAIM_SQL, params)
-    if not rows:
-        spent = _execute(_SPENT_WAKE_SQL, params)
-        if spent and spent[0][0]:  # it became due meanwhile (resumed, say)
-            rows = _execute(_CLAIM_SQL, params)
-    if not rows:
-        return None
+def _claimed(row: tuple) -> Claimed:
+    """The subscription as the engine's claim returned it (SUBSCRIPTIONS.columns)."""
     (id_, name, subscriber, state, callback, models, size, ptx, pid, pbatch, pendtx, pendid,
-     pcount, secret, previous, failures) = rows[0]  # fmt: skip
+     pcount, secret, previous, failures) = row  # fmt: skip
     return Claimed(
         id=id_,
         name=name,
@@ -296,9 +269,9 @@ def claim(subscription_id: int, owner: str) -> Claimed | None:
         callback=callback,
         models=json.loads(models) if isinstance(models, str) else list(models),
         batch_size=size,
-        position=batch.Position(ptx, pid),
+        position=feed.Position(ptx, pid),
         pending_batch=pbatch,
-        pending=batch.Position(pendtx, pendid) if pbatch else None,
+        pending=feed.Position(pendtx, pendid) if pbatch else None,
         pending_count=pcount,
         secrets=[secret, previous],
         failures=failures,
@@ -307,17 +280,14 @@ def claim(subscription_id: int, owner: str) -> Claimed | None:
 
 def release(sub: Claimed, owner: str) -> bool:
     """Give the subscription up; True if a wake was requested while we held it."""
-    skipped = sub.skipped_from or batch.Position(-1, -1)  # -1: no skip to record
+    skipped = sub.skipped_from or feed.Position(-1, -1)  # -1: no skip to record
     params = {
-        "id": sub.id,
-        "owner": owner,
         "txid": sub.position.txid,
         "pid": sub.position.id,
         "from_txid": skipped.txid,
         "from_pid": skipped.id,
     }
-    rows = _execute(_RELEASE_SQL, params)
-    return bool(rows and rows[0][0])
+    return SUBSCRIPTIONS.release(sub.id, owner, assignments=_SKIPPED, params=params)
 
 
 @dataclass
@@ -344,9 +314,9 @@ def http_client() -> httpx.Client:
 
 def send(url: str, body: bytes, headers: dict[str, str]) -> Response:
     """PUT ``body`` to ``url`` once; never raises for what the receiver or network does."""
-    excerpt_size = conf.get("RESPONSE_EXCERPT")
-    total = conf.get("TIMEOUT")
-    timeout = httpx.Timeout(total, connect=conf.get("CONNECT_TIMEOUT"))
+    excerpt_size = conf.response_excerpt()
+    total = conf.timeout()
+    timeout = httpx.Timeout(total, connect=conf.connect_timeout())
     started = time.monotonic()
     status, error, excerpt, retry_after = None, "", b"", None
     try:
@@ -374,21 +344,32 @@ def send(url: str, body: bytes, headers: dict[str, str]) -> Response:
 def backoff(failures: int, retry_after: float | None = None) -> float:
     """Seconds to wait after the ``failures``-th failure in a row (1 for the first).
 
-    Exponential from RETRY_BASE, capped at RETRY_MAX, with jitter (half to all
-    of it) so receivers coming back are not hit by every subscription at once.
-    A Retry-After is honoured, up to RETRY_MAX.
+    The engine's schedule (``pubsubpull.jobs.backoff``) from RETRY_BASE,
+    capped at RETRY_MAX; a Retry-After is honoured, up to RETRY_MAX.
     """
-    base, cap = conf.get("RETRY_BASE"), conf.get("RETRY_MAX")
-    delay = min(cap, base * 2 ** min(max(failures - 1, 0), 60))
-    delay *= random.uniform(0.5, 1.0)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
-    return delay
+    return SUBSCRIPTIONS.backoff(failures, retry_after)
 
 
-def _envelope_size(sub: Claimed, page: batch.Batch) -> int:
-    """An upper bound of a body's bytes besides its changes' (see Batch.within)."""
+def _envelope_size(sub: Claimed, page: feed.Page) -> int:
+    """An upper bound of a body's bytes besides its changes' (see :func:`within`)."""
     return notification.overhead(sub.name, max((len(c.at_text) for c in page.changes), default=0))
+
+
+def within(page: feed.Page, max_bytes: int, envelope: int) -> feed.Page:
+    """The longest start of ``page`` whose body fits in ``max_bytes``.
+
+    ``envelope`` is what the body holds besides the changes (an upper
+    bound). A first change larger than the cap on its own goes alone: it
+    can never be sent in a smaller batch. When changes are cut off, the
+    page's ``next`` is the last kept change's position, so the rest follow
+    in the next batch.
+    """
+    size = envelope + 2  # the brackets
+    for n, text in enumerate(page.texts()):
+        size += (len(text) if text.isascii() else len(text.encode())) + (1 if n else 0)
+        if size > max_bytes and n > 0:
+            return page.head(n)
+    return page
 
 
 def signed_headers(
@@ -411,7 +392,7 @@ def refused(status: int | None) -> bool:
     return status is not None and 400 <= status < 500 and status not in (408, 410, 429)
 
 
-def deliver_batch(sub: Claimed, owner: str) -> str:
+def deliver_batch(sub: Claimed, owner: str) -> Outcome:
     """Send the subscription's next batch once.
 
     Returns ``sent``, ``done`` (sent, caught up and let go), ``caught_up``,
@@ -422,24 +403,24 @@ def deliver_batch(sub: Claimed, owner: str) -> str:
     try:
         return _deliver_batch(sub, owner)
     except Unsubscribed:
-        return "lost"
-    except batch.CursorExpired:
+        return Outcome.LOST
+    except feed.CursorExpired:
         _execute(_EXPIRED_SQL, {"id": sub.id, "owner": owner})
         logger.warning(
             "Subscription %s fell behind the pruned change log: disabled",
             sub.name,
             extra={"pubsubpull": {"event": "subscription_disabled", "subscription": sub.name}},
         )
-        return "failed"
+        return Outcome.FAILED
 
 
-_EXPIRED_SQL = """
+_EXPIRED_SQL = f"""
 UPDATE pubsubpull_subscription
-SET state = 'disabled', lease_owner = '', lease_expires = NULL, wake_requested_at = NULL,
+SET state = 'disabled', {LET_GO}, {SPENT},
     state_reason = 'The change log was pruned past this subscription''s position, so '
         'changes may be missing. Take a new snapshot and subscribe again with start '
         'set to its feed_position.'
-WHERE id = %(id)s AND lease_owner = %(owner)s
+WHERE {HELD}
 """
 
 
@@ -447,9 +428,12 @@ def _check_access(sub: Claimed, owner: str) -> bool:
     """Whether the owner may still receive; if not, the subscription says why and is let go."""
     reason = access.refusal(sub.subscriber, sub.models)
     if reason:
-        _execute(
-            _FORBIDDEN_SQL,
-            {"id": sub.id, "owner": owner, "reason": reason, "recheck": conf.get("ACCESS_RECHECK")},
+        SUBSCRIPTIONS.release(
+            sub.id,
+            owner,
+            assignments=_FORBIDDEN,
+            params={"reason": reason},
+            next_in=conf.access_recheck(),
         )
         if sub.state != "forbidden":
             logger.warning(
@@ -487,15 +471,17 @@ def _describe_change(change: feed.FeedChange) -> str:
     return f"change {change.id} ({change.model} {change.pk})"
 
 
-def _deliver_batch(sub: Claimed, owner: str) -> str:
+def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
     if not _check_access(sub, owner):
-        return "forbidden"
+        return Outcome.FORBIDDEN
     if sub.pending_batch:
         # A retry carries exactly the batch that was sent before: the first
         # pending_count changes after the position (nothing new can sort
         # before the pending end; it was at or before a fence).
-        page = batch.read(sub.position, sub.pending_count, sub.models)
-        changes, following, webhook_id = page.changes, sub.pending, sub.pending_batch
+        page = feed.read_from(sub.position, sub.pending_count, sub.models)
+        # A claimed subscription with a pending batch has its end (_claimed).
+        following = cast(feed.Position, sub.pending)
+        changes, webhook_id = page.changes, sub.pending_batch
         if not changes:
             # Its changes were deleted from the log behind our back: forget
             # the batch and read afresh from the position.
@@ -505,20 +491,16 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
                 {"id": sub.id, "owner": owner},
             )
             sub.pending_batch, sub.pending, sub.pending_count = "", None, 0
-            return "sent"
-        _execute(
-            "UPDATE pubsubpull_subscription SET lease_expires = now() + %(lease)s "
-            "* interval '1 second' WHERE id = %(id)s AND lease_owner = %(owner)s",
-            {"id": sub.id, "owner": owner, "lease": conf.get("LEASE")},
-        )
+            return Outcome.SENT
+        SUBSCRIPTIONS.renew(sub.id, owner)
     else:
-        page = batch.read(sub.position, sub.batch_size, sub.models)
+        page = feed.read_from(sub.position, sub.batch_size, sub.models)
         if not page.changes:
             if page.next > sub.position:
                 sub.skipped_from = sub.skipped_from or sub.position
                 sub.position = page.next  # recorded when the lease is let go
-            return "held_back" if page.held_back else "caught_up"
-        page = page.within(conf.get("BATCH_MAX_BYTES"), _envelope_size(sub, page))
+            return Outcome.HELD_BACK if page.held_back else Outcome.CAUGHT_UP
+        page = within(page, conf.batch_max_bytes(), _envelope_size(sub, page))
         changes, following = page.changes, page.next
         webhook_id = f"msg_{uuid.uuid4().hex}"
         started = _execute(
@@ -530,11 +512,11 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
                 "txid": following.txid,
                 "pid": following.id,
                 "count": len(changes),
-                "lease": conf.get("LEASE"),
+                "lease": conf.lease(),
             },
         )
         if not started:
-            return "lost"
+            return Outcome.LOST
         sub.pending_batch, sub.pending, sub.pending_count = webhook_id, following, len(changes)
 
     body = notification.body(sub.name, changes[-1].at_text, page.changes_json(), following.encode())
@@ -556,16 +538,14 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
         "response": response.body,
     }
     if ok:
-        params.update(
-            txid=following.txid, pid=following.id, lease=conf.get("LEASE"), models=sub.models
-        )
+        params.update(txid=following.txid, pid=following.id, lease=conf.lease(), models=sub.models)
         updated, sub.woken, more = _execute(_SUCCESS_SQL, params)[0]
         if not updated:
-            return "lost"
+            return Outcome.LOST
         done = not more  # caught up, and let go in the same statement
         sub.position, sub.pending_batch, sub.pending, sub.pending_count = following, "", None, 0
         sub.failures, sub.skipped_from = 0, None
-        return "done" if done else "sent"
+        return Outcome.DONE if done else Outcome.SENT
 
     # A 413, or the same 4xx for the same batch again, will not change by
     # waiting: isolate the change the receiver refuses, then say so.
@@ -575,7 +555,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
     if refusal and len(changes) > 1:
         return _split(sub, owner, params, changes, response)
     delay = backoff(sub.failures + 1, response.retry_after)
-    disable_after = conf.get("DISABLE_AFTER")
+    disable_after = conf.disable_after()
     params.update(
         gone=response.status == 410,
         refused=refusal,
@@ -595,7 +575,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
     [(updated,)] = _execute(_FAILURE_SQL, params)
     if not updated:  # the batch was forgotten meanwhile (replayed, parked)
         release(sub, owner)
-        return "lost"
+        return Outcome.LOST
     sub.failures += 1
     event = "delivery_blocked" if refusal else "delivery_failed"
     logger.log(
@@ -618,7 +598,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> str:
             }
         },
     )
-    return "failed"
+    return Outcome.FAILED
 
 
 def _split(
@@ -627,7 +607,7 @@ def _split(
     params: dict[str, Any],
     changes: list[feed.FeedChange],
     response: Response,
-) -> str:
+) -> Outcome:
     """Send the start of a refused batch alone next: half of it after a 413, else one change."""
     keep = max(1, len(changes) // 2) if response.status == 413 else 1
     end = changes[keep - 1].position
@@ -637,7 +617,7 @@ def _split(
         new_txid=end.txid,
         new_pid=end.id,
         new_count=keep,
-        lease=conf.get("LEASE"),
+        lease=conf.lease(),
         split_reason=(
             f"The receiver refused a batch of {len(changes)} changes ({response.error}); "
             f"sending the first {keep} alone to find the change it refuses."
@@ -646,7 +626,7 @@ def _split(
     [(updated,)] = _execute(_SPLIT_SQL, params)
     if not updated:
         release(sub, owner)
-        return "lost"
+        return Outcome.LOST
     logger.info(
         "Subscription %s: the receiver refused %s (%d changes, %s); sending %d alone",
         sub.name,
@@ -658,7 +638,7 @@ def _split(
     )
     sub.pending_batch, sub.pending, sub.pending_count = new_batch, end, keep
     sub.failures += 1
-    return "sent"
+    return Outcome.SENT
 
 
 # How long a claimed subscription waits for changes held back by an older
@@ -666,49 +646,45 @@ def _split(
 HELD_BACK_WAIT = 2.0
 
 
-def drain(subscription_id: int, budget: float = 10.0) -> str:
+def drain(subscription_id: int, budget: float = 10.0) -> Outcome:
     """Deliver a subscription until it is caught up, fails, or ``budget`` seconds pass.
 
-    Safe to call from any number of workers at once: only one holds the
+    What the delivery job does (``jobs.run`` of :data:`DELIVERY`). Safe to
+    call from any number of workers at once: only one holds the
     subscription; the others return ``busy``. Returns how it ended.
     """
-    owner = f"{WORKER_NAME}:{uuid.uuid4().hex[:8]}"
-    deadline = time.monotonic() + budget
-    while True:
-        sub = claim(subscription_id, owner)
-        if sub is None:
-            return "busy"
-        outcome = "lost"
-        try:
-            outcome = _drain_claimed(sub, owner, deadline)
-        finally:
-            # "done" let go with the last acknowledgement, "failed" and
-            # "forbidden" with the statement that scheduled the next try.
-            woken = (
-                sub.woken
-                if outcome == "done"
-                else outcome not in ("failed", "forbidden") and release(sub, owner)
-            )
-        if outcome == "more" or (woken and time.monotonic() >= deadline):
-            from pubsubpull.publisher.delivery.wake import wake_subscriptions
-
-            wake_subscriptions([sub.id], force=True)
-            return "more"
-        if not woken:
-            return "caught_up" if outcome == "done" else outcome
+    return jobs.run(DELIVERY, subscription_id, budget=budget)
 
 
-def _drain_claimed(sub: Claimed, owner: str, deadline: float) -> str:
+def _work(lease: jobs.Lease, row: tuple, deadline: float) -> jobs.Ending:
+    """The engine's work on a claimed subscription: batches until done; then let go."""
+    sub = _claimed(row)
+    outcome = Outcome.LOST
+    try:
+        outcome = _drain_claimed(sub, lease.owner, deadline)
+    finally:
+        # "done" let go with the last acknowledgement, "failed" and
+        # "forbidden" with the statement that scheduled the next try.
+        if outcome is Outcome.DONE:
+            woken = sub.woken
+        elif outcome in (Outcome.FAILED, Outcome.FORBIDDEN):
+            woken = False
+        else:
+            woken = release(sub, lease.owner)
+    return jobs.Ending(Outcome.CAUGHT_UP if outcome is Outcome.DONE else outcome, woken)
+
+
+def _drain_claimed(sub: Claimed, owner: str, deadline: float) -> Outcome:
     held_until = None
     delay = 0.002
     while True:
         outcome = deliver_batch(sub, owner)
-        if outcome == "sent":
+        if outcome is Outcome.SENT:
             held_until = None
             if time.monotonic() >= deadline:
-                return "more"
+                return Outcome.MORE
             continue
-        if outcome == "held_back":
+        if outcome is Outcome.HELD_BACK:
             now = time.monotonic()
             held_until = held_until or min(now + HELD_BACK_WAIT, deadline)
             if now < held_until:
@@ -716,3 +692,24 @@ def _drain_claimed(sub: Claimed, owner: str, deadline: float) -> str:
                 delay = min(delay * 2, 0.1)
                 continue
         return outcome
+
+
+# -- waking ------------------------------------------------------------------
+
+
+def wake_models(labels: Iterable[str]) -> list[int]:
+    """Wake the subscriptions that follow any of ``labels``; the ids enqueued."""
+    return DELIVERY.wake_where(
+        "model_labels ?| %(labels)s::text[]", {"labels": sorted(set(labels))}
+    )
+
+
+DELIVERY = jobs.register(
+    jobs.Kind(
+        name="deliver",
+        spec=SUBSCRIPTIONS,
+        work=_work,
+        budget=lambda: 10.0,
+        listen=jobs.Listen(feed.CHANNEL, wake_models, feed.STAY_AWAKE_SQL, feed.STAY_AWAKE_EVERY),
+    )
+)

@@ -33,6 +33,7 @@ import httpcore
 import httpx
 
 from pubsubpull import conf
+from pubsubpull.exceptions import CallbackRefused
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -221,17 +222,14 @@ def refusal(address: IPAddress) -> str | None:
     return "; ".join(why for _, why in found) if found else None
 
 
-class CallbackRefused(ValueError):
-    """The callback URL may not be used; the message says why and what to do."""
-
-
 def resolve(host: str, port: int) -> list[IPAddress]:
     """Every address ``host`` resolves to (tests replace this to fake DNS)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError, ValueError) as e:  # unknown, or not a valid name
         raise CallbackRefused(f"the callback host {host!r} does not resolve: {e}") from None
-    return list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+    addresses = (ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos)
+    return list(dict.fromkeys(addresses))
 
 
 def _allowed(host: str, address: IPAddress, allow: Iterable[str]) -> bool:
@@ -248,7 +246,7 @@ def _allowed(host: str, address: IPAddress, allow: Iterable[str]) -> bool:
 
 def check_address(host: str, address: IPAddress) -> None:
     """Raise CallbackRefused unless ``host`` may be reached at ``address``."""
-    allow = conf.get("CALLBACK_ALLOW")
+    allow = conf.callback_allow()
     refused = [why for judged, why in refusals(address) if not _allowed(host, judged, allow)]
     if refused:
         raise CallbackRefused(
@@ -347,6 +345,6 @@ def client(**kwargs: Any) -> httpx.Client:
         transport=transport,
         trust_env=False,
         follow_redirects=False,
-        timeout=httpx.Timeout(conf.get("TIMEOUT"), connect=conf.get("CONNECT_TIMEOUT")),
+        timeout=httpx.Timeout(conf.timeout(), connect=conf.connect_timeout()),
         **kwargs,
     )

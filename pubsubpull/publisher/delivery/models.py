@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from django.db import models
 
+from pubsubpull import conf
+
 
 class Subscription(models.Model):
     """Another service's wish to be told about changes to some models.
@@ -41,7 +43,7 @@ class Subscription(models.Model):
     # A JSON list, not an ArrayField: that would make every project add
     # django.contrib.postgres to INSTALLED_APPS on Django 6.1.
     model_labels = models.JSONField(default=list, help_text="The models it follows (labels).")
-    batch_size = models.PositiveIntegerField(default=100)
+    batch_size = models.PositiveIntegerField(default=conf.DEFAULTS["BATCH_SIZE"])
     state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
     state_reason = models.TextField(blank=True)
     created = models.DateTimeField(auto_now_add=True)

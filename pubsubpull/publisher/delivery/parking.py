@@ -27,25 +27,18 @@ from datetime import UTC, datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
+from pubsubpull.exceptions import CannotPark, CannotResend
 from pubsubpull.protocol import items, notification
 from pubsubpull.publisher import feed
-from pubsubpull.publisher.delivery import access, batch, deliver
+from pubsubpull.publisher.delivery import access, deliver
 from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription
 from pubsubpull.publisher.delivery.subscriptions import forget_pending, notify
-
-
-class CannotPark(Exception):
-    """The change asked for is not the one the subscription would send next."""
-
-
-class CannotResend(Exception):
-    """The subscription's owner may not receive the change (any more)."""
 
 
 def next_change(subscription: Subscription) -> feed.FeedChange | None:
     """The first change the subscription has not had acknowledged, or None."""
     position = feed.Position(subscription.position_txid, subscription.position_id)
-    page = batch.read(position, 1, list(subscription.model_labels))
+    page = feed.read_from(position, 1, list(subscription.model_labels))
     return page.changes[0] if page.changes else None
 
 

@@ -18,28 +18,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from pubsubpull import conf
 from pubsubpull.capture.registry import get_registration
+from pubsubpull.exceptions import InvalidSubscription, NotAllowed
 from pubsubpull.publisher import feed
-from pubsubpull.publisher.delivery import batch, guard, signing
+from pubsubpull.publisher.delivery import guard, signing
 from pubsubpull.publisher.delivery.models import Attempt, Subscription
 
 FIELDS = {"callback", "models", "batch_size", "start", "rotate_secret"}
-
-
-class InvalidSubscription(ValueError):
-    """A subscription request that cannot be accepted; ``errors`` maps field to message."""
-
-    def __init__(self, errors: dict[str, str]):
-        self.errors = errors
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
-
-
-class NotAllowed(PermissionError):
-    """The caller may not read a model it wants to subscribe to."""
 
 
 @dataclass
@@ -100,14 +89,15 @@ def validate(data: Any, *, creating: bool) -> dict[str, Any]:
             errors["models"] = 'must be a non-empty list of model labels, e.g. ["shop.customer"]'
         else:
             labels = [m.lower() for m in models]
-            unknown_models = [m for m in labels if get_registration(m) is None]
+            found = [(m, get_registration(m)) for m in labels]
+            unknown_models = [m for m, registration in found if registration is None]
             # Delivery follows the main change log; a model stored in another
             # database is recorded in that database's log: pull it instead.
             home, _ = feed.feed_source(None)
             elsewhere = [
                 m
-                for m in labels
-                if m not in unknown_models and feed.log_database(get_registration(m)) != home
+                for m, registration in found
+                if registration is not None and feed.log_database(registration) != home
             ]
             if unknown_models:
                 errors["models"] = f"not published models: {', '.join(unknown_models)}"
@@ -124,7 +114,7 @@ def validate(data: Any, *, creating: bool) -> dict[str, Any]:
 
     size = data.get("batch_size")
     if size is not None:
-        largest = conf.get("MAX_BATCH_SIZE")
+        largest = conf.max_batch_size()
         if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= largest:
             errors["batch_size"] = f"must be an integer from 1 to {largest}"
         else:
@@ -172,7 +162,7 @@ def subscribe(
                 name=name,
                 callback=cleaned["callback"],
                 model_labels=cleaned["models"],
-                batch_size=cleaned.get("batch_size", conf.get("BATCH_SIZE")),
+                batch_size=cleaned.get("batch_size", conf.batch_size()),
                 position_txid=start.txid,
                 position_id=start.id,
                 secret=secret,
@@ -199,7 +189,7 @@ def subscribe(
                 secret = signing.new_secret()
                 subscription.previous_secret = subscription.secret
                 subscription.previous_secret_expires = timezone.now() + timedelta(
-                    seconds=conf.get("SECRET_GRACE")
+                    seconds=conf.secret_grace()
                 )
                 subscription.secret = secret
             if subscription.state in _RETRIED_ON_PUT:
@@ -263,9 +253,7 @@ def replay(subscription: Subscription, position: feed.Position) -> None:
 
 def notify(subscription: Subscription) -> None:
     """Wake the workers for this subscription now rather than at the next sweep."""
-    with connection.cursor() as cursor:
-        for label in subscription.model_labels:
-            cursor.execute("SELECT pg_notify('pubsubpull', %s)", [label])
+    feed.notify(subscription.model_labels)
 
 
 def pending(subscription: Subscription) -> dict[str, Any] | None:
@@ -274,7 +262,7 @@ def pending(subscription: Subscription) -> dict[str, Any] | None:
         return None
     position = feed.Position(subscription.position_txid, subscription.position_id)
     try:
-        changes = batch.read(
+        changes = feed.read_from(
             position, subscription.pending_count, list(subscription.model_labels)
         ).changes
     except (feed.CursorExpired, LookupError):  # pruned, or a model no longer published
@@ -289,16 +277,8 @@ def pending(subscription: Subscription) -> dict[str, Any] | None:
 
 def lag(subscription: Subscription) -> dict[str, Any]:
     """How far behind the subscription is: changes not yet acknowledged, and seconds."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT count(*), min(at)
-            FROM pubsubpull_change
-            WHERE (txid, id) > (%s, %s) AND model = ANY(%s)
-            """,
-            [subscription.position_txid, subscription.position_id, subscription.model_labels],
-        )
-        count, oldest = cursor.fetchone()
+    position = feed.Position(subscription.position_txid, subscription.position_id)
+    count, oldest = feed.backlog(position, subscription.model_labels)
     seconds = (timezone.now() - oldest).total_seconds() if oldest else 0.0
     return {"changes": count, "seconds": round(max(seconds, 0.0), 3)}
 

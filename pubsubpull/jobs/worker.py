@@ -1,28 +1,29 @@
-"""The publisher's worker process: wake subscriptions on NOTIFY and run delivery jobs.
+"""The worker process: wake jobs on NOTIFY, sweep for due ones, run them.
 
-``manage.py pubsubpull_worker`` runs one :class:`Worker`. It
+``manage.py pubsubpull_worker`` runs one :class:`Worker`, for every kind of
+job registered with the engine (delivering subscriptions, running pulls).
+It
 
-- LISTENs on the ``pubsubpull`` channel, which the capture trigger notifies
-  (with the model label) when a transaction that changed a published table
-  commits, and wakes the subscriptions that follow that model at once;
-- sweeps every SWEEP_INTERVAL seconds for due retries and anything a lost
-  notification or job missed;
-- runs the delivery jobs itself when they go to a django-tasks-db backend
-  (the default): WORKER_THREADS threads claim ``deliver`` jobs from the
-  database queue, and the ones this process enqueued are picked up without
-  the backend's polling delay. Jobs enqueued by other processes are found
+- LISTENs on the channels the kinds name (delivery: ``pubsubpull``, which
+  the capture trigger notifies with the model label when a transaction that
+  changed a published table commits) and wakes the rows a notification
+  concerns at once;
+- sweeps every SWEEP_INTERVAL seconds, for every kind, for due retries and
+  anything a lost notification or job missed;
+- runs the jobs itself when they go to a django-tasks-db backend (the
+  default): WORKER_THREADS threads claim ``run_job`` jobs from the database
+  queue, and the ones this process enqueued are picked up without the
+  backend's polling delay. Jobs enqueued by other processes are found
   within ``poll`` seconds. With any other backend (RQ, Celery, …) the jobs
   are left to that backend's own workers.
 
-Any number of these processes may run, on any number of machines: the
-subscription row's lease decides who delivers, never the job.
+Any number of these processes may run, on any number of machines: the row's
+lease decides who works on it, never the job.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -31,15 +32,12 @@ import psycopg
 from django.db import close_old_connections, connection, transaction
 
 from pubsubpull import conf
-from pubsubpull.client import tasks as pull_tasks
-from pubsubpull.client import wake as pull_wake
-from pubsubpull.models import WorkerHeartbeat
-from pubsubpull.publisher import feed
-from pubsubpull.publisher.delivery import tasks, wake
+from pubsubpull.jobs import engine, tasks
+from pubsubpull.jobs.engine import kinds
+from pubsubpull.jobs.identity import WORKER_NAME
+from pubsubpull.jobs.models import WorkerHeartbeat
 
 logger = logging.getLogger("pubsubpull.delivery")
-
-CHANNEL = "pubsubpull"
 
 _HEARTBEAT_SQL = """
 INSERT INTO pubsubpull_workerheartbeat (name, started, last_seen) VALUES (%s, now(), now())
@@ -65,17 +63,15 @@ class Worker:
         poll: float = 1.0,
         log: Callable[[str], None] = logger.info,
     ):
-        self.threads = conf.get("WORKER_THREADS") if threads is None else threads
-        self.sweep_interval = (
-            conf.get("SWEEP_INTERVAL") if sweep_interval is None else sweep_interval
-        )
+        self.threads = conf.worker_threads() if threads is None else threads
+        self.sweep_interval = conf.sweep_interval() if sweep_interval is None else sweep_interval
         self.run_jobs = _uses_database_backend() if run_jobs is None else run_jobs
         self.poll = poll
         self.log = log
         self.stop = threading.Event()
         self.ready = threading.Event()
         self._jobs = threading.Semaphore(0)
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.name = WORKER_NAME
         self._threads: list[threading.Thread] = []
 
     # -- waking ---------------------------------------------------------------
@@ -89,25 +85,49 @@ class Worker:
         params.pop("cursor_factory", None)
         params.pop("context", None)
         conn = psycopg.connect(**params, autocommit=True)
-        conn.execute(f"LISTEN {CHANNEL}")
+        for channel in self._channels():
+            conn.execute(f"LISTEN {channel}")
         return conn
+
+    def _channels(self) -> list[str]:
+        return sorted({k.listen.channel for k in kinds() if k.listen is not None})
+
+    def _stay_awake(self, listener: psycopg.Connection) -> None:
+        """Ask writers to go on notifying (they notify only while a listener asks),
+        and tell the health endpoint that this worker lives."""
+        for kind in kinds():
+            if kind.listen is not None and kind.listen.stay_awake_sql:
+                listener.execute(kind.listen.stay_awake_sql)
+        self._heartbeat()
+
+    def _sweep(self) -> None:
+        for kind in kinds():
+            self._enqueued(kind.sweep())
+
+    def _notified(self, payloads: dict[str, set[str]]) -> None:
+        for kind in kinds():
+            if kind.listen is not None and payloads.get(kind.listen.channel):
+                self._enqueued(kind.listen.wake(payloads[kind.listen.channel]))
 
     def run(self) -> None:
         """Run until :attr:`stop` is set (the command sets it on SIGTERM/SIGINT)."""
         if self.run_jobs:
             for n in range(self.threads):
                 thread = threading.Thread(
-                    target=self._run_jobs, name=f"pubsubpull-delivery-{n}", daemon=True
+                    target=self._run_jobs, name=f"pubsubpull-jobs-{n}", daemon=True
                 )
                 thread.start()
                 self._threads.append(thread)
         self.log(
-            f"pubsubpull worker: listening on '{CHANNEL}', sweeping every "
-            f"{self.sweep_interval:g} s, "
+            "pubsubpull worker: listening on "
+            + ", ".join(f"'{c}'" for c in self._channels())
+            + f", sweeping every {self.sweep_interval:g} s for "
+            + ", ".join(k.name for k in kinds())
+            + " jobs, "
             + (
-                f"running delivery jobs in {self.threads} threads"
+                f"running jobs in {self.threads} threads"
                 if self.run_jobs
-                else "leaving delivery jobs to the TASKS backend's workers"
+                else "leaving jobs to the TASKS backend's workers"
             )
         )
         backoff = 0.1
@@ -117,27 +137,24 @@ class Worker:
                     # Notifications sent while we were not listening are lost:
                     # sweep first.
                     next_sweep = 0.0
-                    # Writers notify only while a listener asks them to.
-                    listener.execute(feed.STAY_AWAKE_SQL)
-                    self._heartbeat()
-                    next_stamp = time.monotonic() + feed.STAY_AWAKE_EVERY
+                    self._stay_awake(listener)
+                    next_stamp = time.monotonic() + self._stay_awake_every()
                     self.ready.set()
                     backoff = 0.1
                     while not self.stop.is_set():
                         now = time.monotonic()
                         if now >= next_stamp:
-                            listener.execute(feed.STAY_AWAKE_SQL)
-                            self._heartbeat()
-                            next_stamp = now + feed.STAY_AWAKE_EVERY
+                            self._stay_awake(listener)
+                            next_stamp = now + self._stay_awake_every()
                         if now >= next_sweep:
-                            self._enqueued(wake.sweep() + pull_wake.sweep())
+                            self._sweep()
                             next_sweep = now + self.sweep_interval
-                        labels = set()
+                        payloads: dict[str, set[str]] = {}
                         timeout = min(max(next_sweep - time.monotonic(), 0.0), 0.5)
                         for notify in listener.notifies(timeout=timeout, stop_after=1):
-                            labels.add(notify.payload)
-                        if labels:
-                            self._enqueued(wake.wake_models(labels))
+                            payloads.setdefault(notify.channel, set()).add(notify.payload)
+                        if payloads:
+                            self._notified(payloads)
             except Exception:
                 if self.stop.is_set():
                     break
@@ -147,12 +164,16 @@ class Worker:
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
         for thread in self._threads:
-            thread.join(timeout=conf.get("TIMEOUT") + 5)
+            thread.join(timeout=conf.timeout() + 5)
         try:
             WorkerHeartbeat.objects.filter(name=self.name).delete()
         except Exception:  # the database may be what stopped us
             logger.warning("pubsubpull worker: could not remove its heartbeat", exc_info=True)
         connection.close()
+
+    def _stay_awake_every(self) -> float:
+        every = [k.listen.stay_awake_every for k in kinds() if k.listen is not None]
+        return min(every, default=5.0)
 
     def _heartbeat(self) -> None:
         """Tell the health endpoint this worker is alive (see WorkerHeartbeat)."""
@@ -167,7 +188,7 @@ class Worker:
 
         name = tasks.backend().alias
         runner = DBWorker(
-            queue_names=[conf.get("TASK_QUEUE")],
+            queue_names=[conf.task_queue()],
             interval=self.poll,
             batch=False,
             backend_name=name,
@@ -178,9 +199,8 @@ class Worker:
         )
         jobs = DBTaskResult.objects.ready().filter(
             backend_name=name,
-            queue_name=conf.get("TASK_QUEUE"),
-            # Pull jobs too: a subscribing service runs this same worker.
-            task_path__in=[tasks.deliver.module_path, pull_tasks.pull_job.module_path],
+            queue_name=conf.task_queue(),
+            task_path=engine.run_job.module_path,
         )
         while not self.stop.is_set():
             try:
@@ -192,7 +212,7 @@ class Worker:
                     runner.run_task(job)
                     continue
             except Exception:
-                logger.exception("pubsubpull worker: running a delivery job failed")
+                logger.exception("pubsubpull worker: running a job failed")
                 connection.close()
                 self.stop.wait(1.0)
                 continue
