@@ -195,8 +195,9 @@ class Page:
         """:meth:`changes_json` as UTF-8, joined from the bytes PostgreSQL rendered."""
         rendered = self.rendered.get("changes_json_bytes")
         if rendered is None:
-            if all(isinstance(c, _RenderedChange) for c in self.changes):
-                rendered = b"[" + b",".join([c.item_bytes for c in self.changes]) + b"]"
+            items_ = [c.item_bytes for c in self.changes if isinstance(c, _RenderedChange)]
+            if len(items_) == len(self.changes):
+                rendered = b"[" + b",".join(items_) + b"]"
             else:
                 rendered = self.changes_json().encode()
             self.rendered["changes_json_bytes"] = rendered
@@ -513,7 +514,7 @@ def read_changes(
     if explicit is not None and explicit < horizon:
         raise CursorExpired(explicit, horizon)
 
-    changes = []
+    changes: list[FeedChange] = []
     for row in rows:
         id_, txid, label, item, op, at, user_id, method, path, old, new = row[4:]
         if id_ is None:
