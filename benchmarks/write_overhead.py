@@ -17,6 +17,12 @@ Variants, interleaved within every round (the order rotates each round):
 - ``pghistory``: the same table with ``pghistory.track()`` (default trackers:
   insert and update; deletes are not recorded), and for the DELETE figure also
   ``pghistory+del``, tracked with ``DeleteEvent`` as well;
+- ``pghistory stmt``: ``pghistory.track(InsertEvent(), UpdateEvent(),
+  DeleteEvent(), level=pghistory.Statement)``, pghistory at its best for bulk
+  writes (statement-level triggers copying typed columns);
+- with ``--designs``, the candidate capture designs of ``benchmarks/designs.py``
+  (``typed``, ``typed new only``, ``per statement``, ``json``), each on its own
+  table with its own trigger function and change table;
 - ``jsonb floor`` (bulk only): not a design but a bound. The statement itself
   (a CTE) writes ``to_jsonb()`` of every row it touched into an index-free copy
   of the change log, with no trigger. No capture that stores each row as jsonb
@@ -33,10 +39,20 @@ statement, one transaction), so the client's own cost does not dilute the ratio:
   (``INSERT ... SELECT generate_series``, ``UPDATE`` of every row, ``DELETE`` of
   every row), after a CHECKPOINT, on an empty table and change log.
 
+The same through Django's ORM (``--no-orm`` leaves it out), since that is what
+users write: ``create 1`` (``Model.objects.create()``) and ``save 1``
+(``instance.save()`` of an existing row) from the same concurrent clients,
+``bulk_create``, ``update()`` (``queryset.update()`` of every row) and
+``delete()`` (``queryset.delete()`` of every row), each timed around the one
+call (building the instances for ``bulk_create`` is not timed).
+
 The ratio is variant rows/s over no-trigger rows/s of the same round; the
 median of those per-round ratios is printed. Finally the cached-plan trap of
-DESIGN.md section 5: a large UPDATE on a connection whose earlier UPDATEs touched
-one row each.
+DESIGN.md section 5, for every variant: an UPDATE of ``--trap-rows`` rows on a
+fresh connection, and on a connection whose ten earlier UPDATEs touched one row
+each (cancelled after ``--trap-timeout`` seconds). With ``--designs`` the read
+side too: each design's change rows of the bulk INSERT rendered as the feed
+would (one JSON text per change, in feed order), in rows/s.
 """
 
 from __future__ import annotations
@@ -55,12 +71,29 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # benchmarks.settings and scripts.postgres
 
+from benchmarks import designs  # noqa: E402
+
 TABLES = {
     "no trigger": "bench_writes_plain",
     "pubsubpull": "bench_writes_published",
     "pghistory": "bench_peer_tracked",
     "pghistory+del": "bench_peer_trackedwithdeletes",
+    "pghistory stmt": "bench_peer_trackedbystatement",
     "jsonb floor": "bench_floor",
+}
+# The ORM models of the variants (the floor has none: it is a SQL statement).
+MODELS = {
+    "no trigger": "bench_writes.Plain",
+    "pubsubpull": "bench_writes.Published",
+    "pghistory": "bench_peer.Tracked",
+    "pghistory+del": "bench_peer.TrackedWithDeletes",
+    "pghistory stmt": "bench_peer.TrackedByStatement",
+    "typed": "bench_writes.DesignTyped",
+    "typed new only": "bench_writes.DesignTypedNew",
+    "per statement": "bench_writes.DesignStatement",
+    "typed flat": "bench_writes.DesignFlat",
+    "statement typed": "bench_writes.DesignStatementTyped",
+    "json": "bench_writes.DesignJson",
 }
 # What each variant writes besides the table, emptied before each measure.
 LOGS = {
@@ -68,9 +101,10 @@ LOGS = {
     "pubsubpull": ["pubsubpull_change", "pubsubpull_request"],
     "pghistory": ["bench_peer_trackedevent", "pghistory_context"],
     "pghistory+del": ["bench_peer_trackedwithdeletesevent", "pghistory_context"],
+    "pghistory stmt": ["bench_peer_trackedbystatementevent", "pghistory_context"],
     "jsonb floor": ["bench_floor_log"],
 }
-# Bulk-only variants: no single-row figure, no cached-plan check.
+# Bulk-only variants: no single-row figure.
 BULK_ONLY = {"pghistory+del", "jsonb floor"}
 # Not a design but a bound: the statement itself writes to_jsonb() of every
 # row it touched into a copy of the change log without indexes, no trigger.
@@ -100,8 +134,25 @@ ONE_UPDATE = "UPDATE {table} SET score = score + 1, updated = statement_timestam
 # Each measure starts from a checkpoint, so none pays for another's dirty
 # pages; --quick skips them (they are slow on a busy server).
 CHECKPOINTS = True
-MEASURES = ["insert 1", "update 1", "INSERT", "UPDATE", "DELETE"]
-TARGETS = {"insert 1": 0.85, "update 1": 0.85, "INSERT": 0.45, "UPDATE": 0.33, "DELETE": 0.10}
+SQL_MEASURES = ["insert 1", "update 1", "INSERT", "UPDATE", "DELETE"]
+ORM_MEASURES = ["create 1", "save 1", "bulk_create", "update()", "delete()"]
+SINGLE = {"insert 1", "update 1", "create 1", "save 1"}
+MEASURES = SQL_MEASURES + ORM_MEASURES
+CPU_MEASURES = ["INSERT cpu", "UPDATE cpu", "DELETE cpu"]
+# Issue 13: bulk at least 1.2x pghistory stmt's rows/s; single-row at least
+# both pghistory modes'.
+PEER_TARGETS = {
+    "insert 1": 1.0,
+    "update 1": 1.0,
+    "INSERT": 1.2,
+    "UPDATE": 1.2,
+    "DELETE": 1.2,
+    "create 1": 1.0,
+    "save 1": 1.0,
+    "bulk_create": 1.2,
+    "update()": 1.2,
+    "delete()": 1.2,
+}
 
 
 def parse_args(argv=None):
@@ -115,6 +166,17 @@ def parse_args(argv=None):
         "--slices", type=int, help="alternating slices per single-row measure (default 5)"
     )
     parser.add_argument("--db-name", default=os.environ.get("BENCH_DB_NAME", "bench_write"))
+    parser.add_argument(
+        "--designs", action="store_true", help="also the candidate designs of benchmarks/designs.py"
+    )
+    parser.add_argument("--no-orm", action="store_true", help="leave out the ORM measures")
+    parser.add_argument(
+        "--trap-rows", type=int, help="rows of the cached-plan trap's UPDATE (default 5,000)"
+    )
+    parser.add_argument(
+        "--trap-timeout", type=float, default=120.0, help="seconds before cancelling"
+    )
+    parser.add_argument("--only", nargs="+", help="only these variants (and no trigger)")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -122,6 +184,8 @@ def parse_args(argv=None):
     args.rows = args.rows or (5_000 if quick else 100_000)
     args.seconds = args.seconds or (0.5 if quick else 5.0)
     args.slices = args.slices or (1 if quick else 5)
+    # pghistory stmt's trap is quadratic: 5,000 rows took 24 s here, 1,000 ~1 s.
+    args.trap_rows = args.trap_rows or (1_000 if quick else 5_000)
     return args
 
 
@@ -148,6 +212,23 @@ def conninfo(dbname: str) -> str:
     )
 
 
+def choose_variants(args) -> None:
+    """Add the designs if asked for; keep only ``--only``'s variants if given."""
+    if args.designs:
+        floor = TABLES.pop("jsonb floor")
+        for variant, (table, _) in designs.DESIGNS.items():
+            TABLES[variant] = table
+            LOGS[variant] = [designs.log_table(variant), "pubsubpull_request"]
+        TABLES["jsonb floor"] = floor
+    if args.only:
+        unknown = set(args.only) - set(TABLES)
+        if unknown:
+            raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {list(TABLES)}")
+        for variant in list(TABLES):
+            if variant != "no trigger" and variant not in args.only:
+                TABLES.pop(variant)
+
+
 def create_database(args) -> None:
     """A fresh database, with the tables and triggers made by ``migrate``."""
     with psycopg.connect(conninfo("postgres"), autocommit=True) as conn:
@@ -167,8 +248,12 @@ def create_database(args) -> None:
     with psycopg.connect(conninfo(args.db_name), autocommit=True) as conn:
         for statement in FLOOR_SETUP:
             conn.execute(statement)
+        if args.designs:
+            for variant in designs.DESIGNS:
+                for statement in designs.setup_sql(variant):
+                    conn.execute(statement)
     if not settings.PGHISTORY_INSTALLED:
-        for variant in ("pghistory", "pghistory+del"):
+        for variant in ("pghistory", "pghistory+del", "pghistory stmt"):
             TABLES.pop(variant)
             LOGS.pop(variant)
 
@@ -218,24 +303,150 @@ def bulk_statements(variant: str) -> list[tuple[str, str]]:
     ]
 
 
+def read_rate(conn, variant: str) -> float | None:
+    """Change rows/s rendered as the feed would, for the variants that have a reader."""
+    if variant not in designs.READS:
+        return None
+    query = designs.READS[variant]
+    if variant in designs.DESIGNS:
+        query = query.format(log=designs.log_table(variant))
+    started = time.perf_counter()
+    count = conn.execute(f"SELECT count(*), sum(length(s.j)) FROM ({query}) AS s").fetchone()[0]
+    return count / (time.perf_counter() - started) if count else None
+
+
+def backend_cpu(conn) -> float | None:
+    """Seconds of CPU the connection's server process has used (a local server only)."""
+    try:
+        with open(f"/proc/{conn.info.backend_pid}/schedstat") as stat:
+            return int(stat.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def bulk(args, variant: str) -> dict[str, float]:
-    """Rows/s of one INSERT, one UPDATE and one DELETE of ``args.rows`` rows."""
+    """Rows/s of one INSERT, one UPDATE and one DELETE of ``args.rows`` rows.
+
+    Also the server process's CPU time per row (``INSERT cpu`` ...), in µs,
+    when the server runs on this machine: less sensitive than wall time to
+    what else runs on a shared machine.
+    """
     result = {}
     with connect(args) as conn:
         reset(conn, variant)
         for measure, template in bulk_statements(variant):
+            cpu = backend_cpu(conn)
             seconds, rows = timed(conn, q(template, variant), {"rows": args.rows})
             assert rows == args.rows, (variant, measure, rows)
             result[measure] = rows / seconds
+            if cpu is not None:
+                result[f"{measure} cpu"] = (backend_cpu(conn) - cpu) / rows * 1e6
+            if measure == "INSERT" and args.designs:
+                rate = read_rate(conn, variant)
+                if rate:
+                    result["feed read"] = rate
+    return result
+
+
+def model_of(variant: str):
+    from django.apps import apps
+
+    return apps.get_model(MODELS[variant])
+
+
+def orm_bulk(args, variant: str) -> dict[str, float]:
+    """Rows/s of bulk_create, queryset.update() and queryset.delete() of ``args.rows`` rows."""
+    from django.db import connections
+    from django.db.models import F
+    from django.db.models.functions import Now
+    from django.utils import timezone
+
+    model = model_of(variant)
+    result = {}
+    with connect(args) as conn:
+        reset(conn, variant)
+    now = timezone.now()
+    rows = [
+        model(
+            name=f"Customer {i}",
+            email=f"customer{i}@example.com",
+            country="fr",
+            newsletter=i % 2 == 0,
+            score=i,
+            created=now,
+            updated=now,
+        )
+        for i in range(args.rows)
+    ]
+    try:
+        started = time.perf_counter()
+        model.objects.bulk_create(rows)
+        result["bulk_create"] = args.rows / (time.perf_counter() - started)
+        started = time.perf_counter()
+        done = model.objects.update(score=F("score") + 1, updated=Now())
+        result["update()"] = done / (time.perf_counter() - started)
+        started = time.perf_counter()
+        done, _ = model.objects.all().delete()
+        result["delete()"] = done / (time.perf_counter() - started)
+        assert done == args.rows, (variant, done)
+    finally:
+        connections.close_all()
     return result
 
 
 def prepare_single_rows(args, variant: str, measure: str) -> None:
     with connect(args) as conn:
         reset(conn, variant)
-        if measure == "update 1":
+        if measure in ("update 1", "save 1"):
             conn.execute(q(BULK_INSERT, variant), {"rows": 10_000})
             conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(TABLES[variant])))
+
+
+def sql_writer(args, variant: str, measure: str, number: int):
+    conn = connect(args)
+    statement = q(ONE_INSERT if measure == "insert 1" else ONE_UPDATE, variant)
+
+    def write(done: int) -> None:
+        if measure == "insert 1":
+            params = (f"Customer {number}-{done}", f"c{number}-{done}@example.com")
+        else:
+            # Disjoint rows per client: no lock waits between them.
+            params = (1 + (done * args.clients + number) % 10_000,)
+        conn.execute(statement, params, prepare=True)
+
+    return write, conn.close
+
+
+def orm_writer(args, variant: str, measure: str, number: int):
+    from django.db import connections
+    from django.utils import timezone
+
+    model = model_of(variant)
+    created = timezone.now()
+
+    def write(done: int) -> None:
+        if measure == "create 1":
+            model.objects.create(
+                name=f"Customer {number}-{done}",
+                email=f"c{number}-{done}@example.com",
+                country="fr",
+                created=timezone.now(),
+                updated=timezone.now(),
+            )
+        else:
+            row = model(
+                id=1 + (done * args.clients + number) % 10_000,
+                name="Customer",
+                email="customer@example.com",
+                country="fr",
+                score=done,
+                created=created,
+                updated=timezone.now(),
+            )
+            row._state.adding = False  # as if read from the database: save() UPDATEs
+            row.save()
+
+    return write, connections.close_all
 
 
 def single_rows(args, variant: str, measure: str, seconds: float) -> tuple[int, float]:
@@ -243,19 +454,11 @@ def single_rows(args, variant: str, measure: str, seconds: float) -> tuple[int, 
     counts = [0] * args.clients
     start = threading.Barrier(args.clients + 1)
     stop = threading.Event()
+    writer = orm_writer if measure in ORM_MEASURES else sql_writer
 
     def client(number: int) -> None:
-        with connect(args) as conn:
-            statement = q(ONE_INSERT if measure == "insert 1" else ONE_UPDATE, variant)
-
-            def write(done: int) -> None:
-                if measure == "insert 1":
-                    params = (f"Customer {number}-{done}", f"c{number}-{done}@example.com")
-                else:
-                    # Disjoint rows per client: no lock waits between them.
-                    params = (1 + (done * args.clients + number) % 10_000,)
-                conn.execute(statement, params, prepare=True)
-
+        write, close = writer(args, variant, measure, number)
+        try:
             # Like a long-lived application connection: the trigger function
             # and the statement are compiled before the clock starts.
             for warm in range(3):
@@ -266,6 +469,8 @@ def single_rows(args, variant: str, measure: str, seconds: float) -> tuple[int, 
                 write(done)
                 done += 1
             counts[number] = done
+        finally:
+            close()
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
     for thread in threads:
@@ -285,7 +490,7 @@ def single_row_round(args, order: list[str], measure: str) -> dict[str, float]:
     Other work on the server comes and goes within seconds; alternating
     slices exposes every variant to the same mix of it.
     """
-    order = [variant for variant in order if variant not in BULK_ONLY]
+    order = [v for v in order if v not in BULK_ONLY and (measure in SQL_MEASURES or v in MODELS)]
     for variant in order:
         prepare_single_rows(args, variant, measure)
     done = dict.fromkeys(order, 0)
@@ -299,23 +504,29 @@ def single_row_round(args, order: list[str], measure: str) -> dict[str, float]:
     return {variant: done[variant] / spent[variant] for variant in order}
 
 
-def cached_plan_trap(args) -> list[tuple[str, float, float]]:
-    """Seconds of a large UPDATE on a fresh connection, and after 1-row UPDATEs."""
+def cached_plan_trap(args) -> list[tuple[str, float | None, float | None]]:
+    """Seconds of an UPDATE of ``--trap-rows`` rows on a fresh connection, and after 1-row UPDATEs.
+
+    None: cancelled after ``--trap-timeout`` seconds.
+    """
     results = []
     for variant in TABLES:
-        if variant in BULK_ONLY:
-            continue
         times = []
         for warm in (False, True):
             with connect(args) as conn:
                 reset(conn, variant)
-                conn.execute(q(BULK_INSERT, variant), {"rows": args.rows})
+                conn.execute(q(BULK_INSERT, variant), {"rows": args.trap_rows})
+                conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(TABLES[variant])))
             with connect(args) as conn:
                 if warm:
                     # More than 5 executions: PL/pgSQL may switch to a generic plan.
                     for pk in range(1, 11):
                         conn.execute(q(ONE_UPDATE, variant), (pk,))
-                times.append(timed(conn, q(BULK_UPDATE, variant))[0])
+                conn.execute(f"SET statement_timeout = {int(args.trap_timeout * 1000)}")
+                try:
+                    times.append(timed(conn, q(BULK_UPDATE, variant))[0])
+                except psycopg.errors.QueryCanceled:
+                    times.append(None)
         results.append((variant, *times))
     return results
 
@@ -330,8 +541,76 @@ def server_notes(args) -> str:
     return f"PostgreSQL {version}, {', '.join(settings)}, {os.cpu_count()} CPUs"
 
 
-def fmt_rate(value: float) -> str:
-    return f"{value:>10,.0f}"
+def median_ratio(got: list[float], base: list[float]) -> float:
+    return statistics.median(g / b for g, b in zip(got, base, strict=True))
+
+
+def print_results(args, variants: list[str], rates: dict) -> None:
+    measures = [m for m in [*MEASURES, "feed read"] if any(rates.get(m, {}).values())]
+    width = 12
+    print()
+    print("Median rows/s of no trigger; for the others, the median of the per-round ratios")
+    print("to no trigger (feed read: change rows rendered per second, not a ratio)")
+    header = f"{'variant':<16}" + "".join(f"{m:>{width}}" for m in measures)
+    print(header)
+    print("-" * len(header))
+    for variant in variants:
+        cells = []
+        for measure in measures:
+            got = rates[measure].get(variant) or []
+            base = rates[measure].get("no trigger") or []
+            if not got:
+                cells.append("-")
+            elif variant == "no trigger" or measure == "feed read":
+                cells.append(f"{statistics.median(got):,.0f}")
+            else:
+                cells.append(f"{median_ratio(got, base):.1%}")
+        print(f"{variant:<16}" + "".join(f"{c:>{width}}" for c in cells))
+    if any(rates[m]["no trigger"] for m in CPU_MEASURES):
+        print()
+        print("Server CPU per row of the bulk statements, µs (median over rounds; in")
+        print("brackets what capture adds over no trigger)")
+        print(f"{'variant':<16}" + "".join(f"{m:>18}" for m in CPU_MEASURES))
+        for variant in variants:
+            cells = []
+            for measure in CPU_MEASURES:
+                got = rates[measure].get(variant) or []
+                base = rates[measure].get("no trigger") or []
+                if not got or not base:
+                    cells.append("-")
+                    continue
+                mine, theirs = statistics.median(got), statistics.median(base)
+                extra = "" if variant == "no trigger" else f" (+{mine - theirs:.2f})"
+                cells.append(f"{mine:.2f}{extra}")
+            print(f"{variant:<16}" + "".join(f"{c:>18}" for c in cells))
+    peer = "pghistory stmt"
+    if peer not in variants:
+        return
+    print()
+    print(f"Against {peer} (median per-round rows/s ratio; issue 13 targets in brackets):")
+    for variant in variants:
+        if variant in ("no trigger", peer) or variant in BULK_ONLY:
+            continue
+        parts = []
+        for measure in MEASURES:
+            got, theirs = rates[measure].get(variant), rates[measure].get(peer)
+            if got and theirs:
+                ratio = median_ratio(got, theirs)
+                mark = "ok" if ratio >= PEER_TARGETS[measure] else "MISSED"
+                parts.append(f"{measure} {ratio:.2f}x ({PEER_TARGETS[measure]:g}x {mark})")
+        print(f"    {variant:<16} " + ", ".join(parts))
+    row = "pghistory"
+    if row in variants:
+        print(f"Against {row} (row level), single-row (target 1x):")
+        for variant in variants:
+            if variant in ("no trigger", peer, row) or variant in BULK_ONLY:
+                continue
+            parts = []
+            for measure in ("insert 1", "update 1", "create 1", "save 1"):
+                got, theirs = rates[measure].get(variant), rates[measure].get(row)
+                if got and theirs:
+                    parts.append(f"{measure} {median_ratio(got, theirs):.2f}x")
+            print(f"    {variant:<16} " + ", ".join(parts))
 
 
 def main(argv=None) -> int:
@@ -339,6 +618,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     CHECKPOINTS = not args.quick
     began = time.perf_counter()
+    choose_variants(args)
     try:
         create_database(args)
         variants = list(TABLES)
@@ -346,68 +626,55 @@ def main(argv=None) -> int:
         print(
             f"{args.rounds} round(s); bulk statements of {args.rows:,} rows; single-row "
             f"transactions from {args.clients} clients for {args.seconds:g} s in "
-            f"{args.slices} alternating slices; all through "
-            "SQL (psycopg, autocommit)."
+            f"{args.slices} alternating slices; through SQL (psycopg, autocommit)"
+            + ("" if args.no_orm else " and through the ORM")
+            + "."
         )
         # rates[measure][variant] = [rows/s per round]
-        rates = {m: {v: [] for v in variants} for m in MEASURES}
+        rates = {m: {v: [] for v in variants} for m in [*MEASURES, *CPU_MEASURES, "feed read"]}
+        singles = ["insert 1", "update 1"] + ([] if args.no_orm else ["create 1", "save 1"])
         for number in range(args.rounds):
             shift = number % len(variants)
             order = variants[shift:] + variants[:shift]
-            for measure in ("insert 1", "update 1"):
+            for measure in singles:
                 for variant, rate in single_row_round(args, order, measure).items():
                     rates[measure][variant].append(rate)
             for variant in order:
                 for measure, rate in bulk(args, variant).items():
                     rates[measure][variant].append(rate)
-            line = "  ".join(
-                f"{m} {rates[m][v][-1] / rates[m]['no trigger'][-1]:.2f}"
+                if not args.no_orm and variant in MODELS:
+                    for measure, rate in orm_bulk(args, variant).items():
+                        rates[measure][variant].append(rate)
+            line = "; ".join(
+                f"{v} "
+                + " ".join(
+                    f"{m} {rates[m][v][-1] / rates[m]['no trigger'][-1]:.2f}"
+                    for m in MEASURES
+                    if rates[m][v] and rates[m]["no trigger"]
+                )
                 for v in variants[1:]
-                for m in MEASURES
-                if rates[m][v]
             )
-            print(f"round {number + 1}/{args.rounds} ratios ({', '.join(variants[1:])}): {line}")
+            print(f"round {number + 1}/{args.rounds} ratios: {line}", flush=True)
 
-        print()
-        print("Median rows/s (per-round ratio to no trigger, median)")
-        header = f"{'measure':<10}" + "".join(f"{v:>24}" for v in variants) + f"{'target':>10}"
-        print(header)
-        print("-" * len(header))
-        for measure in MEASURES:
-            base = rates[measure]["no trigger"]
-            cells = []
-            for variant in variants:
-                got = rates[measure][variant]
-                if not got:
-                    cells.append(f"{'-':>24}")
-                    continue
-                rate = fmt_rate(statistics.median(got))
-                if variant == "no trigger":
-                    cells.append(f"{rate:>24}")
-                else:
-                    ratio = statistics.median(g / b for g, b in zip(got, base, strict=True))
-                    cells.append(f"{rate} ({ratio:5.1%})".rjust(24))
-            print(f"{measure:<10}" + "".join(cells) + f"{TARGETS[measure]:>10.0%}")
+        print_results(args, variants, rates)
         print()
         print("Median ratio to no trigger:")
         for variant in variants[1:]:
             parts = []
             for measure in MEASURES:
                 got, base = rates[measure][variant], rates[measure]["no trigger"]
-                if got:
-                    ratio = statistics.median(g / b for g, b in zip(got, base, strict=True))
-                    mark = (
-                        ""
-                        if variant != "pubsubpull"
-                        else (" ok" if ratio >= TARGETS[measure] else " MISSED")
-                    )
-                    parts.append(f"{measure} {ratio:.1%}{mark}")
-            print(f"  {variant:<14} " + ", ".join(parts))
+                if got and base:
+                    parts.append(f"{measure} {median_ratio(got, base):.1%}")
+            print(f"  {variant:<16} " + ", ".join(parts))
         print()
-        print(f"Cached-plan trap: UPDATE of {args.rows:,} rows, seconds")
-        print(f"  {'variant':<14}{'fresh connection':>18}{'after 10 1-row UPDATEs':>26}")
+        print(
+            f"Cached-plan trap: UPDATE of {args.trap_rows:,} rows, seconds "
+            f"(cancelled after {args.trap_timeout:g} s)"
+        )
+        print(f"  {'variant':<16}{'fresh connection':>18}{'after 10 1-row UPDATEs':>26}")
         for variant, fresh, warm in cached_plan_trap(args):
-            print(f"  {variant:<14}{fresh:>18.3f}{warm:>26.3f}")
+            cells = [f"> {args.trap_timeout:g}" if t is None else f"{t:.3f}" for t in (fresh, warm)]
+            print(f"  {variant:<16}{cells[0]:>18}{cells[1]:>26}", flush=True)
         print(f"\ndone in {time.perf_counter() - began:.0f} s")
     finally:
         if not args.keep:

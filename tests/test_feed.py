@@ -312,6 +312,58 @@ def test_changes_render_as_json_text_exactly_as_their_dicts():
     assert "secret" not in changes[-1].as_json_text()
 
 
+def test_items_rendered_by_postgresql_are_the_protocol_items_byte_for_byte():
+    """The page statement renders each item; it must be what change_item_json() gives."""
+    import json
+    import uuid
+
+    from django.contrib.auth.models import User
+    from django.db import transaction
+
+    from pubsubpull.protocol import items
+    from pubsubpull.protocol.cursor import Position
+
+    ada = User.objects.create_user("ada", password="secret")
+    with transaction.atomic(), connection.cursor() as cursor:
+        # What the request middleware sends with a write (pubsubpull.capture.context).
+        request = {"id": str(uuid.uuid4()), "user_id": ada.pk, "method": "PUT", "path": '/é"x'}
+        cursor.execute("SELECT set_config('pubsubpull.context', %s, true)", [json.dumps(request)])
+        Customer.objects.create(name='Ada "quoted" \\ back\tslash 🙂 é', notes="internal")
+    Customer.objects.create(name="plain")
+    Customer.objects.filter(name="plain").update(email="p@example.com")
+    Customer.objects.filter(name="plain").update(id=99)  # the key changes
+    Customer.objects.filter(id=99).delete()
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE customers_customer CASCADE")
+    changes = feed.read_changes(None, models=["customers.customer", "auth.user"]).changes
+    assert [c.op for c in changes] == [
+        "insert", "insert", "insert", "update", "update", "delete", "truncate",
+    ]  # fmt: skip
+    assert all(c.item_json is not None for c in changes)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.id, to_jsonb(c.at) #>> '{}', c.old::text, c.new::text, "
+            "r.user_id, r.method, r.path FROM pubsubpull_change AS c "
+            "LEFT JOIN pubsubpull_request AS r ON r.id = c.request_id "
+            "WHERE c.id = ANY(%s) ORDER BY c.txid, c.id",
+            [[c.id for c in changes]],
+        )
+        stored = cursor.fetchall()
+    for change, (id_, at, old, new, user, method, path) in zip(changes, stored, strict=True):
+        values = json.loads(new or old or "{}")
+        pk_column = "id"
+        expected = items.change_item_json(
+            id_, Position(change.txid, id_).encode(), change.model, values.get(pk_column),
+            change.op, at, old or "null", new or "null", items.request_item(user, method, path),
+        )  # fmt: skip
+        assert change.as_json_text() == expected
+        assert change.as_json() == json.loads(expected)
+        assert change.at.tzinfo is not None
+    assert changes[0].model == "auth.user" and changes[0].request is None
+    assert changes[1].request == {"user": ada.pk, "method": "PUT", "path": '/é"x'}
+    assert changes[1].user_id == ada.pk and "notes" not in changes[1].new
+
+
 def test_long_polls_keep_waking_one_after_another():
     """The listener keeps serving notifications after the first (it once hung on one)."""
     for n in range(3):

@@ -13,3 +13,17 @@ class Tracked(Row):
 @pghistory.track(pghistory.InsertEvent(), pghistory.UpdateEvent(), pghistory.DeleteEvent())
 class TrackedWithDeletes(Row):
     """The default trackers miss deletes; this one records them, for the DELETE figure."""
+
+
+@pghistory.track(
+    pghistory.InsertEvent(),
+    pghistory.UpdateEvent(),
+    pghistory.DeleteEvent(),
+    level=pghistory.Statement,
+)
+class TrackedByStatement(Row):
+    """pghistory's statement-level trackers (``level=pghistory.Statement``), deletes too.
+
+    What a team that cares about bulk writes picks: one trigger call per
+    statement, typed columns copied from the transition tables.
+    """

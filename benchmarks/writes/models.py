@@ -32,3 +32,32 @@ class Plain(Row):
 @pubsubpull.register
 class Published(Row):
     """Every change recorded by pubsubpull, installed by this app's migration."""
+
+
+# Candidate capture designs (issue 13), measured side by side with the shipped
+# one: plain tables here, their trigger functions and change tables created by
+# write_overhead.py (benchmarks/designs.py) after migrate.
+
+
+class DesignTyped(Row):
+    """Design "typed": old and new as typed composite images in a per-model change table."""
+
+
+class DesignTypedNew(Row):
+    """Design "typed, new only": the new image only (a bound: no no-op skip, no old values)."""
+
+
+class DesignFlat(Row):
+    """Design "typed flat": old and new as typed columns of a per-model change table."""
+
+
+class DesignStatementTyped(Row):
+    """Design "statement typed": one change-log row per statement, typed image arrays."""
+
+
+class DesignStatement(Row):
+    """Design "per statement": one change-log row per statement, the rows as one json array."""
+
+
+class DesignJson(Row):
+    """Design "json": the shared log with json (not jsonb) images and a bigint key."""

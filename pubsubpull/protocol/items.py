@@ -190,10 +190,23 @@ def instance_item_sql(**values: str | tuple[str, ...]) -> str:
     Text('"'))``). Every key must be given. Literal text is merged into as few
     SQL literals as can be: PostgreSQL concatenates once per ``||``, per row.
     """
-    if set(values) != set(INSTANCE_KEYS):
-        raise TypeError(f"instance_item_sql() takes the keys {', '.join(INSTANCE_KEYS)}")
+    return _item_sql("instance_item_sql", INSTANCE_KEYS, values)
+
+
+def change_item_sql(**values: str | tuple[str, ...]) -> str:
+    """A SQL text expression rendering a change item, keys in :data:`CHANGE` order.
+
+    As :func:`instance_item_sql`: the feed's page statement renders each
+    change whole with it, so serving a page costs no Python per change.
+    """
+    return _item_sql("change_item_sql", CHANGE_KEYS, values)
+
+
+def _item_sql(function: str, keys: tuple[str, ...], values: dict) -> str:
+    if set(values) != set(keys):
+        raise TypeError(f"{function}() takes the keys {', '.join(keys)}")
     pieces: list[str] = []
-    for n, name in enumerate(INSTANCE_KEYS):
+    for n, name in enumerate(keys):
         value = values[name]
         pieces.append(Text(("{" if n == 0 else ",") + f'"{name}":'))
         pieces.extend(value if isinstance(value, tuple) else (value,))

@@ -37,8 +37,10 @@ import datetime
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+import psycopg
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
 from pubsubpull.capture.registry import Registration, get_registration, registrations
@@ -74,6 +76,8 @@ class FeedChange:
     # had to be removed: serving a page then re-encodes nothing.
     old_json: str | None = field(default=None, repr=False)
     new_json: str | None = field(default=None, repr=False)
+    # The whole item, as_json_text(), when the page statement rendered it.
+    item_json: str | None = field(default=None, repr=False)
 
     @property
     def at(self) -> datetime.datetime:
@@ -105,12 +109,45 @@ class FeedChange:
 
     def as_json_text(self) -> str:
         """``json.dumps(self.as_json())``, without encoding old and new again."""
+        if self.item_json is not None:
+            return self.item_json
         old = self.old_json if self.old_json is not None else items.dumps(self.old)
         new = self.new_json if self.new_json is not None else items.dumps(self.new)
         return items.change_item_json(
             self.id, self.cursor, self.model, self.pk, self.op, self.at_text,
             old, new, self.request,
         )  # fmt: skip
+
+
+class _RenderedChange(FeedChange):
+    """A change whose item PostgreSQL rendered whole (the page statement).
+
+    Serving it joins its text; its fields are parsed from the item only when
+    something asks for one (a delivery's last ``at_text``, the admin, tests).
+    """
+
+    def __init__(self, id_: int, txid: int, model: str, item: bytes):
+        self.id, self.txid, self.model = id_, txid, model
+        self.item_bytes = item  # UTF-8, as the HTTP feed's body is made of
+        self.old_json = self.new_json = None
+
+    @cached_property
+    def item_json(self) -> str:  # type: ignore[override]
+        return self.item_bytes.decode()
+
+    @cached_property
+    def _item(self) -> dict[str, Any]:
+        return json.loads(self.item_bytes)
+
+    pk = property(lambda self: self._item["pk"])
+    op = property(lambda self: self._item["op"])
+    at_text = property(lambda self: self._item["at"])
+    old = property(lambda self: self._item["old"])
+    new = property(lambda self: self._item["new"])
+    request = property(lambda self: self._item["request"])
+    user_id = property(lambda self: (self.request or {}).get("user"))
+    method = property(lambda self: (self.request or {}).get("method"))
+    path = property(lambda self: (self.request or {}).get("path"))
 
 
 @dataclass
@@ -153,6 +190,18 @@ class Page:
         if self._changes_json is None:
             self._changes_json = "[" + ",".join(self.texts()) + "]"
         return self._changes_json
+
+    def changes_json_bytes(self) -> bytes:
+        """:meth:`changes_json` as UTF-8, joined from the bytes PostgreSQL rendered."""
+        rendered = self.rendered.get("changes_json_bytes")
+        if rendered is None:
+            items_ = [c.item_bytes for c in self.changes if isinstance(c, _RenderedChange)]
+            if len(items_) == len(self.changes):
+                rendered = b"[" + b",".join(items_) + b"]"
+            else:
+                rendered = self.changes_json().encode()
+            self.rendered["changes_json_bytes"] = rendered
+        return rendered
 
     def head(self, count: int) -> Page:
         """The first ``count`` changes (at least one) as a page of their own.
@@ -233,13 +282,32 @@ held_back AS MATERIALIZED (
     FROM bounds
 )
 SELECT bounds.xmin, bounds.horizon_txid, bounds.horizon_id, held_back.held_back,
-       c.id, c.txid, c.model, c.op, to_jsonb(c.at) #>> '{}', c.old, c.new,
-       r.user_id, r.method, r.path
+       c.id, c.txid, c.model,
+       -- The whole item as as_json_text() gives it, when the stored values
+       -- hold only published columns (always, unless the registration was
+       -- narrowed since): serving the page then costs no Python per change.
+       -- As UTF-8 bytes in binary results: no decoding and encoding again.
+       CASE WHEN c.published THEN convert_to({change_item}, 'UTF8') END,
+       -- Only for a change Python has to filter (NULLs cost psycopg nothing).
+       CASE WHEN NOT c.published THEN c.op END,
+       CASE WHEN NOT c.published THEN to_jsonb(c.at) #>> '{}' END,
+       CASE WHEN NOT c.published THEN r.user_id END,
+       CASE WHEN NOT c.published THEN r.method END,
+       CASE WHEN NOT c.published THEN r.path END,
+       CASE WHEN NOT c.published THEN c.old::text END,
+       CASE WHEN NOT c.published THEN c.new::text END
 FROM bounds
 CROSS JOIN held_back
 LEFT JOIN LATERAL (
-    SELECT c.*
+    SELECT c.*, spec.spec,
+           -- Every stored column still published (%(published)s: label ->
+           -- {"pk": column, "columns": text[] literal}): removing them leaves
+           -- nothing (an eighth of the cost of testing each key). old and new
+           -- of a change were written at once, with the same columns.
+           coalesce((coalesce(c.new, c.old) - (spec.spec ->> 'columns')::text[]) = '{}',
+                    true) AS published
     FROM pubsubpull_change AS c
+    CROSS JOIN LATERAL (SELECT %(published)s::jsonb -> c.model::text AS spec) AS spec
     WHERE (c.txid, c.id) > (bounds.from_txid, bounds.from_id)
       AND c.txid < bounds.xmin
       AND c.model = ANY(%(models)s)
@@ -249,6 +317,35 @@ LEFT JOIN LATERAL (
 LEFT JOIN pubsubpull_request AS r ON r.id = c.request_id
 ORDER BY c.txid, c.id
 """
+
+
+# The change item (pubsubpull.protocol.items.CHANGE), rendered by PostgreSQL:
+# the same text change_item_json() gives.
+_CHANGE_ITEM_SQL = items.change_item_sql(
+    id="c.id::text",
+    # Position.encode(): base64url of c1.<txid>.<id>, unpadded.
+    cursor=(
+        items.Text('"'),
+        "translate(rtrim(encode(convert_to('c1.' || c.txid || '.' || c.id, 'UTF8'), "
+        "'base64'), '='), '+/', '-_')",
+        items.Text('"'),
+    ),
+    # A model label is app_label.model_name: nothing to escape.
+    model=(items.Text('"'), "c.model", items.Text('"')),
+    pk="coalesce((coalesce(c.new, c.old) -> (c.spec ->> 'pk'))::text, 'null')",
+    op=(items.Text('"'), "c.op", items.Text('"')),
+    at="to_json(c.at)::text",
+    sequence="c.id::text",
+    old="coalesce(c.old::text, 'null')",
+    new="coalesce(c.new::text, 'null')",
+    request=(
+        "CASE WHEN r.method IS NULL THEN 'null' ELSE "
+        "'{\"user\":' || coalesce(to_jsonb(r.user_id)::text, 'null') "
+        "|| ',\"method\":' || to_jsonb(r.method)::text "
+        "|| ',\"path\":' || to_jsonb(r.path)::text || '}' END"
+    ),
+)
+_PAGE_SQL = _PAGE_SQL.replace("{change_item}", _CHANGE_ITEM_SQL)
 
 
 def _database(using: str | None) -> str:
@@ -351,6 +448,12 @@ def _published(text: Any, columns: frozenset[str]) -> tuple[dict[str, Any] | Non
     return values, text
 
 
+def _text_array(values: Iterable[str]) -> str:
+    """A PostgreSQL text[] literal of ``values``, each quoted."""
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in sorted(values))
+    return "{" + ",".join(quoted) + "}"
+
+
 def read_changes(
     after: Position | str | None = None,
     limit: int = 100,
@@ -380,20 +483,30 @@ def read_changes(
         "id": start.id,
         "models": sorted(chosen),
         "limit": limit,
+        "published": json.dumps(
+            {
+                label: {"pk": r.pk_column, "columns": _text_array(columns[label])}
+                for label, r in chosen.items()
+            }
+        ),
     }
     connection = connections[alias]
-    with connection.cursor() as cursor:
+    # Binary results give each item as the bytes the response is made of
+    # (as the snapshot reads its pages): psycopg's own cursor on Django's
+    # connection, same transaction.
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         if not connection.get_autocommit() or connection.in_atomic_block:
             # pg_stat_activity is cached for the rest of a transaction: drop
             # the cache so the page statement reads it after its snapshot.
             cursor.execute("SELECT pg_stat_clear_snapshot()")
-        cursor.execute(_PAGE_SQL, params)
+        cursor.execute(_PAGE_SQL, params, binary=True)
         rows = cursor.fetchall()
         if rows[0][3] and len(rows) < limit:
             # Held back. Often by a transaction of another database that
             # ended between the snapshot and the activity check, so could not
             # be placed: a fresh snapshot usually serves the page.
-            cursor.execute(_PAGE_SQL, params)
+            cursor.execute(_PAGE_SQL, params, binary=True)
             rows = cursor.fetchall()
 
     xmin, horizon_txid, horizon_id, held_back = rows[0][:4]
@@ -401,11 +514,15 @@ def read_changes(
     if explicit is not None and explicit < horizon:
         raise CursorExpired(explicit, horizon)
 
-    changes = []
+    changes: list[FeedChange] = []
     for row in rows:
-        id_, txid, label, op, at, old, new, user_id, method, path = row[4:]
+        id_, txid, label, item, op, at, user_id, method, path, old, new = row[4:]
         if id_ is None:
             break  # the fence row alone: nothing to serve
+        if item is not None:
+            changes.append(_RenderedChange(id_, txid, label, item))
+            continue
+        # Stored values with columns no longer published: drop them here.
         old, old_json = _published(old, columns[label])
         new, new_json = _published(new, columns[label])
         values = new if new is not None else old

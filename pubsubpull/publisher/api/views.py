@@ -325,7 +325,7 @@ def _page(request, page: feed.Page) -> HttpResponse:
         next_url = _url(request, "changes", after=cursor, limit=limit, models=filter_)
         # Each change is rendered from the JSON text PostgreSQL stored.
         tail = json.dumps({"cursor": cursor, "next": next_url}, ensure_ascii=False)
-        body = ('{"changes":' + page.changes_json() + "," + tail[1:]).encode()
+        body = b'{"changes":' + page.changes_json_bytes() + b"," + tail[1:].encode()
         cached = page.rendered[key] = (body, _link(next_url))
     body, link = cached
     return raw_json_response(body, Link=link)

@@ -1,0 +1,353 @@
+"""Candidate capture designs for issue 13, built in the benchmark database only.
+
+Each design is a trigger function and a change table for one of the
+``bench_writes_design*`` tables (benchmarks/writes/models.py). Everything
+around the write of the change rows is the shipped function's
+(``pubsubpull/sql/capture_v2.sql``): the context parsed once, the request row
+written by the first change of a request, the wake-up gate, zero-row
+statements recording nothing, ``SET enable_nestloop = off`` against the
+cached-plan trap. Only what is stored, and how, differs:
+
+``typed``
+    A per-model change table whose ``old`` and ``new`` columns are of a
+    composite type of the published columns: the trigger copies typed
+    values (no ``to_jsonb``), the reader renders them with ``row_to_json``.
+    UPDATE pairs old and new rows by position (exact when the key changes)
+    and skips no-op rows. Indexes: ``(txid, id)`` for the feed, ``(pk, id)``
+    bigint for the object history, the partial request index.
+``typed new only``
+    The same table, UPDATE storing only the new image and pairing nothing:
+    a bound on what leaving out the old image saves (it gives up no-op
+    skipping, and the old values of rows whose previous change was pruned
+    or predates capture).
+``per statement``
+    One change-log row per statement: the rows as one ``json`` array
+    (``json_agg``), old and new arrays side by side for UPDATE. One index
+    entry per statement; no per-object index (the snapshot's ``sequence``
+    probe and the audit trail's per-object history would have to read
+    every statement's array).
+``typed flat``
+    Like ``typed`` but the images as plain typed columns (``o_name``,
+    ``n_name``, ...), as django-pghistory's event tables hold them: no
+    composite value built per row.
+``statement typed``
+    One row per statement like ``per statement``, the rows as arrays of a
+    composite type (``array_agg``, stored uncompressed): no JSON at write time.
+``json``
+    The shared log as today but ``json`` images (``row_to_json``, no
+    jsonb conversion) and the key as ``bigint`` in the object index.
+
+None of these is installed by pubsubpull; they are measured to decide.
+"""
+
+from __future__ import annotations
+
+COLUMNS = ("id", "name", "email", "country", "newsletter", "score", "created", "updated")
+
+# What every design shares with capture_v2.sql; {writes} is the design's
+# INSERT statements for TG_OP, {log} its change table.
+_FUNCTION = """
+CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
+LANGUAGE plpgsql
+SET enable_nestloop = off
+SET jit = off
+AS $function$
+DECLARE
+    model_label text := TG_ARGV[0];
+    xid bigint := pg_current_xact_id()::text::bigint;
+    happened timestamptz := statement_timestamp();
+    context jsonb := nullif(current_setting('pubsubpull.context', true), '')::jsonb;
+    request uuid := (context ->> 'id')::uuid;
+    user_pk pubsubpull_request.user_id%TYPE;
+    recorded bigint;
+    ignored text;
+BEGIN
+{writes}
+    GET DIAGNOSTICS recorded = ROW_COUNT;
+    IF recorded = 0 THEN
+        RETURN NULL;
+    END IF;
+    IF request IS NOT NULL
+       AND current_setting('pubsubpull.request_written', true) IS DISTINCT FROM request::text THEN
+        user_pk := context ->> 'user_id';
+        INSERT INTO pubsubpull_request
+            (id, user_id, method, path, query_string, remote_addr, user_agent, request_id,
+             started, metadata)
+        VALUES (
+            request, user_pk,
+            coalesce(context ->> 'method', ''), coalesce(context ->> 'path', ''),
+            coalesce(context ->> 'query_string', ''), (context ->> 'remote_addr')::inet,
+            coalesce(context ->> 'user_agent', ''), coalesce(context ->> 'request_id', ''),
+            coalesce((context ->> 'started')::timestamptz, happened),
+            coalesce(context -> 'metadata', '{{}}')
+        )
+        ON CONFLICT (id) DO NOTHING;
+        ignored := set_config('pubsubpull.request_written', request::text, true);
+    END IF;
+    IF pg_sequence_last_value('pubsubpull_wakeup_always_at') > extract(epoch FROM now()) - 30
+       OR (pg_sequence_last_value('pubsubpull_wakeup_armed')
+               > coalesce(pg_sequence_last_value('pubsubpull_wakeup_disarmed'), 1)
+           AND pg_sequence_last_value('pubsubpull_wakeup_armed_at')
+               > extract(epoch FROM now()) - 30) THEN
+        PERFORM pg_notify('pubsubpull', model_label);
+    END IF;
+    RETURN NULL;
+END;
+$function$;
+"""
+
+_TRIGGERS = """
+CREATE TRIGGER capture_insert AFTER INSERT ON {table} REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {function}('{label}');
+CREATE TRIGGER capture_update AFTER UPDATE ON {table}
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {function}('{label}');
+CREATE TRIGGER capture_delete AFTER DELETE ON {table} REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {function}('{label}');
+CREATE TRIGGER capture_truncate AFTER TRUNCATE ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION {function}('{label}');
+"""
+
+_IMAGE = ", ".join(f"r.{c}" for c in COLUMNS)
+
+
+def _typed(table: str, new_only: bool) -> tuple[list[str], str]:
+    log = f"{table}_change"
+    image = f"{table}_image"
+    setup = [
+        f"CREATE TYPE {image} AS (id bigint, name varchar(200), email varchar(254), "
+        "country varchar(2), newsletter boolean, score integer, created timestamptz, "
+        "updated timestamptz)",
+        # Ids from the shared change sequence: one order across the models.
+        f"CREATE TABLE {log} (id bigint NOT NULL DEFAULT nextval('pubsubpull_change_id_seq'), "
+        'txid bigint NOT NULL, object_pk bigint, op "char" NOT NULL, '
+        f"at timestamptz NOT NULL, request_id uuid, old {image}, new {image})",
+        f"CREATE INDEX {log}_feed ON {log} (txid, id)",
+        f"CREATE INDEX {log}_object ON {log} (object_pk, id)",
+        f"CREATE INDEX {log}_request ON {log} (request_id) WHERE request_id IS NOT NULL",
+    ]
+    cast = f"ROW({_IMAGE})::{image}"
+    if new_only:
+        update = f"""
+        INSERT INTO {log} (txid, object_pk, op, at, request_id, new)
+        SELECT xid, r.id, 'u', happened, request, {cast} FROM new_rows AS r;"""
+    else:
+        update = f"""
+        INSERT INTO {log} (txid, object_pk, op, at, request_id, old, new)
+        SELECT xid, (n.r).id, 'u', happened, request, o.r, n.r
+        FROM (SELECT row_number() OVER () AS i, {cast} AS r FROM old_rows AS r) AS o
+        JOIN (SELECT row_number() OVER () AS i, {cast} AS r FROM new_rows AS r) AS n USING (i)
+        WHERE o.r IS DISTINCT FROM n.r;"""
+    writes = f"""
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {log} (txid, object_pk, op, at, request_id, new)
+        SELECT xid, r.id, 'i', happened, request, {cast} FROM new_rows AS r;
+    ELSIF TG_OP = 'UPDATE' THEN{update}
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO {log} (txid, object_pk, op, at, request_id, old)
+        SELECT xid, r.id, 'd', happened, request, {cast} FROM old_rows AS r;
+    ELSE
+        INSERT INTO {log} (txid, op, at, request_id) VALUES (xid, 't', happened, request);
+    END IF;"""
+    return setup, writes
+
+
+_TYPES = (
+    "bigint",
+    "varchar(200)",
+    "varchar(254)",
+    "varchar(2)",
+    "boolean",
+    "integer",
+    "timestamptz",
+    "timestamptz",
+)
+
+
+def _flat(table: str) -> tuple[list[str], str]:
+    log = f"{table}_change"
+    typed = ", ".join(
+        f"{side}{c} {t}" for side in ("o_", "n_") for c, t in zip(COLUMNS, _TYPES, strict=True)
+    )
+    setup = [
+        f"CREATE TABLE {log} (id bigint NOT NULL DEFAULT nextval('pubsubpull_change_id_seq'), "
+        'txid bigint NOT NULL, object_pk bigint, op "char" NOT NULL, '
+        f"at timestamptz NOT NULL, request_id uuid, {typed})",
+        f"CREATE INDEX {log}_feed ON {log} (txid, id)",
+        f"CREATE INDEX {log}_object ON {log} (object_pk, id)",
+        f"CREATE INDEX {log}_request ON {log} (request_id) WHERE request_id IS NOT NULL",
+    ]
+    old = ", ".join(f"o_{c}" for c in COLUMNS)
+    new = ", ".join(f"n_{c}" for c in COLUMNS)
+    o_values = ", ".join(f"o.{c}" for c in COLUMNS)
+    n_values = ", ".join(f"n.{c}" for c in COLUMNS)
+    writes = f"""
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {log} (txid, object_pk, op, at, request_id, {new})
+        SELECT xid, r.id, 'i', happened, request, {_IMAGE} FROM new_rows AS r;
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO {log} (txid, object_pk, op, at, request_id, {old}, {new})
+        SELECT xid, n.id, 'u', happened, request, {o_values}, {n_values}
+        FROM (SELECT row_number() OVER () AS i, r.* FROM old_rows AS r) AS o
+        JOIN (SELECT row_number() OVER () AS i, r.* FROM new_rows AS r) AS n USING (i)
+        WHERE ({o_values}) IS DISTINCT FROM ({n_values});
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO {log} (txid, object_pk, op, at, request_id, {old})
+        SELECT xid, r.id, 'd', happened, request, {_IMAGE} FROM old_rows AS r;
+    ELSE
+        INSERT INTO {log} (txid, op, at, request_id) VALUES (xid, 't', happened, request);
+    END IF;"""
+    return setup, writes
+
+
+def _statement_typed(table: str) -> tuple[list[str], str]:
+    log = f"{table}_change"
+    image = f"{table}_image"
+    setup = [
+        f"CREATE TYPE {image} AS ("
+        + ", ".join(f"{c} {t}" for c, t in zip(COLUMNS, _TYPES, strict=True))
+        + ")",
+        f"CREATE TABLE {log} (id bigint NOT NULL DEFAULT nextval('pubsubpull_change_id_seq'), "
+        'txid bigint NOT NULL, op "char" NOT NULL, at timestamptz NOT NULL, '
+        f"request_id uuid, rows integer NOT NULL, old {image}[], new {image}[])",
+        # Arrays of a statement's rows: not worth compressing on the write path.
+        f"ALTER TABLE {log} ALTER COLUMN old SET STORAGE EXTERNAL",
+        f"ALTER TABLE {log} ALTER COLUMN new SET STORAGE EXTERNAL",
+        f"CREATE INDEX {log}_feed ON {log} (txid, id)",
+        f"CREATE INDEX {log}_request ON {log} (request_id) WHERE request_id IS NOT NULL",
+    ]
+    cast = f"ROW({_IMAGE})::{image}"
+    writes = f"""
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {log} (txid, op, at, request_id, rows, new)
+        SELECT xid, 'i', happened, request, count(*), array_agg({cast}) FROM new_rows AS r
+        HAVING count(*) > 0;
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO {log} (txid, op, at, request_id, rows, old, new)
+        SELECT xid, 'u', happened, request, count(*), array_agg(o.r), array_agg(n.r)
+        FROM (SELECT row_number() OVER () AS i, {cast} AS r FROM old_rows AS r) AS o
+        JOIN (SELECT row_number() OVER () AS i, {cast} AS r FROM new_rows AS r) AS n USING (i)
+        WHERE o.r IS DISTINCT FROM n.r
+        HAVING count(*) > 0;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO {log} (txid, op, at, request_id, rows, old)
+        SELECT xid, 'd', happened, request, count(*), array_agg({cast}) FROM old_rows AS r
+        HAVING count(*) > 0;
+    ELSE
+        INSERT INTO {log} (txid, op, at, request_id, rows)
+        VALUES (xid, 't', happened, request, 0);
+    END IF;"""
+    return setup, writes
+
+
+def _statement(table: str) -> tuple[list[str], str]:
+    log = f"{table}_change"
+    setup = [
+        f"CREATE TABLE {log} (id bigint NOT NULL DEFAULT nextval('pubsubpull_change_id_seq'), "
+        'txid bigint NOT NULL, op "char" NOT NULL, at timestamptz NOT NULL, '
+        "request_id uuid, rows integer NOT NULL, old json, new json)",
+        f"CREATE INDEX {log}_feed ON {log} (txid, id)",
+        f"CREATE INDEX {log}_request ON {log} (request_id) WHERE request_id IS NOT NULL",
+    ]
+    writes = f"""
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {log} (txid, op, at, request_id, rows, new)
+        SELECT xid, 'i', happened, request, count(*), json_agg(r) FROM new_rows AS r
+        HAVING count(*) > 0;
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO {log} (txid, op, at, request_id, rows, old, new)
+        SELECT xid, 'u', happened, request, count(*), json_agg(o.r), json_agg(n.r)
+        FROM (SELECT row_number() OVER () AS i, r FROM old_rows AS r) AS o
+        JOIN (SELECT row_number() OVER () AS i, r FROM new_rows AS r) AS n USING (i)
+        WHERE o.r IS DISTINCT FROM n.r
+        HAVING count(*) > 0;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO {log} (txid, op, at, request_id, rows, old)
+        SELECT xid, 'd', happened, request, count(*), json_agg(r) FROM old_rows AS r
+        HAVING count(*) > 0;
+    ELSE
+        INSERT INTO {log} (txid, op, at, request_id, rows)
+        VALUES (xid, 't', happened, request, 0);
+    END IF;"""
+    return setup, writes
+
+
+def _json(table: str) -> tuple[list[str], str]:
+    log = f"{table}_change"
+    setup = [
+        f"CREATE TABLE {log} (id bigint PRIMARY KEY "
+        "DEFAULT nextval('pubsubpull_change_id_seq'), txid bigint NOT NULL, "
+        'model varchar(200) COLLATE "C" NOT NULL, object_pk bigint, op varchar(8) NOT NULL, '
+        "at timestamptz NOT NULL, request_id uuid, old json, new json)",
+        f"CREATE INDEX {log}_feed ON {log} (txid, id)",
+        f"CREATE INDEX {log}_object ON {log} (model, object_pk, id)",
+        f"CREATE INDEX {log}_request ON {log} (request_id) WHERE request_id IS NOT NULL",
+    ]
+    columns = f"INSERT INTO {log} (txid, model, object_pk, op, at, request_id, old, new)"
+    writes = f"""
+    IF TG_OP = 'INSERT' THEN
+        {columns}
+        SELECT xid, model_label, r.id, 'insert', happened, request, NULL, row_to_json(r)
+        FROM new_rows AS r;
+    ELSIF TG_OP = 'UPDATE' THEN
+        {columns}
+        SELECT xid, model_label, (n.r).id, 'update', happened, request,
+               row_to_json(o.r), row_to_json(n.r)
+        FROM (SELECT row_number() OVER () AS i, r FROM old_rows AS r) AS o
+        JOIN (SELECT row_number() OVER () AS i, r FROM new_rows AS r) AS n USING (i)
+        WHERE o.r IS DISTINCT FROM n.r;
+    ELSIF TG_OP = 'DELETE' THEN
+        {columns}
+        SELECT xid, model_label, r.id, 'delete', happened, request, row_to_json(r), NULL
+        FROM old_rows AS r;
+    ELSE
+        {columns} VALUES (xid, model_label, NULL, 'truncate', happened, request, NULL, NULL);
+    END IF;"""
+    return setup, writes
+
+
+# variant name: (table, builder)
+DESIGNS = {
+    "typed": ("bench_writes_designtyped", lambda t: _typed(t, new_only=False)),
+    "typed new only": ("bench_writes_designtypednew", lambda t: _typed(t, new_only=True)),
+    "typed flat": ("bench_writes_designflat", _flat),
+    "per statement": ("bench_writes_designstatement", _statement),
+    "statement typed": ("bench_writes_designstatementtyped", _statement_typed),
+    "json": ("bench_writes_designjson", _json),
+}
+
+# What the feed's reader would render per change, in feed order, for the
+# read-side measure: one JSON text per change (per statement for "per
+# statement", whose array holds them all).
+READS = {
+    "pubsubpull": "SELECT c.new::text AS j FROM pubsubpull_change AS c ORDER BY c.txid, c.id",
+    "typed": "SELECT row_to_json(c.new)::text AS j FROM {log} AS c ORDER BY c.txid, c.id",
+    "typed new only": "SELECT row_to_json(c.new)::text AS j FROM {log} AS c ORDER BY c.txid, c.id",
+    "per statement": (
+        "SELECT e::text AS j FROM {log} AS c, json_array_elements(c.new) AS e ORDER BY c.txid, c.id"
+    ),
+    "json": "SELECT c.new::text AS j FROM {log} AS c ORDER BY c.txid, c.id",
+    "typed flat": (
+        "SELECT json_build_object("
+        + ", ".join(f"'{c}', c.n_{c}" for c in COLUMNS)
+        + ")::text AS j FROM {log} AS c ORDER BY c.txid, c.id"
+    ),
+    "statement typed": (
+        "SELECT row_to_json(e)::text AS j FROM {log} AS c, unnest(c.new) AS e ORDER BY c.txid, c.id"
+    ),
+}
+
+
+def setup_sql(variant: str) -> list[str]:
+    table, build = DESIGNS[variant]
+    function = f"{table}_capture"
+    setup, writes = build(table)
+    return [
+        *setup,
+        _FUNCTION.format(function=function, writes=writes),
+        _TRIGGERS.format(table=table, function=function, label=f"bench.{table}"),
+    ]
+
+
+def log_table(variant: str) -> str:
+    return f"{DESIGNS[variant][0]}_change"
