@@ -11,7 +11,8 @@ import email.utils
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 import pubsubpull
 from customers.models import Customer
@@ -114,3 +115,103 @@ def test_a_refused_feed_page_blocks_then_parks_the_failing_object_and_goes_on(
     assert command("reapply", cursor.name) == "Applied 3 parked event(s); 0 still fail.\n"
     assert edge_handlers.seen == [("insert", b.pk), ("update", b.pk), ("update", b.pk)]
     assert not ParkedEvent.objects.exists()
+
+
+def _blocked_with_parked(customers_url, token):
+    """A cursor whose pull parked b's insert (the database still refuses b)."""
+    cursor = pubsubpull.pull(
+        customers_url, edge_handlers.strict, auth=token, start="now", enqueue=False
+    )
+    b = Customer.objects.create(name="b")
+    edge_handlers.refuse.add(b.pk)
+    assert catch_up(cursor) == "blocked"
+    pulling.park([cursor])
+    assert catch_up(cursor) == "caught_up"
+    return cursor, ParkedEvent.objects.get()
+
+
+def test_the_cursors_command_pauses_resumes_and_says_what_still_fails(customers_url, token):
+    assert command() == "No pull cursors.\n"
+    with pytest.raises(CommandError, match="Name the cursor.s. to pause"):
+        command("pause")
+    with pytest.raises(CommandError, match="No pull cursor named nope, zz"):
+        command("resume", "zz", "nope")
+
+    cursor, parked = _blocked_with_parked(customers_url, token)
+    assert command("pause", cursor.name) == f"Paused {cursor.name}.\n"
+    cursor.refresh_from_db()
+    assert cursor.state == "paused"
+    assert pulling.run(cursor.id) == "busy"  # a paused cursor is not run
+    assert command("resume", cursor.name) == f"Resumed {cursor.name}.\n"
+    cursor.refresh_from_db()
+    assert cursor.state == "active" and cursor.failures == 0
+
+    out = command("reapply", cursor.name)
+    assert out.splitlines()[0] == "Applied 0 parked event(s); 1 still fail."
+    assert out.splitlines()[1].startswith(f"  insert customers.customer {parked.object_pk}: DataError")
+
+    # A failing cursor's row says when it runs next; one never successful has no LAST OK.
+    PullCursor.objects.filter(pk=cursor.pk).update(
+        state="failing", next_run_at=timezone.now() + timedelta(seconds=90)
+    )
+    fresh = pubsubpull.pull(customers_url, edge_handlers.strict, name="fresh", enqueue=False)
+    rows = {line.split()[0]: line.split() for line in command().splitlines()[1:]}
+    row = rows[cursor.name]  # ... PARKED, LAST OK "0s ago", NEXT "in 90s", ERROR
+    assert row[1] == "failing" and row[4] == "1" and row[6:8] == ["ago", "in"]
+    assert row[8] in ("89s", "90s") and row[9] == "DataError:"
+    assert rows[fresh.name][1:6] == ["active", "snapshot", "0", "0", "-"]
+
+
+def test_the_admin_pauses_resumes_and_warns_when_a_reapply_still_fails(
+    admin_client, customers_url, token
+):
+    cursor, parked = _blocked_with_parked(customers_url, token)
+    changelist = "/admin/pubsubpull/pullcursor/"
+    answer = admin_client.post(
+        changelist, {"action": "pause", "_selected_action": [cursor.pk]}, follow=True
+    )
+    assert b"Paused 1 cursor(s)." in answer.content
+    cursor.refresh_from_db()
+    assert cursor.state == "paused"
+    answer = admin_client.post(
+        changelist, {"action": "resume", "_selected_action": [cursor.pk]}, follow=True
+    )
+    assert b"Resumed 1 cursor(s)." in answer.content
+    cursor.refresh_from_db()
+    assert cursor.state == "active"
+    page = admin_client.get(f"/admin/pubsubpull/pullcursor/{cursor.pk}/change/")
+    assert page.status_code == 200 and b"smallint out of range" in page.content  # the inline
+
+    parked_list = admin_client.get("/admin/pubsubpull/parkedevent/")
+    assert b"DataError: smallint out of range" in parked_list.content
+    answer = admin_client.post(
+        "/admin/pubsubpull/parkedevent/",
+        {"action": "reapply", "_selected_action": [parked.pk]},
+        follow=True,
+    )
+    assert b"Applied 0 parked event(s); 1 still fail." in answer.content
+    assert b"warning" in answer.content
+    parked.refresh_from_db()
+    assert parked.attempts == 2
+
+
+def test_a_handler_that_cannot_be_imported_is_refused_when_the_pull_is_made(customers_url):
+    with pytest.raises(ImportError, match="No handler at 'nosuch.module.on_change'"):
+        pubsubpull.pull(customers_url, "nosuch.module.on_change", enqueue=False)
+    with pytest.raises(ImportError, match="No handler at 'tests.edge_handlers.missing'"):
+        pubsubpull.pull(customers_url, "tests.edge_handlers.missing", enqueue=False)
+    assert not PullCursor.objects.exists()
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    assert parse_retry_after(None) is None and parse_retry_after("") is None
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after("-5") == 0.0
+    assert parse_retry_after("soon") is None
+    later = datetime.now(UTC) + timedelta(seconds=60)
+    assert 55 < parse_retry_after(email.utils.format_datetime(later, usegmt=True)) <= 60
+    past = email.utils.format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)
+    assert parse_retry_after(past) == 0.0
+    # A date without a zone (-0000) is read as UTC.
+    naive = email.utils.format_datetime(later.replace(tzinfo=None))
+    assert 55 < parse_retry_after(naive) <= 60
