@@ -11,9 +11,17 @@ from django.db import connection
 
 seen: list = []
 refuse: set = set()
+crash: set = set()
 
 
 def strict(event):
     with connection.cursor() as cursor:
         cursor.execute("SELECT %s::smallint", [70000 if event.pk in refuse else 1])
     seen.append((event.op, event.pk))
+
+
+def strict_or_crash(event):
+    """``strict``, and a plain bug (RuntimeError) for a pk in ``crash``."""
+    if event.pk in crash:
+        raise RuntimeError(f"a bug on {event.pk}")
+    strict(event)

@@ -7,9 +7,16 @@ test_client_pull.py), against real PostgreSQL and real HTTP.
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import hashlib
+import hmac
+import json
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
@@ -17,10 +24,10 @@ from django.utils import timezone
 import pubsubpull
 from customers.models import Customer
 from pubsubpull.client import parking, pulling
-from pubsubpull.client.models import ParkedEvent, PullCursor
+from pubsubpull.client.models import ParkedEvent, PullCursor, ReceivedBatch, RemoteSubscription
 from pubsubpull.protocol.retry_after import parse_retry_after
 from pubsubpull.publisher.api.auth import create_token
-from tests import edge_handlers
+from tests import edge_handlers, edge_receiver_urls
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,6 +36,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def _fresh_handlers(settings):
     edge_handlers.seen.clear()
     edge_handlers.refuse.clear()
+    edge_handlers.crash.clear()
     settings.PUBSUBPULL = {**settings.PUBSUBPULL, "PULL_WAIT": 0.2}
 
 
@@ -215,3 +223,80 @@ def test_retry_after_reads_seconds_and_http_dates():
     # A date without a zone (-0000) is read as UTC.
     naive = email.utils.format_datetime(later.replace(tzinfo=None))
     assert 55 < parse_retry_after(naive) <= 60
+
+
+# -- the receiver's answers when the handler fails -------------------------
+
+SECRET = "whsec_" + base64.b64encode(b"covclient-edges-secret-32-bytes!").decode()
+
+
+@pytest.fixture
+def hooks(live_server, settings):
+    settings.ROOT_URLCONF = edge_receiver_urls.__name__
+    RemoteSubscription.objects.create(
+        publisher="https://customers.example/pubsubpull/",
+        name="users",
+        callback=f"{live_server.url}/hooks/strict/",
+        model_labels=["auth.user"],
+        secret=SECRET,
+        position="",
+    )
+    with httpx.Client(base_url=f"{live_server.url}/hooks/") as client:
+        yield client
+
+
+def signed_batch(webhook_id: str, *pks: int) -> tuple[bytes, dict[str, str]]:
+    changes = [{"model": "auth.user", "op": "insert", "pk": pk, "new": {"id": pk}} for pk in pks]
+    body = json.dumps(
+        {"type": "pubsubpull.changes", "data": {"subscription": "users", "changes": changes}}
+    ).encode()
+    timestamp = str(int(time.time()))
+    key = base64.b64decode(SECRET.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return body, {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": timestamp,
+        "webhook-signature": "v1," + base64.b64encode(digest).decode(),
+        "Content-Type": "application/json",
+    }
+
+
+def test_a_batch_the_database_refuses_is_422_and_a_bug_is_500_nothing_kept(hooks, caplog):
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    body, headers = signed_batch(webhook_id, 1, 2)
+    edge_handlers.refuse.add(2)
+    answer = hooks.put("strict/", content=body, headers=headers)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"] == "cannot_apply"
+    assert answer.json()["detail"].startswith("The handler's database refused the batch (DataError")
+    assert "nothing was kept" in answer.json()["detail"]
+    assert not ReceivedBatch.objects.exists()
+    assert RemoteSubscription.objects.get().received == 0
+
+    edge_handlers.refuse.clear()
+    edge_handlers.crash.add(1)
+    answer = hooks.put("strict/", content=body, headers=headers)
+    assert answer.status_code == 500
+    assert answer.json() == {
+        "status": 500,
+        "error": "handler_failed",
+        "detail": "The handler failed; nothing was kept. Send it again.",
+    }
+    assert "RuntimeError: a bug on 1" in caplog.text
+    assert not ReceivedBatch.objects.exists()
+
+    # Fixed: the same batch sent again is taken, once.
+    edge_handlers.crash.clear()
+    edge_handlers.seen.clear()
+    assert hooks.put("strict/", content=body, headers=headers).status_code == 204
+    assert hooks.put("strict/", content=body, headers=headers).status_code == 204
+    assert edge_handlers.seen == [("insert", 1), ("insert", 2)]
+    assert RemoteSubscription.objects.get().received == 2
+
+
+def test_a_receiver_without_a_handler_answers_500_and_keeps_nothing(hooks, caplog):
+    body, headers = signed_batch(f"msg_{uuid.uuid4().hex}", 1)
+    answer = hooks.put("none/", content=body, headers=headers)
+    assert answer.status_code == 500 and answer.json()["error"] == "handler_failed"
+    assert "TypeError: Receiver needs a handler" in caplog.text
+    assert not ReceivedBatch.objects.exists()
