@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.utils import timezone
 
 import pubsubpull
@@ -27,9 +28,12 @@ from pubsubpull.client import parking, pulling
 from pubsubpull.client.models import ParkedEvent, PullCursor, ReceivedBatch, RemoteSubscription
 from pubsubpull.protocol.retry_after import parse_retry_after
 from pubsubpull.publisher.api.auth import create_token
-from tests import edge_handlers, edge_receiver_urls
+from tests import edge_handlers, edge_receiver_urls, services
+from tests.services import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+billing_service, billing = services.billing_service, services.billing  # the fixtures
 
 
 @pytest.fixture(autouse=True)
@@ -300,3 +304,62 @@ def test_a_receiver_without_a_handler_answers_500_and_keeps_nothing(hooks, caplo
     assert answer.status_code == 500 and answer.json()["error"] == "handler_failed"
     assert "TypeError: Receiver needs a handler" in caplog.text
     assert not ReceivedBatch.objects.exists()
+
+
+# -- mirrors (billing, its own processes) --------------------------------------
+
+
+def mirrored(billing) -> dict[int, str]:
+    return dict(billing.sql("SELECT remote_id, name FROM billing_customercountry"))
+
+
+def published() -> dict[int, str]:
+    return dict(Customer.objects.values_list("pk", "name"))
+
+
+@pytest.mark.slow
+def test_a_truncate_at_the_publisher_empties_the_mirror_and_what_follows_is_copied(billing):
+    Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(3))
+    billing.start_worker()
+    billing.shell("from billing.mirrors import customers; customers.pull()")
+    wait_until(lambda: mirrored(billing) == published() != {})
+
+    # A change, the truncate and a new row: likely on one feed page, so what
+    # the page had before the truncate is dropped too.
+    Customer.objects.filter(name="c0").update(name="c0 renamed")
+    with connection.cursor() as db:
+        db.execute("TRUNCATE customers_customer CASCADE")
+    after = Customer.objects.create(name="after")
+    wait_until(lambda: mirrored(billing) == {after.pk: "after"})
+
+
+@pytest.mark.slow
+def test_a_mirror_says_what_it_copies_and_refuses_a_url_without_a_model(billing):
+    out = billing.shell(
+        "import pubsubpull\n"
+        "from django.conf import settings\n"
+        "from billing.mirrors import customers\n"
+        "from billing.models import CustomerCountry\n"
+        "print(repr(customers))\n"
+        "try:\n"
+        "    pubsubpull.mirror(settings.CUSTOMERS_URL, CustomerCountry, fields={'name': 'name'})\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+    )
+    lines = out.splitlines()
+    assert lines[0] == "<Mirror customers.customer -> billing.CustomerCountry>"
+    assert lines[1].startswith("mirror() needs one model's instances URL, like http://host/")
+
+
+@pytest.mark.slow
+def test_subscribing_a_mirror_whose_copy_is_blocked_says_why(billing):
+    Customer.objects.create(name="Maria Salomea Skłodowska-Curie")  # billing's cards keep 20
+    with pytest.raises(AssertionError) as failed:
+        billing.shell(
+            f"from billing.mirrors import cards; cards.subscribe('{billing.url}/hooks/cards/')"
+        )
+    assert (
+        "RuntimeError: The copy of customers.customer into billing.CustomerCard is blocked: "
+        "DataError: value too long" in str(failed.value)
+    )
+    assert billing.sql("SELECT count(*) FROM pubsubpull_remotesubscription") == [(0,)]
