@@ -363,3 +363,62 @@ def test_subscribing_a_mirror_whose_copy_is_blocked_says_why(billing):
         "DataError: value too long" in str(failed.value)
     )
     assert billing.sql("SELECT count(*) FROM pubsubpull_remotesubscription") == [(0,)]
+
+
+# -- pull options ---------------------------------------------------------------
+
+
+def test_a_pull_can_start_at_a_feed_cursor_it_was_given(customers_url, token):
+    first = pubsubpull.pull(
+        customers_url, edge_handlers.strict, auth=token, name="first", start="now", enqueue=False
+    )
+    Customer.objects.create(name="before")
+    catch_up(first)
+    later = Customer.objects.create(name="later")
+    edge_handlers.seen.clear()
+    # A second cursor from where the first one got to: no snapshot, only what came after.
+    second = pubsubpull.pull(
+        customers_url, edge_handlers.strict, auth=token, name="second",
+        start=first.feed_position, enqueue=False,
+    )  # fmt: skip
+    assert second.phase == "feed" and second.feed_position == first.feed_position
+    assert catch_up(second) == "caught_up"
+    assert edge_handlers.seen == [("insert", later.pk)]
+
+
+def test_a_finished_pull_down_pulled_again_follows_the_feed(customers_url, token):
+    a = Customer.objects.create(name="a")
+    cursor = pubsubpull.pull_down(customers_url, edge_handlers.strict, auth=token, enqueue=False)
+    assert pulling.run(cursor.id, now=True) == "done"
+    cursor.refresh_from_db()
+    assert cursor.phase == "done"
+    assert edge_handlers.seen == [("snapshot", a.pk)]
+
+    again = pubsubpull.pull(customers_url, edge_handlers.strict, auth=token, enqueue=False)
+    assert again.pk == cursor.pk and again.phase == "feed" and not again.once
+    b = Customer.objects.create(name="b")
+    assert catch_up(again) == "caught_up"
+    assert edge_handlers.seen == [("snapshot", a.pk), ("insert", b.pk)]
+
+
+def test_a_token_that_may_read_no_model_skips_the_snapshot_and_the_feed_says_why(live_server):
+    Customer.objects.create(name="hidden")
+    scoped = create_token("billing", ["nosuch.model"])[1]
+    cursor = pubsubpull.pull(
+        live_server.url + "/pubsubpull/", edge_handlers.strict, auth=scoped, enqueue=False
+    )
+    assert cursor.phase == "snapshot"
+    assert catch_up(cursor) == "failed"
+    assert cursor.phase == "feed" and cursor.snapshots == 0  # nothing to copy
+    assert "answered 403: The token billing may read no model." in cursor.last_error
+    assert cursor.state == "failing" and edge_handlers.seen == []
+
+
+def test_a_pull_every_n_seconds_is_due_again_n_seconds_after_it_caught_up(customers_url, token):
+    cursor = pubsubpull.pull(
+        customers_url, edge_handlers.strict, auth=token, every=60, enqueue=False
+    )
+    assert pulling.run(cursor.id, now=True) == "caught_up"  # no stop_when_caught_up needed
+    cursor.refresh_from_db()
+    assert 50 < (cursor.next_run_at - timezone.now()).total_seconds() <= 60
+    assert pulling.run(cursor.id) == "busy"  # not due yet
