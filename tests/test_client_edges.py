@@ -422,3 +422,38 @@ def test_a_pull_every_n_seconds_is_due_again_n_seconds_after_it_caught_up(custom
     cursor.refresh_from_db()
     assert 50 < (cursor.next_run_at - timezone.now()).total_seconds() <= 60
     assert pulling.run(cursor.id) == "busy"  # not due yet
+
+
+# -- subscribing and unsubscribing ------------------------------------------------
+
+
+def test_unsubscribe_deletes_it_at_the_publisher_and_here_and_again_is_harmless(
+    live_server, token
+):
+    from pubsubpull.publisher.delivery.models import Subscription
+
+    publisher = live_server.url + "/pubsubpull/"
+    callback = live_server.url + "/hooks/customers/"
+    record = pubsubpull.subscribe(
+        publisher, "edges", callback, models=["customers.customer"], auth=token
+    )
+    assert record.secret.startswith("whsec_")
+    assert Subscription.objects.filter(name="edges").exists()
+
+    # Our copy of the secret lost (a restored database): subscribing again gets a new one.
+    RemoteSubscription.objects.all().delete()
+    again = pubsubpull.subscribe(
+        publisher, "edges", callback, models=["customers.customer"], auth=token
+    )
+    assert again.secret.startswith("whsec_") and again.secret != record.secret
+
+    pubsubpull.unsubscribe(publisher, "edges", auth=token)
+    assert not Subscription.objects.filter(name="edges").exists()
+    assert not RemoteSubscription.objects.exists()
+    pubsubpull.unsubscribe(publisher, "edges", auth=token)  # gone already: a 404, ignored
+
+    from pubsubpull.client.source import SourceError
+
+    with pytest.raises(SourceError) as refused:
+        pubsubpull.unsubscribe(publisher, "edges", auth="psp_not_a_token")
+    assert refused.value.status == 401
