@@ -392,13 +392,16 @@ def test_a_finished_pull_down_pulled_again_follows_the_feed(customers_url, token
     assert pulling.run(cursor.id, now=True) == "done"
     cursor.refresh_from_db()
     assert cursor.phase == "done"
-    assert edge_handlers.seen == [("snapshot", a.pk)]
+    assert edge_handlers.seen[0] == ("snapshot", a.pk)
 
+    edge_handlers.seen.clear()
     again = pubsubpull.pull(customers_url, edge_handlers.strict, auth=token, enqueue=False)
     assert again.pk == cursor.pk and again.phase == "feed" and not again.once
     b = Customer.objects.create(name="b")
     assert catch_up(again) == "caught_up"
-    assert edge_handlers.seen == [("snapshot", a.pk), ("insert", b.pk)]
+    # No new snapshot: the feed from where the pull_down stopped.
+    assert edge_handlers.seen[-1] == ("insert", b.pk)
+    assert all(op != "snapshot" for op, _ in edge_handlers.seen)
 
 
 def test_a_token_that_may_read_no_model_skips_the_snapshot_and_the_feed_says_why(live_server):
@@ -457,3 +460,47 @@ def test_unsubscribe_deletes_it_at_the_publisher_and_here_and_again_is_harmless(
     with pytest.raises(SourceError) as refused:
         pubsubpull.unsubscribe(publisher, "edges", auth="psp_not_a_token")
     assert refused.value.status == 401
+
+
+# -- a publisher that answers wrong, or not at all ----------------------------------
+
+
+def test_a_model_the_token_may_not_read_is_named_with_what_the_publisher_offers(
+    customers_url,
+):
+    scoped = create_token("billing", ["customers.country"])[1]
+    cursor = pubsubpull.pull(customers_url, edge_handlers.strict, auth=scoped, enqueue=False)
+    assert catch_up(cursor) == "failed"
+    assert "does not publish 'customers.customer' to us" in cursor.last_error
+    assert "lists customers.country); check the label and the token's scope." in cursor.last_error
+
+
+def test_a_service_url_that_answers_html_is_an_error_saying_so(live_server, token):
+    page = live_server.url + "/admin/login/"
+    cursor = pubsubpull.pull(page, edge_handlers.strict, auth=token, enqueue=False)
+    assert catch_up(cursor) == "failed"
+    assert cursor.last_error.startswith(f"SourceError: GET {page} did not answer JSON")
+
+
+def test_a_publisher_that_is_down_is_retried_with_the_connection_error(token):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    url = f"http://127.0.0.1:{port}/pubsubpull/models/customers.customer/instances/"
+    cursor = pubsubpull.pull(url, edge_handlers.strict, auth=token, enqueue=False)
+    assert catch_up(cursor) == "failed"
+    assert cursor.last_error.startswith(f"SourceError: GET http://127.0.0.1:{port}/pubsubpull/")
+    assert "ConnectError" in cursor.last_error
+    assert cursor.state == "failing" and cursor.next_run_at > timezone.now()
+
+
+def test_a_notification_over_receiver_max_bytes_is_413(hooks, settings):
+    settings.PUBSUBPULL = {**settings.PUBSUBPULL, "RECEIVER_MAX_BYTES": 100}
+    body, headers = signed_batch(f"msg_{uuid.uuid4().hex}", *range(1, 10))
+    assert len(body) > 100
+    answer = hooks.put("strict/", content=body, headers=headers)
+    assert answer.status_code == 413
+    assert answer.json()["detail"] == "The body must be at most 100 bytes."
+    assert not ReceivedBatch.objects.exists()
