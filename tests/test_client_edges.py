@@ -504,3 +504,19 @@ def test_a_notification_over_receiver_max_bytes_is_413(hooks, settings):
     assert answer.status_code == 413
     assert answer.json()["detail"] == "The body must be at most 100 bytes."
     assert not ReceivedBatch.objects.exists()
+
+
+def test_the_subscriber_models_say_what_they_are(admin_client):
+    """What the admin and a shell show (ruff's DJ008 has every model say it)."""
+    from pubsubpull.client.models import MirrorSeen, MirrorTombstone
+
+    subscription = RemoteSubscription.objects.create(
+        publisher="https://customers.example/pubsubpull/", name="users", callback="x", secret="s"
+    )
+    page = admin_client.get(f"/admin/pubsubpull/remotesubscription/{subscription.pk}/change/")
+    assert "users at https://customers.example/pubsubpull/" in page.content.decode()
+    assert str(ReceivedBatch(webhook_id="msg_1")) == "msg_1"
+    assert str(MirrorTombstone(mirror="mirror:cards", object_pk="7", sequence=12)) == (
+        "mirror:cards 7 deleted at 12"
+    )
+    assert str(MirrorSeen(mirror="mirror:cards", object_pk="7")) == "mirror:cards 7"
