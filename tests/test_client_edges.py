@@ -68,9 +68,7 @@ def command(*args):
     return out.getvalue()
 
 
-def test_a_refused_feed_page_blocks_then_parks_the_failing_object_and_goes_on(
-    customers_url, token
-):
+def test_a_refused_feed_page_blocks_then_parks_the_failing_object_and_goes_on(customers_url, token):
     cursor = pubsubpull.pull(
         customers_url, edge_handlers.strict, auth=token, start="now", enqueue=False
     )
@@ -144,7 +142,7 @@ def _blocked_with_parked(customers_url, token):
 
 def test_the_cursors_command_pauses_resumes_and_says_what_still_fails(customers_url, token):
     assert command() == "No pull cursors.\n"
-    with pytest.raises(CommandError, match="Name the cursor.s. to pause"):
+    with pytest.raises(CommandError, match=r"Name the cursor\(s\) to pause"):
         command("pause")
     with pytest.raises(CommandError, match="No pull cursor named nope, zz"):
         command("resume", "zz", "nope")
@@ -160,7 +158,9 @@ def test_the_cursors_command_pauses_resumes_and_says_what_still_fails(customers_
 
     out = command("reapply", cursor.name)
     assert out.splitlines()[0] == "Applied 0 parked event(s); 1 still fail."
-    assert out.splitlines()[1].startswith(f"  insert customers.customer {parked.object_pk}: DataError")
+    assert out.splitlines()[1].startswith(
+        f"  insert customers.customer {parked.object_pk}: DataError"
+    )
 
     # A failing cursor's row says when it runs next; one never successful has no LAST OK.
     PullCursor.objects.filter(pk=cursor.pk).update(
@@ -208,9 +208,9 @@ def test_the_admin_pauses_resumes_and_warns_when_a_reapply_still_fails(
 
 
 def test_a_handler_that_cannot_be_imported_is_refused_when_the_pull_is_made(customers_url):
-    with pytest.raises(ImportError, match="No handler at 'nosuch.module.on_change'"):
+    with pytest.raises(ImportError, match=r"No handler at 'nosuch\.module\.on_change'"):
         pubsubpull.pull(customers_url, "nosuch.module.on_change", enqueue=False)
-    with pytest.raises(ImportError, match="No handler at 'tests.edge_handlers.missing'"):
+    with pytest.raises(ImportError, match=r"No handler at 'tests\.edge_handlers\.missing'"):
         pubsubpull.pull(customers_url, "tests.edge_handlers.missing", enqueue=False)
     assert not PullCursor.objects.exists()
 
@@ -430,9 +430,7 @@ def test_a_pull_every_n_seconds_is_due_again_n_seconds_after_it_caught_up(custom
 # -- subscribing and unsubscribing ------------------------------------------------
 
 
-def test_unsubscribe_deletes_it_at_the_publisher_and_here_and_again_is_harmless(
-    live_server, token
-):
+def test_unsubscribe_deletes_it_at_the_publisher_and_here_and_again_is_harmless(live_server, token):
     from pubsubpull.publisher.delivery.models import Subscription
 
     publisher = live_server.url + "/pubsubpull/"

@@ -72,10 +72,13 @@ def test_a_refused_page_stops_the_command_blocked_and_a_rerun_after_the_fix_goes
 def test_a_handler_bug_or_a_missing_handler_is_a_command_error(customers_url, token):
     c = Customer.objects.create(name="c")
     edge_handlers.crash.add(c.pk)
-    with pytest.raises(CommandError, match=r"^The handler failed: RuntimeError: a bug on \d+\. "
-                       "Nothing of its page was kept; fix it and run again to resume\\.$"):  # fmt: skip
+    failed = (
+        r"^The handler failed: RuntimeError: a bug on \d+\. "
+        r"Nothing of its page was kept; fix it and run again to resume\.$"
+    )
+    with pytest.raises(CommandError, match=failed):
         pull(customers_url, "tests.edge_handlers.strict_or_crash", token=token)
-    with pytest.raises(CommandError, match="No handler at 'tests.edge_handlers.nope'"):
+    with pytest.raises(CommandError, match=r"No handler at 'tests\.edge_handlers\.nope'"):
         pull(customers_url, "tests.edge_handlers.nope", token=token)
 
 
