@@ -309,8 +309,8 @@ def test_a_receiver_without_a_handler_answers_500_and_keeps_nothing(hooks, caplo
 # -- mirrors (billing, its own processes) --------------------------------------
 
 
-def mirrored(billing) -> dict[int, str]:
-    return dict(billing.sql("SELECT remote_id, name FROM billing_customercountry"))
+def mirrored(billing, table="billing_customercountry") -> dict[int, str]:
+    return dict(billing.sql(f"SELECT remote_id, name FROM {table}"))
 
 
 def published() -> dict[int, str]:
@@ -363,6 +363,34 @@ def test_subscribing_a_mirror_whose_copy_is_blocked_says_why(billing):
         "DataError: value too long" in str(failed.value)
     )
     assert billing.sql("SELECT count(*) FROM pubsubpull_remotesubscription") == [(0,)]
+
+
+@pytest.mark.slow
+def test_a_parked_first_snapshot_page_still_sweeps_the_rows_the_publisher_does_not_have(billing):
+    # Billing's card table has a row the publisher never had; the first page
+    # of the snapshot holds a name too long for billing's cards.
+    billing.shell(
+        "from billing.models import CustomerCard; "
+        "CustomerCard.objects.create(remote_id=999999, remote_sequence=1, name='stale')"
+    )
+    long = Customer.objects.create(name="Maria Salomea Skłodowska-Curie")  # billing keeps 20
+    Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(3))
+    billing.start_worker()
+    billing.shell("from billing.mirrors import cards; cards.pull()")
+    wait_until(lambda: billing.sql(
+        "SELECT state FROM pubsubpull_pullcursor WHERE name = 'mirror:cards'"
+    ) == [("blocked",)], timeout=60)  # fmt: skip
+    assert mirrored(billing, "billing_customercard") == {999999: "stale"}  # nothing applied
+
+    billing.manage("pubsubpull_cursors", "park", "mirror:cards")
+    expected = {pk: name for pk, name in published().items() if pk != long.pk}
+    # The parked page was the snapshot's first and last: its start and its end
+    # (the sweep of what the snapshot did not write) happen as for any other.
+    wait_until(lambda: mirrored(billing, "billing_customercard") == expected, timeout=60)
+    assert billing.sql("SELECT object_pk, op FROM pubsubpull_parkedevent") == [
+        (str(long.pk), "snapshot")
+    ]
+    assert billing.sql("SELECT count(*) FROM pubsubpull_mirrorseen") == [(0,)]
 
 
 # -- pull options ---------------------------------------------------------------
