@@ -6,6 +6,7 @@ served by live_server: real HTTP, real PostgreSQL.
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -17,6 +18,7 @@ from customers.models import Customer
 from pubsubpull.client.models import PullCursor
 from pubsubpull.publisher.api.auth import create_token
 from tests import edge_handlers
+from tests.services import Switch
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -103,3 +105,32 @@ def test_a_pruned_log_says_a_new_snapshot_is_taken(customers_url, token, capsys)
     assert "the publisher's log no longer reaches the cursor: new snapshot" in err
     assert "caught up" in out
     assert PullCursor.objects.get().snapshots == 2
+
+
+def test_the_command_rides_out_a_publisher_that_is_down_for_a_moment(
+    live_server, token, capsys, settings
+):
+    settings.PUBSUBPULL = {**settings.PUBSUBPULL, "PULL_RETRY_BASE": 0.2, "PULL_RETRY_MAX": 1.0}
+    a = Customer.objects.create(name="a")
+    switch = Switch(live_server.url)  # down: connections refused
+    threading.Timer(1.0, switch.up).start()
+    try:
+        pull(
+            switch.url + "/pubsubpull/models/customers.customer/instances/",
+            token=token,
+            name="through-the-switch",
+        )
+    finally:
+        switch.down()
+    out, err = capsys.readouterr()
+    assert "SourceError: GET " in err and "ConnectError" in err and "retrying in " in err
+    assert "caught up" in out
+    assert edge_handlers.seen[0] == ("snapshot", a.pk)
+    cursor = PullCursor.objects.get(name="through-the-switch")
+    assert cursor.state == "active" and cursor.failures == 0
+
+
+def test_a_refused_token_on_a_new_cursor_is_a_clear_error(customers_url):
+    with pytest.raises(CommandError, match="answered 401"):
+        pull(customers_url, token="psp_not_a_token", name="refused")
+    assert PullCursor.objects.get(name="refused").phase == "snapshot"
