@@ -472,9 +472,10 @@ def test_unsubscribe_deletes_it_at_the_publisher_and_here_and_again_is_harmless(
     # Our copy of the secret lost (a restored database): subscribing again gets a new one.
     RemoteSubscription.objects.all().delete()
     again = pubsubpull.subscribe(
-        publisher, "edges", callback, models=["customers.customer"], auth=token
+        publisher, "edges", callback, models=["customers.customer"], auth=token, batch_size=7
     )
     assert again.secret.startswith("whsec_") and again.secret != record.secret
+    assert Subscription.objects.get(name="edges").batch_size == 7
 
     pubsubpull.unsubscribe(publisher, "edges", auth=token)
     assert not Subscription.objects.filter(name="edges").exists()
