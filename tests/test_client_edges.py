@@ -547,3 +547,28 @@ def test_the_subscriber_models_say_what_they_are(admin_client):
         "mirror:cards 7 deleted at 12"
     )
     assert str(MirrorSeen(mirror="mirror:cards", object_pk="7")) == "mirror:cards 7"
+
+
+def test_a_pull_whose_lease_another_worker_took_leaves_the_cursor_to_it(
+    customers_url, token, caplog
+):
+    Customer.objects.bulk_create(Customer(name=f"c{i}") for i in range(3))
+    cursor = pubsubpull.pull(
+        customers_url, edge_handlers.strict, auth=token, page_size=1, enqueue=False
+    )
+
+    def lease_lapses_and_a_worker_takes_it(progress):
+        PullCursor.objects.filter(pk=cursor.pk).update(
+            lease_owner="worker:other", lease_expires=timezone.now() + timedelta(seconds=60)
+        )
+
+    with caplog.at_level("WARNING", logger="pubsubpull.client"):
+        outcome = pulling.run(
+            cursor.id, progress=lease_lapses_and_a_worker_takes_it, now=True,
+            stop_when_caught_up=True,
+        )  # fmt: skip
+    assert outcome == "busy"
+    assert "another worker took the cursor; leaving it" in caplog.text
+    cursor.refresh_from_db()
+    assert cursor.lease_owner == "worker:other"
+    assert cursor.rows == 1 and len(edge_handlers.seen) == 1  # its second page was not applied
