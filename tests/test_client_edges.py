@@ -572,3 +572,16 @@ def test_a_pull_whose_lease_another_worker_took_leaves_the_cursor_to_it(
     cursor.refresh_from_db()
     assert cursor.lease_owner == "worker:other"
     assert cursor.rows == 1 and len(edge_handlers.seen) == 1  # its second page was not applied
+
+
+def test_a_notification_for_a_subscription_this_service_never_made_is_401(hooks):
+    body = json.dumps(
+        {"type": "pubsubpull.changes", "data": {"subscription": "strangers", "changes": []}}
+    ).encode()
+    answer = hooks.put("strict/", content=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 401
+    assert answer.json()["error"] == "unknown_subscription"
+    assert answer.json()["detail"].startswith(
+        "This service has no subscription named 'strangers': subscribe with pubsubpull.subscribe()"
+    )
+    assert not ReceivedBatch.objects.exists()
