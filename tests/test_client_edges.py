@@ -585,3 +585,18 @@ def test_a_notification_for_a_subscription_this_service_never_made_is_401(hooks)
         "This service has no subscription named 'strangers': subscribe with pubsubpull.subscribe()"
     )
     assert not ReceivedBatch.objects.exists()
+
+
+def test_a_following_pull_long_polls_until_its_budget_is_spent(customers_url, token):
+    cursor = pubsubpull.pull(
+        customers_url, edge_handlers.strict, auth=token, start="now", enqueue=False
+    )
+    started = time.monotonic()
+    # Nothing new: long polls of PULL_WAIT (0.2 s) that bring nothing, then "more".
+    assert pulling.run(cursor.id, budget=0.8, now=True) == "more"
+    assert 0.7 < time.monotonic() - started < 5
+    cursor.refresh_from_db()
+    assert cursor.state == "active" and cursor.failures == 0 and cursor.rows == 0
+    a = Customer.objects.create(name="a")
+    assert catch_up(cursor) == "caught_up"
+    assert edge_handlers.seen == [("insert", a.pk)]
