@@ -489,6 +489,27 @@ def test_unsubscribe_deletes_it_at_the_publisher_and_here_and_again_is_harmless(
     assert refused.value.status == 401
 
 
+def test_an_unsubscribe_the_publisher_refuses_is_raised_and_the_secret_kept(live_server, token):
+    from pubsubpull.client.source import SourceError
+
+    # Through a proxy that forwards only GET: the DELETE is answered 501.
+    switch = services.Switch(live_server.url)
+    switch.up()
+    try:
+        publisher = switch.url + "/pubsubpull/"
+        pubsubpull.subscribe(
+            live_server.url + "/pubsubpull/", "edges", live_server.url + "/hooks/customers/",
+            models=["customers.customer"], auth=token,
+        )  # fmt: skip
+        RemoteSubscription.objects.update(publisher=publisher)
+        with pytest.raises(SourceError) as refused:
+            pubsubpull.unsubscribe(publisher, "edges", auth=token)
+    finally:
+        switch.down()
+    assert refused.value.status == 501
+    assert RemoteSubscription.objects.filter(name="edges").exists()  # to verify, or try again
+
+
 # -- a publisher that answers wrong, or not at all ----------------------------------
 
 
