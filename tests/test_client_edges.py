@@ -621,3 +621,26 @@ def test_a_following_pull_long_polls_until_its_budget_is_spent(customers_url, to
     a = Customer.objects.create(name="a")
     assert catch_up(cursor) == "caught_up"
     assert edge_handlers.seen == [("insert", a.pk)]
+
+
+def test_a_following_pull_whose_lease_was_taken_during_a_long_poll_leaves_it(
+    customers_url, token, caplog
+):
+    cursor = pubsubpull.pull(
+        customers_url, edge_handlers.strict, auth=token, start="now", enqueue=False
+    )
+
+    def lease_lapses_and_a_worker_takes_it(progress):
+        PullCursor.objects.filter(pk=cursor.pk).update(
+            lease_owner="worker:other", lease_expires=timezone.now() + timedelta(seconds=60)
+        )
+
+    with caplog.at_level("WARNING", logger="pubsubpull.client"):
+        # Following: the first poll brings nothing; holding on after the next one fails.
+        outcome = pulling.run(
+            cursor.id, budget=5.0, progress=lease_lapses_and_a_worker_takes_it, now=True
+        )
+    assert outcome == "busy"
+    assert "another worker took the cursor; leaving it" in caplog.text
+    cursor.refresh_from_db()
+    assert cursor.lease_owner == "worker:other"
