@@ -69,7 +69,7 @@ def test_a_refused_page_stops_the_command_blocked_and_a_rerun_after_the_fix_goes
     pull(customers_url, token=token)
     # Both rows (and their inserts again, from the feed, if the snapshot's fence lagged).
     handled = re.search(r"caught up: (\d+) rows handled in all", capsys.readouterr().out)
-    assert handled and int(handled[1]) in (2, 4)
+    assert handled and 2 <= int(handled[1]) <= 4
     assert edge_handlers.seen[:2] == [("snapshot", a.pk), ("snapshot", b.pk)]
     assert PullCursor.objects.get().state == "active"
 
