@@ -393,6 +393,20 @@ def test_a_parked_first_snapshot_page_still_sweeps_the_rows_the_publisher_does_n
     assert billing.sql("SELECT count(*) FROM pubsubpull_mirrorseen") == [(0,)]
 
 
+@pytest.mark.slow
+def test_a_mirror_called_directly_applies_its_models_events_and_skips_the_others(billing):
+    billing.shell(
+        "from pubsubpull.protocol.events import Event\n"
+        "from billing.mirrors import customers\n"
+        "customers.handle_events([\n"
+        "    Event('customers.country', 'FR', 'insert', 5, {'name': 'France'}),\n"
+        "    Event('customers.customer', 41, 'insert', 6, {'name': 'Ada', 'country': 'FR'}),\n"
+        "])\n"
+        "customers(Event('customers.customer', 42, 'insert', 7, {'name': 'Bob'}))\n"
+    )
+    assert mirrored(billing) == {41: "Ada", 42: "Bob"}
+
+
 # -- pull options ---------------------------------------------------------------
 
 
