@@ -230,7 +230,10 @@ class Runner:
             self._prefetched = None
             if prefetched_key == key:
                 return future.result()
-            future.cancel()
+            # Defensive, not reached: a page is prefetched from where it says the
+            # next starts, and committing it moves the cursor there. Were they to
+            # differ, the prefetched page is not the one asked for.
+            future.cancel()  # pragma: no cover
         return get_json(url, token=self.cursor.token, params=params, timeout=timeout)
 
     def prefetch(self, url: str, params: dict[str, Any] | None = None, timeout=None) -> None:
@@ -403,9 +406,10 @@ class Runner:
         """Pages until the deadline: ``more``, ``caught_up`` or ``done``."""
         cursor = self.cursor
         wait = 0.0
+        # A cursor is claimed only if it is not done (CURSORS.runnable), and
+        # only this runner moves it while it holds the lease: done is found
+        # below, after the page that finished it.
         while True:
-            if cursor.phase == PullCursor.Phase.DONE:
-                return Outcome.DONE
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 return Outcome.MORE
