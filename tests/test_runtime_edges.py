@@ -158,3 +158,64 @@ def test_a_worker_that_loses_its_database_carries_on_when_it_is_back(settings):
     assert WorkerHeartbeat.objects.count() == 1
     names = [c["new"]["name"] for c in receiver.accepted_changes()]
     assert names == ["before", "while down"]
+
+
+# -- The long-poll API (longpoll.wait_for_changes, await_changes) ----------------
+
+
+def _names(page: feed.Page) -> list[str]:
+    return [c.new["name"] for c in page.changes]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_long_poll_without_a_timeout_reads_at_once():
+    """``timeout=0`` is a plain read, from sync and from async code: what there is, now."""
+    Customer.objects.bulk_create([Customer(name="a"), Customer(name="b")])
+    assert _names(longpoll.wait_for_changes(None, timeout=0)) == ["a", "b"]
+    page = asyncio.run(longpoll.await_changes(None, 1, timeout=0))
+    assert _names(page) == ["a"]
+    # At the head: an empty page, not a wait.
+    head = feed.read_changes(None).next
+    assert longpoll.wait_for_changes(head, timeout=0).changes == []
+    assert asyncio.run(longpoll.await_changes(head, timeout=0)).changes == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_long_poll_refuses_a_limit_below_one():
+    for timeout in (0, 5):
+        with pytest.raises(ValueError, match="limit must be at least 1"):
+            longpoll.wait_for_changes(None, 0, timeout=timeout)
+        with pytest.raises(ValueError, match="limit must be at least 1"):
+            asyncio.run(longpoll.await_changes(None, 0, timeout=timeout))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_long_poll_on_a_pruned_cursor_fails_at_once_with_cursor_expired():
+    """The hub's read fails for the waiter (the log was pruned past its cursor): the
+    poll raises CursorExpired instead of waiting out its timeout."""
+    Customer.objects.bulk_create([Customer(name=f"c{i}") for i in range(3)])
+    first = feed.read_changes(None, limit=1)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM pubsubpull_change WHERE id IN "
+            "(SELECT id FROM pubsubpull_change ORDER BY txid, id LIMIT 2)"
+        )
+    # Far longer than the test may take: an answer means the poll did not wait.
+    with pytest.raises(feed.CursorExpired):
+        longpoll.wait_for_changes(first.next, timeout=600)
+    with pytest.raises(feed.CursorExpired):
+        asyncio.run(longpoll.await_changes(first.next, timeout=600))
+
+
+# -- Settings and models --------------------------------------------------------
+
+
+def test_reading_a_setting_pubsubpull_does_not_have_is_an_error():
+    with pytest.raises(ImproperlyConfigured, match="no setting 'LEASES'"):
+        conf.get("LEASES")
+    assert conf.get("LEASE") == conf.lease()
+
+
+def test_a_worker_heartbeat_shows_as_its_worker_name():
+    """How a shell or a log shows it: the worker's host:pid."""
+    assert str(WorkerHeartbeat(name="web-1:4242")) == "web-1:4242"
