@@ -121,6 +121,7 @@ def test_a_worker_that_loses_its_database_carries_on_when_it_is_back(settings):
             """The worker recorded ``n`` changes delivered and let the row go."""
             subscription.refresh_from_db()
             return subscription.delivered == n and not subscription.lease_owner
+
         worker = subprocess.Popen(
             [sys.executable, str(MANAGE), "pubsubpull_worker", "--threads", "1"],
             env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
