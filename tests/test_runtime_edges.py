@@ -220,3 +220,15 @@ def test_reading_a_setting_pubsubpull_does_not_have_is_an_error():
 def test_a_worker_heartbeat_shows_as_its_worker_name():
     """How a shell or a log shows it: the worker's host:pid."""
     assert str(WorkerHeartbeat(name="web-1:4242")) == "web-1:4242"
+
+
+def test_a_tasks_backend_that_does_not_import_is_left_to_the_tasks_framework(settings):
+    """pubsubpull's check neither crashes on it nor guesses what it is; the tasks
+    framework names the problem when a job is enqueued."""
+    from pubsubpull.checks import check_task_backend
+    from pubsubpull.jobs import tasks
+
+    settings.TASKS = {"default": {"BACKEND": "no.such.Backend"}}
+    assert check_task_backend() == []
+    with pytest.raises(ImproperlyConfigured, match=r"Could not find backend 'no\.such\.Backend'"):
+        tasks.backend()
