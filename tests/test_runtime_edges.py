@@ -18,8 +18,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
@@ -29,6 +31,7 @@ from pubsubpull import conf
 from pubsubpull.jobs.models import WorkerHeartbeat
 from pubsubpull.publisher import feed, longpoll
 
+from .conftest import dsn
 from .delivery_helpers import FAST, make_subscription, use_fast_settings, wait_until
 from .receivers import Receiver
 
@@ -232,3 +235,54 @@ def test_a_tasks_backend_that_does_not_import_is_left_to_the_tasks_framework(set
     assert check_task_backend() == []
     with pytest.raises(ImproperlyConfigured, match=r"Could not find backend 'no\.such\.Backend'"):
         tasks.backend()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_long_poll_outlives_the_feeds_database_connections_being_cut(monkeypatch):
+    """PostgreSQL ends the feed's LISTEN and reader connections (a restart, an
+    operator's pg_terminate_backend) while a poll waits: the listener and the
+    readers reconnect, and the poll is still answered with the next commit."""
+    connection.ensure_connection()  # the test's own, opened before the name is set
+    longpoll.stop_listening()  # its connections reopen carrying the name below
+    app = f"edges-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("PGAPPNAME", app)
+    head = feed.read_changes(None).next
+    polled: dict[str, feed.Page | BaseException] = {}
+
+    def poll():
+        try:
+            polled["page"] = longpoll.wait_for_changes(head, timeout=120)
+        except BaseException as exc:  # shown by the assertion below
+            polled["page"] = exc
+
+    def feeds_connections(conn) -> int:
+        return conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [app]
+        ).fetchone()[0]
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    with psycopg.connect(dsn(), autocommit=True, application_name="edges-test") as conn:
+        # The listener and a reader.
+        wait_until(lambda: feeds_connections(conn) >= 2, timeout=30)
+        wait_until(lambda: listener_waiting() == 1, timeout=30)
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            [app],
+        )
+        wait_until(lambda: feeds_connections(conn) == 0, timeout=30)
+        conn.execute(
+            "INSERT INTO customers_customer (name, email, newsletter, notes, created, updated) "
+            "VALUES ('after the cut', '', false, '', now(), now())"
+        )
+        thread.join(120)
+    assert not thread.is_alive()
+    page = polled["page"]
+    assert isinstance(page, feed.Page), page
+    assert _names(page) == ["after the cut"]
+
+
+def listener_waiting() -> int:
+    from pubsubpull.publisher import listener
+
+    return listener.waiting()
