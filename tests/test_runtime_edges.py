@@ -21,6 +21,7 @@ import threading
 import uuid
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -286,3 +287,30 @@ def listener_waiting() -> int:
     from pubsubpull.publisher import listener
 
     return listener.waiting()
+
+
+# -- pubsubpull.asgi.long_polls: what is not a long poll is served as before ---------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("application", ["application", "application_through_django"])
+def test_under_the_asgi_wrapper_a_read_or_a_bad_wait_is_served_by_django(application):
+    """Only a valid ``wait`` above zero makes a long poll; a plain read, ``wait=0`` and
+    a ``wait`` that is not a number go through Django's handler as any request does
+    (the last answered 400 by the view)."""
+    from pubsubpull.publisher.api.auth import create_token
+
+    from .test_long_poll import _uvicorn
+
+    Customer.objects.create(name="there")
+    headers = {"Authorization": f"Bearer {create_token('edges', ['*'])[1]}"}
+    with _uvicorn(f"tests.asgi_publisher:{application}") as server:
+        url = f"{server.url}/pubsubpull/changes/"
+        for params in ({}, {"wait": "0"}):
+            response = httpx.get(url, params=params, headers=headers, timeout=30)
+            assert response.status_code == 200, response.text
+            assert [c["new"]["name"] for c in response.json()["changes"]] == ["there"]
+        response = httpx.get(url, params={"wait": "soon"}, headers=headers, timeout=30)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "invalid_wait"
+        assert server.waiting() == 0
