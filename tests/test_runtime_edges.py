@@ -314,3 +314,37 @@ def test_under_the_asgi_wrapper_a_read_or_a_bad_wait_is_served_by_django(applica
         assert response.status_code == 400, response.text
         assert response.json()["error"] == "invalid_wait"
         assert server.waiting() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_polls_waiting_when_the_feed_stops_listening_are_answered_500_not_left_hanging():
+    """An orderly shutdown stops the feed's listening (longpoll.stop_listening) while
+    polls wait under the ASGI wrapper: each gets the JSON 500, as a view that raised
+    would answer it, and the client retries."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pubsubpull.publisher.api.auth import create_token
+
+    from .test_long_poll import _head, _uvicorn
+
+    token = create_token("edges", ["*"])[1]
+    with _uvicorn("tests.asgi_edges:application") as server, ThreadPoolExecutor(3) as pool:
+        cursor = _head(server, token)
+        polls = [
+            pool.submit(
+                httpx.get,
+                f"{server.url}/pubsubpull/changes/",
+                params={"after": cursor, "wait": "60"},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=90,
+            )
+            for _ in range(3)
+        ]
+        wait_until(lambda: server.waiting() == 3, timeout=30)
+        assert httpx.post(f"{server.url}/_test/stop-listening", timeout=30).status_code == 204
+        answers = [poll.result(timeout=60) for poll in polls]
+        assert server.waiting() == 0
+    for answer in answers:
+        assert answer.status_code == 500, answer.text
+        assert answer.json()["error"] == "server_error"
+        assert answer.headers["content-length"] == str(len(answer.content))
