@@ -348,3 +348,44 @@ def test_polls_waiting_when_the_feed_stops_listening_are_answered_500_not_left_h
         assert answer.status_code == 500, answer.text
         assert answer.json()["error"] == "server_error"
         assert answer.headers["content-length"] == str(len(answer.content))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_poll_whose_wait_ends_before_the_feed_has_read_answers_as_a_read_would():
+    """A wait too short for the feed's readers to get to it: the caller reads itself."""
+    Customer.objects.bulk_create([Customer(name="c0"), Customer(name="c1")])
+    first = feed.read_changes(None, limit=1)
+    head = feed.read_changes(None).next
+    for after, names in ((first.next, ["c1"]), (head, [])):
+        assert _names(longpoll.wait_for_changes(after, timeout=1e-6)) == names
+        assert _names(asyncio.run(longpoll.await_changes(after, timeout=1e-6))) == names
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_http_poll_whose_wait_ends_before_the_feed_has_read_is_an_empty_page():
+    from pubsubpull.publisher.api.auth import create_token
+
+    from .test_long_poll import _head, _uvicorn
+
+    token = create_token("edges", ["*"])[1]
+    with _uvicorn("tests.asgi_publisher:application") as server:
+        cursor = _head(server, token)
+        for _ in range(5):
+            response = httpx.get(
+                f"{server.url}/pubsubpull/changes/",
+                params={"after": cursor, "wait": "0.000001"},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["changes"] == []
+            cursor = response.json()["cursor"]
+        # Its cursor skipped nothing.
+        Customer.objects.create(name="later")
+        response = httpx.get(
+            f"{server.url}/pubsubpull/changes/",
+            params={"after": cursor},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert [c["new"]["name"] for c in response.json()["changes"]] == ["later"]
