@@ -389,3 +389,38 @@ def test_an_http_poll_whose_wait_ends_before_the_feed_has_read_is_an_empty_page(
             timeout=30,
         )
         assert [c["new"]["name"] for c in response.json()["changes"]] == ["later"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_woken_poll_whose_send_fails_raises_to_the_server_and_leaves_nothing_waiting():
+    """The answer to a woken poll fails as it is written (behind an ASGI middleware
+    whose send raises): the error goes to the server (which answers 500), the poll
+    leaves the feed, and the polls beside it are answered as usual."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pubsubpull.publisher.api.auth import create_token
+
+    from .test_long_poll import _head, _insert, _uvicorn
+
+    token = create_token("edges", ["*"])[1]
+    app = "tests.asgi_edges:application_behind_a_failing_send"
+    with _uvicorn(app) as server, ThreadPoolExecutor(2) as pool:
+        cursor = _head(server, token)
+
+        def poll(*extra: tuple[str, str]):
+            return httpx.get(
+                f"{server.url}/pubsubpull/changes/",
+                params={"after": cursor, "wait": "60"},
+                headers={"Authorization": f"Bearer {token}", **dict(extra)},
+                timeout=90,
+            )
+
+        failing = pool.submit(poll, ("X-Test-Fail-Send", "1"))
+        fine = pool.submit(poll)
+        wait_until(lambda: server.waiting() == 2, timeout=30)
+        _insert("woken")
+        assert failing.result(timeout=60).status_code == 500
+        answer = fine.result(timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert [c["new"]["name"] for c in answer.json()["changes"]] == ["woken"]
+        assert server.waiting() == 0
