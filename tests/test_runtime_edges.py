@@ -424,3 +424,39 @@ def test_a_woken_poll_whose_send_fails_raises_to_the_server_and_leaves_nothing_w
         assert answer.status_code == 200, answer.text
         assert [c["new"]["name"] for c in answer.json()["changes"]] == ["woken"]
         assert server.waiting() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_poll_cancelled_while_its_answer_is_stuck_gives_up_its_place():
+    """A woken poll's answer is stuck in ``send`` (a client that reads nothing) and an
+    ASGI middleware's timeout cancels the request: the poll gives up its answer and
+    its place, and the server goes on serving."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pubsubpull.publisher.api.auth import create_token
+
+    from .test_long_poll import _head, _insert, _uvicorn
+
+    token = create_token("edges", ["*"])[1]
+    headers = {"Authorization": f"Bearer {token}"}
+    with (
+        _uvicorn("tests.asgi_edges:application_behind_a_stuck_send") as server,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        cursor = _head(server, token)
+        stuck = pool.submit(
+            httpx.get,
+            f"{server.url}/pubsubpull/changes/",
+            params={"after": cursor, "wait": "60"},
+            headers={**headers, "X-Test-Stuck-Send": "1"},
+            timeout=120,
+        )
+        wait_until(lambda: server.waiting() == 1, timeout=30)
+        _insert("woken")
+        # The middleware's timeout ends the request unanswered: uvicorn answers 500.
+        assert stuck.result(timeout=60).status_code == 500
+        assert server.waiting() == 0
+        response = httpx.get(
+            f"{server.url}/pubsubpull/changes/", params={"after": cursor}, headers=headers
+        )
+        assert [c["new"]["name"] for c in response.json()["changes"]] == ["woken"]
