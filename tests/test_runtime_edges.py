@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -389,6 +390,19 @@ def test_an_http_poll_whose_wait_ends_before_the_feed_has_read_is_an_empty_page(
             timeout=30,
         )
         assert [c["new"]["name"] for c in response.json()["changes"]] == ["later"]
+        # The same from a pruned cursor: 410, however the poll ended.
+        with connection.cursor() as db:
+            db.execute("DELETE FROM pubsubpull_change")
+        Customer.objects.create(name="after the prune")
+        for _ in range(5):
+            response = httpx.get(
+                f"{server.url}/pubsubpull/changes/",
+                params={"after": cursor, "wait": "0.000001"},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+            assert response.status_code == 410, response.text
+            assert response.json()["error"] == "cursor_expired"
 
 
 @pytest.mark.django_db(transaction=True)
@@ -460,3 +474,50 @@ def test_a_poll_cancelled_while_its_answer_is_stuck_gives_up_its_place():
             f"{server.url}/pubsubpull/changes/", params={"after": cursor}, headers=headers
         )
         assert [c["new"]["name"] for c in response.json()["changes"]] == ["woken"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.django_db(transaction=True)
+def test_a_forked_process_waits_on_feed_threads_of_its_own():
+    """A preloading server forks its workers after the feed's threads started: the
+    threads stay behind in the parent, and a child's long poll starts its own."""
+    from .test_long_poll import _insert
+
+    head = feed.read_changes(None).next
+    assert _names(longpoll.wait_for_changes(head, timeout=0.2)) == []  # threads started
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what its poll got, and leave without cleanup
+        code = 1
+        try:
+            os.close(read)
+            connection.connection = None  # the parent's socket: not this process's
+            page = longpoll.wait_for_changes(head, timeout=60)
+            os.write(write, json.dumps(_names(page)).encode())
+            code = 0
+        finally:
+            _save_coverage()
+            os._exit(code)
+    os.close(write)
+    threading.Timer(1.0, _insert, ["in the child"]).start()
+    deadline = time.monotonic() + 90
+    while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the child's long poll was not answered")
+        time.sleep(0.1)
+    with os.fdopen(read) as answer:
+        got = answer.read()
+    assert os.waitstatus_to_exitcode(ended[1]) == 0
+    assert json.loads(got) == ["in the child"]
+
+
+def _save_coverage() -> None:
+    """A child leaving by os._exit saves what coverage measured in it (when measured)."""
+    import coverage  # a test requirement
+
+    current = coverage.Coverage.current()
+    if current is not None:
+        current.stop()
+        current.save()
