@@ -314,6 +314,11 @@ def test_under_the_asgi_wrapper_a_read_or_a_bad_wait_is_served_by_django(applica
         response = httpx.get(url, params={"wait": "soon"}, headers=headers, timeout=30)
         assert response.status_code == 400, response.text
         assert response.json()["error"] == "invalid_wait"
+        # Any other request too.
+        instances = f"{server.url}/pubsubpull/models/customers.customer/instances/"
+        response = httpx.get(instances, params={"wait": "5"}, headers=headers, timeout=30)
+        assert response.status_code == 200, response.text
+        assert [i["fields"]["name"] for i in response.json()["instances"]] == ["there"]
         assert server.waiting() == 0
 
 
