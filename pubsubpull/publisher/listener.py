@@ -363,7 +363,8 @@ class _Hub:
             if not group.read:
                 return None  # never read (the readers were behind): the caller reads
             # Caught up to where this group has read: an empty page, moved on.
-            return feed.Page([], group.after, group.limit)
+            # (A read moved it on to a position.)
+            return feed.Page([], cast(feed.Position, group.after), group.limit)
 
     # Called by the listener.
 
