@@ -1,9 +1,12 @@
-"""The runtime's edges: a worker that loses its database, the long-poll API's own limits.
+"""The runtime's edges: lost database connections, the long-poll API's limits, ASGI corners.
 
-The worker runs as ``manage.py pubsubpull_worker`` in a subprocess whose
-database is reached through a TCP relay the test takes down (every connection
-cut, new ones refused) and brings back, as a PostgreSQL restart or a network
-partition would.
+- The worker runs as ``manage.py pubsubpull_worker`` in a subprocess whose
+  database is reached through a TCP relay the test takes down (every connection
+  cut, new ones refused) and brings back, as a PostgreSQL restart or a network
+  partition would; the feed's own connections are ended by pg_terminate_backend.
+- Long polls under ``pubsubpull.asgi.long_polls`` run in uvicorn subprocesses
+  (tests/asgi_publisher.py, and tests/asgi_edges.py for a failing or stuck
+  ``send`` and an orderly stop of the feed's listening).
 """
 
 from __future__ import annotations
