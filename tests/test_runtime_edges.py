@@ -529,3 +529,32 @@ def _save_coverage() -> None:
     if current is not None:
         current.stop()
         current.save()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_listener_closes_its_connection_and_listens_again_when_needed(monkeypatch):
+    """No poll for IDLE seconds: the LISTEN connection closes by itself; the next poll
+    opens it again and is woken as usual."""
+    from pubsubpull.publisher import listener
+
+    from .test_long_poll import _insert
+
+    connection.ensure_connection()  # the test's own, opened before the name is set
+    longpoll.stop_listening()
+    app = f"edges-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("PGAPPNAME", app)
+    monkeypatch.setattr(listener, "IDLE", 0.5)
+
+    def listening() -> int:
+        with psycopg.connect(dsn(), autocommit=True, application_name="edges-test") as conn:
+            return conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = %s AND query ILIKE 'LISTEN%%'",
+                [app],
+            ).fetchone()[0]
+
+    head = feed.read_changes(None).next
+    assert longpoll.wait_for_changes(head, timeout=0.3).changes == []
+    wait_until(lambda: listening() == 0, timeout=30)
+    threading.Timer(0.5, _insert, ["after the idle"]).start()
+    assert _names(longpoll.wait_for_changes(head, timeout=60)) == ["after the idle"]
