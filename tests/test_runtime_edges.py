@@ -271,11 +271,20 @@ def test_a_long_poll_outlives_the_feeds_database_connections_being_cut(monkeypat
         # The listener and a reader.
         wait_until(lambda: feeds_connections(conn) >= 2, timeout=30)
         wait_until(lambda: listener_waiting() == 1, timeout=30)
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-            [app],
-        )
-        wait_until(lambda: feeds_connections(conn) == 0, timeout=30)
+        cut = [
+            pid
+            for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [app]
+            ).fetchall()
+        ]
+        conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [cut])
+
+        def ended() -> bool:  # (their replacements may be open already)
+            return not conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [cut]
+            ).fetchone()[0]
+
+        wait_until(ended, timeout=30)
         conn.execute(
             "INSERT INTO customers_customer (name, email, newsletter, notes, created, updated) "
             "VALUES ('after the cut', '', false, '', now(), now())"
