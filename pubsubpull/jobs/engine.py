@@ -24,16 +24,16 @@ from pubsubpull.jobs.tasks import task
 
 @dataclass
 class Lease:
-    """The row a run holds: its id, who holds it, and how to renew or let it go."""
+    """The row a run holds: its id, who holds it, and how to let it go.
+
+    A run renews its lease through its kind's spec (``spec.renew(id, owner)``).
+    """
 
     spec: LeaseSpec
     id: int
     owner: str
     keep: bool = False
     """The caller holds the row across runs (a command): letting go keeps holding it."""
-
-    def renew(self) -> bool:
-        return self.spec.renew(self.id, self.owner)
 
     def release(self, **options: Any) -> bool:
         """Let the row go (see :meth:`LeaseSpec.release`); True if woken meanwhile."""

@@ -205,13 +205,16 @@ def _settle(waiters: list[Waiter], outcome: Any) -> None:
 class _Group:
     """Waiters that asked for the same page: read once for all of them."""
 
-    __slots__ = ("after", "limit", "models", "waiters")
+    __slots__ = ("after", "limit", "models", "read", "waiters")
 
     def __init__(self, after: feed.Position | None, models: tuple[str, ...], limit: int):
         self.after = after
         self.models = models
         self.limit = limit
         self.waiters: set[Waiter] = set()
+        # Moved on to ``after`` by a read that found nothing (until then
+        # ``after`` is only where its waiters asked to start).
+        self.read = False
 
     @property
     def key(self) -> tuple:
@@ -357,10 +360,11 @@ class _Hub:
                 del self.groups[group.key]
             waiter.done = True
             self.last_busy = time.monotonic()
-            if group.after is None:
+            if not group.read:
                 return None  # never read (the readers were behind): the caller reads
             # Caught up to where this group has read: an empty page, moved on.
-            return feed.Page([], group.after, group.limit)
+            # (A read moved it on to a position.)
+            return feed.Page([], cast(feed.Position, group.after), group.limit)
 
     # Called by the listener.
 
@@ -459,7 +463,7 @@ class _Hub:
                 held_back = held_back or outcome.held_back
                 empty.append((group, outcome.next))
             for group, following in _furthest(empty):
-                group.after = following
+                group.after, group.read = following, True
                 other = self.groups.get(group.key)
                 if other is None:
                     self.groups[group.key] = group
