@@ -495,6 +495,8 @@ def test_a_poll_cancelled_while_its_answer_is_stuck_gives_up_its_place():
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @pytest.mark.django_db(transaction=True)
+# Forking a threaded process is what this test is about (gunicorn's preload does it).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_process_waits_on_feed_threads_of_its_own():
     """A preloading server forks its workers after the feed's threads started: the
     threads stay behind in the parent, and a child's long poll starts its own."""
