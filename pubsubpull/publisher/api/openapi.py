@@ -70,11 +70,16 @@ def _fields_schema(registration: Registration) -> dict[str, Any]:
     }
 
 
-def _error(description: str) -> dict[str, Any]:
+def _response(schema: str, description: str) -> dict[str, Any]:
+    """A JSON response whose body is the component schema ``schema``."""
     return {
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
     }
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _response("Error", description)
 
 
 _ERRORS = {
@@ -223,10 +228,7 @@ _ERROR = {
 
 
 def _subscription_response(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Subscription"}}},
-    }
+    return _response("Subscription", description)
 
 
 _NAME_PARAMETER = {
@@ -404,10 +406,7 @@ SUBSCRIPTION_SCHEMAS["ParkRequest"] = {
 
 
 def _parked_response(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ParkedChange"}}},
-    }
+    return _response("ParkedChange", description)
 
 
 _CHANGE_ID_PARAMETER = {
