@@ -10,11 +10,13 @@ started on Ctrl-C. ``--tour`` runs a scripted walk-through instead and exits.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -30,8 +32,28 @@ from scripts.postgres import django_database  # noqa: E402
 PROJECTS = ROOT / "test-projects"
 
 
+# Locks on the preferred ports, held while this demo runs (released at exit).
+_PORT_LOCKS: list = []
+
+
 def free_port(preferred: int) -> int:
-    for port in (preferred, 0):
+    """``preferred`` if no other demo holds it and it is free, else any free port.
+
+    Checking that a port is free and binding it later are two steps: two demos
+    starting at once (two test suites, say) both found 8001 free, one's
+    runserver then failed to bind, and its tour talked to the other demo's
+    server. A lock per preferred port settles which demo has it; the other
+    takes a port the kernel hands out.
+    """
+    path = Path(tempfile.gettempdir()) / f"pubsubpull-demo-port-{preferred}.lock"
+    lock = open(path, "w")  # noqa: SIM115 (held open while the demo runs)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+    else:
+        _PORT_LOCKS.append(lock)
+    for port in (0,) if lock.closed else (preferred, 0):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -88,9 +110,12 @@ def ensure_database(url: str, name: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def wait_http(url: str, seconds: float = 60) -> None:
+def wait_http(url: str, process: subprocess.Popen, log: Path, seconds: float = 60) -> None:
+    """Wait until ``process`` (a web server) answers at ``url``."""
     deadline = time.monotonic() + seconds
     while True:
+        if process.poll() is not None:  # it could not bind its port, say
+            raise RuntimeError(f"{url}: the server exited with {process.returncode}; see {log}")
         try:
             urllib.request.urlopen(url, timeout=2)
             return
@@ -205,15 +230,19 @@ class Demo:
         return created.stdout.strip().splitlines()[-1]
 
     def start(self) -> None:
+        web = []
         for service in (self.publisher, self.subscriber):
             for role, args in (
                 ("web", ["runserver", f"127.0.0.1:{service.port}", "--noreload"]),
                 ("worker", ["pubsubpull_worker"]),
             ):
                 log = self.logs / f"{service.name}-{role}.log"
-                self.processes.append((f"{service.name} {role}", service.start(*args, log=log)))
-        for service in (self.publisher, self.subscriber):
-            wait_http(service.url + "/admin/login/")
+                process = service.start(*args, log=log)
+                self.processes.append((f"{service.name} {role}", process))
+                if role == "web":
+                    web.append((service, process, log))
+        for service, process, log in web:
+            wait_http(service.url + "/admin/login/", process, log)
             print(f"demo: the {service.name} serves {service.url}", flush=True)
         # Billing subscribes to new users (pushed to its receiver) and mirrors
         # customers (pulled by its worker).
