@@ -120,6 +120,7 @@ class Mirror:
         auth: str | None = None,
         name: str | None = None,
         page_size: int | None = None,
+        whole_transactions: bool = False,
         defined_in: str | None = None,
     ):
         service_url, labels = split_source(source_url)
@@ -137,6 +138,7 @@ class Mirror:
         self.sequence = sequence
         self.auth = auth or ""
         self.page_size = page_size
+        self.whole_transactions = whole_transactions
         self.name = name or f"mirror:{model._meta.label_lower}"
         self.defined_in = defined_in
         opts = model._meta
@@ -181,6 +183,7 @@ class Mirror:
         from pubsubpull.client.pulling import pull
 
         options.setdefault("page_size", self.page_size)
+        options.setdefault("whole_transactions", self.whole_transactions)
         return pull(self.source_url, self, name=self.name, auth=self.auth, **options)
 
     def subscribe(self, callback_url: str, *, name: str | None = None) -> RemoteSubscription:
@@ -194,7 +197,7 @@ class Mirror:
 
         cursor = pull_down(
             self.source_url, self, name=self.name, auth=self.auth, enqueue=False,
-            page_size=self.page_size,
+            page_size=self.page_size, whole_transactions=self.whole_transactions,
         )  # fmt: skip
         while True:
             outcome = run(cursor.id, budget=3600, stop_when_caught_up=True, now=True)
@@ -216,6 +219,7 @@ class Mirror:
             models=[self.label],
             auth=self.auth,
             start=cursor.feed_position,
+            whole_transactions=self.whole_transactions,
         )
 
     def receiver(self, subscription: str | None = None):
@@ -240,6 +244,8 @@ class Mirror:
             }
             if subscription.position:
                 params["after"] = subscription.position
+            if self.whole_transactions:
+                params["whole_transactions"] = "1"
             body = get_json(changes_url, token=self.auth, params=params)
             with transaction.atomic():
                 locked = RemoteSubscription.objects.select_for_update().get(pk=subscription.pk)
@@ -255,7 +261,9 @@ class Mirror:
                 locked.save(update_fields=["position"])
             subscription = locked
             applied += len(events)
-            if len(body["changes"]) < params["limit"]:
+            if not body["changes"] or (
+                not self.whole_transactions and len(body["changes"]) < params["limit"]
+            ):
                 return applied
 
     # -- the handler -----------------------------------------------------------
@@ -473,6 +481,7 @@ def mirror(
     auth: str | None = None,
     name: str | None = None,
     page_size: int | None = None,
+    whole_transactions: bool = False,
 ) -> Mirror:
     """Keep ``model`` a copy of the remote model at ``source_url`` (its instances URL).
 
@@ -482,7 +491,10 @@ def mirror(
     ``auth`` is the publisher's bearer token, ``name`` the pull cursor's name
     (default ``mirror:<app_label>.<model>``; its subscription's name has
     ``-`` for ``:``), ``page_size`` the instances or changes per page
-    (default ``PULL_PAGE_SIZE``). Assign
+    (default ``PULL_PAGE_SIZE``). ``whole_transactions=True`` never applies
+    half of a publisher's transaction: pages (pull mode) and batches (push
+    mode) hold whole transactions, each applied in one local transaction.
+    Assign
     the result to a module-level name: workers import it by that name. Then
     ``.pull()`` starts pull mode, or ``.subscribe(callback_url)`` with
     ``.receiver()`` mounted there starts push mode.
@@ -497,5 +509,6 @@ def mirror(
         auth=auth,
         name=name,
         page_size=page_size,
+        whole_transactions=whole_transactions,
         defined_in=caller,
     )

@@ -52,6 +52,11 @@ class PullCursor(models.Model):
         blank=True, help_text="Bearer token for the publisher (pubsubpull_token create there)."
     )
     page_size = models.PositiveIntegerField(default=conf.DEFAULTS["PULL_PAGE_SIZE"])
+    whole_transactions = models.BooleanField(
+        default=False,
+        help_text="Ask for pages that never split a publisher's transaction "
+        "(each page is applied in one database transaction).",
+    )
     every = models.FloatField(
         default=0.0,
         help_text="Seconds between looks for new changes once caught up; 0 follows "

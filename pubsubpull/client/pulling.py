@@ -77,6 +77,7 @@ def pull(
     models: Iterable[str] | None = None,
     start: str = "beginning",
     page_size: int | None = None,
+    whole_transactions: bool | None = None,
     every: float = 0.0,
     auth: str | None = None,
     name: str | None = None,
@@ -93,6 +94,10 @@ def pull(
     feed cursor. ``every`` is how often to look for changes once caught up (0:
     follow continuously by long poll). ``auth`` is a bearer token of the
     publisher (``manage.py pubsubpull_token create`` there).
+    ``whole_transactions=True`` asks the feed for pages that never split a
+    publisher's transaction: each page is handled in one local transaction,
+    so the handler's database never shows half of one (a transaction larger
+    than ``page_size`` comes alone, as one page).
 
     Idempotent: the cursor is named ``name`` (default: the handler's dotted
     path); calling again keeps its position and updates its settings. The
@@ -124,6 +129,8 @@ def pull(
         settings["token"] = auth
     if page_size is not None:
         settings["page_size"] = page_size
+    if whole_transactions is not None:
+        settings["whole_transactions"] = whole_transactions
     cursor = PullCursor.objects.filter(name=name).first()
     if cursor is None:
         phase, position = PullCursor.Phase.SNAPSHOT, ""
@@ -374,6 +381,8 @@ class Runner:
             params["after"] = cursor.feed_position
         if cursor.model_labels:
             params["models"] = ",".join(cursor.model_labels)
+        if cursor.whole_transactions:
+            params["whole_transactions"] = "1"
         if wait > 0:
             params["wait"] = f"{wait:.1f}"
         try:
@@ -384,7 +393,9 @@ class Runner:
             self.restart_snapshot(f"the publisher's change log no longer reaches our cursor ({e})")
             return False
         events = [Event.from_change(item) for item in body["changes"]]
-        caught_up = len(events) < cursor.page_size
+        # A whole-transactions page may end short of the limit at a
+        # transaction boundary with more to come: only an empty one is the end.
+        caught_up = not events if cursor.whole_transactions else len(events) < cursor.page_size
         if not caught_up:
             following = {k: v for k, v in params.items() if k != "wait"}
             self.prefetch(self.publisher.changes_url(), {**following, "after": body["cursor"]})

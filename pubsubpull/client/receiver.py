@@ -250,13 +250,17 @@ def subscribe(
     auth: str | None = None,
     start: str = "now",
     batch_size: int | None = None,
+    whole_transactions: bool | None = None,
 ) -> RemoteSubscription:
     """Subscribe at a publisher and keep the secret the receiver verifies with.
 
     ``start`` (``"now"``, ``"beginning"`` or a feed cursor) applies when the
     subscription is created; subscribing again updates the callback and
     models and keeps the position. Raises ``SourceError`` with the
-    publisher's explanation when it refuses.
+    publisher's explanation when it refuses. ``whole_transactions=True``
+    asks for batches that never split a publisher's transaction (the
+    receiver applies each batch in one transaction); left out, an existing
+    subscription keeps its setting.
     """
     service_url, _ = split_source(publisher_url)
     url = Publisher(service_url, auth or "").subscription_url(name)
@@ -266,6 +270,8 @@ def subscribe(
     body: dict[str, Any] = {"callback": callback_url, "models": list(models)}
     if batch_size is not None:
         body["batch_size"] = batch_size
+    if whole_transactions is not None:
+        body["whole_transactions"] = whole_transactions
     if known is None:
         body["start"] = start
     answer = request("PUT", url, token=auth or "", json=body).json()

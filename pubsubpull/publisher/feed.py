@@ -175,8 +175,14 @@ class Page:
     # bodies by URL); shared by whoever the page is handed to.
     rendered: dict = field(default_factory=dict, repr=False, compare=False)
 
+    # Said by the read when the count cannot (a whole-transactions page may
+    # hold fewer changes than ``limit`` and still not be the last).
+    more: bool | None = field(default=None, repr=False)
+
     @property
     def caught_up(self) -> bool:
+        if self.more is not None:
+            return not self.more
         return len(self.changes) < self.limit
 
     def texts(self) -> list[str]:
@@ -460,6 +466,7 @@ def read_changes(
     models: Iterable[str] | None = None,
     *,
     using: str | None = None,
+    whole_transactions: bool = False,
 ) -> Page:
     """Read the next page of the feed after ``after`` (a Position or cursor string).
 
@@ -470,9 +477,14 @@ def read_changes(
     malformed cursor string, :class:`CursorExpired` when the log has been
     pruned past ``after``, ``LookupError`` for a label that is not published,
     :class:`SeveralDatabases` for models recorded in different databases.
+
+    ``whole_transactions`` never splits a transaction's changes across two
+    pages (see :func:`read_whole_transactions`).
     """
     if limit < 1:
         raise ValueError("limit must be at least 1")
+    if whole_transactions:
+        return read_whole_transactions(after, limit, models, using=using)
     explicit = Position.coerce(after)
     start = explicit or START
     alias, served = feed_source(models, using)
@@ -544,13 +556,77 @@ def read_changes(
     return Page(changes, following, limit, held_back=held_back and not changes, fence=xmin)
 
 
-def read_from(position: Position, limit: int, models: Iterable[str]) -> Page:
+# How many changes each further read of a transaction larger than the page
+# limit takes (it is served whole however large it is).
+WHOLE_TRANSACTION_CHUNK = 1000
+
+
+def read_whole_transactions(
+    after: Position | str | None = None,
+    limit: int = 100,
+    models: Iterable[str] | None = None,
+    *,
+    using: str | None = None,
+) -> Page:
+    """:func:`read_changes` that never splits a transaction's changes across pages.
+
+    A page ends at a transaction boundary: it holds the whole transactions
+    that fit in ``limit`` changes, or, when the first one is larger than
+    ``limit``, that transaction alone and complete. Order, fence and cursors
+    are the feed's: every transaction served has ended, so all its changes
+    are in the log (the changes of ``models`` only, when the feed is
+    narrowed). ``next`` follows the page's last change, and ``caught_up``
+    says whether more is waiting (only an empty page, or one short of the
+    limit before the fence, is the end).
+
+    Reads ``limit + 1`` changes (the one past the limit tells whether the
+    last transaction goes on), and a transaction larger than ``limit`` in
+    further reads of :data:`WHOLE_TRANSACTION_CHUNK` after it.
+    """
+    page = read_changes(after, limit + 1, models, using=using)
+    changes = page.changes
+    if len(changes) <= limit:  # every change before the fence: whole transactions
+        return Page(changes, page.next, limit, held_back=page.held_back, fence=page.fence,
+                    more=False)  # fmt: skip
+    last = changes[limit].txid  # the first change past the limit
+    kept = [c for c in changes[:limit] if c.txid != last]
+    if not kept:
+        # The first transaction is larger than the page: all of it, alone.
+        kept = changes
+        while True:
+            following = read_changes(kept[-1].position, WHOLE_TRANSACTION_CHUNK, models,
+                                     using=using).changes  # fmt: skip
+            rest = [c for c in following if c.txid == last]
+            kept += rest
+            if len(rest) < len(following) or len(following) < WHOLE_TRANSACTION_CHUNK:
+                break
+    return Page(kept, kept[-1].position, limit, fence=page.fence, more=True)
+
+
+def read_from(
+    position: Position, limit: int, models: Iterable[str], *, whole_transactions: bool = False
+) -> Page:
     """:func:`read_changes` for a stored position (a subscription's).
 
     ``START`` (a subscription that started at the beginning) follows the
     oldest retained change instead of expiring when the log is pruned.
     """
-    return read_changes(None if position == START else position, limit, models)
+    return read_changes(
+        None if position == START else position,
+        limit,
+        models,
+        whole_transactions=whole_transactions,
+    )
+
+
+def transaction_ends(changes: list[FeedChange]) -> list[int]:
+    """How many of ``changes`` each whole-transaction prefix holds (the last: all of them).
+
+    ``[t1, t1, t2, t3, t3]`` gives ``[2, 3, 5]``: a batch or page cut after
+    2, 3 or 5 changes splits no transaction.
+    """
+    ends = [n for n in range(1, len(changes)) if changes[n].txid != changes[n - 1].txid]
+    return [*ends, len(changes)] if changes else []
 
 
 def pending_sql(position: str, models: str, *, jsonb: bool = False) -> str:

@@ -55,6 +55,7 @@ def describe(subscription: Subscription, request=None) -> dict[str, Any]:
         "callback": subscription.callback,
         "models": list(subscription.model_labels),
         "batch_size": subscription.batch_size,
+        "whole_transactions": subscription.whole_transactions,
         "state": subscription.state,
         "state_reason": subscription.state_reason,
         "position": position.encode(),

@@ -225,6 +225,24 @@ def _wait(request) -> float:
     return value
 
 
+_TRUE = ("1", "true")
+_FALSE = ("", "0", "false")
+
+
+def _whole_transactions(request) -> bool:
+    text = request.GET.get("whole_transactions")
+    if text is None or text in _FALSE:
+        return False
+    if text in _TRUE:
+        return True
+    raise ApiError(
+        400,
+        "invalid_whole_transactions",
+        f"whole_transactions must be 1 or true (never split a transaction across pages), "
+        f"0 or false (the default), not {text!r}.",
+    )
+
+
 def _feed_models(request, caller) -> list[str]:
     """The labels a feed request serves: all recorded in one database's change log."""
     text = request.GET.get("models")
@@ -268,6 +286,7 @@ class _LongPoll:
     limit: int
     models: list[str]
     wait: float
+    whole_transactions: bool = False
 
 
 def _expired(request, exc: feed.CursorExpired, models: list[str]) -> NoReturn:
@@ -285,12 +304,13 @@ def _changes(request, caller):
     models = _feed_models(request, caller)
     limit = _limit(request)
     wait = _wait(request)
+    whole = _whole_transactions(request)
     after = request.GET.get("after") or None
     try:
         if wait > 0:
             feed.Position.coerce(after)  # a bad cursor is 400 now, not after the wait
-            return _LongPoll(after, limit, models, wait)
-        page = feed.read_changes(after, limit, models)
+            return _LongPoll(after, limit, models, wait, whole)
+        page = feed.read_changes(after, limit, models, whole_transactions=whole)
     except feed.InvalidCursor as exc:
         raise ApiError(400, "invalid_cursor", str(exc)) from None
     except feed.CursorExpired as exc:
@@ -310,19 +330,23 @@ def _page_key(request) -> tuple:
         request.path,
         request.GET.get("models"),
         request.GET.get("limit") or None,
+        _whole_transactions(request),
     )
 
 
 def _page(request, page: feed.Page) -> HttpResponse:
     filter_ = request.GET.get("models")
     limit = request.GET.get("limit") or None
+    whole = "1" if _whole_transactions(request) else None
     # A page woken for many long polls answers them all with the same body:
     # render it once per URL it links to.
     key = _page_key(request)
     cached = page.rendered.get(key)
     if cached is None:
         cursor = page.next.encode()
-        next_url = _url(request, "changes", after=cursor, limit=limit, models=filter_)
+        next_url = _url(
+            request, "changes", after=cursor, limit=limit, models=filter_, whole_transactions=whole
+        )
         # Each change is rendered from the JSON text PostgreSQL stored.
         tail = json.dumps({"cursor": cursor, "next": next_url}, ensure_ascii=False)
         body = b'{"changes":' + page.changes_json_bytes() + b"," + tail[1:].encode()
@@ -384,7 +408,7 @@ async def changes(request):
     if not isinstance(result, _LongPoll):
         return result
     parking = getattr(request, "scope", {}).get(longpoll.SCOPE_KEY)
-    if parking is not None:
+    if parking is not None and not result.whole_transactions:
         # Under pubsubpull.asgi.long_polls: the wrapper waits and answers,
         # with the headers the middleware give this placeholder. (The page
         # links to this host: a host that fails validation is refused now,
@@ -404,6 +428,12 @@ async def changes(request):
         outcome = await longpoll.await_changes(
             result.after, result.limit, result.models, timeout=result.wait
         )
+        if result.whole_transactions and outcome.changes:
+            # Waiters share plain pages (listener.py); woken with changes,
+            # this one reads its page again ending at a transaction boundary.
+            outcome = await sync_to_async(  # type: ignore[call-overload]  # see above
+                feed.read_changes, thread_sensitive=False, executor=readers
+            )(result.after, result.limit, result.models, whole_transactions=True)
     except feed.CursorExpired as exc:
         outcome = exc
     return _answer(request, result.models, outcome)

@@ -23,7 +23,11 @@ revoked token or an inactive user sends nothing more and the subscription
 shows ``forbidden`` until access returns. A receiver that refuses a batch
 (413, or the same 4xx twice) is sent smaller batches until the change it
 refuses is alone; then the subscription shows ``blocked``, naming it, and
-an operator can park it (``parking.py``) so the rest goes on in order.
+an operator can park it (``parking.py``) so the rest goes on in order. A
+whole-transactions subscription (``whole_transactions``) is only ever sent
+whole transactions: a refused batch narrows to fewer transactions, a single
+transaction still refused is ``blocked`` as a whole, and parking it parks
+all its changes.
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ class Claimed:
     pending_count: int
     secrets: list[str]
     failures: int
+    # Never split a transaction across batches (also when narrowing a refused one).
+    whole_transactions: bool = False
     woken: bool = False  # a wake came while we held it (set when letting go)
     # An empty read moved past other models' changes: from where (the
     # position as claimed), recorded when letting go if nobody moved it since.
@@ -103,7 +109,7 @@ SUBSCRIPTIONS = jobs.LeaseSpec(
           t.position_txid, t.position_id, t.pending_batch, t.pending_txid, t.pending_id,
           t.pending_count, t.secret,
           CASE WHEN t.previous_secret_expires > now() THEN t.previous_secret ELSE '' END,
-          t.failures""",
+          t.failures, t.whole_transactions""",
 )
 
 # Letting go also records how far an empty read skipped (past other models'
@@ -260,7 +266,7 @@ def _execute(sql: str, params: dict[str, Any]) -> list[tuple]:
 def _claimed(row: tuple) -> Claimed:
     """The subscription as the engine's claim returned it (SUBSCRIPTIONS.columns)."""
     (id_, name, subscriber, state, callback, models, size, ptx, pid, pbatch, pendtx, pendid,
-     pcount, secret, previous, failures) = row  # fmt: skip
+     pcount, secret, previous, failures, whole) = row  # fmt: skip
     return Claimed(
         id=id_,
         name=name,
@@ -275,6 +281,7 @@ def _claimed(row: tuple) -> Claimed:
         pending_count=pcount,
         secrets=[secret, previous],
         failures=failures,
+        whole_transactions=whole,
     )
 
 
@@ -355,19 +362,29 @@ def _envelope_size(sub: Claimed, page: feed.Page) -> int:
     return notification.overhead(sub.name, max((len(c.at_text) for c in page.changes), default=0))
 
 
-def within(page: feed.Page, max_bytes: int, envelope: int) -> feed.Page:
+def within(
+    page: feed.Page, max_bytes: int, envelope: int, *, whole_transactions: bool = False
+) -> feed.Page:
     """The longest start of ``page`` whose body fits in ``max_bytes``.
 
     ``envelope`` is what the body holds besides the changes (an upper
     bound). A first change larger than the cap on its own goes alone: it
     can never be sent in a smaller batch. When changes are cut off, the
     page's ``next`` is the last kept change's position, so the rest follow
-    in the next batch.
+    in the next batch. ``whole_transactions`` cuts only between
+    transactions: the whole ones that fit, or the first one alone however
+    large.
     """
     size = envelope + 2  # the brackets
     for n, text in enumerate(page.texts()):
         size += (len(text) if text.isascii() else len(text.encode())) + (1 if n else 0)
         if size > max_bytes and n > 0:
+            if whole_transactions:
+                ends = feed.transaction_ends(page.changes)
+                fitting = [end for end in ends if end <= n]
+                n = fitting[-1] if fitting else ends[0]
+                if n == len(page.changes):
+                    return page
             return page.head(n)
     return page
 
@@ -471,6 +488,28 @@ def _describe_change(change: feed.FeedChange) -> str:
     return f"change {change.id} ({change.model} {change.pk})"
 
 
+def _describe_refused(sub: Claimed, changes: list[feed.FeedChange]) -> str:
+    """What a refused batch that cannot be narrowed further is: a change, or a transaction."""
+    if sub.whole_transactions and len(changes) > 1:
+        return (
+            f"transaction {changes[0].txid} ({len(changes)} changes, {changes[0].id} to "
+            f"{changes[-1].id}; parking {_describe_change(changes[0])} parks all of them)"
+        )
+    return _describe_change(changes[0])
+
+
+def _narrower(sub: Claimed, changes: list[feed.FeedChange]) -> list[int]:
+    """The sizes a refused batch may be narrowed to (its own size last).
+
+    Any number of changes; for a whole-transactions subscription only whole
+    transactions, so a single transaction is not narrowed: it is refused as
+    a whole.
+    """
+    if sub.whole_transactions:
+        return feed.transaction_ends(changes)
+    return list(range(1, len(changes) + 1))
+
+
 def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
     if not _check_access(sub, owner):
         return Outcome.FORBIDDEN
@@ -494,13 +533,20 @@ def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
             return Outcome.SENT
         SUBSCRIPTIONS.renew(sub.id, owner)
     else:
-        page = feed.read_from(sub.position, sub.batch_size, sub.models)
+        page = feed.read_from(
+            sub.position, sub.batch_size, sub.models, whole_transactions=sub.whole_transactions
+        )
         if not page.changes:
             if page.next > sub.position:
                 sub.skipped_from = sub.skipped_from or sub.position
                 sub.position = page.next  # recorded when the lease is let go
             return Outcome.HELD_BACK if page.held_back else Outcome.CAUGHT_UP
-        page = within(page, conf.batch_max_bytes(), _envelope_size(sub, page))
+        page = within(
+            page,
+            conf.batch_max_bytes(),
+            _envelope_size(sub, page),
+            whole_transactions=sub.whole_transactions,
+        )
         changes, following = page.changes, page.next
         webhook_id = f"msg_{uuid.uuid4().hex}"
         started = _execute(
@@ -552,7 +598,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
     refusal = response.status == 413 or (
         refused(response.status) and refused(_previous_status(sub, webhook_id))
     )
-    if refusal and len(changes) > 1:
+    if refusal and len(_narrower(sub, changes)) > 1:
         return _split(sub, owner, params, changes, response)
     delay = backoff(sub.failures + 1, response.retry_after)
     disable_after = conf.disable_after()
@@ -560,7 +606,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
         gone=response.status == 410,
         refused=refusal,
         refused_reason=(
-            f"The receiver refuses {_describe_change(changes[0])}: {response.error}"
+            f"The receiver refuses {_describe_refused(sub, changes)}: {response.error}"
             f"{' (too large for it)' if response.status == 413 else ', twice or more'}. "
             "Retrying with backoff; fix the receiver, or park the change so that "
             "delivery goes on without it (admin, or PUT subscriptions/"
@@ -584,7 +630,7 @@ def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
         webhook_id,
         sub.name,
         response.error,
-        f": blocked on change {changes[0].id}" if refusal else "",
+        f": blocked on {_describe_refused(sub, changes)}" if refusal else "",
         delay,
         extra={
             "pubsubpull": {
@@ -608,8 +654,15 @@ def _split(
     changes: list[feed.FeedChange],
     response: Response,
 ) -> Outcome:
-    """Send the start of a refused batch alone next: half of it after a 413, else one change."""
-    keep = max(1, len(changes) // 2) if response.status == 413 else 1
+    """Send the start of a refused batch alone next: half of it after a 413, else one change.
+
+    A whole-transactions subscription keeps whole transactions: after a 413
+    the most that fit in half (at least the first transaction), else the
+    first transaction alone.
+    """
+    sizes = _narrower(sub, changes)
+    half = [n for n in sizes if n <= len(changes) // 2]
+    keep = (half[-1] if half else sizes[0]) if response.status == 413 else sizes[0]
     end = changes[keep - 1].position
     new_batch = f"msg_{uuid.uuid4().hex}"
     params.update(

@@ -44,6 +44,11 @@ class Subscription(models.Model):
     # django.contrib.postgres to INSTALLED_APPS on Django 6.1.
     model_labels = models.JSONField(default=list, help_text="The models it follows (labels).")
     batch_size = models.PositiveIntegerField(default=conf.DEFAULTS["BATCH_SIZE"])
+    whole_transactions = models.BooleanField(
+        default=False,
+        help_text="Never split a transaction's changes across batches: a batch holds whole "
+        "transactions, and one larger than batch_size goes alone.",
+    )
     state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
     state_reason = models.TextField(blank=True)
     created = models.DateTimeField(auto_now_add=True)

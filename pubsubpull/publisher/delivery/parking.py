@@ -10,6 +10,11 @@ signed like any batch, with ``"parked": true`` in its ``data`` (and no
 ``cursor``: it is out of order, so a receiver applies it only if its
 ``sequence`` is newer than what it holds for that object).
 
+A whole-transactions subscription parks and re-sends whole transactions:
+parking its next change parks every change of that change's transaction
+(one :class:`ParkedChange` each, the position moves past the last), and
+re-sending any of them sends them all, in order, in one body.
+
 Example::
 
     from pubsubpull.publisher.delivery import parking
@@ -37,9 +42,25 @@ from pubsubpull.publisher.delivery.subscriptions import forget_pending, notify
 
 def next_change(subscription: Subscription) -> feed.FeedChange | None:
     """The first change the subscription has not had acknowledged, or None."""
+    following = next_changes(subscription)
+    return following[0] if following else None
+
+
+def next_changes(subscription: Subscription) -> list[feed.FeedChange]:
+    """What parking the next change sets aside: that change, or its whole transaction.
+
+    A whole-transactions subscription parks the whole transaction the next
+    change belongs to (its receiver never gets part of one); any other, the
+    change alone.
+    """
     position = feed.Position(subscription.position_txid, subscription.position_id)
-    page = feed.read_from(position, 1, list(subscription.model_labels))
-    return page.changes[0] if page.changes else None
+    page = feed.read_from(
+        position,
+        1,
+        list(subscription.model_labels),
+        whole_transactions=subscription.whole_transactions,
+    )
+    return page.changes
 
 
 def park(subscription: Subscription, change_id: int, by: str = "") -> tuple[ParkedChange, bool]:
@@ -55,7 +76,8 @@ def park(subscription: Subscription, change_id: int, by: str = "") -> tuple[Park
         existing = ParkedChange.objects.filter(subscription=locked, change_id=change_id).first()
         if existing is not None:
             return existing, False
-        change = next_change(locked)
+        following = next_changes(locked)
+        change = following[0] if following else None
         if change is None:
             raise CannotPark(
                 f"Subscription {locked.name!r} has no change waiting: nothing to park."
@@ -71,6 +93,7 @@ def park(subscription: Subscription, change_id: int, by: str = "") -> tuple[Park
         tried = Attempt.objects.filter(subscription=locked, first_change_id=change.id).exclude(
             status__gte=200, status__lt=300
         )
+        reason = locked.last_error or locked.state_reason
         attempts = [
             {
                 "at": a.at.isoformat(),
@@ -82,20 +105,24 @@ def park(subscription: Subscription, change_id: int, by: str = "") -> tuple[Park
             }
             for a in tried.order_by("at")
         ]
-        parked = ParkedChange.objects.create(
-            subscription=locked,
-            change_id=change.id,
-            txid=change.txid,
-            model=change.model,
-            object_pk="" if change.pk is None else str(change.pk),
-            change=change.as_json(),
-            attempts=attempts,
-            reason=locked.last_error or locked.state_reason,
-            parked_by=by,
+        parked, *_ = ParkedChange.objects.bulk_create(
+            ParkedChange(
+                subscription=locked,
+                change_id=each.id,
+                txid=each.txid,
+                model=each.model,
+                object_pk="" if each.pk is None else str(each.pk),
+                change=each.as_json(),
+                attempts=attempts,
+                reason=reason,
+                parked_by=by,
+            )
+            for each in following
         )
-        # Past it, in order; a worker holding the subscription finds its
-        # batch forgotten and does not advance.
-        locked.position_txid, locked.position_id = change.txid, change.id
+        # Past it (its whole transaction), in order; a worker holding the
+        # subscription finds its batch forgotten and does not advance.
+        last = following[-1]
+        locked.position_txid, locked.position_id = last.txid, last.id
         forget_pending(locked)
         if locked.state in (Subscription.State.BLOCKED, Subscription.State.FAILING):
             locked.state = Subscription.State.ACTIVE
@@ -131,9 +158,19 @@ def resend(parked: ParkedChange, by: str = "") -> ParkedChange:
     The attempt is recorded with the subscription's others. A 2xx marks it
     resent (``parked.resent``); anything else leaves it parked to try again.
     Raises :class:`CannotResend` when the owner may not receive it now.
+
+    For a whole-transactions subscription, the parked changes of the same
+    transaction go together, in order, and each is marked with the outcome.
     """
     subscription = parked.subscription
-    refusal = access.refusal(subscription.owner, [parked.model])
+    together = [parked]
+    if subscription.whole_transactions:
+        together = list(
+            ParkedChange.objects.filter(subscription=subscription, txid=parked.txid).order_by(
+                "change_id"
+            )
+        )
+    refusal = access.refusal(subscription.owner, sorted({p.model for p in together}))
     if refusal:
         raise CannotResend(refusal)
     secrets = [subscription.secret]
@@ -144,8 +181,8 @@ def resend(parked: ParkedChange, by: str = "") -> ParkedChange:
     # The change as it was stored from the feed's item: same keys, same order.
     body = notification.body(
         subscription.name,
-        parked.change.get("at", ""),
-        f"[{items.dumps(parked.change)}]",
+        together[-1].change.get("at", ""),
+        "[" + ",".join(items.dumps(p.change) for p in together) + "]",
         None,
         parked=True,
     )
@@ -158,17 +195,21 @@ def resend(parked: ParkedChange, by: str = "") -> ParkedChange:
         subscription=subscription,
         at=now,
         webhook_id=webhook_id,
-        changes=1,
-        first_change_id=parked.change_id,
-        last_change_id=parked.change_id,
+        changes=len(together),
+        first_change_id=together[0].change_id,
+        last_change_id=together[-1].change_id,
         status=response.status,
         duration=timedelta(seconds=response.duration),
         error=response.error,
         response=response.body,
         worker=f"resend of a parked change{' by ' + by if by else ''}",
     )
-    parked.resent_at = now
-    parked.resent_status = response.status
-    parked.resent_error = response.error
-    parked.save(update_fields=["resent_at", "resent_status", "resent_error"])
+    for each in together:
+        each.resent_at = now
+        each.resent_status = response.status
+        each.resent_error = response.error
+        each.save(update_fields=["resent_at", "resent_status", "resent_error"])
+        if each.pk == parked.pk:
+            parked.resent_at, parked.resent_status = now, response.status
+            parked.resent_error = response.error
     return parked

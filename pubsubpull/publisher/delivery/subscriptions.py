@@ -28,7 +28,7 @@ from pubsubpull.publisher import feed
 from pubsubpull.publisher.delivery import guard, signing
 from pubsubpull.publisher.delivery.models import Attempt, Subscription
 
-FIELDS = {"callback", "models", "batch_size", "start", "rotate_secret"}
+FIELDS = {"callback", "models", "batch_size", "whole_transactions", "start", "rotate_secret"}
 
 
 @dataclass
@@ -120,6 +120,15 @@ def validate(data: Any, *, creating: bool) -> dict[str, Any]:
         else:
             cleaned["batch_size"] = size
 
+    if "whole_transactions" in data:
+        whole = data["whole_transactions"]
+        if not isinstance(whole, bool):
+            errors["whole_transactions"] = (
+                "must be true (never split a transaction across batches) or false"
+            )
+        else:
+            cleaned["whole_transactions"] = whole
+
     rotate = data.get("rotate_secret", False)
     if not isinstance(rotate, bool):
         errors["rotate_secret"] = "must be true or false"
@@ -163,6 +172,7 @@ def subscribe(
                 callback=cleaned["callback"],
                 model_labels=cleaned["models"],
                 batch_size=cleaned.get("batch_size", conf.batch_size()),
+                whole_transactions=cleaned.get("whole_transactions", False),
                 position_txid=start.txid,
                 position_id=start.id,
                 secret=secret,
@@ -175,6 +185,8 @@ def subscribe(
                 subscription.callback = cleaned["callback"]
             if "batch_size" in cleaned:
                 subscription.batch_size = cleaned["batch_size"]
+            if "whole_transactions" in cleaned:
+                subscription.whole_transactions = cleaned["whole_transactions"]
             moved = False
             if "models" in cleaned and cleaned["models"] != sorted(subscription.model_labels):
                 subscription.model_labels = cleaned["models"]
