@@ -306,7 +306,7 @@ def test_a_refused_batch_narrows_to_whole_transactions_then_blocks_and_parks_as_
 
         # Parking its first change parks the whole transaction, and the rest goes on.
         parked, created = parking.park(subscription, first, by="ops")
-        assert created
+        assert created and parked.change_id == first
         stored = ParkedChange.objects.filter(subscription=subscription).order_by("change_id")
         assert [p.change["new"]["name"] for p in stored] == ["t3-0", "t3-1", "t3-2"]
         assert drain_settled(subscription.pk) == "caught_up"
