@@ -261,6 +261,14 @@ SUBSCRIPTION_SCHEMAS: dict[str, Any] = {
                 "description": "Model labels; required to create.",
             },
             "batch_size": {"type": "integer", "minimum": 1},
+            "whole_transactions": {
+                "type": "boolean",
+                "description": "Never split a transaction's changes across batches: a "
+                "batch holds whole transactions, one larger than batch_size goes alone, "
+                "and a refused batch is narrowed to whole transactions (one still "
+                "refused blocks the subscription, and parking it parks all its changes). "
+                "Default false; left out of an update, kept.",
+            },
             "start": {
                 "type": "string",
                 "description": '"now" (default), "beginning", or a feed cursor.',
@@ -278,6 +286,7 @@ SUBSCRIPTION_SCHEMAS: dict[str, Any] = {
             "callback": {"type": "string"},
             "models": {"type": "array", "items": {"type": "string"}},
             "batch_size": {"type": "integer"},
+            "whole_transactions": {"type": "boolean"},
             "state": {"enum": ["active", "failing", "blocked", "forbidden", "disabled", "paused"]},
             "state_reason": {"type": "string"},
             "position": {
@@ -599,7 +608,7 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
                 "description": (
                     "Changes in transaction-id order, not commit order: no gap, no "
                     "duplicate, each transaction's changes together (a page may end "
-                    "inside a transaction). A transaction that took its id first is "
+                    "inside a transaction, unless whole_transactions is set). A transaction that took its id first is "
                     "served first even if it committed later, so a child row can come "
                     "before its parent; one object's changes are ordered by sequence, "
                     "not by their place in the feed. Store the page's cursor and send "
@@ -630,6 +639,16 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
                             "minimum": 0,
                             "maximum": conf.max_wait(),
                         },
+                    },
+                    {
+                        "name": "whole_transactions",
+                        "in": "query",
+                        "description": "1 or true: never split a transaction's changes "
+                        "across pages. A page then ends at a transaction boundary (it may "
+                        "hold fewer than limit changes and not be the last: only an empty "
+                        "page means caught up), and a transaction larger than limit comes "
+                        "alone, complete. The next link keeps it. Default 0 (false).",
+                        "schema": {"type": "string", "enum": ["0", "1", "false", "true"]},
                     },
                 ],
                 "responses": {
