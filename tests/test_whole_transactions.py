@@ -29,14 +29,10 @@ from pubsubpull.publisher.delivery import parking
 from pubsubpull.publisher.delivery.models import ParkedChange, Subscription
 from tests.conftest import dsn
 
-from .delivery_helpers import (
-    drain_settled,
-    make_subscription,
-    settle,
-    use_fast_settings,
-    wait_until,
-)
+from . import services
+from .delivery_helpers import drain_settled, make_subscription, settle, use_fast_settings
 from .receivers import Answer, Receiver
+from .services import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -292,7 +288,7 @@ def test_a_refused_batch_narrows_to_whole_transactions_then_blocks_and_parks_as_
             return subscription.state == "blocked"
 
         # The refusals narrow it down, then it blocks.
-        wait_until(lambda: drain_settled(subscription.pk) and blocked())
+        wait_until(lambda: drain_settled(subscription.pk) and blocked(), timeout=60)
         # Never part of a transaction, not even while narrowing down.
         assert_complete([r.changes for r in receiver.requests], sizes)
         assert len(receiver.requests) > 3
@@ -387,3 +383,47 @@ def test_a_pull_with_the_option_handles_whole_transactions_page_by_page(live_ser
     else:
         assert split_transactions(recorded.pages)
         assert Counter(group(i) for p in recorded.pages for i in p) == sizes
+
+
+# -- a mirror in another service --------------------------------------------------
+
+billing_service, billing = services.billing_service, services.billing  # the fixtures
+
+
+@pytest.mark.slow
+def test_a_mirror_in_another_service_never_shows_half_of_a_transaction(billing):
+    """Billing (its own processes) mirrors customers; its table is read all the while.
+
+    Without the option this fails: pages of 4 apply a 12-change transaction
+    in three local transactions, and the watcher sees a part of it.
+    """
+    billing.start_worker()
+    billing.shell(
+        "from billing.mirrors import customers; "
+        "customers.pull(page_size=4, whole_transactions=True)"
+    )
+    assert billing.sql("SELECT whole_transactions FROM pubsubpull_pullcursor") == [(True,)]
+    wait_until(lambda: billing.sql("SELECT phase FROM pubsubpull_pullcursor") == [("feed",)])
+    sizes: dict[str, int] = {}
+    observed: list[Counter] = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            rows = billing.sql("SELECT name FROM billing_customercountry")
+            observed.append(Counter(name.split("-")[0] for (name,) in rows))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for round_ in range(3):
+            sizes.update(write_transactions(SIZES, prefix=f"r{round_}t"))
+        total = sum(sizes.values())
+        wait_until(lambda: len(billing.sql("SELECT 1 FROM billing_customercountry")) == total)
+    finally:
+        stop.set()
+        watcher.join()
+    assert len(observed) > 5
+    for counts in observed:
+        for name, count in counts.items():
+            assert count == sizes[name], (name, count)

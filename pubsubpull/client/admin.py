@@ -62,7 +62,7 @@ class PullCursorAdmin(admin.ModelAdmin):
         "lease_expires",
         "created",
     ]
-    fields = ["page_size", "every", "once", *readonly_fields]
+    fields = ["page_size", "whole_transactions", "every", "once", *readonly_fields]
 
     def has_add_permission(self, request):
         return False  # pubsubpull.pull() / mirror.pull() / manage.py pubsubpull_pull make them

@@ -93,6 +93,12 @@ class Command(BaseCommand):
             help="The publisher's bearer token (default: $PUBSUBPULL_TOKEN, else the cursor's).",
         )
         parser.add_argument("--page-size", type=int, default=None)
+        parser.add_argument(
+            "--whole-transactions",
+            action="store_true",
+            default=None,
+            help="Pages that never split a publisher's transaction (default: the cursor's).",
+        )
         parser.add_argument("--name", default=None, help="Cursor name (default: the handler).")
         parser.add_argument("--follow", action="store_true", help="Keep following the feed.")
 
@@ -106,6 +112,7 @@ class Command(BaseCommand):
                 models=models,
                 start=options["start"],
                 page_size=options["page_size"],
+                whole_transactions=options["whole_transactions"],
                 auth=options["token"] or None,
                 name=options["name"],
                 enqueue=False,

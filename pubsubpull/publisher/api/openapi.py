@@ -608,8 +608,9 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
                 "description": (
                     "Changes in transaction-id order, not commit order: no gap, no "
                     "duplicate, each transaction's changes together (a page may end "
-                    "inside a transaction, unless whole_transactions is set). A transaction that took its id first is "
-                    "served first even if it committed later, so a child row can come "
+                    "inside a transaction, unless whole_transactions is set). A "
+                    "transaction that took its id first is served first even if it "
+                    "committed later, so a child row can come "
                     "before its parent; one object's changes are ordered by sequence, "
                     "not by their place in the feed. Store the page's cursor and send "
                     "it back as after."

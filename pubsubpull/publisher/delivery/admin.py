@@ -106,7 +106,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
         "created",
         "updated",
     ]
-    fields = ["callback", "batch_size", *readonly_fields]
+    fields = ["callback", "batch_size", "whole_transactions", *readonly_fields]
 
     def has_add_permission(self, request):
         return False  # subscribers PUT their own, and get the secret then
