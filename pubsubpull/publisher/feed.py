@@ -576,8 +576,8 @@ def read_whole_transactions(
     are the feed's: every transaction served has ended, so all its changes
     are in the log (the changes of ``models`` only, when the feed is
     narrowed). ``next`` follows the page's last change, and ``caught_up``
-    says whether more is waiting (only an empty page, or one short of the
-    limit before the fence, is the end).
+    says whether more is waiting: a page may end short of ``limit`` at a
+    transaction boundary and still not be the last.
 
     Reads ``limit + 1`` changes (the one past the limit tells whether the
     last transaction goes on), and a transaction larger than ``limit`` in
