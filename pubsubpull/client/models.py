@@ -114,7 +114,13 @@ class RemoteSubscription(models.Model):
     name = models.CharField(max_length=100)
     callback = models.URLField(max_length=2000)
     model_labels = models.JSONField(default=list)
-    secret = models.CharField(max_length=100)
+    secret = models.CharField(max_length=100, blank=True)
+    public_key = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="For a v1a subscription: the whpk_ key its notifications verify with "
+        "(and then only v1a signatures are accepted).",
+    )
     token = models.TextField(blank=True)
     position = models.CharField(
         max_length=200, blank=True, help_text="Feed cursor of the last change handled."
