@@ -109,9 +109,7 @@ def batch_json(events: list[str]) -> str:
 
 def is_cloudevents(envelope: Any) -> bool:
     """Whether a parsed body is CloudEvents: a batch (an array) or one structured event."""
-    return isinstance(envelope, list) or (
-        isinstance(envelope, dict) and "specversion" in envelope
-    )
+    return isinstance(envelope, list) or (isinstance(envelope, dict) and "specversion" in envelope)
 
 
 @dataclass(frozen=True)

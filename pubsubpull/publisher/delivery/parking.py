@@ -28,8 +28,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from pubsubpull.exceptions import CannotPark, CannotResend
-from pubsubpull.protocol import items, notification
-from pubsubpull.publisher import feed
+from pubsubpull.protocol import cloudevents, items, notification
+from pubsubpull.publisher import feed, framing
 from pubsubpull.publisher.delivery import access, deliver
 from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription
 from pubsubpull.publisher.delivery.subscriptions import forget_pending, notify
@@ -142,18 +142,19 @@ def resend(parked: ParkedChange, by: str = "") -> ParkedChange:
     ):
         secrets.append(subscription.previous_secret)
     # The change as it was stored from the feed's item: same keys, same order.
-    body = notification.body(
-        subscription.name,
-        parked.change.get("at", ""),
-        f"[{items.dumps(parked.change)}]",
-        None,
-        parked=True,
-    )
+    text = items.dumps(parked.change)
+    content_type = "application/json"
+    if subscription.framing == "cloudevents":
+        event = framing.event_json(parked.change, text, subscription=subscription.name, parked=True)
+        body, content_type = f"[{event}]".encode(), cloudevents.BATCH_CONTENT_TYPE
+    else:
+        body = notification.body(
+            subscription.name, parked.change.get("at", ""), f"[{text}]", None, parked=True
+        )
     webhook_id = f"msg_{uuid.uuid4().hex}"
     now = datetime.now(UTC)
-    response = deliver.send(
-        subscription.callback, body, deliver.signed_headers(secrets, webhook_id, body, now)
-    )
+    headers = deliver.signed_headers(secrets, webhook_id, body, now, content_type)
+    response = deliver.send(subscription.callback, body, headers)
     Attempt.objects.create(
         subscription=subscription,
         at=now,
