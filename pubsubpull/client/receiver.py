@@ -19,11 +19,12 @@ CloudEvents batch (``application/cloudevents-batch+json``, or one structured
 event). It verifies the Standard Webhooks signature with what the
 subscription stored: its ``whsec_`` secret (``v1``), or for a ``v1a``
 subscription its ``whpk_`` public key, and then only ``v1a`` signatures
-count (401 with the reason, handler not called), answers 204 to a batch it has handled before (same ``webhook-id``)
-without calling the handler, drops changes at or before the last cursor it
-handled, calls the handler for each change in order, and answers 204 only
-after the handler's transaction committed; any error rolls it back and
-answers 500, so the publisher sends the same batch again.
+count (401 with the reason, handler not called), answers 204 to a batch it
+has handled before (same ``webhook-id``) without calling the handler, drops
+changes at or before the last cursor it handled, calls the handler for each
+change in order, and answers 204 only after the handler's transaction
+committed; any error rolls it back and answers 500, so the publisher sends
+the same batch again.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ from pubsubpull import conf
 from pubsubpull.client.handlers import CANNOT_APPLY, Handler, call_handler, resolve_handler
 from pubsubpull.client.models import ReceivedBatch, RemoteSubscription
 from pubsubpull.client.source import Publisher, SourceError, request, split_source
-from pubsubpull.protocol import cursor as cursors
 from pubsubpull.exceptions import InvalidKey, MissingDependency
 from pubsubpull.protocol import cloudevents, jsonbody, notification
+from pubsubpull.protocol import cursor as cursors
 from pubsubpull.protocol.events import Event
 
 logger = logging.getLogger("pubsubpull.client")

@@ -201,11 +201,14 @@ def subscribe(
         refused = [m for m in cleaned.get("models", []) if may_read and not may_read(m)]
         if refused:
             raise NotAllowed(f"You may not read {', '.join(refused)}, so you cannot subscribe.")
-        if "signing_key" in cleaned and "signature" not in cleaned:
-            if existing is None or existing.signature != "v1a":
-                raise InvalidSubscription(
-                    {"signing_key": 'is for "signature": "v1a" only (an ed25519 secret key)'}
-                )
+        if (
+            "signing_key" in cleaned
+            and "signature" not in cleaned
+            and (existing is None or existing.signature != "v1a")
+        ):
+            raise InvalidSubscription(
+                {"signing_key": 'is for "signature": "v1a" only (an ed25519 secret key)'}
+            )
         secret = None
         if existing is None:
             start = cleaned.get("start") or feed.current_position()
