@@ -97,7 +97,7 @@ def test_a_redelivered_batch_carries_the_same_event_ids(settings):
         return Answer(503) if n == 0 else Answer()
 
     with Receiver(first_fails) as receiver:
-        subscribed = make_subscription(receiver.url(), format="cloudevents")
+        make_subscription(receiver.url(), format="cloudevents")
         Customer.objects.create(name="Grace")
         Customer.objects.create(name="Linus")
         with WorkerThread():
@@ -113,7 +113,7 @@ def test_a_redelivered_batch_carries_the_same_event_ids(settings):
 
 def test_a_parked_change_sent_again_is_one_event_marked_parked():
     with Receiver(lambda received, n: Answer(422) if n < 2 else Answer()) as receiver:
-        subscribed = make_subscription(receiver.url(), format="cloudevents")
+        make_subscription(receiver.url(), format="cloudevents")
         Customer.objects.create(name="Poison")
         with WorkerThread():
             wait_until(lambda: Subscription.objects.get().state == "blocked")
