@@ -366,11 +366,11 @@ def _page(request, page: feed.Page) -> HttpResponse:
         tail = json.dumps({"cursor": cursor, "next": next_url}, ensure_ascii=False)
         body = b'{"changes":' + page.changes_json_bytes() + b"," + tail[1:].encode()
         cached = page.rendered[key] = (body, _link(next_url), None)
-    body, link, cursor = cached
-    if cursor is None:
-        return raw_json_response(body, Link=link)
-    response = raw_json_response(body, Link=link, **{"Pubsubpull-Cursor": cursor})
-    response["Content-Type"] = cloudevents.BATCH_CONTENT_TYPE
+    body, link, batch_cursor = cached
+    response = raw_json_response(body, Link=link)
+    if batch_cursor is not None:
+        response["Pubsubpull-Cursor"] = batch_cursor
+        response["Content-Type"] = cloudevents.BATCH_CONTENT_TYPE
     return response
 
 
