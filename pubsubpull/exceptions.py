@@ -177,3 +177,7 @@ class InvalidKey(PubsubpullError, ValueError):
 
 class MissingDependency(PubsubpullError, ImportError):
     """An optional feature needs a package that is not installed; the message names it."""
+
+
+class InvalidOption(PubsubpullError, ValueError):
+    """An option given to a pubsubpull function that it does not take; the message says which."""

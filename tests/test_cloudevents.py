@@ -229,3 +229,38 @@ def test_a_cloudevents_batch_that_is_not_one_is_400(live_server, settings):
     assert answer.status_code == 400
     assert answer.json()["error"] == "invalid_body"
     assert "data is not a pubsubpull change" in answer.json()["detail"]
+
+
+def test_a_pull_reads_the_feed_as_cloudevents_and_gets_the_same_events(live_server, token):
+    from pubsubpull.client import pulling
+    from pubsubpull.exceptions import InvalidOption
+    from tests import client_handlers
+
+    client_handlers.seen.clear()
+    url = f"{live_server.url}/pubsubpull/models/customers.customer/instances/"
+    ada = Customer.objects.create(name="Ada")
+    plain = pubsubpull.pull(
+        url, client_handlers.record, auth=token, name="plain", start="beginning", enqueue=False
+    )
+    framed = pubsubpull.pull(
+        url, client_handlers.record, auth=token, name="framed", start="beginning",
+        page_size=1, enqueue=False, format="cloudevents",
+    )  # fmt: skip
+    assert framed.framing == "cloudevents"
+    for cursor in (plain, framed):
+        assert pulling.run(cursor.id, stop_when_caught_up=True, now=True) == "caught_up"
+    client_handlers.seen.clear()
+    Customer.objects.filter(pk=ada.pk).update(name="Ada L.")
+    Customer.objects.create(name="Grace")
+    got = {}
+    for cursor in (plain, framed):
+        assert pulling.run(cursor.id, stop_when_caught_up=True, now=True) == "caught_up"
+        got[cursor.name] = list(client_handlers.seen)
+        client_handlers.seen.clear()
+        cursor.refresh_from_db()
+    assert [(e.op, e.data["name"]) for e in got["framed"]] == [("update", "Ada L."),
+                                                             ("insert", "Grace")]  # fmt: skip
+    assert got["framed"] == got["plain"]
+    assert plain.feed_position and framed.feed_position
+    with pytest.raises(InvalidOption, match="cloudevents"):
+        pubsubpull.pull(url, client_handlers.record, auth=token, name="x", format="xml")

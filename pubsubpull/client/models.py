@@ -60,6 +60,11 @@ class PullCursor(models.Model):
     once = models.BooleanField(
         default=False, help_text="pull_down: stop when caught up (phase done)."
     )
+    framing = models.CharField(
+        max_length=16,
+        default="pubsubpull",
+        help_text="How feed pages are asked for: pubsubpull's page, or a CloudEvents batch.",
+    )
 
     state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
     phase = models.CharField(max_length=16, choices=Phase.choices, default=Phase.SNAPSHOT)

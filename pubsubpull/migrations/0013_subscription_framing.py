@@ -1,4 +1,4 @@
-# CloudEvents framing and v1a (ed25519) signatures per subscription.
+# CloudEvents framing and v1a (ed25519) signatures per subscription; CloudEvents pulls.
 
 from django.db import migrations, models
 
@@ -9,6 +9,15 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AddField(
+            model_name="pullcursor",
+            name="framing",
+            field=models.CharField(
+                default="pubsubpull",
+                help_text="How feed pages are asked for: pubsubpull's page, or a CloudEvents batch.",
+                max_length=16,
+            ),
+        ),
         migrations.AddField(
             model_name="remotesubscription",
             name="public_key",
