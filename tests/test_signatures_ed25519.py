@@ -265,3 +265,23 @@ def test_the_receiver_refuses_what_the_secret_key_did_not_sign(hooks):
 
     assert attempt(body, genuine).status_code == 204
     assert [e.data["name"] for e in receiver_urls.HANDLED] == ["Mallory"]
+
+
+def test_without_cryptography_v1a_is_refused_clearly(api, monkeypatch, live_server, token):
+    # A fault we cannot cause for real here (the test extra installs it): the
+    # import of cryptography's ed25519 fails as it does where it is missing.
+    import sys
+
+    from pubsubpull.exceptions import MissingDependency
+
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.asymmetric", None)
+    answer = put(api, signature="v1a")
+    assert answer.status_code == 400
+    assert "django-pubsubpull[ed25519]" in answer.json()["fields"]["signature"]
+    assert put(api).status_code == 201  # v1 needs nothing more
+    with pytest.raises(MissingDependency, match="cryptography"):
+        pubsubpull.subscribe(
+            f"{live_server.url}/pubsubpull/", "billing", "http://127.0.0.1:9/hook/",
+            models=["customers.customer"], auth=token, signature="v1a",
+        )  # fmt: skip
+    assert Subscription.objects.get().signature == "v1"
