@@ -117,6 +117,17 @@ DEFAULTS: dict[str, Any] = {
     # After rotate_secret, the old secret keeps signing beside the new one
     # this long, so receivers can switch without losing a notification.
     "SECRET_GRACE": 24 * 3600.0,
+    # CloudEvents framing (a subscription's "format": "cloudevents", or a feed
+    # request's ?format=cloudevents). Each event's source: an absolute URI
+    # naming this service, e.g. "https://customers.example.com/pubsubpull/".
+    # None: the path of pubsubpull's service document ("/pubsubpull/"), which
+    # is unique only within one site; set it when events of several services
+    # meet.
+    "CLOUDEVENTS_SOURCE": None,
+    # The start of each event's type, reverse-DNS of your organisation; the
+    # type is "<prefix>.<app_label>.<model>.<op>", e.g.
+    # "org.pubsubpull.shop.customer.update".
+    "CLOUDEVENTS_TYPE_PREFIX": "org.pubsubpull",
     # How much of a receiver's response body an attempt record keeps (bytes).
     "RESPONSE_EXCERPT": 4096,
     # Attempt records older than this are removed by prune_attempts().
@@ -314,6 +325,16 @@ def task_queue() -> str:
 def secret_grace() -> float:
     """``SECRET_GRACE``: seconds the old secret keeps signing after ``rotate_secret``."""
     return get("SECRET_GRACE")
+
+
+def cloudevents_source() -> str | None:
+    """``CLOUDEVENTS_SOURCE``: the ``source`` of CloudEvents, or None for the service path."""
+    return get("CLOUDEVENTS_SOURCE")
+
+
+def cloudevents_type_prefix() -> str:
+    """``CLOUDEVENTS_TYPE_PREFIX``: the start of a CloudEvent's ``type``."""
+    return get("CLOUDEVENTS_TYPE_PREFIX")
 
 
 def response_excerpt() -> int:

@@ -169,3 +169,15 @@ class PageCannotApply(PubsubpullError):
         super().__init__(f"{type(error).__name__}: {error}".strip())
         self.error = error
         self.position = position
+
+
+class InvalidKey(PubsubpullError, ValueError):
+    """A Standard Webhooks key (``whsk_``, ``whpk_``) that is not one; the message says why."""
+
+
+class MissingDependency(PubsubpullError, ImportError):
+    """An optional feature needs a package that is not installed; the message names it."""
+
+
+class InvalidOption(PubsubpullError, ValueError):
+    """An option given to a pubsubpull function that it does not take; the message says which."""

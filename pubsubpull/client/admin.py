@@ -144,12 +144,13 @@ class RemoteSubscriptionAdmin(admin.ModelAdmin):
         "name",
         "callback",
         "model_labels",
+        "public_key",
         "position",
         "received",
         "created",
         "last_received_at",
     ]
-    # The secret and the token never show.
+    # The secret and the token never show (a v1a public key is public).
     fields = tuple(readonly_fields)
 
     def has_add_permission(self, request):

@@ -65,6 +65,11 @@ class PullCursor(models.Model):
     once = models.BooleanField(
         default=False, help_text="pull_down: stop when caught up (phase done)."
     )
+    framing = models.CharField(
+        max_length=16,
+        default="pubsubpull",
+        help_text="How feed pages are asked for: pubsubpull's page, or a CloudEvents batch.",
+    )
 
     state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
     phase = models.CharField(max_length=16, choices=Phase.choices, default=Phase.SNAPSHOT)
@@ -119,7 +124,13 @@ class RemoteSubscription(models.Model):
     name = models.CharField(max_length=100)
     callback = models.URLField(max_length=2000)
     model_labels = models.JSONField(default=list)
-    secret = models.CharField(max_length=100)
+    secret = models.CharField(max_length=100, blank=True)
+    public_key = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="For a v1a subscription: the whpk_ key its notifications verify with "
+        "(and then only v1a signatures are accepted).",
+    )
     token = models.TextField(blank=True)
     position = models.CharField(
         max_length=200, blank=True, help_text="Feed cursor of the last change handled."

@@ -38,9 +38,17 @@ from pubsubpull.client.handlers import (
 )
 from pubsubpull.client.models import PullCursor
 from pubsubpull.client.parking import apply_parking, behind_parked
-from pubsubpull.client.source import Gone, Publisher, SourceError, get_json, split_source
-from pubsubpull.exceptions import LostLease, PageCannotApply
+from pubsubpull.client.source import (
+    Gone,
+    Publisher,
+    SourceError,
+    get_events_page,
+    get_json,
+    split_source,
+)
+from pubsubpull.exceptions import InvalidOption, LostLease, PageCannotApply
 from pubsubpull.jobs.outcome import Outcome
+from pubsubpull.protocol import cloudevents
 from pubsubpull.protocol.events import Event
 
 logger = logging.getLogger("pubsubpull.client")
@@ -84,6 +92,7 @@ def pull(
     once: bool = False,
     enqueue: bool = True,
     lease_owner: str | None = None,
+    format: str | None = None,
 ) -> PullCursor:
     """Follow a publisher: every instance, then every change, handled in order.
 
@@ -108,6 +117,9 @@ def pull(
 
         pubsubpull.pull("http://customers/pubsubpull/", on_change, auth=TOKEN)
 
+    ``format="cloudevents"`` reads the feed's pages as CloudEvents batches
+    (the handler gets the same events); left out, the cursor keeps what it has.
+
     ``lease_owner`` (for ``manage.py pubsubpull_pull``) creates a new cursor
     already held by that owner for PULL_LEASE seconds, so no worker takes it
     before the caller runs it.
@@ -131,6 +143,12 @@ def pull(
         settings["page_size"] = page_size
     if whole_transactions is not None:
         settings["whole_transactions"] = whole_transactions
+    if format is not None:
+        if format not in cloudevents.FRAMINGS:
+            raise InvalidOption(
+                f"format must be one of {', '.join(cloudevents.FRAMINGS)}, not {format!r}."
+            )
+        settings["framing"] = format
     cursor = PullCursor.objects.filter(name=name).first()
     if cursor is None:
         phase, position = PullCursor.Phase.SNAPSHOT, ""
@@ -230,7 +248,7 @@ class Runner:
     # way (keyset pages and feed pages say where the next one starts), so
     # the publisher's time and ours overlap. A prefetched page is only used
     # if the cursor did move to where it starts.
-    def get(self, url: str, params: dict[str, Any] | None = None, timeout=None) -> dict:
+    def get(self, url: str, params: dict[str, Any] | None = None, timeout=None, fetch=get_json):
         key = (url, tuple(sorted((params or {}).items())))
         if self._prefetched is not None:
             prefetched_key, future = self._prefetched
@@ -241,14 +259,16 @@ class Runner:
             # next starts, and committing it moves the cursor there. Were they to
             # differ, the prefetched page is not the one asked for.
             future.cancel()  # pragma: no cover
-        return get_json(url, token=self.cursor.token, params=params, timeout=timeout)
+        return fetch(url, token=self.cursor.token, params=params, timeout=timeout)
 
-    def prefetch(self, url: str, params: dict[str, Any] | None = None, timeout=None) -> None:
+    def prefetch(
+        self, url: str, params: dict[str, Any] | None = None, timeout=None, fetch=get_json
+    ) -> None:
         if self._fetcher is None:
             self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="pubsubpull-prefetch")
         key = (url, tuple(sorted((params or {}).items())))
         future = self._fetcher.submit(
-            get_json, url, token=self.cursor.token, params=params, timeout=timeout
+            fetch, url, token=self.cursor.token, params=params, timeout=timeout
         )
         self._prefetched = (key, future)
 
@@ -385,9 +405,14 @@ class Runner:
             params["whole_transactions"] = "1"
         if wait > 0:
             params["wait"] = f"{wait:.1f}"
+        # A CloudEvents batch is read into the same shape (source.get_events_page).
+        fetch = get_events_page if cursor.framing == "cloudevents" else get_json
         try:
             body = self.get(
-                self.publisher.changes_url(), params, timeout=conf.pull_timeout() + wait
+                self.publisher.changes_url(),
+                params,
+                timeout=conf.pull_timeout() + wait,
+                fetch=fetch,
             )
         except Gone as e:
             self.restart_snapshot(f"the publisher's change log no longer reaches our cursor ({e})")
@@ -398,7 +423,9 @@ class Runner:
         caught_up = not events if cursor.whole_transactions else len(events) < cursor.page_size
         if not caught_up:
             following = {k: v for k, v in params.items() if k != "wait"}
-            self.prefetch(self.publisher.changes_url(), {**following, "after": body["cursor"]})
+            self.prefetch(
+                self.publisher.changes_url(), {**following, "after": body["cursor"]}, fetch=fetch
+            )
         fields: dict[str, Any] = {}
         if body["cursor"] != cursor.feed_position:
             fields["feed_position"] = body["cursor"]

@@ -14,19 +14,26 @@
         "http://billing.internal/hooks/users/", models=["auth.user"], auth=TOKEN,
     )
 
-The receiver accepts only PUT. It verifies the Standard Webhooks signature
-with the stored secret of the subscription (401 with the reason, handler not
-called), answers 204 to a batch it has handled before (same ``webhook-id``)
-without calling the handler, drops changes at or before the last cursor it
-handled, calls the handler for each change in order, and answers 204 only
-after the handler's transaction committed; any error rolls it back and
-answers 500, so the publisher sends the same batch again.
+The receiver accepts only PUT, in either framing: pubsubpull's own body or a
+CloudEvents batch (``application/cloudevents-batch+json``, or one structured
+event). It verifies the Standard Webhooks signature with what the
+subscription stored: its ``whsec_`` secret (``v1``), or for a ``v1a``
+subscription its ``whpk_`` public key, and then only ``v1a`` signatures
+count (401 with the reason, handler not called), answers 204 to a batch it
+has handled before (same ``webhook-id``) without calling the handler, drops
+changes at or before the last cursor it handled, calls the handler for each
+change in order, and answers 204 only after the handler's transaction
+committed; any error rolls it back and answers 500, so the publisher sends
+the same batch again.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import random
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -42,8 +49,9 @@ from pubsubpull import conf
 from pubsubpull.client.handlers import CANNOT_APPLY, Handler, call_handler, resolve_handler
 from pubsubpull.client.models import ReceivedBatch, RemoteSubscription
 from pubsubpull.client.source import Publisher, SourceError, request, split_source
+from pubsubpull.exceptions import InvalidKey, MissingDependency
+from pubsubpull.protocol import cloudevents, jsonbody, notification
 from pubsubpull.protocol import cursor as cursors
-from pubsubpull.protocol import jsonbody, notification
 from pubsubpull.protocol.events import Event
 
 logger = logging.getLogger("pubsubpull.client")
@@ -119,9 +127,10 @@ class Receiver(View):
             envelope = jsonbody.loads(body, max_depth=MAX_DEPTH)
         except jsonbody.InvalidJSON as e:
             return _error(400, "invalid_body", f"The body is not a pubsubpull notification: {e}.")
+        framed = cloudevents if cloudevents.is_cloudevents(envelope) else notification
         name = self.subscription
         if name is None:
-            name = notification.subscription_of(envelope)
+            name = framed.subscription_of(envelope)
             if name is None:
                 return _error(400, "invalid_body", "The body is not a pubsubpull notification.")
         # Two publishers, or two of our tokens at one publisher, may each have a
@@ -138,9 +147,12 @@ class Receiver(View):
         verified, reason = None, ""
         for candidate in candidates:
             try:
-                Webhook(candidate.secret).verify(body, headers)
+                verify(candidate, body, headers)
                 verified = candidate
                 break
+            except MissingDependency as e:
+                logger.error("Receiver: cannot verify a notification for %s: %s", name, e)
+                return _error(500, "cannot_verify", str(e))
             # verify() raises ValueError (not WebhookVerificationError) on a
             # malformed signature header, and binascii.Error on bad base64.
             except (WebhookVerificationError, ValueError) as e:
@@ -153,8 +165,12 @@ class Receiver(View):
                 extra={"pubsubpull": {"event": "notification_refused", "subscription": name}},
             )
             return _error(401, "invalid_signature", f"The signature does not verify: {reason}.")
+        received: notification.Notification | cloudevents.Batch
         try:
-            received = notification.read(envelope)
+            if framed is cloudevents:
+                received = cloudevents.read_batch(envelope)
+            else:
+                received = notification.read(envelope)
         except notification.InvalidNotification as e:
             return _error(400, "invalid_body", str(e))
 
@@ -217,6 +233,79 @@ class Receiver(View):
             locked.save(update_fields=["position", "received", "last_received_at"])
 
 
+#: How far a notification's webhook-timestamp may be from now (as standardwebhooks).
+TOLERANCE = 5 * 60
+
+
+def verify(subscription: RemoteSubscription, body: bytes, headers: dict[str, str]) -> None:
+    """Check a notification's signature as ``subscription`` stored how to.
+
+    A ``v1a`` subscription (it stored a public key) accepts only ``v1a``
+    signatures: a ``v1`` one proves nothing about who sent it, since the
+    secret of a symmetric scheme could have leaked from any receiver.
+    Raises ``WebhookVerificationError`` (or ``ValueError``) saying why not.
+    """
+    if subscription.public_key:
+        verify_v1a(subscription.public_key, body, headers)
+    else:
+        Webhook(subscription.secret).verify(body, headers)
+
+
+def _ed25519() -> Any:
+    try:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError:
+        raise MissingDependency(
+            "v1a (ed25519) signatures need the cryptography package: "
+            "pip install 'django-pubsubpull[ed25519]'."
+        ) from None
+    return ed25519
+
+
+def _public_key(text: str) -> Any:
+    ed25519 = _ed25519()
+    if not text.startswith("whpk_"):
+        raise InvalidKey("a v1a public key is whpk_ and base64")
+    try:
+        raw = base64.b64decode(text[len("whpk_") :], validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidKey("a v1a public key is whpk_ and base64") from None
+    if len(raw) != 32:
+        raise InvalidKey(f"a v1a public key is 32 bytes, not {len(raw)}")
+    return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+
+
+def verify_v1a(public_key: str, body: bytes, headers: dict[str, str]) -> None:
+    """Verify a Standard Webhooks ``v1a`` (ed25519) signature with a ``whpk_`` key."""
+    from cryptography.exceptions import InvalidSignature
+
+    key = _public_key(public_key)
+    webhook_id = headers.get("webhook-id", "")
+    stamp = headers.get("webhook-timestamp", "")
+    header = headers.get("webhook-signature", "")
+    if not webhook_id or not stamp or not header:
+        raise WebhookVerificationError("Missing required headers")
+    if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
+        raise WebhookVerificationError("Invalid Signature Headers")
+    if abs(time.time() - int(stamp)) > TOLERANCE:
+        raise WebhookVerificationError("Message timestamp too old or too new")
+    content = f"{webhook_id}.{stamp}.".encode() + body
+    found = False
+    for part in header.split(" "):
+        version, _, value = part.partition(",")
+        if version != "v1a":
+            continue
+        found = True
+        try:
+            key.verify(base64.b64decode(value, validate=True), content)
+            return
+        except (InvalidSignature, binascii.Error, ValueError):
+            continue
+    raise WebhookVerificationError(
+        "No matching signature found" if found else "No v1a signature (this subscription is v1a)"
+    )
+
+
 def prune_received() -> int:
     """Forget webhook-ids older than RECEIVED_RETENTION (a redelivery that old is
     still dropped by its position); the receiver calls it now and then."""
@@ -251,6 +340,8 @@ def subscribe(
     start: str = "now",
     batch_size: int | None = None,
     whole_transactions: bool | None = None,
+    format: str | None = None,
+    signature: str | None = None,
 ) -> RemoteSubscription:
     """Subscribe at a publisher and keep the secret the receiver verifies with.
 
@@ -259,9 +350,14 @@ def subscribe(
     models and keeps the position. Raises ``SourceError`` with the
     publisher's explanation when it refuses. ``whole_transactions=True``
     asks for batches that never split a publisher's transaction (the
-    receiver applies each batch in one transaction); left out, an existing
-    subscription keeps its setting.
+    receiver applies each batch in one transaction). ``format="cloudevents"`` has
+    notifications sent as CloudEvents batches; ``signature="v1a"`` has them
+    signed with ed25519 (the publisher keeps the secret key, we keep its
+    ``whpk_`` public key). Left out, each keeps what the subscription has (at
+    first: whole transactions off, pubsubpull's body, ``v1``).
     """
+    if signature == "v1a":
+        _ed25519()  # the receiver could not verify: say so now
     service_url, _ = split_source(publisher_url)
     url = Publisher(service_url, auth or "").subscription_url(name)
     # The publisher keeps one subscription per owner and name: so do we.
@@ -272,11 +368,16 @@ def subscribe(
         body["batch_size"] = batch_size
     if whole_transactions is not None:
         body["whole_transactions"] = whole_transactions
+    if format is not None:
+        body["format"] = format
+    if signature is not None:
+        body["signature"] = signature
     if known is None:
         body["start"] = start
     answer = request("PUT", url, token=auth or "", json=body).json()
     secret = answer.get("secret")
-    if secret is None and known is None:
+    v1a = answer.get("signature") == "v1a"
+    if secret is None and (known is None or not known.secret) and not v1a:
         # It exists at the publisher but we lost its secret: get a new one.
         answer = request("PUT", url, token=auth or "", json={**body, "rotate_secret": True}).json()
         secret = answer["secret"]
@@ -285,6 +386,11 @@ def subscribe(
         "model_labels": answer.get("models", list(models)),
         "token": auth or "",
     }
+    if v1a:
+        # Only the public key: the publisher alone can sign.
+        values["public_key"], values["secret"] = answer["public_key"], ""
+    else:
+        values["public_key"] = ""
     if secret is not None:
         values["secret"] = secret
     if known is None and start not in ("now", "beginning"):

@@ -16,7 +16,8 @@ import httpx
 import orjson
 
 from pubsubpull import conf
-from pubsubpull.exceptions import Gone, SourceError
+from pubsubpull.exceptions import Gone, InvalidNotification, SourceError
+from pubsubpull.protocol import cloudevents
 from pubsubpull.protocol.retry_after import parse_retry_after
 from pubsubpull.version import __version__
 
@@ -118,6 +119,23 @@ def get_json(url: str, *, token: str = "", params=None, timeout=None) -> dict[st
         return parse_json(response.content)
     except ValueError as e:
         raise SourceError(f"GET {url} did not answer JSON") from e
+
+
+def get_events_page(url: str, *, token: str = "", params=None, timeout=None) -> dict[str, Any]:
+    """A feed page asked for as a CloudEvents batch, read into the default page's shape.
+
+    ``{"changes": [<the events' data>], "cursor": <the Pubsubpull-Cursor header>}``.
+    """
+    params = {**(params or {}), "format": "cloudevents"}
+    response = request("GET", url, token=token, params=params, timeout=timeout)
+    cursor = response.headers.get("pubsubpull-cursor")
+    try:
+        batch = cloudevents.read_batch(parse_json(response.content))
+    except (ValueError, InvalidNotification) as e:
+        raise SourceError(f"GET {url} did not answer a CloudEvents batch: {e}") from e
+    if not cursor:
+        raise SourceError(f"GET {url} answered a CloudEvents batch without a Pubsubpull-Cursor")
+    return {"changes": batch.changes, "cursor": cursor}
 
 
 class Publisher:

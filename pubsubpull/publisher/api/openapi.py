@@ -17,7 +17,7 @@ from django.db import models
 
 from pubsubpull import conf
 from pubsubpull.capture.registry import Registration, get_registration
-from pubsubpull.protocol import items
+from pubsubpull.protocol import cloudevents, items
 from pubsubpull.publisher.api import subscriptions
 from pubsubpull.publisher.snapshot import MAX_PARTS
 from pubsubpull.version import __version__
@@ -273,7 +273,30 @@ SUBSCRIPTION_SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "description": '"now" (default), "beginning", or a feed cursor.',
             },
-            "rotate_secret": {"type": "boolean"},
+            "rotate_secret": {
+                "type": "boolean",
+                "description": "A new secret (v1) or key pair (v1a); the old one keeps "
+                "signing beside it for SECRET_GRACE.",
+            },
+            "format": {
+                "enum": ["pubsubpull", "cloudevents"],
+                "description": "How notifications look: pubsubpull's body (the default) or "
+                "a CloudEvents 1.0 JSON batch (application/cloudevents-batch+json). Left out "
+                "on an update: unchanged.",
+            },
+            "signature": {
+                "enum": ["v1", "v1a"],
+                "description": "Standard Webhooks signature: v1, HMAC-SHA256 with a whsec_ "
+                "secret (the default), or v1a, ed25519: the publisher signs with a secret "
+                "key, receivers verify with public_key. Changing it rotates the key.",
+            },
+            "signing_key": {
+                "type": "string",
+                "pattern": "^whsk_",
+                "description": "With signature v1a: the ed25519 secret key to sign with "
+                "(whsk_ and base64 of its 32-byte seed, or seed and public key); a new one "
+                "is generated when left out. Never shown again.",
+            },
         },
         "additionalProperties": False,
     },
@@ -287,6 +310,13 @@ SUBSCRIPTION_SCHEMAS: dict[str, Any] = {
             "models": {"type": "array", "items": {"type": "string"}},
             "batch_size": {"type": "integer"},
             "whole_transactions": {"type": "boolean"},
+            "format": {"enum": ["pubsubpull", "cloudevents"]},
+            "signature": {"enum": ["v1", "v1a"]},
+            "public_key": {
+                "type": ["string", "null"],
+                "description": "v1a: the whpk_ ed25519 public key notifications verify with "
+                "(null for v1).",
+            },
             "state": {"enum": ["active", "failing", "blocked", "forbidden", "disabled", "paused"]},
             "state_reason": {"type": "string"},
             "position": {
@@ -361,7 +391,8 @@ SUBSCRIPTION_SCHEMAS: dict[str, Any] = {
             "created": {"type": "string", "format": "date-time"},
             "secret": {
                 "type": "string",
-                "description": "The whsec_ signing secret: only when created or rotated.",
+                "description": "The whsec_ signing secret (v1): only when created or "
+                "rotated. A v1a secret key is never shown.",
             },
         },
     },
@@ -632,6 +663,15 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
                         "schema": {"type": "string", "pattern": labels_pattern},
                     },
                     {
+                        "name": "format",
+                        "in": "query",
+                        "description": "cloudevents: the page as a CloudEvents 1.0 JSON "
+                        "batch (as Accept: application/cloudevents-batch+json asks too); its "
+                        "cursor is the Pubsubpull-Cursor header, its next page the Link "
+                        "header. Default pubsubpull.",
+                        "schema": {"enum": ["pubsubpull", "cloudevents"]},
+                    },
+                    {
                         "name": "wait",
                         "in": "query",
                         "description": "Seconds to long-poll when caught up.",
@@ -655,7 +695,13 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "A page of changes; empty means caught up.",
-                        "headers": {"Link": {"schema": {"type": "string"}}},
+                        "headers": {
+                            "Link": {"schema": {"type": "string"}},
+                            "Pubsubpull-Cursor": {
+                                "description": "format=cloudevents: the page's cursor.",
+                                "schema": {"type": "string"},
+                            },
+                        },
                         "content": {
                             "application/json": {
                                 "schema": {
@@ -671,7 +717,13 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
                                     },
                                     "additionalProperties": False,
                                 }
-                            }
+                            },
+                            cloudevents.BATCH_CONTENT_TYPE: {
+                                "schema": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/ChangeEvent"},
+                                }
+                            },
                         },
                     },
                     "410": _error("The log was pruned past the cursor: take a new snapshot."),
@@ -694,6 +746,7 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
         },
     }
     schemas: dict[str, Any] = {"Change": items.change_schema(), "Error": _ERROR}
+    schemas["ChangeEvent"] = cloudevents.schema({"$ref": "#/components/schemas/Change"})
     schemas["Service"] = {
         "type": "object",
         "required": ["service", "version", "models", "links"],

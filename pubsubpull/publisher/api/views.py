@@ -23,7 +23,8 @@ from django.views.decorators.csrf import csrf_exempt
 
 from pubsubpull import conf
 from pubsubpull.capture.registry import get_registration, registrations
-from pubsubpull.publisher import feed, listener, longpoll, snapshot
+from pubsubpull.protocol import cloudevents
+from pubsubpull.publisher import feed, framing, listener, longpoll, snapshot
 from pubsubpull.publisher.api import openapi
 from pubsubpull.publisher.api.responses import (
     ApiError,
@@ -302,6 +303,7 @@ def _expired(request, exc: feed.CursorExpired, models: list[str]) -> NoReturn:
 def _changes(request, caller):
     """Validate a feed request; read its page, or describe the long poll to wait for."""
     models = _feed_models(request, caller)
+    _framing(request)  # a bad format is 400 now, not after a wait
     limit = _limit(request)
     wait = _wait(request)
     whole = _whole_transactions(request)
@@ -318,6 +320,29 @@ def _changes(request, caller):
     return _page(request, page)
 
 
+def _framing(request) -> str:
+    """The framing a feed request asks for: ``?format=``, else its ``Accept`` header.
+
+    ``Accept: application/cloudevents-batch+json`` (the CloudEvents HTTP
+    binding's batched mode) asks for CloudEvents; anything else for the default.
+    """
+    given = request.GET.get("format")
+    if given is None or given == "":
+        for part in request.headers.get("Accept", "").split(","):
+            media, *params = (p.strip().lower() for p in part.split(";"))
+            if media == cloudevents.BATCH_CONTENT_TYPE and "q=0" not in params:
+                return "cloudevents"
+        return "pubsubpull"
+    if given not in cloudevents.FRAMINGS:
+        raise ApiError(
+            400,
+            "invalid_format",
+            f"format must be one of {', '.join(cloudevents.FRAMINGS)}: pubsubpull (the "
+            "default page) or cloudevents (a CloudEvents 1.0 JSON batch).",
+        )
+    return given
+
+
 def _page_key(request) -> tuple:
     """What a page's body depends on besides the page: the URL it links to.
 
@@ -331,6 +356,7 @@ def _page_key(request) -> tuple:
         request.GET.get("models"),
         request.GET.get("limit") or None,
         _whole_transactions(request),
+        _framing(request),
     )
 
 
@@ -342,7 +368,20 @@ def _page(request, page: feed.Page) -> HttpResponse:
     # render it once per URL it links to.
     key = _page_key(request)
     cached = page.rendered.get(key)
-    if cached is None:
+    if cached is None and key[-1] == "cloudevents":
+        # A batch is a JSON array: the page's cursor and next link go in headers.
+        cursor = page.next.encode()
+        next_url = _url(
+            request,
+            "changes",
+            after=cursor,
+            limit=limit,
+            models=filter_,
+            format=request.GET.get("format") or None,
+        )
+        body = framing.batch_bytes(page.changes, page.texts())
+        cached = page.rendered[key] = (body, _link(next_url), cursor)
+    elif cached is None:
         cursor = page.next.encode()
         next_url = _url(
             request, "changes", after=cursor, limit=limit, models=filter_, whole_transactions=whole
@@ -350,9 +389,13 @@ def _page(request, page: feed.Page) -> HttpResponse:
         # Each change is rendered from the JSON text PostgreSQL stored.
         tail = json.dumps({"cursor": cursor, "next": next_url}, ensure_ascii=False)
         body = b'{"changes":' + page.changes_json_bytes() + b"," + tail[1:].encode()
-        cached = page.rendered[key] = (body, _link(next_url))
-    body, link = cached
-    return raw_json_response(body, Link=link)
+        cached = page.rendered[key] = (body, _link(next_url), None)
+    body, link, batch_cursor = cached
+    response = raw_json_response(body, Link=link)
+    if batch_cursor is not None:
+        response["Pubsubpull-Cursor"] = batch_cursor
+        response["Content-Type"] = cloudevents.BATCH_CONTENT_TYPE
+    return response
 
 
 def _waits(request) -> bool:

@@ -85,6 +85,8 @@ class SubscriptionAdmin(admin.ModelAdmin):
     readonly_fields = [
         "owner",
         "name",
+        "framing",
+        "signature",
         "state",
         "state_reason",
         "lag",

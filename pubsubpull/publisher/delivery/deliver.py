@@ -49,9 +49,9 @@ from pubsubpull import conf, jobs
 from pubsubpull.exceptions import Unsubscribed
 from pubsubpull.jobs.lease import HELD, LET_GO, RENEWED, SPENT, execute
 from pubsubpull.jobs.outcome import Outcome
-from pubsubpull.protocol import notification
+from pubsubpull.protocol import cloudevents, notification
 from pubsubpull.protocol.retry_after import parse_retry_after
-from pubsubpull.publisher import feed
+from pubsubpull.publisher import feed, framing
 from pubsubpull.publisher.delivery import access, guard, signing
 from pubsubpull.version import __version__
 
@@ -81,6 +81,7 @@ class Claimed:
     failures: int
     # Never split a transaction across batches (also when narrowing a refused one).
     whole_transactions: bool = False
+    framing: str = "pubsubpull"  # or "cloudevents"
     woken: bool = False  # a wake came while we held it (set when letting go)
     # An empty read moved past other models' changes: from where (the
     # position as claimed), recorded when letting go if nobody moved it since.
@@ -109,7 +110,7 @@ SUBSCRIPTIONS = jobs.LeaseSpec(
           t.position_txid, t.position_id, t.pending_batch, t.pending_txid, t.pending_id,
           t.pending_count, t.secret,
           CASE WHEN t.previous_secret_expires > now() THEN t.previous_secret ELSE '' END,
-          t.failures, t.whole_transactions""",
+          t.failures, t.whole_transactions, t.framing""",
 )
 
 # Letting go also records how far an empty read skipped (past other models'
@@ -266,7 +267,7 @@ def _execute(sql: str, params: dict[str, Any]) -> list[tuple]:
 def _claimed(row: tuple) -> Claimed:
     """The subscription as the engine's claim returned it (SUBSCRIPTIONS.columns)."""
     (id_, name, subscriber, state, callback, models, size, ptx, pid, pbatch, pendtx, pendid,
-     pcount, secret, previous, failures, whole) = row  # fmt: skip
+     pcount, secret, previous, failures, whole, framing_) = row  # fmt: skip
     return Claimed(
         id=id_,
         name=name,
@@ -282,6 +283,7 @@ def _claimed(row: tuple) -> Claimed:
         secrets=[secret, previous],
         failures=failures,
         whole_transactions=whole,
+        framing=framing_,
     )
 
 
@@ -363,12 +365,18 @@ def _envelope_size(sub: Claimed, page: feed.Page) -> int:
 
 
 def within(
-    page: feed.Page, max_bytes: int, envelope: int, *, whole_transactions: bool = False
+    page: feed.Page,
+    max_bytes: int,
+    envelope: int,
+    texts: list[str] | None = None,
+    *,
+    whole_transactions: bool = False,
 ) -> feed.Page:
     """The longest start of ``page`` whose body fits in ``max_bytes``.
 
     ``envelope`` is what the body holds besides the changes (an upper
-    bound). A first change larger than the cap on its own goes alone: it
+    bound); ``texts`` what the body holds per change, if not the change
+    items (CloudEvents). A first change larger than the cap on its own goes alone: it
     can never be sent in a smaller batch. When changes are cut off, the
     page's ``next`` is the last kept change's position, so the rest follow
     in the next batch. ``whole_transactions`` cuts only between
@@ -376,7 +384,7 @@ def within(
     large.
     """
     size = envelope + 2  # the brackets
-    for n, text in enumerate(page.texts()):
+    for n, text in enumerate(page.texts() if texts is None else texts):
         size += (len(text) if text.isascii() else len(text.encode())) + (1 if n else 0)
         if size > max_bytes and n > 0:
             if whole_transactions:
@@ -390,11 +398,15 @@ def within(
 
 
 def signed_headers(
-    secrets: list[str], webhook_id: str, body: bytes, now: datetime
+    secrets: list[str],
+    webhook_id: str,
+    body: bytes,
+    now: datetime,
+    content_type: str = "application/json",
 ) -> dict[str, str]:
     """The Standard Webhooks headers of one attempt, at ``now``, to send ``body``."""
     return {
-        "content-type": "application/json",
+        "content-type": content_type,
         "webhook-id": webhook_id,
         "webhook-timestamp": str(int(now.timestamp())),
         "webhook-signature": signing.signature(secrets, webhook_id, now, body.decode()),
@@ -407,6 +419,17 @@ def refused(status: int | None) -> bool:
     410 disables; 408 and 429 say "not now", not "never".
     """
     return status is not None and 400 <= status < 500 and status not in (408, 410, 429)
+
+
+def notification_body(sub: Claimed, page: feed.Page, following: feed.Position) -> tuple[bytes, str]:
+    """The body of a batch of ``page``'s changes, in the subscription's framing, and its type."""
+    changes = page.changes
+    if sub.framing == "cloudevents":
+        texts = page.texts()[: len(changes)]
+        body = framing.batch_bytes(changes, texts, subscription=sub.name)
+        return body, cloudevents.BATCH_CONTENT_TYPE
+    body = notification.body(sub.name, changes[-1].at_text, page.changes_json(), following.encode())
+    return body, "application/json"
 
 
 def deliver_batch(sub: Claimed, owner: str) -> Outcome:
@@ -541,12 +564,18 @@ def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
                 sub.skipped_from = sub.skipped_from or sub.position
                 sub.position = page.next  # recorded when the lease is let go
             return Outcome.HELD_BACK if page.held_back else Outcome.CAUGHT_UP
-        page = within(
-            page,
-            conf.batch_max_bytes(),
-            _envelope_size(sub, page),
-            whole_transactions=sub.whole_transactions,
-        )
+        if sub.framing == "cloudevents":
+            events = framing.event_texts(page.changes, page.texts(), subscription=sub.name)
+            page = within(
+                page, conf.batch_max_bytes(), 0, events, whole_transactions=sub.whole_transactions
+            )
+        else:
+            page = within(
+                page,
+                conf.batch_max_bytes(),
+                _envelope_size(sub, page),
+                whole_transactions=sub.whole_transactions,
+            )
         changes, following = page.changes, page.next
         webhook_id = f"msg_{uuid.uuid4().hex}"
         started = _execute(
@@ -565,9 +594,9 @@ def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
             return Outcome.LOST
         sub.pending_batch, sub.pending, sub.pending_count = webhook_id, following, len(changes)
 
-    body = notification.body(sub.name, changes[-1].at_text, page.changes_json(), following.encode())
+    body, content_type = notification_body(sub, page, following)
     now = datetime.now(UTC)
-    headers = signed_headers(sub.secrets, webhook_id, body, now)
+    headers = signed_headers(sub.secrets, webhook_id, body, now, content_type)
     response = send(sub.callback, body, headers)
     ok = response.status is not None and 200 <= response.status < 300
     params: dict[str, Any] = {

@@ -78,7 +78,22 @@ class Subscription(models.Model):
     lease_expires = models.DateTimeField(null=True, blank=True)
     wake_requested_at = models.DateTimeField(null=True, blank=True)
 
-    # Standard Webhooks signs with the raw secret, so it is stored as is.
+    # How notifications look: pubsubpull's own body, or a CloudEvents batch
+    # (pubsubpull.protocol.cloudevents).
+    framing = models.CharField(
+        max_length=16,
+        choices=[("pubsubpull", "pubsubpull"), ("cloudevents", "CloudEvents batch")],
+        default="pubsubpull",
+    )
+    # Standard Webhooks v1 (HMAC, a whsec_ secret) or v1a (ed25519, a whsk_
+    # secret key; receivers verify with its whpk_ public key).
+    signature = models.CharField(
+        max_length=8,
+        choices=[("v1", "v1 (HMAC-SHA256)"), ("v1a", "v1a (ed25519)")],
+        default="v1",
+    )
+    # Standard Webhooks signs with the raw secret (or secret key), so it is
+    # stored as is; the previous one keeps signing during its grace period.
     secret = models.CharField(max_length=100)
     previous_secret = models.CharField(max_length=100, blank=True)
     previous_secret_expires = models.DateTimeField(null=True, blank=True)

@@ -33,8 +33,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from pubsubpull.exceptions import CannotPark, CannotResend
-from pubsubpull.protocol import items, notification
-from pubsubpull.publisher import feed
+from pubsubpull.protocol import cloudevents, items, notification
+from pubsubpull.publisher import feed, framing
 from pubsubpull.publisher.delivery import access, deliver
 from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription
 from pubsubpull.publisher.delivery.subscriptions import forget_pending, notify
@@ -179,18 +179,26 @@ def resend(parked: ParkedChange, by: str = "") -> ParkedChange:
     ):
         secrets.append(subscription.previous_secret)
     # The change as it was stored from the feed's item: same keys, same order.
-    body = notification.body(
-        subscription.name,
-        together[-1].change.get("at", ""),
-        "[" + ",".join(items.dumps(p.change) for p in together) + "]",
-        None,
-        parked=True,
-    )
+    texts = [items.dumps(p.change) for p in together]
+    content_type = "application/json"
+    if subscription.framing == "cloudevents":
+        events = [
+            framing.event_json(p.change, text, subscription=subscription.name, parked=True)
+            for p, text in zip(together, texts, strict=True)
+        ]
+        body, content_type = ("[" + ",".join(events) + "]").encode(), cloudevents.BATCH_CONTENT_TYPE
+    else:
+        body = notification.body(
+            subscription.name,
+            together[-1].change.get("at", ""),
+            "[" + ",".join(texts) + "]",
+            None,
+            parked=True,
+        )
     webhook_id = f"msg_{uuid.uuid4().hex}"
     now = datetime.now(UTC)
-    response = deliver.send(
-        subscription.callback, body, deliver.signed_headers(secrets, webhook_id, body, now)
-    )
+    headers = deliver.signed_headers(secrets, webhook_id, body, now, content_type)
+    response = deliver.send(subscription.callback, body, headers)
     Attempt.objects.create(
         subscription=subscription,
         at=now,

@@ -23,12 +23,23 @@ from django.utils import timezone
 
 from pubsubpull import conf
 from pubsubpull.capture.registry import get_registration
-from pubsubpull.exceptions import InvalidSubscription, NotAllowed
+from pubsubpull.exceptions import InvalidKey, InvalidSubscription, MissingDependency, NotAllowed
+from pubsubpull.protocol import cloudevents
 from pubsubpull.publisher import feed
 from pubsubpull.publisher.delivery import guard, signing
 from pubsubpull.publisher.delivery.models import Attempt, Subscription
 
-FIELDS = {"callback", "models", "batch_size", "whole_transactions", "start", "rotate_secret"}
+FIELDS = {
+    "callback",
+    "models",
+    "batch_size",
+    "whole_transactions",
+    "start",
+    "rotate_secret",
+    "format",
+    "signature",
+    "signing_key",
+}
 
 
 @dataclass
@@ -128,6 +139,43 @@ def validate(data: Any, *, creating: bool) -> dict[str, Any]:
             )
         else:
             cleaned["whole_transactions"] = whole
+    framing = data.get("format")
+    if framing is not None:
+        if framing not in cloudevents.FRAMINGS:
+            errors["format"] = (
+                f"must be one of {list(cloudevents.FRAMINGS)}: pubsubpull's own body "
+                "(the default) or a CloudEvents 1.0 JSON batch"
+            )
+        else:
+            cleaned["format"] = framing
+
+    scheme = data.get("signature")
+    if scheme is not None:
+        if scheme not in signing.SCHEMES:
+            errors["signature"] = (
+                'must be "v1" (HMAC-SHA256 with a whsec_ secret, the default) or "v1a" '
+                "(ed25519: the publisher signs with a secret key, receivers verify with "
+                "its whpk_ public key)"
+            )
+        elif scheme == "v1a" and not signing.available():
+            errors["signature"] = (
+                "v1a is not available on this publisher: it needs the cryptography "
+                "package (pip install 'django-pubsubpull[ed25519]')"
+            )
+        else:
+            cleaned["signature"] = scheme
+
+    key = data.get("signing_key")
+    if key is not None and "signature" not in errors:
+        if data.get("signature", "v1a") != "v1a":
+            errors["signing_key"] = 'is for "signature": "v1a" only (an ed25519 secret key)'
+        else:
+            try:
+                cleaned["signing_key"] = signing.check_secret_key(key)
+            except InvalidKey as e:
+                errors["signing_key"] = str(e)
+            except MissingDependency as e:
+                errors["signing_key"] = f"v1a is not available on this publisher: {e}"
 
     rotate = data.get("rotate_secret", False)
     if not isinstance(rotate, bool):
@@ -162,10 +210,19 @@ def subscribe(
         refused = [m for m in cleaned.get("models", []) if may_read and not may_read(m)]
         if refused:
             raise NotAllowed(f"You may not read {', '.join(refused)}, so you cannot subscribe.")
+        if (
+            "signing_key" in cleaned
+            and "signature" not in cleaned
+            and (existing is None or existing.signature != "v1a")
+        ):
+            raise InvalidSubscription(
+                {"signing_key": 'is for "signature": "v1a" only (an ed25519 secret key)'}
+            )
         secret = None
         if existing is None:
             start = cleaned.get("start") or feed.current_position()
-            secret = signing.new_secret()
+            scheme = cleaned.get("signature", "v1")
+            key = _new_key(scheme, cleaned)
             subscription = Subscription.objects.create(
                 owner=owner,
                 name=name,
@@ -175,9 +232,12 @@ def subscribe(
                 whole_transactions=cleaned.get("whole_transactions", False),
                 position_txid=start.txid,
                 position_id=start.id,
-                secret=secret,
+                secret=key,
+                signature=scheme,
+                framing=cleaned.get("format", "pubsubpull"),
                 next_attempt_at=timezone.now(),
             )
+            secret = key if scheme == "v1" else None  # a secret key never leaves
             created = True
         else:
             subscription, created = existing, False
@@ -197,18 +257,43 @@ def subscribe(
                 moved = True
             if moved:  # the batch in flight no longer matches
                 forget_pending(subscription)
-            if cleaned["rotate_secret"]:
-                secret = signing.new_secret()
+            if "format" in cleaned:
+                subscription.framing = cleaned["format"]
+            scheme = cleaned.get("signature", subscription.signature)
+            new_key = cleaned.get("signing_key")
+            if (
+                cleaned["rotate_secret"]
+                or scheme != subscription.signature
+                or (new_key is not None and new_key != subscription.secret)
+            ):
+                # A switch of scheme is a rotation too: the old key keeps
+                # signing beside the new one for SECRET_GRACE.
+                key = _new_key(scheme, cleaned)
                 subscription.previous_secret = subscription.secret
                 subscription.previous_secret_expires = timezone.now() + timedelta(
                     seconds=conf.secret_grace()
                 )
-                subscription.secret = secret
+                subscription.secret, subscription.signature = key, scheme
+                secret = key if scheme == "v1" else None
             if subscription.state in _RETRIED_ON_PUT:
                 resume(subscription, save=False)
             subscription.save()
         transaction.on_commit(lambda: notify(subscription))
     return Subscribed(subscription, created, secret)
+
+
+def _new_key(scheme: str, cleaned: dict[str, Any]) -> str:
+    """A new signing key of ``scheme``: the one given (v1a), or a fresh one."""
+    if scheme == "v1a":
+        return cleaned.get("signing_key") or signing.new_secret_key()
+    return signing.new_secret()
+
+
+def public_key(subscription: Subscription) -> str | None:
+    """The whpk_ key a v1a subscription's notifications verify with; None for v1."""
+    if subscription.signature != "v1a":
+        return None
+    return signing.public_key(subscription.secret)
 
 
 # A PUT by the owner retries these at once (a forbidden one has its access
