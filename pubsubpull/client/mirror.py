@@ -68,6 +68,7 @@ from django.utils import timezone
 from pubsubpull import conf
 from pubsubpull.client.models import MirrorSeen, MirrorTombstone, PullCursor, RemoteSubscription
 from pubsubpull.client.source import Publisher, get_json, split_source
+from pubsubpull.client.waiting import DEFAULT_TIMEOUT, latest, wait_until_applied
 from pubsubpull.protocol import cursor as cursors
 from pubsubpull.protocol.events import Event
 
@@ -257,6 +258,57 @@ class Mirror:
             applied += len(events)
             if len(body["changes"]) < params["limit"]:
                 return applied
+
+    # -- read your writes --------------------------------------------------------
+
+    def applied_position(self) -> cursors.Position | None:
+        """How far into the publisher's feed this copy is complete (None: not yet known).
+
+        The furthest of its pull cursor (past its snapshot) and its push
+        subscription's receiver: each has applied every change up to its
+        position.
+        """
+        from pubsubpull.client import pulling
+
+        pushed = (
+            RemoteSubscription.objects.filter(
+                publisher=self.service_url,
+                owner=RemoteSubscription.owner_for(self.auth),
+                name=self.name.replace(":", "-"),
+            )
+            .values_list("position", flat=True)
+            .first()
+        )
+        return latest(pulling.applied_position(self.name), cursors.parse(pushed))
+
+    def wait_for(
+        self,
+        position: cursors.Position | str | None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        database: str | None = None,
+    ) -> cursors.Position | None:
+        """Return once this copy has applied the publisher's changes up to ``position``.
+
+        ``position`` is the ``Pubsubpull-Position`` header of the publisher's
+        response to a request that changed its data (or a feed cursor);
+        None, as a response without the header gives, returns at once.
+        ``database`` picks the position of one database from a header that
+        names several. Raises :class:`~pubsubpull.exceptions.WaitTimeout`
+        after ``timeout`` seconds. Works in pull and push mode; the worker or
+        receiver applying the changes may be another process::
+
+            answer = httpx.put(f"{CUSTOMERS}/customers/{pk}/", json={"country": "NZ"})
+            customers.wait_for(answer.headers.get("Pubsubpull-Position"), timeout=5)
+            CustomerCountry.objects.get(remote_id=pk)        # shows "NZ"
+        """
+        return wait_until_applied(
+            self.applied_position,
+            position,
+            timeout=timeout,
+            what=f"The mirror of {self.label} into {self.model._meta.label}",
+            database=database,
+        )
 
     # -- the handler -----------------------------------------------------------
 
