@@ -242,6 +242,53 @@ def test_a_wait_that_times_out_says_what_it_waited_for():
     assert waiting.wait_until_applied(lambda: None, None, timeout=5, what="x") is None
 
 
+def test_a_pull_cursor_and_a_receiver_wait_for_another_connections_commit():
+    """The worker applying changes is another process: the wait sees its commits."""
+    import threading
+
+    from django.db import connection as this_connection
+
+    from pubsubpull.client import pulling, receiver
+    from pubsubpull.client.models import PullCursor, RemoteSubscription
+
+    cursor = PullCursor.objects.create(
+        name="ryw", source="http://x/", service_url="http://x/", handler="h", phase="snapshot"
+    )
+    subscription = RemoteSubscription.objects.create(
+        publisher="http://x/", name="ryw", callback="http://y/", secret="s"
+    )
+    wanted = Position(100, 7)
+
+    def apply_later():
+        time.sleep(0.3)
+        try:
+            PullCursor.objects.filter(pk=cursor.pk).update(
+                phase="feed", feed_position=Position(100, 9).encode()
+            )
+            RemoteSubscription.objects.filter(pk=subscription.pk).update(
+                position=Position(101, 1).encode()
+            )
+        finally:
+            this_connection.close()
+
+    # Past its snapshot's position but still in the snapshot: not applied yet.
+    PullCursor.objects.filter(pk=cursor.pk).update(feed_position=Position(200, 0).encode())
+    with pytest.raises(WaitTimeout, match="The pull 'ryw'"):
+        pulling.wait_for("ryw", wanted.encode(), timeout=0.1)
+    with pytest.raises(WaitTimeout, match="subscription 'ryw'"):
+        receiver.wait_for("ryw", wanted, timeout=0.1)
+
+    worker = threading.Thread(target=apply_later)
+    started = time.monotonic()
+    worker.start()
+    assert pulling.wait_for(cursor, wanted.encode(), timeout=10) == Position(100, 9)
+    assert receiver.wait_for(subscription, wanted.encode(), timeout=10) == Position(101, 1)
+    waited = time.monotonic() - started
+    worker.join()
+    assert 0.3 <= waited < 1.0  # polls with a backoff capped at 0.1 s
+    assert pulling.wait_for(cursor.pk, None) is None
+
+
 def invoice(billing, pk: int, country: str, timeout: float = 20) -> httpx.Response:
     return httpx.put(
         f"{billing.url}/invoices/{pk}/", json={"country": country, "timeout": timeout}, timeout=60
@@ -273,7 +320,15 @@ def test_billing_reads_the_country_it_just_set_pull_mode(billing):
         assert Position.decode(body["position"]) == last_change(op="update")
     [(phase, position)] = billing.sql("SELECT phase, feed_position FROM pubsubpull_pullcursor")
     assert phase == "feed"
-    assert Position.decode(position) >= last_change(op="update")
+    latest = last_change(op="update")
+    assert Position.decode(position) >= latest
+    # The same through the pull cursor, in another process.
+    out = billing.shell(
+        "from pubsubpull.client import pulling; "
+        "print(pulling.wait_for("
+        f"'mirror:billing.customercountry', '{latest.encode()}').encode())"
+    )
+    assert Position.decode(out.strip()) >= latest
 
 
 @pytest.mark.slow
@@ -294,7 +349,14 @@ def test_billing_reads_the_country_it_just_set_push_mode(billing, settings):
             assert answer.status_code == 200, answer.text
             assert answer.json()["country"] == code
     [(position,)] = billing.sql("SELECT position FROM pubsubpull_remotesubscription")
-    assert Position.decode(position) >= last_change(op="update")
+    latest = last_change(op="update")
+    assert Position.decode(position) >= latest
+    # The same through the receiver's subscription, in another process.
+    out = billing.shell(
+        "from pubsubpull.client import receiver; "
+        f"print(receiver.wait_for('mirror-billing.customercountry', '{latest.encode()}').encode())"
+    )
+    assert Position.decode(out.strip()) >= latest
 
 
 @pytest.mark.slow
