@@ -25,8 +25,8 @@ __all__ = ["RequestMiddleware", "flush"]
 logger = logging.getLogger("pubsubpull")
 
 
-class RequestMiddleware(capture.RequestMiddleware):
-    __doc__ = capture.RequestMiddleware.__doc__
+class RequestMiddleware(capture.CaptureMiddleware):
+    __doc__ = capture.CaptureMiddleware.__doc__
 
     def respond(self, root: _Root, response: HttpResponseBase) -> None:
         try:

@@ -21,10 +21,10 @@ from pubsubpull.capture.context import _Root, begin, end
 from pubsubpull.capture.request_info import request_root
 from pubsubpull.capture.status import finish, flush, status_writer
 
-__all__ = ["RequestMiddleware", "flush", "status_writer"]
+__all__ = ["CaptureMiddleware", "flush", "status_writer"]
 
 
-class RequestMiddleware:
+class CaptureMiddleware:
     """Tie every change made while handling a request to a ``Request`` row.
 
     Works under WSGI and ASGI, with ``ATOMIC_REQUESTS`` on or off, on every
@@ -89,7 +89,7 @@ class RequestMiddleware:
     def respond(self, root: _Root, response: HttpResponseBase) -> None:
         """Called with a writing request's response before it is sent; a hook.
 
-        ``pubsubpull.middleware.RequestMiddleware`` adds the read-your-writes
+        ``pubsubpull.middleware.RequestMiddleware``, its subclass, adds the read-your-writes
         header here (the capture side serves nothing itself).
         """
 
