@@ -150,7 +150,11 @@ class ReadYourWrites(Bench):
         # Billing's pull worker goes; its copy starts again, by push.
         worker = self.processes.pop()
         worker.terminate()
-        worker.wait(20)
+        try:
+            worker.wait(30)  # it may be in a long poll
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
         self.sql(
             self.sub_db,
             "TRUNCATE pubsubpull_pullcursor, billing_customercountry, pubsubpull_mirrortombstone, "
