@@ -104,6 +104,20 @@ def test_a_write_costs_one_more_query_per_database_it_wrote(client, ada, django_
     assert "request_id" in captured.captured_queries[-1]["sql"]
 
 
+def test_the_header_can_be_turned_off_and_its_query_with_it(
+    client, ada, settings, django_assert_num_queries
+):
+    settings.PUBSUBPULL = {**settings.PUBSUBPULL, "POSITION_HEADER": False}
+    with django_assert_num_queries(4):  # the view's own, as without pubsubpull's lookup
+        response = client.put(
+            f"/customers/{ada.pk}/", {"name": "Ada C."}, content_type="application/json"
+        )
+    assert response.status_code == 200 and HEADER not in response.headers
+    with pubsubpull.context(task="still"):
+        Customer.objects.filter(pk=ada.pk).update(name="Ada D.")
+        assert Position.decode(pubsubpull.position()) == last_change(op="update")
+
+
 def test_writing_only_unpublished_tables_gives_no_position(live_server, ada, atomic_requests):
     response = put(f"{live_server.url}/customers/{ada.pk}/note/", {"text": "likes tea"})
     assert response.status_code == 201

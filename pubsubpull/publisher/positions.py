@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pubsubpull import conf
 from pubsubpull.capture.context import _Root, current_root
 from pubsubpull.protocol import cursor as cursors
 from pubsubpull.publisher import feed
@@ -47,8 +48,8 @@ def positions_of(root: _Root) -> list[tuple[str, cursors.Position]]:
 
 def add_header(root: _Root, response: HttpResponseBase) -> None:
     """Put :data:`HEADER` on ``response`` when ``root`` changed published data."""
-    if not root.written:
-        return  # read-only: no query
+    if not root.written or not conf.position_header():
+        return  # read-only (or turned off): no query
     found = positions_of(root)
     if found:
         response.headers[HEADER] = cursors.header_value(found)
