@@ -237,6 +237,13 @@ def test_the_header_value_round_trips():
     for bad in ("", "nope", f"{one.encode()};x=y"):
         with pytest.raises(InvalidCursor):
             cursors.from_header(bad)
+    # Only another database written: its member says which, so a reader of
+    # the default database's feed is not handed a position of another feed.
+    other = cursors.header_value([("other", one)])
+    assert other == f"{one.encode()};db=other"
+    assert cursors.from_header(other) == one == cursors.from_header(other, "other")
+    with pytest.raises(InvalidCursor, match="no position in the feed of database 'default'"):
+        cursors.from_header(other, "default")
 
 
 def test_a_wait_that_times_out_says_what_it_waited_for():

@@ -130,14 +130,15 @@ HEADER = "Pubsubpull-Position"
 _DATABASE = re.compile(r"[A-Za-z*][A-Za-z0-9_.*:/%-]*")
 
 
-def header_value(positions: list[tuple[str, Position]]) -> str:
+def header_value(positions: list[tuple[str, Position]], default: str = "default") -> str:
     """The :data:`HEADER` value for ``[(database alias, position)]`` (not empty).
 
-    One database: the cursor alone. Several (each has its own feed): an RFC
-    8941 list of the cursors, each with a ``db`` parameter naming its
-    database alias (a token, else a quoted string), in the order given.
+    The ``default`` database alone: the cursor alone. Otherwise (each
+    database has its own feed) an RFC 8941 list of the cursors, each with a
+    ``db`` parameter naming its database alias (a token, else a quoted
+    string), in the order given.
     """
-    if len(positions) == 1:
+    if len(positions) == 1 and positions[0][0] == default:
         return positions[0][1].encode()
     members = []
     for alias, position in positions:
@@ -173,10 +174,16 @@ def from_header(value: str | Position, database: str | None = None) -> Position:
         members[name] = token.strip()
     if len(members) == 1 and (database is None or database in members or None in members):
         return Position.decode(next(iter(members.values())))
-    if database not in members:
+    if database is None:
         raise InvalidCursor(
             f"{value!r} names positions in the feeds of several databases "
             f"({', '.join(sorted(str(m) for m in members))}); say which one your feed "
             "follows (database=...)."
+        )
+    if database not in members:
+        raise InvalidCursor(
+            f"{value!r} names no position in the feed of database {database!r}, only of "
+            f"{', '.join(sorted(str(m) for m in members))}: the request changed nothing "
+            "recorded there, or your feed is another database's."
         )
     return Position.decode(members[database])

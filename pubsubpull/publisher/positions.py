@@ -52,7 +52,7 @@ def add_header(root: _Root, response: HttpResponseBase) -> None:
         return  # read-only (or turned off): no query
     found = positions_of(root)
     if found:
-        response.headers[HEADER] = cursors.header_value(found)
+        response.headers[HEADER] = cursors.header_value(found, feed._database(None))
 
 
 def position(using: str | None = None) -> str | None:
