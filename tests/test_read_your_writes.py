@@ -395,3 +395,25 @@ def test_billing_answers_503_when_its_copy_is_not_there_in_time(billing):
     assert body["error"] == "not_yet_applied" and "0.5 s" in body["detail"]
     assert Position.decode(body["position"]) == last_change(op="update")
     assert Customer.objects.get().country_id == "NZ"  # the change itself was made
+
+
+@pytest.mark.slow
+def test_with_delivery_down_billing_still_reads_its_write_by_catching_up(billing, settings):
+    """Push mode with no delivery worker at customers: after a second short, the
+    wait pulls the feed once from the subscription's position, and the copy has it."""
+    use_fast_settings(settings)
+    Country.objects.create(code="NZ", name="NZ")
+    ada = Customer.objects.create(name="Ada")
+    billing.start_server()
+    billing.shell(
+        "from billing.mirrors import customers; "
+        f"customers.subscribe('{billing.url}/hooks/customers/')"
+    )
+    started = time.monotonic()
+    answer = invoice(billing, ada.pk, "NZ")  # no WorkerThread: nothing is delivered
+    waited = time.monotonic() - started
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["country"] == "NZ"
+    assert 1.0 <= waited < 15
+    [(position,)] = billing.sql("SELECT position FROM pubsubpull_remotesubscription")
+    assert Position.decode(position) >= last_change(op="update")

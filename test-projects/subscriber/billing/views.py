@@ -29,7 +29,9 @@ def invoice(request, pk):
     answer.raise_for_status()
     position = answer.headers.get("Pubsubpull-Position")
     try:
-        customers.wait_for(position, timeout=float(data.get("timeout", 10)))
+        # Push mode: still short after a second (delivery slow, or the request's
+        # last changes were to models the subscription does not carry)? Pull once.
+        customers.wait_for(position, timeout=float(data.get("timeout", 10)), catch_up_after=1.0)
     except WaitTimeout as e:
         return JsonResponse(
             {"error": "not_yet_applied", "detail": str(e), "position": position},
