@@ -3,6 +3,8 @@
 The publisher test service's settings with DEBUG off, and two views: one that
 reads a customer, one that makes one ORM update. BENCH_MIDDLEWARE=0 leaves
 pubsubpull's RequestMiddleware out; everything else is identical.
+BENCH_POSITION=0 keeps the capture but not the read-your-writes header (the
+capture side's own CaptureMiddleware): the header's cost is the difference.
 """
 
 import os
@@ -26,6 +28,13 @@ DATABASES["default"]["OPTIONS"] = {
 ROOT_URLCONF = __name__  # this module's urlpatterns, below
 if not _with:
     MIDDLEWARE = [m for m in MIDDLEWARE if not m.startswith("pubsubpull.")]
+elif os.environ.get("BENCH_POSITION", "1") == "0":
+    MIDDLEWARE = [
+        "pubsubpull.capture.middleware.CaptureMiddleware"
+        if m == "pubsubpull.middleware.RequestMiddleware"
+        else m
+        for m in MIDDLEWARE
+    ]
 
 CUSTOMERS = 1000  # rows the writing view picks from, so workers rarely wait on a row lock
 

@@ -26,6 +26,8 @@ _CLIENT = {
     "receiver": "pubsubpull.client.receiver",
     "subscribe": "pubsubpull.client.receiver",
     "unsubscribe": "pubsubpull.client.receiver",
+    # The publishing side's read-your-writes position (reads the change log).
+    "position": "pubsubpull.publisher.positions",
 }
 
 
@@ -47,6 +49,7 @@ __all__ = [
     "context",
     "get_registration",
     "mirror",
+    "position",
     "pull",
     "pull_down",
     "pull_up",

@@ -50,6 +50,11 @@ DEFAULTS: dict[str, Any] = {
     # How many proxies you run in front of Django: the address taken from a
     # comma-separated TRUSTED_PROXY_HEADER is this many entries from the right.
     "TRUSTED_PROXY_COUNT": 1,
+    # Whether RequestMiddleware adds Pubsubpull-Position (the feed position of
+    # the request's last change, for read-your-writes) to the response of a
+    # request that wrote: one indexed query per database it wrote (about
+    # 0.3 ms). False saves it; pubsubpull.position() works either way.
+    "POSITION_HEADER": True,
     # Subscriptions (pubsubpull.publisher.delivery). Times are in seconds.
     #
     # Callbacks may not resolve to an address the IANA special-purpose
@@ -225,6 +230,11 @@ def health_worker_stale() -> float:
 def health_require_worker() -> bool:
     """``HEALTH_REQUIRE_WORKER``: whether the health endpoint answers 503 without a fresh worker."""
     return get("HEALTH_REQUIRE_WORKER")
+
+
+def position_header() -> bool:
+    """``POSITION_HEADER``: whether writing requests' responses carry ``Pubsubpull-Position``."""
+    return get("POSITION_HEADER")
 
 
 def retention() -> float:

@@ -156,6 +156,25 @@ class Gone(SourceError):
     """410: the feed cursor is older than the publisher's log; take a new snapshot."""
 
 
+class WaitTimeout(PubsubpullError, TimeoutError):
+    """``wait_for()`` gave up: the changes up to a position were not applied here in time.
+
+    ``position`` is the position waited for, ``applied`` the one applied
+    locally when it gave up (None: nothing yet), ``timeout`` the seconds waited.
+    """
+
+    def __init__(self, what: str, position: Any, applied: Any, timeout: float):
+        self.position = position
+        self.applied = applied
+        self.timeout = timeout
+        super().__init__(
+            f"{what} had not applied the publisher's changes up to {position} after "
+            f"{timeout:g} s (applied up to {applied or 'nothing yet'}). Is its worker "
+            "running (pubsubpull_worker), or its subscription delivering? Wait longer, "
+            "or answer your caller that the data is not there yet (503 with Retry-After)."
+        )
+
+
 class LostLease(PubsubpullError):
     """Another worker took the cursor (ours expired): leave the page to it."""
 

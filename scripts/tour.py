@@ -85,7 +85,7 @@ def run_tour(demo) -> None:
         "import json\nfrom customers.models import Country\n"
         "print(json.dumps(list(Country.objects.values_list('code', flat=True))))",
     )
-    for code, name in (("GB", "United Kingdom"), ("FR", "France")):
+    for code, name in (("GB", "United Kingdom"), ("FR", "France"), ("DE", "Germany")):
         if code not in countries:
             admin.add("customers/country", {"code": code, "name": name})
     admin.add(
@@ -189,5 +189,18 @@ def run_tour(demo) -> None:
     )
     print(f"   billing-users at customers: {subscriptions}")
     assert subscriptions == {"states": ["active"], "refused": 0}, subscriptions
+
+    say(
+        "8. Billing moves Ada to Germany through its own API and invoices her at once: "
+        "customers answers with Pubsubpull-Position, billing waits until its mirror has it."
+    )
+    response = httpx.put(
+        f"{subscriber.url}/invoices/{customer_id}/", json={"country": "DE"}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    invoice = response.json()
+    print(f"   customers said Pubsubpull-Position: {invoice['position']}")
+    print(f"   billing's invoice, read from its own copy right after: {invoice['country']}")
+    assert invoice["country"] == "DE", invoice
 
     say("done: every step worked.")

@@ -50,6 +50,8 @@ def test_the_tour_runs_twice_and_stops_everything(db, tmp_path):
             result = run_tour(env, tmp_path / run)
             assert "tour: done: every step worked." in result.stdout
             assert "admin via POST /admin/customers/customer/add/" in result.stdout
+            # Read your writes: the invoice billing reads right after the move shows it.
+            assert "read from its own copy right after: DE" in result.stdout
             assert "demo: stopping" not in result.stderr
             # Everything it started has stopped: nothing answers on its ports any more.
             ports = [int(p) for p in re.findall(r"serves http://127\.0\.0\.1:(\d+)", result.stdout)]

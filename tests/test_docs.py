@@ -524,3 +524,38 @@ def test_every_page_renders_without_a_warning(page):
         },
     )
     assert warnings.getvalue() == ""
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.django_db(transaction=True)
+def test_the_read_your_writes_examples_work(live_server):
+    """docs/read-your-writes.rst: its curl gets the header it shows, and the view it
+    shows is billing's, which tests/test_read_your_writes.py runs end to end."""
+    import textwrap
+
+    from pubsubpull.models import Change
+    from pubsubpull.protocol.cursor import Position
+
+    source = (ROOT / "docs" / "read-your-writes.rst").read_text()
+    [example] = [line.strip() for line in source.splitlines() if line.strip().startswith("curl ")]
+    customer = Customer.objects.create(name="Ada")
+    command = example.replace("$SITE", live_server.url)
+    command = command.replace("/customers/1/", f"/customers/{customer.pk}/")
+    result = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    shown = re.search(r"^ *Pubsubpull-Position: (\S+)$", source, re.M)
+    got = re.search(r"^Pubsubpull-Position: (\S+)\r?$", result.stdout, re.M | re.I)
+    assert shown and got, result.stdout
+    change = Change.objects.filter(op="update").get()
+    assert Position.decode(got.group(1)) == Position(change.txid, change.id)
+    Position.decode(shown.group(1))  # the docs show a real cursor
+
+    start = source.index("    @csrf_exempt\n")
+    block = []
+    for line in source[start:].splitlines():
+        if line and not line.startswith("    "):
+            break
+        block.append(line)
+    view = textwrap.dedent("\n".join(block)).strip()
+    billing = (ROOT / "test-projects" / "subscriber" / "billing" / "views.py").read_text()
+    assert view in billing

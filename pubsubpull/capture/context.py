@@ -209,6 +209,12 @@ _active: contextvars.ContextVar[_Frame | None] = contextvars.ContextVar(
 )
 
 
+def current_root() -> _Root | None:
+    """The request or job whose block is active here, or None outside any."""
+    frame = _active.get()
+    return None if frame is None else frame.root
+
+
 def _client_cursor(raw_cursor: object) -> bool:
     return _ClientCursor is not None and isinstance(raw_cursor, _ClientCursor)
 

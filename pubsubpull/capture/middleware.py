@@ -15,15 +15,16 @@ import time
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 
 from pubsubpull.capture.context import _Root, begin, end
 from pubsubpull.capture.request_info import request_root
 from pubsubpull.capture.status import finish, flush, status_writer
 
-__all__ = ["RequestMiddleware", "flush", "status_writer"]
+__all__ = ["CaptureMiddleware", "flush", "status_writer"]
 
 
-class RequestMiddleware:
+class CaptureMiddleware:
     """Tie every change made while handling a request to a ``Request`` row.
 
     Works under WSGI and ASGI, with ``ATOMIC_REQUESTS`` on or off, on every
@@ -52,6 +53,7 @@ class RequestMiddleware:
         root = request_root(request)
         token = begin(root)
         status = 500  # unless a response comes back
+        response = None
         try:
             response = self.get_response(request)
             status = response.status_code
@@ -59,12 +61,13 @@ class RequestMiddleware:
         finally:
             end(token)
             if root.written:
-                finish(root, status, _elapsed(root))
+                self._finished(root, response, status, _elapsed(root))
 
     async def __acall__(self, request: HttpRequest):
         root = request_root(request)
         token = begin(root)
         status = 500
+        response = None
         try:
             response = await self.get_response(request)
             status = response.status_code
@@ -72,7 +75,23 @@ class RequestMiddleware:
         finally:
             end(token)
             if root.written:
-                await sync_to_async(finish)(root, status, _elapsed(root))
+                # One hop to the request's thread (its connections) for both.
+                await sync_to_async(self._finished)(root, response, status, _elapsed(root))
+
+    def _finished(
+        self, root: _Root, response: HttpResponseBase | None, status: int, elapsed: float
+    ) -> None:
+        """After a writing request: its response (None if the view raised) is ready."""
+        if response is not None:
+            self.respond(root, response)
+        finish(root, status, elapsed)
+
+    def respond(self, root: _Root, response: HttpResponseBase) -> None:
+        """Called with a writing request's response before it is sent; a hook.
+
+        ``pubsubpull.middleware.RequestMiddleware``, its subclass, adds the read-your-writes
+        header here (the capture side serves nothing itself).
+        """
 
 
 def _elapsed(root: _Root) -> float:

@@ -9,6 +9,8 @@ and its background work runs on ``pubsubpull.jobs``, as delivery does.
 - ``receiver.py``: the callback view for pushed notifications, and
   ``subscribe()``/``unsubscribe()`` at a publisher;
 - ``mirror.py``: a local copy of some remote fields, by pull or by push;
+- ``waiting.py``: read your writes, waiting until a publisher's position is
+  applied here (``Mirror.wait_for``, ``pulling.wait_for``, ``receiver.wait_for``);
 - ``handlers.py``: your code, found by its dotted path and given events;
 - ``parking.py``: applying a page event by event, setting aside what fails;
 - ``source.py``: HTTP to the publisher (errors, Retry-After, parsing);

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import re
 import sys
 import time
@@ -68,8 +69,12 @@ from django.utils import timezone
 from pubsubpull import conf
 from pubsubpull.client.models import MirrorSeen, MirrorTombstone, PullCursor, RemoteSubscription
 from pubsubpull.client.source import Publisher, get_json, split_source
+from pubsubpull.client.waiting import DEFAULT_TIMEOUT, latest, target, wait_until_applied
+from pubsubpull.exceptions import SourceError
 from pubsubpull.protocol import cursor as cursors
 from pubsubpull.protocol.events import Event
+
+logger = logging.getLogger("pubsubpull.client")
 
 TOMBSTONES = MirrorTombstone._meta.db_table
 SEEN = MirrorSeen._meta.db_table
@@ -265,6 +270,88 @@ class Mirror:
                 not self.whole_transactions and len(body["changes"]) < params["limit"]
             ):
                 return applied
+
+    # -- read your writes --------------------------------------------------------
+
+    def applied_position(self) -> cursors.Position | None:
+        """How far into the publisher's feed this copy is complete (None: not yet known).
+
+        The furthest of its pull cursor (past its snapshot) and its push
+        subscription's receiver: each has applied every change up to its
+        position.
+        """
+        from pubsubpull.client import pulling
+
+        pushed = (
+            RemoteSubscription.objects.filter(
+                publisher=self.service_url,
+                owner=RemoteSubscription.owner_for(self.auth),
+                name=self.name.replace(":", "-"),
+            )
+            .values_list("position", flat=True)
+            .first()
+        )
+        return latest(pulling.applied_position(self.name), cursors.parse(pushed))
+
+    def wait_for(
+        self,
+        position: cursors.Position | str | None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        database: str | None = None,
+        catch_up_after: float | None = None,
+    ) -> cursors.Position | None:
+        """Return once this copy has applied the publisher's changes up to ``position``.
+
+        ``position`` is the ``Pubsubpull-Position`` header of the publisher's
+        response to a request that changed its data (or a feed cursor);
+        None, as a response without the header gives, returns at once.
+        ``database`` picks the position of one database from a header that
+        names several. Raises :class:`~pubsubpull.exceptions.WaitTimeout`
+        after ``timeout`` seconds. Works in pull and push mode; the worker or
+        receiver applying the changes may be another process::
+
+            answer = httpx.put(f"{CUSTOMERS}/customers/{pk}/", json={"country": "NZ"})
+            customers.wait_for(answer.headers.get("Pubsubpull-Position"), timeout=5)
+            CustomerCountry.objects.get(remote_id=pk)        # shows "NZ"
+
+        ``catch_up_after`` (push mode): when the copy is still short after
+        that many seconds, pull the feed once from the subscription's
+        position (:meth:`catch_up`, in this process), which also passes the
+        changes of models the subscription does not carry, and gets the data
+        when delivery is slow or down.
+        """
+        wanted = target(position, database)
+        deadline = None if catch_up_after is None else time.monotonic() + catch_up_after
+
+        def applied() -> cursors.Position | None:
+            nonlocal deadline
+            now = self.applied_position()
+            short = wanted is not None and (now is None or now < wanted)
+            if short and deadline is not None and time.monotonic() >= deadline:
+                deadline = None  # once
+                subscription = self._subscription()
+                if subscription is not None:
+                    try:
+                        self.catch_up(subscription)
+                    except SourceError as e:
+                        logger.warning("%r: catching up to wait for %s failed: %s", self, wanted, e)
+                    now = self.applied_position()
+            return now
+
+        return wait_until_applied(
+            applied,
+            wanted,
+            timeout=timeout,
+            what=f"The mirror of {self.label} into {self.model._meta.label}",
+        )
+
+    def _subscription(self) -> RemoteSubscription | None:
+        return RemoteSubscription.objects.filter(
+            publisher=self.service_url,
+            owner=RemoteSubscription.owner_for(self.auth),
+            name=self.name.replace(":", "-"),
+        ).first()
 
     # -- the handler -----------------------------------------------------------
 

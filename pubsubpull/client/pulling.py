@@ -46,9 +46,12 @@ from pubsubpull.client.source import (
     get_json,
     split_source,
 )
+from pubsubpull.client.waiting import DEFAULT_TIMEOUT, wait_until_applied
 from pubsubpull.exceptions import InvalidOption, LostLease, PageCannotApply
 from pubsubpull.jobs.outcome import Outcome
 from pubsubpull.protocol import cloudevents
+from pubsubpull.protocol import cursor as feed_cursor
+from pubsubpull.protocol.cursor import Position
 from pubsubpull.protocol.events import Event
 
 logger = logging.getLogger("pubsubpull.client")
@@ -633,4 +636,50 @@ def pause(cursors: Iterable[PullCursor]) -> int:
     """Stop running these cursors until resumed."""
     return PullCursor.objects.filter(id__in=[c.id for c in cursors]).update(
         state=PullCursor.State.PAUSED
+    )
+
+
+# -- read your writes ------------------------------------------------------------
+
+
+def applied_position(cursor: PullCursor | str | int) -> Position | None:
+    """Where a pull cursor has applied the feed to (None: still in its snapshot, or unknown).
+
+    Every change at or before it has been handled and committed: the snapshot
+    covers the feed up to its ``feed_position``, and each feed page commits
+    its cursor with its handler's writes.
+    """
+    rows = PullCursor.objects.all()
+    if isinstance(cursor, PullCursor):
+        rows = rows.filter(pk=cursor.pk)
+    elif isinstance(cursor, int):
+        rows = rows.filter(pk=cursor)
+    else:
+        rows = rows.filter(name=cursor)
+    row = rows.values_list("phase", "feed_position").first()
+    if row is None or row[0] == PullCursor.Phase.SNAPSHOT:
+        return None
+    return feed_cursor.parse(row[1])
+
+
+def wait_for(
+    cursor: PullCursor | str | int,
+    position: Position | str | None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    database: str | None = None,
+) -> Position | None:
+    """Return once the pull ``cursor`` (a row, its name or id) has applied ``position``.
+
+    ``position`` is a publisher's ``Pubsubpull-Position`` header value (or a
+    cursor); None returns at once. Raises :class:`~pubsubpull.exceptions.WaitTimeout`
+    after ``timeout`` seconds. See :mod:`pubsubpull.client.waiting`.
+    """
+    name = cursor.name if isinstance(cursor, PullCursor) else cursor
+    return wait_until_applied(
+        lambda: applied_position(cursor),
+        position,
+        timeout=timeout,
+        what=f"The pull {name!r}",
+        database=database,
     )

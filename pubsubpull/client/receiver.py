@@ -49,9 +49,11 @@ from pubsubpull import conf
 from pubsubpull.client.handlers import CANNOT_APPLY, Handler, call_handler, resolve_handler
 from pubsubpull.client.models import ReceivedBatch, RemoteSubscription
 from pubsubpull.client.source import Publisher, SourceError, request, split_source
+from pubsubpull.client.waiting import DEFAULT_TIMEOUT, latest, wait_until_applied
 from pubsubpull.exceptions import InvalidKey, MissingDependency
 from pubsubpull.protocol import cloudevents, jsonbody, notification
 from pubsubpull.protocol import cursor as cursors
+from pubsubpull.protocol.cursor import Position
 from pubsubpull.protocol.events import Event
 
 logger = logging.getLogger("pubsubpull.client")
@@ -413,3 +415,51 @@ def unsubscribe(publisher_url: str, name: str, *, auth: str | None = None) -> No
     RemoteSubscription.objects.filter(
         publisher=service_url, owner=RemoteSubscription.owner_for(auth), name=name
     ).delete()
+
+
+def applied_position(
+    subscription: RemoteSubscription | str, publisher: str | None = None
+) -> Position | None:
+    """The feed position a subscription's receiver has applied changes up to (None: none yet).
+
+    ``subscription`` is a :class:`RemoteSubscription` or its name (with
+    ``publisher``, the service URL, when two publishers have one of that
+    name). The receiver stores each notification's cursor in the transaction
+    of the handler's writes, so every change at or before it was handled.
+    """
+    rows = RemoteSubscription.objects.all()
+    if isinstance(subscription, RemoteSubscription):
+        rows = rows.filter(pk=subscription.pk)
+    else:
+        rows = rows.filter(name=subscription)
+        if publisher is not None:
+            rows = rows.filter(publisher=split_source(publisher)[0])
+    positions = [cursors.parse(p) for p in rows.values_list("position", flat=True)]
+    return latest(*positions)
+
+
+def wait_for(
+    subscription: RemoteSubscription | str,
+    position: Position | str | None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    publisher: str | None = None,
+    database: str | None = None,
+) -> Position | None:
+    """Return once the receiver of ``subscription`` has applied ``position``.
+
+    ``position`` is a publisher's ``Pubsubpull-Position`` header value (or a
+    cursor); None returns at once. Raises :class:`~pubsubpull.exceptions.WaitTimeout`
+    after ``timeout`` seconds. The receiver learns positions from the
+    notifications it handles: when the request's last changes were to models
+    the subscription does not carry, the next notification (or
+    ``Mirror.catch_up``) moves it past them (docs/read-your-writes.rst).
+    """
+    name = subscription.name if isinstance(subscription, RemoteSubscription) else subscription
+    return wait_until_applied(
+        lambda: applied_position(subscription, publisher),
+        position,
+        timeout=timeout,
+        what=f"The receiver of subscription {name!r}",
+        database=database,
+    )

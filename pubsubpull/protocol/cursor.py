@@ -120,3 +120,70 @@ def advances(cursor: Position | str | None, done: Position | str | None) -> bool
     """
     following, handled = parse(cursor), parse(done)
     return following is not None and (handled is None or following > handled)
+
+
+# -- Read your writes: the position a publisher's response carries ----------------
+
+#: The response header naming where a request's changes are in the feed.
+HEADER = "Pubsubpull-Position"
+
+_DATABASE = re.compile(r"[A-Za-z*][A-Za-z0-9_.*:/%-]*")
+
+
+def header_value(positions: list[tuple[str, Position]], default: str = "default") -> str:
+    """The :data:`HEADER` value for ``[(database alias, position)]`` (not empty).
+
+    The ``default`` database alone: the cursor alone. Otherwise (each
+    database has its own feed) an RFC 8941 list of the cursors, each with a
+    ``db`` parameter naming its database alias (a token, else a quoted
+    string), in the order given.
+    """
+    if len(positions) == 1 and positions[0][0] == default:
+        return positions[0][1].encode()
+    members = []
+    for alias, position in positions:
+        name = (
+            alias
+            if _DATABASE.fullmatch(alias)
+            else '"' + alias.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        )
+        members.append(f"{position.encode()};db={name}")
+    return ", ".join(members)
+
+
+def from_header(value: str | Position, database: str | None = None) -> Position:
+    """The position a :data:`HEADER` value gives (for ``database``, when it names several).
+
+    A plain cursor is accepted as it is. Raises :class:`InvalidCursor` when
+    the value is not one, or names several databases and ``database`` is not
+    one of them.
+    """
+    if isinstance(value, Position):
+        return value
+    members: dict[str | None, str] = {}
+    for member in str(value).split(","):
+        token, _, parameter = member.strip().partition(";")
+        name: str | None = None
+        if parameter:
+            key, _, name = parameter.strip().partition("=")
+            if key.strip() != "db":
+                raise InvalidCursor(f"{value!r} is not a {HEADER} value.")
+            name = name.strip()
+            if name.startswith('"') and name.endswith('"') and len(name) >= 2:
+                name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        members[name] = token.strip()
+    if len(members) == 1 and (database is None or database in members or None in members):
+        return Position.decode(next(iter(members.values())))
+    if database is None:
+        raise InvalidCursor(
+            f"{value!r} names positions in the feeds of several databases "
+            f"({', '.join(sorted(str(m) for m in members))}); say which one your feed "
+            "follows (database=...)."
+        )
+    if database not in members:
+        raise InvalidCursor(
+            f"{value!r} names no position in the feed of database {database!r}, only of "
+            f"{', '.join(sorted(str(m) for m in members))}: the request changed nothing "
+            "recorded there, or your feed is another database's."
+        )
+    return Position.decode(members[database])

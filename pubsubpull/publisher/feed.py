@@ -439,6 +439,40 @@ def current_position(using: str | None = None) -> Position:
     return fence_position(current_fence(using))
 
 
+# The last change of one request or job: the partial index on request_id
+# finds its rows (a handful for most requests), the sort keeps the greatest.
+_REQUEST_POSITION_SQL = (
+    "SELECT txid, id FROM pubsubpull_change WHERE request_id = %s "
+    "ORDER BY txid DESC, id DESC LIMIT 1"
+)
+_HEAD_SQL = "SELECT txid, id FROM pubsubpull_change ORDER BY txid DESC, id DESC LIMIT 1"
+
+
+def request_position(request_id: str, using: str) -> Position | None:
+    """The feed position of the last change request (or job) ``request_id`` made in ``using``.
+
+    None when it made none there (that this connection can see: its own
+    transaction's, and committed ones). Read-your-writes: a reader at or past
+    it has read every change of the request (docs/read-your-writes.rst).
+    """
+    with connections[using].cursor() as cursor:
+        cursor.execute(_REQUEST_POSITION_SQL, [request_id])
+        row = cursor.fetchone()
+    return None if row is None else Position(row[0], row[1])
+
+
+def head_position(using: str | None = None) -> Position | None:
+    """The position of the newest change this connection can see (None: the log is empty).
+
+    A reader at or past it has read every change committed before this call
+    (and, inside a transaction, the transaction's own so far, once it commits).
+    """
+    with connections[_database(using)].cursor() as cursor:
+        cursor.execute(_HEAD_SQL)
+        row = cursor.fetchone()
+    return None if row is None else Position(row[0], row[1])
+
+
 def _published(text: Any, columns: frozenset[str]) -> tuple[dict[str, Any] | None, str | None]:
     """The published part of a stored old/new value, as a dict and as JSON text."""
     if text is None:

@@ -17,7 +17,7 @@ from django.db import models
 
 from pubsubpull import conf
 from pubsubpull.capture.registry import Registration, get_registration
-from pubsubpull.protocol import cloudevents, items
+from pubsubpull.protocol import cloudevents, cursor, items
 from pubsubpull.publisher.api import subscriptions
 from pubsubpull.publisher.snapshot import MAX_PARTS
 from pubsubpull.version import __version__
@@ -31,6 +31,20 @@ _STRING_FIELDS = (
     models.GenericIPAddressField,
     models.BinaryField,
 )
+
+
+#: The read-your-writes header of the service's own responses (docs/read-your-writes.rst).
+POSITION_HEADER: dict[str, Any] = {
+    "description": (
+        "On the response of any view of this service to a request that changed "
+        "published data: the feed cursor of the request's last change (use it as the "
+        "feed's after; a reader at or past it has read every change of the request). "
+        "An RFC 8941 list; when the request changed published data in several "
+        "databases, one member per database, each with a db parameter naming it. "
+        "Absent when the request changed nothing published."
+    ),
+    "schema": {"type": "string", "examples": ["YzEuOTAxMjMuNDU2"]},
+}
 
 
 def _value_schema(field: models.Field) -> dict[str, Any]:
@@ -800,6 +814,9 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": schemas,
+            # Not sent by these paths (they change no published data): by the
+            # service's own views, for their documents to reference.
+            "headers": {cursor.HEADER: POSITION_HEADER},
             "securitySchemes": {
                 "bearer": {
                     "type": "http",

@@ -13,9 +13,10 @@ from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
+import pubsubpull
 from ledger.models import Entry
 
-from .models import Customer
+from .models import Customer, InternalNote
 
 put_only = require_http_methods(["PUT"])
 
@@ -137,3 +138,30 @@ async def async_customer_put(request, pk):
     """An async view: the ORM runs in a worker thread."""
     updated = await Customer.objects.filter(pk=pk).aupdate(**_body(request))
     return JsonResponse({"updated": updated})
+
+
+@csrf_exempt
+@put_only
+def customer_note(request, pk):
+    """Writes only an unpublished table: no change is recorded, no position is given."""
+    note = InternalNote.objects.create(customer_id=pk, text=_body(request)["text"])
+    return JsonResponse({"note": note.pk}, status=201)
+
+
+@csrf_exempt
+@transaction.non_atomic_requests
+@put_only
+def customer_moves(request, pk):
+    """Several transactions, several writes: a rename, then each country in turn.
+
+    Answers the position ``pubsubpull.position()`` gave after each write.
+    """
+    data = _body(request)
+    positions = []
+    with transaction.atomic():
+        Customer.objects.filter(pk=pk).update(name=data["name"])
+        positions.append(pubsubpull.position())
+    for country in data["countries"]:
+        Customer.objects.filter(pk=pk).update(country_id=country)  # autocommit: its own
+        positions.append(pubsubpull.position())
+    return JsonResponse({"positions": positions})

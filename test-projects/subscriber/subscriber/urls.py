@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import path
 
 import pubsubpull
+from billing import views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -11,4 +12,6 @@ urlpatterns = [
     path("hooks/customers/", pubsubpull.receiver("billing.mirrors.customers")),
     # Push mode of the cards mirror (a card's name holds 20 characters).
     path("hooks/cards/", pubsubpull.receiver("billing.mirrors.cards")),
+    # Read your writes: changes a customer at customers, then reads the mirror.
+    path("invoices/<int:pk>/", views.invoice),
 ]
