@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
+from pubsubpull import tracing
 from pubsubpull.exceptions import CannotPark, CannotResend
 from pubsubpull.protocol import items, notification
 from pubsubpull.publisher import feed
@@ -151,9 +152,10 @@ def resend(parked: ParkedChange, by: str = "") -> ParkedChange:
     )
     webhook_id = f"msg_{uuid.uuid4().hex}"
     now = datetime.now(UTC)
-    response = deliver.send(
-        subscription.callback, body, deliver.signed_headers(secrets, webhook_id, body, now)
-    )
+    headers = deliver.signed_headers(secrets, webhook_id, body, now)
+    trace = tracing.request_trace_of(parked.change.get("request"))
+    with tracing.send_span(subscription.name, [trace]) as trace_headers:
+        response = deliver.send(subscription.callback, body, {**headers, **trace_headers})
     Attempt.objects.create(
         subscription=subscription,
         at=now,
