@@ -496,3 +496,19 @@ def test_a_change_filtered_in_python_keeps_its_trace_too():
     assert change.as_json()["request"]["traceparent"] == PARENT
     assert json.loads(change.as_json_text())["request"]["tracestate"] == STATE
     assert change.trace() == (PARENT, STATE)
+
+
+@pytest.mark.django_db
+def test_the_example_of_the_tracing_page_runs_as_it_is():
+    """docs/tracing.rst, "Jobs and commands": its code block, executed."""
+    page = (ROOT / "docs" / "tracing.rst").read_text()
+    section = page[page.index("Jobs and commands") :]
+    block = section[section.index(".. code-block:: python") :].split("\n\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    code = "\n".join(lines).strip()
+    assert "pubsubpull.context" in code and "assert" in code
+    exec(compile(code, "docs/tracing.rst", "exec"), {})  # its assert checks the row
