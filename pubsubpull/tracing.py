@@ -144,7 +144,7 @@ def send_span(subscription: str, traces: list[Trace]) -> Iterator[dict[str, str]
         yield tracecontext.headers(traceparent, tracestate)
         return
     parent = _remote(traceparent, tracestate)
-    links = []
+    links: list[Any] = []
     seen = {parent.trace_id} if parent is not None else set()
     for trace in traces:
         other = _remote(*trace) if trace[0] else None
@@ -206,7 +206,8 @@ def change_span(model: str, op: str, request: dict[str, Any] | None) -> Iterator
         return
     own = _remote(*request_trace_of(request))
     active = _trace.get_current_span().get_span_context()
-    context, links = None, []
+    context: Any = None
+    links: list[Any] = []
     if own is not None and (not active.is_valid or active.trace_id != own.trace_id):
         context = _in(own)
         if active.is_valid:
