@@ -512,3 +512,31 @@ def test_the_example_of_the_tracing_page_runs_as_it_is():
     code = "\n".join(lines).strip()
     assert "pubsubpull.context" in code and "assert" in code
     exec(compile(code, "docs/tracing.rst", "exec"), {})  # its assert checks the row
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pull_handles_each_change_in_the_trace_of_the_request_that_made_it(live_server, spans):
+    import pubsubpull
+    from pubsubpull.client import pulling
+    from pubsubpull.publisher.api.auth import create_token
+
+    trace_urls.HANDLED.clear()
+    token = create_token("billing", ["*"])[1]
+    cursor = pubsubpull.pull(
+        f"{live_server.url}/pubsubpull/",
+        trace_urls.note,
+        models=["customers.customer"],
+        start="now",
+        auth=token,
+        name="billing-pull",
+    )
+    _write(live_server, 5, "Ada", {"traceparent": PARENT, "tracestate": STATE})
+    pulling.run(cursor.id, stop_when_caught_up=True, now=True)
+
+    [(ada, handled_trace)] = trace_urls.HANDLED
+    assert ada.request["traceparent"] == PARENT
+    [page] = [s for s in spans.get_finished_spans() if s.name == "pubsubpull receive billing-pull"]
+    [change] = [s for s in spans.get_finished_spans() if s.name.startswith("pubsubpull process")]
+    assert _trace_of(change) == TRACE and _hex(change.parent.span_id) == "00f067aa0ba902b7"
+    assert [link.context.span_id for link in change.links] == [page.context.span_id]
+    assert handled_trace[0] == _header_of(change.context)
