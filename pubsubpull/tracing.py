@@ -40,8 +40,11 @@ _TRACER = "pubsubpull"
 _MAX_LINKS = 32
 _SYSTEM = {"messaging.system": "pubsubpull"}
 
+Trace = tuple[str | None, str | None]
+"""``(traceparent, tracestate)`` as kept; Nones when there is no trace."""
 
-def _header(context: Any) -> tuple[str | None, str | None]:
+
+def _header(context: Any) -> Trace:
     """A span context as ``(traceparent, tracestate)``; Nones when it is not valid."""
     if context is None or not context.is_valid:
         return None, None
@@ -50,7 +53,7 @@ def _header(context: Any) -> tuple[str | None, str | None]:
     return tracecontext.parse(traceparent, context.trace_state.to_header() or None)
 
 
-def current() -> tuple[str | None, str | None]:
+def current() -> Trace:
     """The active OpenTelemetry span's ``(traceparent, tracestate)``, or Nones.
 
     Nones without OpenTelemetry, or when no valid span is active.
@@ -102,10 +105,6 @@ def _remote(traceparent: str | None, tracestate: str | None) -> Any:
 
 def _in(span_context: Any) -> Any:
     return _trace.set_span_in_context(_trace.NonRecordingSpan(span_context))
-
-
-Trace = tuple[str | None, str | None]
-"""A change's ``(traceparent, tracestate)``; Nones when its request had no trace."""
 
 
 def batch_trace(traces: Iterable[Trace]) -> Trace:
