@@ -540,3 +540,47 @@ def test_a_pull_handles_each_change_in_the_trace_of_the_request_that_made_it(liv
     assert _trace_of(change) == TRACE and _hex(change.parent.span_id) == "00f067aa0ba902b7"
     assert [link.context.span_id for link in change.links] == [page.context.span_id]
     assert handled_trace[0] == _header_of(change.context)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migration_0012_installs_capture_v3_and_reverses_to_v2(changes):
+    """Back to 0009: version 2's function, no trace columns, capture still works."""
+    import uuid
+
+    from django.core.management import call_command
+    from django.db import connection
+
+    from customers.models import Country
+
+    def source():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT prosrc FROM pg_proc WHERE proname = 'pubsubpull_capture'")
+            return cursor.fetchone()[0]
+
+    def columns():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'pubsubpull_request' AND column_name LIKE 'trace%%'"
+            )
+            return sorted(row[0] for row in cursor.fetchall())
+
+    assert "traceparent" in source() and columns() == ["traceparent", "tracestate"]
+    context = json.dumps({"id": str(uuid.uuid4()), "method": "PUT", "traceparent": PARENT})
+    try:
+        call_command("migrate", "pubsubpull", "0009", verbosity=0)
+        assert "traceparent" not in source() and columns() == []
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('pubsubpull.context', %s, true); "
+                "INSERT INTO customers_country (code, name) VALUES ('fr', 'France')",
+                [context],
+            )
+        assert [c["op"] for c in changes(model="customers.country")] == ["insert"]
+    finally:
+        call_command("migrate", "pubsubpull", verbosity=0)
+    assert "traceparent" in source() and columns() == ["traceparent", "tracestate"]
+    # The row written by version 2 got the columns' default: no trace.
+    assert Request.objects.get().traceparent == ""
+    Country.objects.filter(code="fr").update(name="République française")
+    assert [c["op"] for c in changes(model="customers.country")] == ["insert", "update"]
