@@ -259,6 +259,8 @@ class RequestAdmin(ReadOnlyAdmin):
                     "remote_addr",
                     "user_agent",
                     "request_id",
+                    "traceparent",
+                    "tracestate",
                     "metadata",
                 ]
             },

@@ -293,7 +293,8 @@ SELECT to_jsonb(jsonb_populate_record(
     NULL::pubsubpull_request,
     jsonb_build_object(
         'method', '', 'path', '', 'query_string', '', 'user_agent', '',
-        'request_id', '', 'metadata', '{}'::jsonb, 'started', %s::timestamptz
+        'request_id', '', 'metadata', '{}'::jsonb, 'started', %s::timestamptz,
+        'traceparent', '', 'tracestate', ''
     ) || %s::jsonb
 ))
 """
@@ -313,6 +314,14 @@ SELECT to_jsonb(jsonb_populate_record(
             "metadata": {"view": "customer", "tags": [1, "two", None]},
             "user_id": 7,
         },
+        {  # a request that came with a W3C trace context (version 3's columns)
+            "started": "2026-11-30T03:00:00+00:00",
+            "method": "PUT",
+            "path": "/customers/2/",
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "tracestate": "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
+            "metadata": {},
+        },
         {  # anonymous, and no client address known
             "started": "2026-11-30T03:00:00+01:00",
             "method": "POST",
@@ -327,10 +336,11 @@ SELECT to_jsonb(jsonb_populate_record(
         {"started": "2026-11-30T03:00:00+00:00", "metadata": {"command": "import"}},  # a job
         {},  # nothing but the id: started is the statement's time
     ],
-    ids=["request", "anonymous", "ipv6", "job", "bare"],
+    ids=["request", "traced", "anonymous", "ipv6", "job", "bare"],
 )
 def test_the_request_row_holds_what_the_context_says(context):
-    """Version 2 builds the row column by column; it stores what version 1 stored."""
+    """Versions 2 and 3 build the row column by column; they store what version 1 stored
+    (version 3 also the trace context)."""
     context = {"id": str(uuid.uuid4()), **context}
     payload = json.dumps(context)
     with connection.cursor() as cursor:

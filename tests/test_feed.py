@@ -326,7 +326,10 @@ def test_items_rendered_by_postgresql_are_the_protocol_items_byte_for_byte():
     ada = User.objects.create_user("ada", password="secret")
     with transaction.atomic(), connection.cursor() as cursor:
         # What the request middleware sends with a write (pubsubpull.capture.context).
-        request = {"id": str(uuid.uuid4()), "user_id": ada.pk, "method": "PUT", "path": '/é"x'}
+        request = {"id": str(uuid.uuid4()), "user_id": ada.pk, "method": "PUT", "path": '/é"x',
+                   # W3C trace context, as kept (a tracestate value may hold " and \).
+                   "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                   "tracestate": 'a=q"uo\\te,b=x y'}  # fmt: skip
         cursor.execute("SELECT set_config('pubsubpull.context', %s, true)", [json.dumps(request)])
         Customer.objects.create(name='Ada "quoted" \\ back\tslash 🙂 é', notes="internal")
     Customer.objects.create(name="plain")
@@ -343,24 +346,35 @@ def test_items_rendered_by_postgresql_are_the_protocol_items_byte_for_byte():
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT c.id, to_jsonb(c.at) #>> '{}', c.old::text, c.new::text, "
-            "r.user_id, r.method, r.path FROM pubsubpull_change AS c "
+            "r.user_id, r.method, r.path, r.traceparent, r.tracestate FROM pubsubpull_change AS c "
             "LEFT JOIN pubsubpull_request AS r ON r.id = c.request_id "
             "WHERE c.id = ANY(%s) ORDER BY c.txid, c.id",
             [[c.id for c in changes]],
         )
         stored = cursor.fetchall()
-    for change, (id_, at, old, new, user, method, path) in zip(changes, stored, strict=True):
+    for change, (id_, at, old, new, user, method, path, trace, state) in zip(
+        changes, stored, strict=True
+    ):
         values = json.loads(new or old or "{}")
         pk_column = "id"
         expected = items.change_item_json(
             id_, Position(change.txid, id_).encode(), change.model, values.get(pk_column),
-            change.op, at, old or "null", new or "null", items.request_item(user, method, path),
+            change.op, at, old or "null", new or "null",
+            items.request_item(user, method, path, trace, state),
         )  # fmt: skip
         assert change.as_json_text() == expected
         assert change.as_json() == json.loads(expected)
         assert change.at.tzinfo is not None
     assert changes[0].model == "auth.user" and changes[0].request is None
-    assert changes[1].request == {"user": ada.pk, "method": "PUT", "path": '/é"x'}
+    assert changes[1].request["tracestate"] == 'a=q"uo\\te,b=x y'
+    assert [c.trace()[0] is not None for c in changes] == [False, True, *[False] * 5]
+    assert changes[1].request == {
+        "user": ada.pk,
+        "method": "PUT",
+        "path": '/é"x',
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "tracestate": 'a=q"uo\\te,b=x y',
+    }
     assert changes[1].user_id == ada.pk and "notes" not in changes[1].new
 
 

@@ -1,6 +1,6 @@
 """Who made a change: the request or job a change belongs to reaches the trigger.
 
-The capture trigger (``sql/capture_v1.sql``) reads the transaction-local setting
+The capture trigger (``sql/capture_v3.sql``) reads the transaction-local setting
 ``pubsubpull.context``: a JSON object with the ``pubsubpull_request`` columns of
 the request or job that is running. This module sends that setting with every
 data-changing statement, on every database alias, while a request (see
@@ -46,6 +46,8 @@ from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, connections, router, transaction
+
+from pubsubpull import tracing
 
 _ClientCursor: type | None
 try:
@@ -367,6 +369,8 @@ class context(ContextDecorator):
     shell. The block's first change writes a ``pubsubpull.models.Request`` row
     (``method`` and ``path`` empty, ``metadata`` as given) and every change made
     inside the block points at it. A block that changes nothing writes nothing.
+    With OpenTelemetry installed, the row keeps the trace (``traceparent``,
+    ``tracestate``) of the span active at the block's first write.
 
     ::
 
@@ -403,7 +407,9 @@ class context(ContextDecorator):
             )
         parent = _active.get()
         if parent is None:
-            root = self._root = _Root()
+            # A job's trace is the active OpenTelemetry span's, if any (read
+            # at its first write, like a request's columns).
+            root = self._root = _Root(fields=tracing.trace_fields)
             frame = _Frame(root, _clean(dict(self.metadata)))
         else:
             root = parent.root

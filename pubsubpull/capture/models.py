@@ -1,6 +1,6 @@
 """The change log and the requests that caused the changes.
 
-Rows of both tables are written by the database trigger (``sql/capture_v2.sql``),
+Rows of both tables are written by the database trigger (``sql/capture_v3.sql``),
 never by the ORM: the model classes are for reading. Import them from
 ``pubsubpull.models``, the app's models module, which gathers every side's.
 """
@@ -72,6 +72,21 @@ class Request(ReadOnlyModel):
     duration = models.DurationField(null=True, blank=True)
     status = models.PositiveSmallIntegerField(null=True, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
+    traceparent = models.CharField(
+        max_length=55,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="The W3C traceparent of the request's trace (its valid header, or "
+        "the active OpenTelemetry span's), if any.",
+    )
+    tracestate = models.CharField(
+        max_length=512,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="The W3C tracestate that came with the traceparent, if any.",
+    )
 
     class Meta:
         ordering = ["-started"]

@@ -1,4 +1,4 @@
-"""What a request row says about the request: method, path, client address, user.
+"""What a request row says about the request: method, path, client address, user, trace.
 
 ``request_fields`` is read at a request's first write; ``remote_addr`` applies
 the trusted-proxy settings (``TRUSTED_PROXY_HEADER``, ``TRUSTED_PROXY_COUNT``).
@@ -13,7 +13,7 @@ from typing import Any
 from django.http import HttpRequest
 from django.utils.functional import SimpleLazyObject, empty
 
-from pubsubpull import conf
+from pubsubpull import conf, tracing
 from pubsubpull.capture.context import _Root
 
 
@@ -43,6 +43,9 @@ def request_fields(request: HttpRequest) -> dict[str, Any]:
         "user_agent": meta.get("HTTP_USER_AGENT", ""),
         "request_id": request_id,
     }
+    # W3C trace context: the active OpenTelemetry span's, else the headers,
+    # kept only when valid (attacker input); keys only when there is a trace.
+    fields.update(tracing.request_trace(meta.get("HTTP_TRACEPARENT"), meta.get("HTTP_TRACESTATE")))
     # jsonb refuses NUL characters, and would make the audited write fail.
     for name, value in fields.items():
         if isinstance(value, str) and "\x00" in value:

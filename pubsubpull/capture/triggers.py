@@ -2,7 +2,8 @@
 
 Every published table carries four statement-level triggers that call the one
 generic function ``pubsubpull_capture``, installed from ``sql/capture_v<n>.sql``
-by pubsubpull's own migrations (0001 installs version 1, 0006 version 2).
+by pubsubpull's own migrations (0001 installs version 1, 0006 version 2,
+0012 version 3).
 The triggers' SQL is generated here, frozen into a migration by
 ``makemigrations``, and fingerprinted in ``COMMENT ON TRIGGER`` so
 ``manage.py pubsubpull_triggers`` can tell installed triggers from outdated,

@@ -16,6 +16,7 @@ from typing import Any
 
 from django.db import DataError, IntegrityError
 
+from pubsubpull import tracing
 from pubsubpull.protocol.events import Event
 
 Handler = Callable[[Event], Any] | Any
@@ -87,5 +88,11 @@ def call_handler(
     if handle_events is not None:
         handle_events(events)
         return
+    if not tracing.AVAILABLE:
+        for event in events:
+            handler(event)
+        return
     for event in events:
-        handler(event)
+        # A span per change, in the trace of the request that made it.
+        with tracing.change_span(event.model, event.op, event.request):
+            handler(event)

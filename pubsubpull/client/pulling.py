@@ -28,7 +28,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from pubsubpull import conf, jobs
+from pubsubpull import conf, jobs, tracing
 from pubsubpull.client.handlers import (
     CANNOT_APPLY,
     Handler,
@@ -310,7 +310,10 @@ class Runner:
                 fields["park_failures"] = False
             elif events or (snapshot is not None and snapshot[1]):
                 try:
-                    call_handler(self.handler, behind_parked(cursor, events, position), snapshot)
+                    with tracing.receive_span(cursor.name, count=len(events)):
+                        call_handler(
+                            self.handler, behind_parked(cursor, events, position), snapshot
+                        )
                 except CANNOT_APPLY as e:
                     raise PageCannotApply(e, position) from e
             now = timezone.now()

@@ -45,7 +45,7 @@ from django.views.decorators.csrf import csrf_exempt
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from pubsubpull import conf
+from pubsubpull import conf, tracing
 from pubsubpull.client.handlers import CANNOT_APPLY, Handler, call_handler, resolve_handler
 from pubsubpull.client.models import ReceivedBatch, RemoteSubscription
 from pubsubpull.client.source import Publisher, SourceError, request, split_source
@@ -178,13 +178,20 @@ class Receiver(View):
 
         try:
             # A parked change sent again is older than the position: handle it anyway.
-            self._handle(
-                verified,
-                headers["webhook-id"],
-                received.changes,
-                received.cursor,
-                parked=received.parked,
-            )
+            # With OpenTelemetry, inside a span continuing the notification's trace.
+            with tracing.receive_span(
+                verified.name,
+                headers.get("traceparent"),
+                headers.get("tracestate"),
+                len(received.changes),
+            ):
+                self._handle(
+                    verified,
+                    headers["webhook-id"],
+                    received.changes,
+                    received.cursor,
+                    parked=received.parked,
+                )
             if random.random() < 0.01:
                 prune_received()
         except CANNOT_APPLY as e:

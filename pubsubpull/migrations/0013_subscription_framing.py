@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("pubsubpull", "0011_subscription_whole_transactions"),
+        ("pubsubpull", "0012_request_trace"),
     ]
 
     operations = [

@@ -87,6 +87,17 @@ CHANGE: tuple[Key, ...] = (
                         "user": {"type": ["integer", "string", "null"]},
                         "method": {"type": "string"},
                         "path": {"type": "string"},
+                        "traceparent": {
+                            "type": "string",
+                            "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+                            "description": "The W3C traceparent of the request or job "
+                            "that made the change, when it had a valid one.",
+                        },
+                        "tracestate": {
+                            "type": "string",
+                            "maxLength": 512,
+                            "description": "The W3C tracestate that came with it, if any.",
+                        },
                     },
                 },
             ]
@@ -140,11 +151,26 @@ def change_item_json(
     return _CHANGE_TEXT % tuple([text(v) for text, v in zip(_CHANGE_ENCODERS, values, strict=True)])
 
 
-def request_item(user: Any, method: str | None, path: str | None) -> dict[str, Any] | None:
-    """A change's ``request``: who made it and how, or None outside a web request."""
+def request_item(
+    user: Any,
+    method: str | None,
+    path: str | None,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
+) -> dict[str, Any] | None:
+    """A change's ``request``: who made it and how, or None outside a web request.
+
+    ``traceparent`` and ``tracestate`` (W3C Trace Context) are there only
+    when set (the request row stores them empty otherwise).
+    """
     if method is None:
         return None
-    return {"user": user, "method": method, "path": path}
+    item = {"user": user, "method": method, "path": path}
+    if traceparent:
+        item["traceparent"] = traceparent
+        if tracestate:
+            item["tracestate"] = tracestate
+    return item
 
 
 def change_schema() -> dict[str, Any]:

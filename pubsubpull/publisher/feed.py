@@ -72,6 +72,8 @@ class FeedChange:
     user_id: int | None = None
     method: str | None = None
     path: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
     # old and new as JSON text, kept as PostgreSQL rendered them when nothing
     # had to be removed: serving a page then re-encodes nothing.
     old_json: str | None = field(default=None, repr=False)
@@ -98,7 +100,13 @@ class FeedChange:
 
     @property
     def request(self) -> dict[str, Any] | None:
-        return items.request_item(self.user_id, self.method, self.path)
+        return items.request_item(
+            self.user_id, self.method, self.path, self.traceparent, self.tracestate
+        )
+
+    def trace(self) -> tuple[str | None, str | None]:
+        """``(traceparent, tracestate)`` of the request that made it; Nones without one."""
+        return self.traceparent or None, self.tracestate or None
 
     def as_json(self) -> dict[str, Any]:
         """The change as a JSON-ready dict, as the HTTP feed and deliveries carry it."""
@@ -148,6 +156,15 @@ class _RenderedChange(FeedChange):
     user_id = property(lambda self: (self.request or {}).get("user"))
     method = property(lambda self: (self.request or {}).get("method"))
     path = property(lambda self: (self.request or {}).get("path"))
+    traceparent = property(lambda self: (self.request or {}).get("traceparent"))
+    tracestate = property(lambda self: (self.request or {}).get("tracestate"))
+
+    def trace(self) -> tuple[str | None, str | None]:
+        # Most items carry no trace: a byte search spares parsing them (one
+        # whose data holds the text is parsed, and answers right).
+        if b'"traceparent":"' not in self.item_bytes:
+            return None, None
+        return super().trace()
 
 
 @dataclass
@@ -300,6 +317,8 @@ SELECT bounds.xmin, bounds.horizon_txid, bounds.horizon_id, held_back.held_back,
        CASE WHEN NOT c.published THEN r.user_id END,
        CASE WHEN NOT c.published THEN r.method END,
        CASE WHEN NOT c.published THEN r.path END,
+       CASE WHEN NOT c.published THEN r.traceparent END,
+       CASE WHEN NOT c.published THEN r.tracestate END,
        CASE WHEN NOT c.published THEN c.old::text END,
        CASE WHEN NOT c.published THEN c.new::text END
 FROM bounds
@@ -348,7 +367,13 @@ _CHANGE_ITEM_SQL = items.change_item_sql(
         "CASE WHEN r.method IS NULL THEN 'null' ELSE "
         "'{\"user\":' || coalesce(to_jsonb(r.user_id)::text, 'null') "
         "|| ',\"method\":' || to_jsonb(r.method)::text "
-        "|| ',\"path\":' || to_jsonb(r.path)::text || '}' END"
+        "|| ',\"path\":' || to_jsonb(r.path)::text "
+        # The trace context only when the request had one (items.request_item).
+        "|| CASE WHEN r.traceparent = '' THEN '' ELSE "
+        "',\"traceparent\":' || to_jsonb(r.traceparent)::text "
+        "|| CASE WHEN r.tracestate = '' THEN '' ELSE "
+        "',\"tracestate\":' || to_jsonb(r.tracestate)::text END END "
+        "|| '}' END"
     ),
 )
 _PAGE_SQL = _PAGE_SQL.replace("{change_item}", _CHANGE_ITEM_SQL)
@@ -562,7 +587,7 @@ def read_changes(
 
     changes: list[FeedChange] = []
     for row in rows:
-        id_, txid, label, item, op, at, user_id, method, path, old, new = row[4:]
+        id_, txid, label, item, op, at, user_id, method, path, trace, state, old, new = row[4:]
         if id_ is None:
             break  # the fence row alone: nothing to serve
         if item is not None:
@@ -573,11 +598,11 @@ def read_changes(
         new, new_json = _published(new, columns[label])
         values = new if new is not None else old
         pk = None if values is None else values.get(chosen[label].pk_column)
-        changes.append(
-            FeedChange(
-                id_, txid, label, pk, op, at, old, new, user_id, method, path, old_json, new_json
-            )
-        )
+        change = FeedChange(
+            id_, txid, label, pk, op, at, old, new, user_id, method, path,
+            trace, state, old_json, new_json,
+        )  # fmt: skip
+        changes.append(change)
 
     following = max(start, horizon)
     if changes:

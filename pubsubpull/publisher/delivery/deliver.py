@@ -45,7 +45,7 @@ from typing import Any, cast
 import httpx
 from django.db import IntegrityError, connection
 
-from pubsubpull import conf, jobs
+from pubsubpull import conf, jobs, tracing
 from pubsubpull.exceptions import Unsubscribed
 from pubsubpull.jobs.lease import HELD, LET_GO, RENEWED, SPENT, execute
 from pubsubpull.jobs.outcome import Outcome
@@ -597,7 +597,10 @@ def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
     body, content_type = notification_body(sub, page, following)
     now = datetime.now(UTC)
     headers = signed_headers(sub.secrets, webhook_id, body, now, content_type)
-    response = send(sub.callback, body, headers)
+    # The notification carries the trace of its first change that has one
+    # (each change item keeps its own); see pubsubpull.tracing.
+    with tracing.send_span(sub.name, [c.trace() for c in changes]) as trace_headers:
+        response = send(sub.callback, body, {**headers, **trace_headers})
     ok = response.status is not None and 200 <= response.status < 300
     params: dict[str, Any] = {
         "id": sub.id,

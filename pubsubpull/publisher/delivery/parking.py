@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
+from pubsubpull import tracing
 from pubsubpull.exceptions import CannotPark, CannotResend
 from pubsubpull.protocol import cloudevents, items, notification
 from pubsubpull.publisher import feed, framing
@@ -198,7 +199,9 @@ def resend(parked: ParkedChange, by: str = "") -> ParkedChange:
     webhook_id = f"msg_{uuid.uuid4().hex}"
     now = datetime.now(UTC)
     headers = deliver.signed_headers(secrets, webhook_id, body, now, content_type)
-    response = deliver.send(subscription.callback, body, headers)
+    traces = [tracing.request_trace_of(p.change.get("request")) for p in together]
+    with tracing.send_span(subscription.name, traces) as trace_headers:
+        response = deliver.send(subscription.callback, body, {**headers, **trace_headers})
     Attempt.objects.create(
         subscription=subscription,
         at=now,
