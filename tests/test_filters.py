@@ -1,0 +1,307 @@
+"""Filters: a reader asks for some rows of a model, some of its changes, some of its fields.
+
+The grammar (pubsubpull.protocol.filters) and its SQL (pubsubpull.publisher.feed),
+evaluated by PostgreSQL on real rows of the change log.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from customers.models import Contract, Country, Customer
+from pubsubpull.exceptions import InvalidFilter
+from pubsubpull.protocol import filters
+from pubsubpull.publisher import feed
+
+CUSTOMER = "customers.customer"
+CONTRACT = "customers.contract"
+
+
+def parse(where=None, label=CUSTOMER, **spec):
+    if where is not None:
+        spec["where"] = where
+    return feed.parse_filters({label: spec}, [label])
+
+
+def read(where=None, label=CUSTOMER, after=None, limit=100, **spec):
+    return feed.read_changes(after, limit, [label], filters=parse(where, label, **spec))
+
+
+def served(where=None, label=CUSTOMER, **spec):
+    """(op, name) of every change the filter serves, in feed order."""
+    page = read(where, label, **spec)
+    return [(c.op, (c.new or c.old).get("name")) for c in page.changes]
+
+
+def error(data, models=(CUSTOMER,)) -> InvalidFilter:
+    with pytest.raises(InvalidFilter) as caught:
+        feed.parse_filters(data, list(models))
+    return caught.value
+
+
+# -- The grammar -------------------------------------------------------------------
+
+
+def test_a_where_parses_into_a_tree_and_back_to_its_canonical_json():
+    where = {"country": "NZ", "or": [{"id__gte": 10}, {"not": {"email__endswith": "@x.org"}}]}
+    model_filter = parse(where)[CUSTOMER]
+    # A foreign key is named by its field or its column; the canonical form is the column.
+    assert model_filter.as_json() == {
+        "where": {
+            "and": [
+                {"country_id": "NZ"},
+                {"or": [{"id__gte": 10}, {"not": {"email__endswith": "@x.org"}}]},
+            ]
+        }
+    }
+    again = feed.parse_filters({CUSTOMER: model_filter.as_json()}, [CUSTOMER])
+    assert again[CUSTOMER] == model_filter
+
+
+def test_fields_always_keep_the_primary_key_and_an_empty_filter_is_none():
+    assert parse(fields=["email"])[CUSTOMER].fields == ("id", "email")
+    assert feed.parse_filters({CUSTOMER: {}}, [CUSTOMER]) == {}
+    assert feed.parse_filters(None, [CUSTOMER]) == {}
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "says"),
+    [
+        ({CUSTOMER: {"where": {"nope": 1}}}, "filters.customers.customer.where.nope", "not a published"),
+        ({CUSTOMER: {"where": {"notes": "x"}}}, "filters.customers.customer.where.notes", "not a published"),
+        ({CUSTOMER: {"where": {"name__like": "x"}}}, "filters.customers.customer.where.name__like", "not a lookup"),
+        ({CUSTOMER: {"where": {"newsletter__gt": True}}}, "filters.customers.customer.where.newsletter__gt", "does not apply"),
+        ({CUSTOMER: {"where": {"id__gte": "x"}}}, "filters.customers.customer.where.id__gte", "must be a number"),
+        ({CUSTOMER: {"where": {"id__gte": True}}}, "filters.customers.customer.where.id__gte", "must be a number"),
+        ({CUSTOMER: {"where": {"name": 3}}}, "filters.customers.customer.where.name", "must be a string"),
+        ({CUSTOMER: {"where": {"created__gt": "yesterday"}}}, "filters.customers.customer.where.created__gt", "ISO 8601"),
+        ({CUSTOMER: {"where": {"name__isnull": "yes"}}}, "filters.customers.customer.where.name__isnull", "true or false"),
+        ({CUSTOMER: {"where": {"id__in": []}}}, "filters.customers.customer.where.id__in", "list of 1 to"),
+        ({CUSTOMER: {"where": {"id__in": list(range(1001))}}}, "filters.customers.customer.where.id__in", "list of 1 to"),
+        ({CUSTOMER: {"where": {"or": {"id": 1}}}}, "filters.customers.customer.where.or", "non-empty list"),
+        ({CUSTOMER: {"where": {"and": []}}}, "filters.customers.customer.where.and", "non-empty list"),
+        ({CUSTOMER: {"where": {}}}, "filters.customers.customer.where", "non-empty object"),
+        ({CUSTOMER: {"where": ["id", 1]}}, "filters.customers.customer.where", "non-empty object"),
+        ({CUSTOMER: {"where": {"name": "a\x00b"}}}, "filters.customers.customer.where.name", "NUL"),
+        ({CUSTOMER: {"where": {"name": "x" * 1001}}}, "filters.customers.customer.where.name", "at most"),
+        ({CUSTOMER: {"changed": []}}, "filters.customers.customer.changed", "non-empty list"),
+        ({CUSTOMER: {"changed": ["notes"]}}, "filters.customers.customer.changed[0]", "not a published"),
+        ({CUSTOMER: {"fields": ["id", "password"]}}, "filters.customers.customer.fields[1]", "not a published"),
+        ({CUSTOMER: {"select": ["id"]}}, "filters.customers.customer.select", "not a filter key"),
+        ({CUSTOMER: "country=NZ"}, "filters.customers.customer", "must be an object"),
+        ({CONTRACT: {"where": {"amount": 1}}}, "filters.customers.contract", "not a model read here"),
+        (["x"], "filters", "must be an object"),
+        # SQL in names and values is only ever a name that is not published, or a value.
+        ({CUSTOMER: {"where": {"name'); DROP TABLE customers_customer; --": 1}}},
+         "filters.customers.customer.where.name'); DROP TABLE customers_customer; --", "not a published"),
+        ({CUSTOMER: {"where": {"id__gte": "1; DROP TABLE customers_customer"}}},
+         "filters.customers.customer.where.id__gte", "must be a number"),
+    ],
+)  # fmt: skip
+def test_bad_filters_name_the_field_and_say_what_is_wrong(data, field, says):
+    caught = error(data)
+    assert caught.field == field
+    assert says in caught.message
+
+
+def test_deep_nesting_and_too_many_lookups_are_refused():
+    where: dict = {"id": 1}
+    for _ in range(filters.MAX_DEPTH + 1):
+        where = {"not": where}
+    assert "levels deep" in error({CUSTOMER: {"where": where}}).message
+    many = {"or": [{"id": n} for n in range(filters.MAX_TERMS + 1)]}
+    assert "at most" in error({CUSTOMER: {"where": many}}).message
+
+
+def test_build_puts_keyword_filters_on_the_one_model():
+    assert filters.build([CUSTOMER], where={"country": "NZ"}, fields=("email",)) == {
+        CUSTOMER: {"where": {"country": "NZ"}, "fields": ["email"]}
+    }
+    with pytest.raises(InvalidFilter):
+        filters.build([CUSTOMER, CONTRACT], where={"country": "NZ"})
+    assert filters.build([CUSTOMER, CONTRACT], filters={CONTRACT: {"fields": ["amount"]}}) == {
+        CONTRACT: {"fields": ["amount"]}
+    }
+
+
+# -- Evaluated by PostgreSQL --------------------------------------------------------
+
+
+@pytest.fixture
+def people(transactional_db):
+    nz, au = Country.objects.create(code="NZ", name="NZ"), Country.objects.create(code="AU", name="AU")
+    made = {
+        "ann": Customer.objects.create(name="ann", email="ann@example.com", country=nz, newsletter=True),
+        "bob": Customer.objects.create(name="bob", email="bob@other.org", country=au),
+        "cy": Customer.objects.create(name="cy", email="", country=None),
+        "Dee": Customer.objects.create(name="Dee", email="dee@example.com", country=nz),
+    }
+    return made
+
+
+@pytest.mark.parametrize(
+    ("where", "names"),
+    [
+        ({"name": "ann"}, ["ann"]),
+        ({"name__exact": "bob"}, ["bob"]),
+        ({"country": "NZ"}, ["ann", "Dee"]),
+        ({"country_id__in": ["NZ", "AU"]}, ["ann", "bob", "Dee"]),
+        ({"country": None}, ["cy"]),
+        ({"country__isnull": True}, ["cy"]),
+        ({"country__isnull": False}, ["ann", "bob", "Dee"]),
+        ({"email__endswith": "@example.com"}, ["ann", "Dee"]),
+        ({"email__startswith": "bob"}, ["bob"]),
+        ({"email__contains": "other"}, ["bob"]),
+        ({"email__contains": "%"}, []),  # no LIKE: % and _ are characters
+        ({"email__endswith": ""}, ["ann", "bob", "cy", "Dee"]),
+        ({"name__gt": "b"}, ["bob", "cy"]),  # strings compare as strings ("Dee" < "b")
+        ({"name__lte": "bob"}, ["ann", "bob", "Dee"]),
+        ({"newsletter": True}, ["ann"]),
+        ({"newsletter__in": [False]}, ["bob", "cy", "Dee"]),
+        ({"not": {"country": "NZ"}}, ["bob", "cy"]),  # cy's null country is not NZ
+        ({"or": [{"name": "ann"}, {"country": "AU"}]}, ["ann", "bob"]),
+        ({"and": [{"country": "NZ"}, {"newsletter": False}]}, ["Dee"]),
+        ({"created__gte": "2000-01-01T00:00:00+00:00"}, ["ann", "bob", "cy", "Dee"]),
+        ({"created__lt": "2000-01-01"}, []),
+    ],
+)
+def test_every_lookup_on_real_rows(people, where, names):
+    assert [name for _, name in served(where)] == names
+
+
+def test_numbers_compare_as_numbers(people, transactional_db):
+    ids = sorted(c.id for c in people.values())
+    assert [c.new["id"] for c in read({"id__gte": ids[2]}).changes] == ids[2:]
+    assert [c.new["id"] for c in read({"id__lt": ids[1] + 0.5}).changes] == ids[:2]
+    assert [c.new["id"] for c in read({"id__in": [ids[3], 10**30]}).changes] == [ids[3]]
+    Contract.objects.create(customer=people["ann"], amount=Decimal("9.50"))
+    Contract.objects.create(customer=people["ann"], amount=Decimal("10.25"))
+    Contract.objects.create(customer=people["bob"], amount=Decimal("100"))
+    # As text "9.50" > "10.25" > "100"; as numbers 9.5 < 10 < 10.25 < 100.
+    amounts = [c.new["amount"] for c in read({"amount__gte": 10}, CONTRACT).changes]
+    assert amounts == [10.25, 100]
+    amounts = [c.new["amount"] for c in read({"customer": people["bob"].id}, CONTRACT).changes]
+    assert amounts == [100]
+
+
+def test_updates_moving_in_and_out_of_the_filter(people):
+    nz = {"country": "NZ"}
+    start = feed.read_changes(None, 100, [CUSTOMER]).next
+    bob, ann = people["bob"], people["ann"]
+    bob.country_id = "NZ"
+    bob.save()  # moves in: an update, which a mirror upserts
+    ann.country_id = "AU"
+    ann.save()  # moves out: served as a delete of its old row
+    Customer.objects.filter(pk=people["cy"].pk).update(name="cyrus")  # never in: nothing
+    people["Dee"].delete()  # a delete is judged on the old row
+    bob.delete()
+    page = read(nz, after=start)
+    assert [(c.op, (c.new or c.old)["name"]) for c in page.changes] == [
+        ("update", "bob"),
+        ("delete", "ann"),
+        ("delete", "Dee"),
+        ("delete", "bob"),
+    ]
+    moved_out = page.changes[1]
+    assert moved_out.new is None and moved_out.old["country_id"] == "NZ"
+    assert moved_out.as_json()["op"] == "delete" and moved_out.as_json()["new"] is None
+
+
+def test_changed_serves_updates_of_those_fields_only(people):
+    start = feed.read_changes(None, 100, [CUSTOMER]).next
+    Customer.objects.filter(pk=people["ann"].pk).update(newsletter=False)
+    Customer.objects.filter(pk=people["bob"].pk).update(email="bob@new.org")
+    page = read(after=start, changed=["email"])
+    assert [(c.op, c.new["name"]) for c in page.changes] == [("update", "bob")]
+    # Inserts and deletes are not updates: they are served.
+    people["cy"].delete()
+    assert [c.op for c in read(after=page.next, changed=["email"]).changes] == ["delete"]
+
+
+def test_changed_does_not_hide_a_move_out_of_the_where(people):
+    start = feed.read_changes(None, 100, [CUSTOMER]).next
+    Customer.objects.filter(pk=people["ann"].pk).update(country="AU")
+    page = read({"country": "NZ"}, after=start, changed=["email"])
+    assert [(c.op, c.old["name"]) for c in page.changes] == [("delete", "ann")]
+
+
+def test_fields_serve_only_those_fields(people):
+    page = read({"name": "ann"}, fields=["email"])
+    assert [c.new for c in page.changes] == [{"id": people["ann"].id, "email": "ann@example.com"}]
+    # As the wire carries it, rendered by PostgreSQL.
+    [item] = json.loads(page.changes_json_bytes())
+    assert item["new"] == {"id": people["ann"].id, "email": "ann@example.com"}
+
+
+def test_a_filtered_page_moves_past_what_it_skips_within_its_scan(people, settings):
+    """FILTER_SCAN changes (of any model) looked at per page, at most; next moves past them."""
+    settings.PUBSUBPULL = {"FILTER_SCAN": 2}  # (or the limit, if larger)
+    every = feed.read_changes(None, 100).changes  # 2 countries, 4 customers
+    after, pages = None, []
+    while True:
+        page = read({"name": "Dee"}, after=after, limit=1)
+        pages.append(([c.new["name"] for c in page.changes], page.more))
+        if page.caught_up:
+            break
+        assert page.next > (after or feed.START)
+        after = page.next
+    assert pages == [([], True), ([], True), (["Dee"], False), ([], False)]
+    # The first two pages moved past two changes each.
+    first = read({"name": "Dee"}, limit=1)
+    assert first.next == every[1].position
+    assert read({"name": "Dee"}, after=first.next, limit=1).next == every[3].position
+
+
+def test_the_scan_end_is_served_when_it_matches(people, settings):
+    settings.PUBSUBPULL = {"FILTER_SCAN": 4}
+    page = read({"name": "bob"}, limit=2)  # countries, ann, bob: bob is the 4th
+    assert [c.new["name"] for c in page.changes] == ["bob"] and page.more
+    following = read({"name": "bob"}, after=page.next, limit=2)
+    assert following.changes == [] and not following.more
+
+
+def test_values_are_bound_never_interpolated(people):
+    hostile = "x'; DROP TABLE customers_customer; --"
+    assert served({"name": hostile}) == []
+    assert served({"email__contains": "'"}) == []
+    assert served({"name__in": [hostile, "ann"]}) == [("insert", "ann")]
+    assert Customer.objects.count() == 4
+
+
+def test_a_filtered_page_read_stays_on_the_txid_id_index_range(transactional_db):
+    """Many changes of other models: the filtered page walks the feed index in order."""
+    country = Country.objects.create(code="NZ", name="NZ")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO customers_address (customer_id, line1, city, postcode) "
+            "SELECT %s, 'l', 'c', '' FROM generate_series(1, 3000)",
+            [Customer.objects.create(name="x", country=country).pk],
+        )
+        cursor.execute("ANALYZE pubsubpull_change")
+    params: dict = {"txid": 0, "id": 0, "models": [CUSTOMER, "customers.address"], "limit": 100}
+    params["scan"] = 10000
+    params["published"] = json.dumps(
+        {
+            label: {"pk": "id", "columns": "{}", "drop": "{}"}
+            for label in (CUSTOMER, "customers.address")
+        }
+    )
+    chosen = feed.parse_filters(
+        {"customers.address": {"where": {"city": "nowhere"}}}, params["models"]
+    )
+    sql = feed._FILTERED_PAGE_SQL.replace("{changes}", feed._filter_sql(chosen, params))
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    # The page's rows: one range of the feed index, cut at the scan's end.
+    page = plan[plan.index("CTE Scan on scan_end") :]
+    assert "pubsubpull_change_feed" in page, plan  # an index scan or a bitmap of it
+    assert "Index Cond: ((ROW(txid, id) > ROW(bounds.from_txid, bounds.from_id)) AND " in page
+    assert "(ROW(txid, id) <= ROW(scan_end.end_txid, scan_end.end_id))" in page, plan
+    # The scan's end: a walk of the same index.
+    end = plan[plan.index("CTE scan_end") : plan.index("CTE Scan on scan_end")]
+    assert "on pubsubpull_change_feed" in end, plan
