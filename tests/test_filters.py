@@ -133,9 +133,14 @@ def test_build_puts_keyword_filters_on_the_one_model():
 
 @pytest.fixture
 def people(transactional_db):
-    nz, au = Country.objects.create(code="NZ", name="NZ"), Country.objects.create(code="AU", name="AU")
+    nz, au = (
+        Country.objects.create(code="NZ", name="NZ"),
+        Country.objects.create(code="AU", name="AU"),
+    )
     made = {
-        "ann": Customer.objects.create(name="ann", email="ann@example.com", country=nz, newsletter=True),
+        "ann": Customer.objects.create(
+            name="ann", email="ann@example.com", country=nz, newsletter=True
+        ),
         "bob": Customer.objects.create(name="bob", email="bob@other.org", country=au),
         "cy": Customer.objects.create(name="cy", email="", country=None),
         "Dee": Customer.objects.create(name="Dee", email="dee@example.com", country=nz),

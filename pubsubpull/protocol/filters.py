@@ -231,7 +231,9 @@ def _names(value: Any, schema: Schema, path: str) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not value or len(value) > len(schema.kinds):
-        raise InvalidFilter(path, f"must be a non-empty list of published fields ({_choices(schema)})")
+        raise InvalidFilter(
+            path, f"must be a non-empty list of published fields ({_choices(schema)})"
+        )
     names: list[str] = []
     for n, name in enumerate(value):
         name = _field(name, schema, f"{path}[{n}]")

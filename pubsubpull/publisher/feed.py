@@ -429,8 +429,9 @@ _UNFILTERED_PAGE_SQL = (
     .replace("{scan_end}", "NULL::bigint, NULL::bigint")
 )
 _FILTERED_PAGE_SQL = _PAGE_SQL.replace("{scan_join}", "\nCROSS JOIN scan_end").replace(
-    "{scan_end}", "CASE WHEN scan_end.cut THEN scan_end.end_txid END, "
-    "CASE WHEN scan_end.cut THEN scan_end.end_id END"
+    "{scan_end}",
+    "CASE WHEN scan_end.cut THEN scan_end.end_txid END, "
+    "CASE WHEN scan_end.cut THEN scan_end.end_id END",
 )
 
 
@@ -566,8 +567,7 @@ _KINDS["TimeField"] = "time"
 _TYPED = {
     "number": "CASE WHEN jsonb_typeof({row} -> {f}) = 'number' THEN ({row} -> {f})::numeric END",
     "string": "CASE WHEN jsonb_typeof({row} -> {f}) = 'string' THEN {row} ->> {f} END",
-    "boolean": "CASE WHEN jsonb_typeof({row} -> {f}) = 'boolean' "
-    "THEN ({row} -> {f})::boolean END",
+    "boolean": "CASE WHEN jsonb_typeof({row} -> {f}) = 'boolean' THEN ({row} -> {f})::boolean END",
     "date": "CASE WHEN jsonb_typeof({row} -> {f}) = 'string' THEN ({row} ->> {f})::date END",
     "datetime": "CASE WHEN jsonb_typeof({row} -> {f}) = 'string' "
     "THEN ({row} ->> {f})::timestamptz END",
@@ -656,8 +656,16 @@ def _where_sql(node: filtering.Node, row: str, bind: _Binder, names: dict[str, s
     return "(" + joiner.join(_where_sql(child, row, bind, names) for child in node.children) + ")"
 
 
+def where_sql(node: filtering.Node, row: str, params: dict[str, Any]) -> str:
+    """SQL true when the jsonb ``row`` matches ``node``; its values added to ``params``.
+
+    (The snapshot's filtered pages judge each row with it.)
+    """
+    return _where_sql(node, row, _Binder(params), {})
+
+
 def _filter_sql(chosen: filtering.Filters, params: dict[str, Any]) -> str:
-    """The filtered changes' SQL for ``chosen`` (label -> filter), its values bound in ``params``."""
+    """The filtered changes' SQL for ``chosen`` (label -> filter), its values in ``params``."""
     bind = _Binder(params)
     where_old, where_new, changed = [], [], []
     for label in sorted(chosen):

@@ -32,13 +32,16 @@ from pubsubpull.protocol import items, notification
 from pubsubpull.publisher import feed
 from pubsubpull.publisher.delivery import access, deliver
 from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription
-from pubsubpull.publisher.delivery.subscriptions import forget_pending, notify
+from pubsubpull.publisher.delivery.subscriptions import forget_pending, notify, parsed_filters
 
 
 def next_change(subscription: Subscription) -> feed.FeedChange | None:
     """The first change the subscription has not had acknowledged, or None."""
     position = feed.Position(subscription.position_txid, subscription.position_id)
-    page = feed.read_from(position, 1, list(subscription.model_labels))
+    filters = parsed_filters(subscription)
+    page = feed.read_from(position, 1, list(subscription.model_labels), filters)
+    while not page.changes and page.more:  # past changes its filters skip
+        page = feed.read_from(page.next, 1, list(subscription.model_labels), filters)
     return page.changes[0] if page.changes else None
 
 
