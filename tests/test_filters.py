@@ -17,6 +17,11 @@ from pubsubpull.exceptions import InvalidFilter
 from pubsubpull.protocol import filters
 from pubsubpull.publisher import feed
 
+from . import services
+from .services import wait_until
+
+billing_service, billing = services.billing_service, services.billing  # the fixtures
+
 CUSTOMER = "customers.customer"
 CONTRACT = "customers.contract"
 
@@ -310,3 +315,94 @@ def test_a_filtered_page_read_stays_on_the_txid_id_index_range(transactional_db)
     # The scan's end: a walk of the same index.
     end = plan[plan.index("CTE scan_end") : plan.index("CTE Scan on scan_end")]
     assert "on pubsubpull_change_feed" in end, plan
+
+
+# -- A filtered mirror through the real two services ---------------------------------
+
+
+def published_in_nz() -> dict[int, tuple]:
+    return {c.pk: (c.name, c.country_id) for c in Customer.objects.filter(country_id="NZ")}
+
+
+def mirrored(billing) -> dict[int, tuple]:
+    rows = billing.sql("SELECT remote_id, name, country FROM billing_customercountry")
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def move_rows_in_and_out(nz, au):
+    """Rows move into the filter, out of it, stay out, get deleted in and out of it."""
+    people = list(Customer.objects.order_by("pk"))
+    Customer.objects.filter(pk__in=[c.pk for c in people[:6]]).update(country=au)  # out
+    Customer.objects.filter(pk__in=[c.pk for c in people[10:16]]).update(country=nz)  # in
+    Customer.objects.filter(pk=people[7].pk).update(name="renamed in NZ")
+    Customer.objects.filter(pk=people[12].pk).update(name="renamed after moving in")
+    Customer.objects.filter(pk=people[0].pk).update(country=nz)  # out and back in
+    Customer.objects.filter(pk__in=[people[8].pk, people[16].pk]).delete()  # in, and out
+    Customer.objects.create(name="new in NZ", country=nz)
+    Customer.objects.create(name="new in AU", country=au)
+    Customer.objects.bulk_create(Customer(name=f"later{i}", country=au) for i in range(5))
+
+
+@pytest.fixture
+def two_countries(transactional_db):
+    nz = Country.objects.create(code="NZ", name="New Zealand")
+    au = Country.objects.create(code="AU", name="Australia")
+    Customer.objects.bulk_create(
+        Customer(name=f"c{i}", country=nz if i < 10 else au) for i in range(20)
+    )
+    return nz, au
+
+
+@pytest.mark.slow
+def test_a_filtered_mirror_by_pull_converges_to_the_filtered_rows(billing, two_countries):
+    billing.overrides["PULL_PAGE_SIZE"] = 3  # snapshot and feed pages of a few rows
+    billing.start_worker()
+    billing.shell("from billing.mirrors import nz_customers; nz_customers.pull()")
+    wait_until(lambda: mirrored(billing) == published_in_nz(), timeout=60)
+    assert len(mirrored(billing)) == 10  # the snapshot was filtered too
+
+    move_rows_in_and_out(*two_countries)
+    wait_until(lambda: mirrored(billing) == published_in_nz(), timeout=60)
+    [(filters,)] = billing.sql(
+        "SELECT filters FROM pubsubpull_pullcursor WHERE name = 'mirror:nz'"
+    )
+    assert filters == {
+        "customers.customer": {"where": {"country": "NZ"}, "fields": ["name", "country"]}
+    }
+
+
+@pytest.mark.slow
+def test_a_filtered_mirror_by_push_converges_and_its_subscription_sends_only_matches(
+    billing, two_countries, settings
+):
+    from django.utils import timezone
+
+    from pubsubpull.publisher.delivery.models import Attempt, Subscription
+    from tests.delivery_helpers import WorkerThread, use_fast_settings
+
+    use_fast_settings(settings)
+    billing.start_server()
+    billing.shell(
+        "from billing.mirrors import nz_customers; "
+        f"nz_customers.subscribe('{billing.url}/hooks/nz/')"
+    )
+    assert mirrored(billing) == published_in_nz()
+    subscription = Subscription.objects.get()
+    assert subscription.filters == {
+        "customers.customer": {"where": {"country_id": "NZ"}, "fields": ["id", "name", "country_id"]}
+    }
+    with WorkerThread():
+        move_rows_in_and_out(*two_countries)
+        wait_until(lambda: mirrored(billing) == published_in_nz(), timeout=60)
+        # Positions advance over the changes the filter skips.
+        head = feed.current_position()
+        wait_until(
+            lambda: feed.Position(*Subscription.objects.values_list(
+                "position_txid", "position_id").get()) >= head
+        )  # fmt: skip
+    acknowledged = Attempt.objects.filter(status__gte=200, status__lt=300)
+    sent = sum(acknowledged.values_list("changes", flat=True))
+    # Of the 24 changes: 6 moving out (sent as deletes), 6 moving in, 2 renames
+    # in NZ, 1 back in, 1 of the 2 deletes, 1 of the 2 new customers: 17.
+    assert sent == 17, list(Attempt.objects.values_list("status", "changes"))
+    assert Subscription.objects.get().next_attempt_at <= timezone.now()

@@ -69,6 +69,7 @@ from pubsubpull import conf
 from pubsubpull.client.models import MirrorSeen, MirrorTombstone, PullCursor, RemoteSubscription
 from pubsubpull.client.source import Publisher, get_json, split_source
 from pubsubpull.protocol import cursor as cursors
+from pubsubpull.protocol import filters as filtering
 from pubsubpull.protocol.events import Event
 
 TOMBSTONES = MirrorTombstone._meta.db_table
@@ -121,6 +122,9 @@ class Mirror:
         name: str | None = None,
         page_size: int | None = None,
         defined_in: str | None = None,
+        where: dict[str, Any] | None = None,
+        changed: list[str] | None = None,
+        filters: dict[str, Any] | None = None,
     ):
         service_url, labels = split_source(source_url)
         if not labels:
@@ -139,6 +143,11 @@ class Mirror:
         self.page_size = page_size
         self.name = name or f"mirror:{model._meta.label_lower}"
         self.defined_in = defined_in
+        # What the publisher serves this copy (checked there): its rows, the
+        # updates worth applying, the fields it sends.
+        self.filters = filtering.build(
+            [self.label], where=where, changed=changed, filters=filters
+        )
         opts = model._meta
         for local in [key, sequence, *self.fields]:
             opts.get_field(local)  # FieldDoesNotExist names the field
@@ -181,6 +190,7 @@ class Mirror:
         from pubsubpull.client.pulling import pull
 
         options.setdefault("page_size", self.page_size)
+        options.setdefault("filters", self.filters)
         return pull(self.source_url, self, name=self.name, auth=self.auth, **options)
 
     def subscribe(self, callback_url: str, *, name: str | None = None) -> RemoteSubscription:
@@ -194,7 +204,7 @@ class Mirror:
 
         cursor = pull_down(
             self.source_url, self, name=self.name, auth=self.auth, enqueue=False,
-            page_size=self.page_size,
+            page_size=self.page_size, filters=self.filters,
         )  # fmt: skip
         while True:
             outcome = run(cursor.id, budget=3600, stop_when_caught_up=True, now=True)
@@ -216,6 +226,7 @@ class Mirror:
             models=[self.label],
             auth=self.auth,
             start=cursor.feed_position,
+            filters=self.filters,
         )
 
     def receiver(self, subscription: str | None = None):
@@ -240,6 +251,8 @@ class Mirror:
             }
             if subscription.position:
                 params["after"] = subscription.position
+            if self.filters:
+                params["filters"] = filtering.encode(self.filters)
             body = get_json(changes_url, token=self.auth, params=params)
             with transaction.atomic():
                 locked = RemoteSubscription.objects.select_for_update().get(pk=subscription.pk)
@@ -255,7 +268,7 @@ class Mirror:
                 locked.save(update_fields=["position"])
             subscription = locked
             applied += len(events)
-            if len(body["changes"]) < params["limit"]:
+            if len(body["changes"]) < params["limit"] and not body.get("more"):
                 return applied
 
     # -- the handler -----------------------------------------------------------
@@ -473,6 +486,9 @@ def mirror(
     auth: str | None = None,
     name: str | None = None,
     page_size: int | None = None,
+    where: dict[str, Any] | None = None,
+    changed: list[str] | None = None,
+    filters: dict[str, Any] | None = None,
 ) -> Mirror:
     """Keep ``model`` a copy of the remote model at ``source_url`` (its instances URL).
 
@@ -486,6 +502,13 @@ def mirror(
     the result to a module-level name: workers import it by that name. Then
     ``.pull()`` starts pull mode, or ``.subscribe(callback_url)`` with
     ``.receiver()`` mounted there starts push mode.
+
+    ``where`` keeps a copy of only the remote rows that match (the publisher
+    evaluates it, docs/filters.rst): a row that stops matching is deleted
+    from the copy, one that starts matching is added. ``changed`` applies
+    only updates that change one of these remote fields. ``filters``
+    (``{label: {"where": ..., "changed": ..., "fields": ...}}``) gives them
+    in the wire's form, with ``fields``, the remote fields to be sent.
     """
     caller = sys._getframe(1).f_globals.get("__name__")
     return Mirror(
@@ -498,4 +521,7 @@ def mirror(
         name=name,
         page_size=page_size,
         defined_in=caller,
+        where=where,
+        changed=changed,
+        filters=filters,
     )

@@ -41,6 +41,7 @@ from pubsubpull.client.parking import apply_parking, behind_parked
 from pubsubpull.client.source import Gone, Publisher, SourceError, get_json, split_source
 from pubsubpull.exceptions import LostLease, PageCannotApply
 from pubsubpull.jobs.outcome import Outcome
+from pubsubpull.protocol import filters as filtering
 from pubsubpull.protocol.events import Event
 
 logger = logging.getLogger("pubsubpull.client")
@@ -83,6 +84,10 @@ def pull(
     once: bool = False,
     enqueue: bool = True,
     lease_owner: str | None = None,
+    where: dict[str, Any] | None = None,
+    changed: Iterable[str] | None = None,
+    fields: Iterable[str] | None = None,
+    filters: dict[str, Any] | None = None,
 ) -> PullCursor:
     """Follow a publisher: every instance, then every change, handled in order.
 
@@ -103,6 +108,16 @@ def pull(
 
         pubsubpull.pull("http://customers/pubsubpull/", on_change, auth=TOKEN)
 
+    ``where``, ``changed`` and ``fields`` filter a pull of one model (the
+    publisher evaluates them, docs/filters.rst): only its rows matching
+    ``where`` (in the snapshot too), only updates that change one of
+    ``changed``, only the ``fields`` named (and the primary key). For several
+    models, ``filters={label: {"where": ..., "changed": ..., "fields": ...}}``.
+    An update that moves a row out of ``where`` arrives as a delete::
+
+        pubsubpull.pull(URL, on_change, models=["customers.customer"],
+                        where={"country": "NZ"}, fields=["name", "email"])
+
     ``lease_owner`` (for ``manage.py pubsubpull_pull``) creates a new cursor
     already held by that owner for PULL_LEASE seconds, so no worker takes it
     before the caller runs it.
@@ -111,11 +126,13 @@ def pull(
     service_url, named = split_source(url)
     labels = sorted(set(models if models is not None else (named or [])))
     name = name or path
+    chosen = filtering.build(labels, where=where, changed=changed, fields=fields, filters=filters)
     settings = {
         "source": url,
         "service_url": service_url,
         "handler": path,
         "model_labels": labels,
+        "filters": chosen,
         "every": every,
         "once": once,
     }
@@ -142,14 +159,22 @@ def pull(
     else:
         created = False
     if not created:
+        refiltered = cursor.filters != chosen
         for key, value in settings.items():
             setattr(cursor, key, value)
-        changed = list(settings)
+        updated = list(settings)
+        if refiltered and cursor.phase != PullCursor.Phase.SNAPSHOT:
+            # Other filters, other rows: what the old ones skipped is not
+            # here. A pull that began with a snapshot takes a new one.
+            if cursor.snapshots:
+                cursor.phase = PullCursor.Phase.SNAPSHOT
+                cursor.snapshot_models, cursor.snapshot_next, cursor.feed_position = [], "", ""
+                updated += ["phase", "snapshot_models", "snapshot_next", "feed_position"]
         if cursor.phase == PullCursor.Phase.DONE and not once:
             cursor.phase = PullCursor.Phase.FEED
-            changed.append("phase")
+            updated.append("phase")
         # Only these: a worker may be moving the position or holding the lease.
-        cursor.save(update_fields=changed)
+        cursor.save(update_fields=updated)
         if lease_owner:
             CURSORS.hold(cursor.id, lease_owner)
     if enqueue:
@@ -342,6 +367,9 @@ class Runner:
             url, params = cursor.snapshot_next, None
         else:
             url, params = self.publisher.instances_url(models[0]), {"limit": cursor.page_size}
+            if cursor.filters.get(models[0]):
+                # (The next pages' URLs carry it on.)
+                params["filters"] = filtering.encode({models[0]: cursor.filters[models[0]]})
         body = self.get(url, params)
         if body.get("next"):
             self.prefetch(body["next"])
@@ -374,6 +402,8 @@ class Runner:
             params["after"] = cursor.feed_position
         if cursor.model_labels:
             params["models"] = ",".join(cursor.model_labels)
+        if cursor.filters:
+            params["filters"] = filtering.encode(cursor.filters)
         if wait > 0:
             params["wait"] = f"{wait:.1f}"
         try:
@@ -384,7 +414,8 @@ class Runner:
             self.restart_snapshot(f"the publisher's change log no longer reaches our cursor ({e})")
             return False
         events = [Event.from_change(item) for item in body["changes"]]
-        caught_up = len(events) < cursor.page_size
+        # "more": a filtered page stopped at the publisher's scan bound.
+        caught_up = len(events) < cursor.page_size and not body.get("more")
         if not caught_up:
             following = {k: v for k, v in params.items() if k != "wait"}
             self.prefetch(self.publisher.changes_url(), {**following, "after": body["cursor"]})

@@ -43,6 +43,7 @@ from pubsubpull.client.handlers import CANNOT_APPLY, Handler, call_handler, reso
 from pubsubpull.client.models import ReceivedBatch, RemoteSubscription
 from pubsubpull.client.source import Publisher, SourceError, request, split_source
 from pubsubpull.protocol import cursor as cursors
+from pubsubpull.protocol import filters as filtering
 from pubsubpull.protocol import jsonbody, notification
 from pubsubpull.protocol.events import Event
 
@@ -250,13 +251,20 @@ def subscribe(
     auth: str | None = None,
     start: str = "now",
     batch_size: int | None = None,
+    where: dict[str, Any] | None = None,
+    changed: list[str] | None = None,
+    fields: list[str] | None = None,
+    filters: dict[str, Any] | None = None,
 ) -> RemoteSubscription:
     """Subscribe at a publisher and keep the secret the receiver verifies with.
 
     ``start`` (``"now"``, ``"beginning"`` or a feed cursor) applies when the
     subscription is created; subscribing again updates the callback and
-    models and keeps the position. Raises ``SourceError`` with the
-    publisher's explanation when it refuses.
+    models and keeps the position. ``where``, ``changed`` and ``fields``
+    filter a subscription to one model, ``filters`` (label -> ``{"where":
+    ..., "changed": ..., "fields": ...}``) one to several (docs/filters.rst);
+    subscribing again with other filters replaces them. Raises
+    ``SourceError`` with the publisher's explanation when it refuses.
     """
     service_url, _ = split_source(publisher_url)
     url = Publisher(service_url, auth or "").subscription_url(name)
@@ -264,6 +272,9 @@ def subscribe(
     owner = RemoteSubscription.owner_for(auth)
     known = RemoteSubscription.objects.filter(publisher=service_url, owner=owner, name=name).first()
     body: dict[str, Any] = {"callback": callback_url, "models": list(models)}
+    chosen = filtering.build(models, where=where, changed=changed, fields=fields, filters=filters)
+    if chosen or (known is not None and known.filters):
+        body["filters"] = chosen  # (left out otherwise: a publisher without filters)
     if batch_size is not None:
         body["batch_size"] = batch_size
     if known is None:
@@ -277,6 +288,7 @@ def subscribe(
     values = {
         "callback": callback_url,
         "model_labels": answer.get("models", list(models)),
+        "filters": answer.get("filters", chosen),
         "token": auth or "",
     }
     if secret is not None:

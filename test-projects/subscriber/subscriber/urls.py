@@ -11,4 +11,6 @@ urlpatterns = [
     path("hooks/customers/", pubsubpull.receiver("billing.mirrors.customers")),
     # Push mode of the cards mirror (a card's name holds 20 characters).
     path("hooks/cards/", pubsubpull.receiver("billing.mirrors.cards")),
+    # Push mode of the filtered mirror (customers in New Zealand).
+    path("hooks/nz/", pubsubpull.receiver("billing.mirrors.nz_customers")),
 ]
