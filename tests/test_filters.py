@@ -13,6 +13,7 @@ import pytest
 from django.db import connection
 
 from customers.models import Contract, Country, Customer
+from pubsubpull.models import Change
 from pubsubpull.exceptions import InvalidFilter
 from pubsubpull.protocol import filters
 from pubsubpull.publisher import feed
@@ -377,7 +378,6 @@ def test_a_filtered_mirror_by_push_converges_and_its_subscription_sends_only_mat
 ):
     from django.utils import timezone
 
-    from pubsubpull.models import Change
     from pubsubpull.publisher.delivery.models import Attempt, Subscription
     from tests.delivery_helpers import WorkerThread, use_fast_settings
 
@@ -410,3 +410,172 @@ def test_a_filtered_mirror_by_push_converges_and_its_subscription_sends_only_mat
     # in NZ, 1 back in, 1 of the 2 deletes, 1 of the 2 new customers: 17.
     assert sent == 17, list(Attempt.objects.values_list("status", "changes"))
     assert Subscription.objects.get().next_attempt_at <= timezone.now()
+
+
+# -- Over HTTP: the feed, the snapshot, subscriptions --------------------------------
+
+
+@pytest.fixture
+def http(live_server):
+    import httpx
+
+    from pubsubpull.publisher.api.auth import create_token
+
+    token = create_token("billing", ["*"])[1]
+    with httpx.Client(
+        base_url=f"{live_server.url}/pubsubpull",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    ) as client:
+        yield client
+
+
+def filters_param(data) -> dict:
+    return {"filters": json.dumps(data)}
+
+
+def test_the_feed_serves_what_the_filters_ask_for_and_its_links_keep_them(http, people):
+    asked = {CUSTOMER: {"where": {"email__endswith": "@example.com"}, "fields": ["name"]}}
+    answer = http.get("/changes/", params={"models": CUSTOMER, **filters_param(asked)})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [c["new"] for c in body["changes"]] == [
+        {"id": people["ann"].pk, "name": "ann"},
+        {"id": people["Dee"].pk, "name": "Dee"},
+    ]
+    assert "filters=" in body["next"] and "more" not in body
+    following = http.get(body["next"]).json()  # the filters follow the link
+    assert following["changes"] == []
+    Customer.objects.create(name="eve", email="eve@example.com")
+    Customer.objects.create(name="fay", email="fay@other.org")
+    assert [c["new"]["name"] for c in http.get(body["next"]).json()["changes"]] == ["eve"]
+
+
+def test_a_feed_page_that_stops_at_its_scan_bound_says_more(http, people, settings):
+    settings.PUBSUBPULL = {"FILTER_SCAN": 2}
+    asked = {CUSTOMER: {"where": {"name": "Dee"}}}
+    body = http.get(
+        "/changes/", params={"models": CUSTOMER, "limit": 1, **filters_param(asked)}
+    ).json()
+    assert body["changes"] == [] and body["more"] is True
+
+
+def test_a_filtered_long_poll_waits_for_a_matching_change(http, people):
+    asked = filters_param({CUSTOMER: {"where": {"name": "zed"}}})
+    cursor = http.get("/changes/", params={"models": CUSTOMER, **asked}).json()["cursor"]
+    import threading
+    import time
+
+    def later():
+        time.sleep(0.5)
+        Customer.objects.create(name="not zed")  # wakes the poll, skipped
+        time.sleep(0.5)
+        Customer.objects.create(name="zed")
+
+    writer = threading.Thread(target=later)
+    writer.start()
+    started = time.monotonic()
+    body = http.get(
+        "/changes/", params={"models": CUSTOMER, "after": cursor, "wait": 20, **asked}
+    ).json()
+    writer.join()
+    assert [c["new"]["name"] for c in body["changes"]] == ["zed"]
+    assert 0.9 < time.monotonic() - started < 15
+
+
+def test_the_snapshot_applies_where_and_fields_and_hands_them_to_the_feed(http, people):
+    asked = filters_param({CUSTOMER: {"where": {"country": "NZ"}, "fields": ["email"]}})
+    body = http.get(f"/models/{CUSTOMER}/instances/", params={"limit": 1, **asked}).json()
+    assert [i["fields"] for i in body["instances"]] == [
+        {"id": people["ann"].pk, "email": "ann@example.com"}
+    ]
+    assert "filters=" in body["next"] and "filters=" in body["changes"]
+    rest = http.get(body["next"]).json()
+    assert [i["fields"]["email"] for i in rest["instances"]] == ["dee@example.com"]
+
+
+@pytest.mark.parametrize(
+    ("filters_text", "field"),
+    [
+        ('{"customers.customer": {"where": {"score__gte": "x"}}}',
+         "filters.customers.customer.where.score__gte"),
+        ('{"customers.customer": {"where": {"id__gte": "x"}}}',
+         "filters.customers.customer.where.id__gte"),
+        ('{"customers.customer": {"where": {"name__regex": ".*"}}}',
+         "filters.customers.customer.where.name__regex"),
+        ('{"customers.customer": {"where": {"notes": "x"}}}',
+         "filters.customers.customer.where.notes"),
+        ('{"customers.customer": {"fields": ["id\'; --"]}}',
+         "filters.customers.customer.fields[0]"),
+        ('{"customers.contract": {"where": {"amount": 1}}}', "filters.customers.contract"),
+        ("not json", "filters"),
+        ('{"customers.customer": {"where": {"name": "\\u0000"}}}', "filters"),
+        ("[" * 100 + "]" * 100, "filters"),
+        ("x" * 20001, "filters"),
+    ],
+)  # fmt: skip
+def test_bad_filters_on_the_feed_are_400_naming_the_field(http, people, filters_text, field):
+    answer = http.get("/changes/", params={"models": CUSTOMER, "filters": filters_text})
+    assert answer.status_code == 400, answer.text
+    body = answer.json()
+    assert body["error"] == "invalid_filter" and field in body["fields"], body
+    answer = http.get(f"/models/{CUSTOMER}/instances/", params={"filters": filters_text})
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_filter"
+
+
+def test_a_subscription_stores_its_filters_shows_them_and_refuses_bad_ones(http, people):
+    url = "/subscriptions/nz/"
+    body = {
+        "callback": "https://93.184.215.14/hook/",
+        "models": [CUSTOMER],
+        "filters": {CUSTOMER: {"where": {"country": "NZ"}, "changed": ["email"]}},
+    }
+    answer = http.put(url, json=body)
+    assert answer.status_code == 201, answer.text
+    stored = {CUSTOMER: {"where": {"country_id": "NZ"}, "changed": ["email"]}}
+    assert answer.json()["filters"] == stored
+    assert http.get(url).json()["filters"] == stored
+
+    bad = {**body, "filters": {CUSTOMER: {"where": {"id__gt": "1 OR 1=1"}}}}
+    answer = http.put(url, json=bad)
+    assert answer.status_code == 400
+    assert answer.json()["fields"] == {
+        "filters.customers.customer.where.id__gt": 'must be a number, not "1 OR 1=1"'
+    }
+    assert http.get(url).json()["filters"] == stored  # nothing changed
+    # Models changed without filters: the kept filters must still fit.
+    answer = http.put(url, json={"models": ["customers.country"]})
+    assert answer.status_code == 400 and "filters.customers.customer" in answer.json()["fields"]
+    # Filters null: no filters.
+    assert http.put(url, json={"filters": None}).json()["filters"] == {}
+
+
+def test_a_filtered_subscription_delivers_only_matching_changes_and_moves_past_the_rest(
+    people, settings
+):
+    """A scan bound of 3 and batches of 2: several reads deliver the matches, in order."""
+    from pubsubpull.publisher.delivery.deliver import drain
+    from pubsubpull.publisher.delivery.models import Subscription
+    from tests.delivery_helpers import make_subscription, use_fast_settings
+    from tests.receivers import Receiver
+
+    use_fast_settings(settings)
+    settings.PUBSUBPULL = {**settings.PUBSUBPULL, "FILTER_SCAN": 3}
+    Customer.objects.bulk_create(
+        Customer(name=f"x{i}", email="x@example.com" if i % 4 == 0 else "") for i in range(20)
+    )
+    with Receiver() as receiver:
+        make_subscription(
+            receiver.url(),
+            batch_size=2,
+            filters={CUSTOMER: {"where": {"email__endswith": "@example.com"}, "fields": ["name"]}},
+        )
+        assert drain(Subscription.objects.get().pk) == "caught_up"
+        names = [c["new"]["name"] for c in receiver.accepted_changes()]
+        assert names == ["ann", "Dee", "x0", "x4", "x8", "x12", "x16"]
+        assert all(len(r.changes) <= 2 for r in receiver.requests)
+        assert all(set(c["new"]) == {"id", "name"} for c in receiver.accepted_changes())
+    subscription = Subscription.objects.get()
+    last = feed.read_changes(None, 1000, [CUSTOMER]).changes[-1]
+    assert feed.Position(subscription.position_txid, subscription.position_id) >= last.position
+    assert subscription.delivered == 7

@@ -248,8 +248,9 @@ def _query(
         if model_filter.fields is not None:
             columns = [c for c in columns if c in model_filter.fields]
         if model_filter.where is not None:
-            # The feed's SQL for the where, on the row as it is published.
-            where += " AND " + where_sql(model_filter.where, "to_jsonb(published)", filter_params)
+            # The feed's SQL for the where, on the row as the trigger stores
+            # it (to_jsonb of the row; the where names published columns only).
+            where += " AND " + where_sql(model_filter.where, "to_jsonb(t)", filter_params)
     sql = _PAGE_SQL.format(
         item=_ITEM[pk_type in _PLAIN_IN_URL],
         pk=pk,
