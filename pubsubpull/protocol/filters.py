@@ -377,3 +377,49 @@ def encode(data: Mapping[str, Any]) -> str:
 def as_json(parsed: Filters) -> dict[str, Any]:
     """The canonical JSON of parsed filters, by label."""
     return {label: parsed[label].as_json() for label in sorted(parsed)}
+
+
+# -- Its JSON Schema (the OpenAPI document's Filters) ----------------------------
+
+GRAMMAR = (
+    "Per model label: where (a row predicate in Django's lookup form on published "
+    "fields: every key of an object must hold; and / or take a non-empty list of such "
+    "objects, not one object; a key is a field, or field__lookup with the lookups "
+    "exact, in, gt, gte, lt, lte, isnull, startswith, endswith, contains; numbers "
+    "compare as numbers, strings as strings, dates and times as such, by the field's "
+    "type; a lookup on a null value is false), changed (an update is served only when "
+    "one of these fields changed) and fields (the published fields to serve; the "
+    "primary key always). A change is judged on its new row, a delete on its old row; "
+    "an update whose old row matches and new row does not is served as a delete (old: "
+    "the row before, new: null), one whose new row matches as an update (upsert it). "
+    f"At most {MAX_DEPTH} levels of and / or / not, {MAX_TERMS} lookups, {MAX_IN} "
+    f"values in an in, {MAX_STRING} characters in a string. A filter that does not "
+    "fit the model's published fields is 400 invalid_filter, with fields naming where."
+)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of ``filters`` (label -> model filter), nesting shown one level."""
+    key = "^(and|or|not|[A-Za-z_][A-Za-z0-9_]*(__(" + "|".join(ALL_LOOKUPS) + "))?)$"
+    where = {
+        "type": "object",
+        "minProperties": 1,
+        "propertyNames": {"pattern": key},
+        "properties": {
+            "and": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+            "or": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+            "not": {"type": "object"},
+        },
+        "description": 'e.g. {"country": "NZ", "score__gte": 10, "or": [{"vip": true}, '
+        '{"email__endswith": "@example.com"}]}',
+    }
+    names = {"type": "array", "minItems": 1, "items": {"type": "string"}}
+    return {
+        "type": "object",
+        "description": GRAMMAR,
+        "additionalProperties": {
+            "type": "object",
+            "properties": {"where": where, "changed": names, "fields": names},
+            "additionalProperties": False,
+        },
+    }
