@@ -83,9 +83,7 @@ def deliver(receiver: delivery.Receiver, name: str, due: int) -> float:
     api.resume(subscription)
     deadline = began + 600
     while time.perf_counter() < deadline:
-        position = Subscription.objects.values_list("position_txid", "position_id").get(
-            name=name
-        )
+        position = Subscription.objects.values_list("position_txid", "position_id").get(name=name)
         if receiver.counts.get(f"/{name}/", 0) >= due and position >= last:
             return time.perf_counter() - began
         time.sleep(0.005)

@@ -13,8 +13,8 @@ import pytest
 from django.db import connection
 
 from customers.models import Contract, Country, Customer
-from pubsubpull.models import Change
 from pubsubpull.exceptions import InvalidFilter
+from pubsubpull.models import Change
 from pubsubpull.protocol import filters
 from pubsubpull.publisher import feed
 
@@ -74,40 +74,55 @@ def test_fields_always_keep_the_primary_key_and_an_empty_filter_is_none():
     assert feed.parse_filters(None, [CUSTOMER]) == {}
 
 
+W = "filters.customers.customer.where."  # where a where's errors are
+F = "filters.customers.customer."
+
+
 @pytest.mark.parametrize(
     ("data", "field", "says"),
     [
-        ({CUSTOMER: {"where": {"nope": 1}}}, "filters.customers.customer.where.nope", "not a published"),
-        ({CUSTOMER: {"where": {"notes": "x"}}}, "filters.customers.customer.where.notes", "not a published"),
-        ({CUSTOMER: {"where": {"name__like": "x"}}}, "filters.customers.customer.where.name__like", "not a lookup"),
-        ({CUSTOMER: {"where": {"newsletter__gt": True}}}, "filters.customers.customer.where.newsletter__gt", "does not apply"),
-        ({CUSTOMER: {"where": {"id__gte": "x"}}}, "filters.customers.customer.where.id__gte", "must be a number"),
-        ({CUSTOMER: {"where": {"id__gte": True}}}, "filters.customers.customer.where.id__gte", "must be a number"),
-        ({CUSTOMER: {"where": {"name": 3}}}, "filters.customers.customer.where.name", "must be a string"),
-        ({CUSTOMER: {"where": {"created__gt": "yesterday"}}}, "filters.customers.customer.where.created__gt", "ISO 8601"),
-        ({CUSTOMER: {"where": {"name__isnull": "yes"}}}, "filters.customers.customer.where.name__isnull", "true or false"),
-        ({CUSTOMER: {"where": {"id__in": []}}}, "filters.customers.customer.where.id__in", "list of 1 to"),
-        ({CUSTOMER: {"where": {"id__in": list(range(1001))}}}, "filters.customers.customer.where.id__in", "list of 1 to"),
-        ({CUSTOMER: {"where": {"or": {"id": 1}}}}, "filters.customers.customer.where.or", "non-empty list"),
-        ({CUSTOMER: {"where": {"and": []}}}, "filters.customers.customer.where.and", "non-empty list"),
-        ({CUSTOMER: {"where": {}}}, "filters.customers.customer.where", "non-empty object"),
-        ({CUSTOMER: {"where": ["id", 1]}}, "filters.customers.customer.where", "non-empty object"),
-        ({CUSTOMER: {"where": {"name": "a\x00b"}}}, "filters.customers.customer.where.name", "NUL"),
-        ({CUSTOMER: {"where": {"name": "x" * 1001}}}, "filters.customers.customer.where.name", "at most"),
-        ({CUSTOMER: {"changed": []}}, "filters.customers.customer.changed", "non-empty list"),
-        ({CUSTOMER: {"changed": ["notes"]}}, "filters.customers.customer.changed[0]", "not a published"),
-        ({CUSTOMER: {"fields": ["id", "password"]}}, "filters.customers.customer.fields[1]", "not a published"),
-        ({CUSTOMER: {"select": ["id"]}}, "filters.customers.customer.select", "not a filter key"),
-        ({CUSTOMER: "country=NZ"}, "filters.customers.customer", "must be an object"),
-        ({CONTRACT: {"where": {"amount": 1}}}, "filters.customers.contract", "not a model read here"),
-        (["x"], "filters", "must be an object"),
-        # SQL in names and values is only ever a name that is not published, or a value.
-        ({CUSTOMER: {"where": {"name'); DROP TABLE customers_customer; --": 1}}},
-         "filters.customers.customer.where.name'); DROP TABLE customers_customer; --", "not a published"),
-        ({CUSTOMER: {"where": {"id__gte": "1; DROP TABLE customers_customer"}}},
-         "filters.customers.customer.where.id__gte", "must be a number"),
+        ({"nope": 1}, W + "nope", "not a published"),
+        ({"notes": "x"}, W + "notes", "not a published"),  # excluded from publishing
+        ({"name__like": "x"}, W + "name__like", "not a lookup"),
+        ({"newsletter__gt": True}, W + "newsletter__gt", "does not apply"),
+        ({"id__gte": "x"}, W + "id__gte", "must be a number"),
+        ({"id__gte": True}, W + "id__gte", "must be a number"),
+        ({"name": 3}, W + "name", "must be a string"),
+        ({"created__gt": "yesterday"}, W + "created__gt", "ISO 8601"),
+        ({"name__isnull": "yes"}, W + "name__isnull", "true or false"),
+        ({"id__in": []}, W + "id__in", "list of 1 to"),
+        ({"id__in": list(range(1001))}, W + "id__in", "list of 1 to"),
+        ({"id__in": [1, "2"]}, W + "id__in[1]", "must be a number"),
+        ({"or": {"id": 1}}, W + "or", "non-empty list"),
+        ({"and": []}, W + "and", "non-empty list"),
+        ({"not": []}, W + "not", "non-empty object"),
+        ({"name": "a\x00b"}, W + "name", "NUL"),
+        ({"name": "x" * 1001}, W + "name", "at most"),
+        # SQL in names and values: only ever a name that is not published, or a value.
+        ({"name'); DROP TABLE customers_customer; --": 1},
+         W + "name'); DROP TABLE customers_customer; --", "not a published"),
+        ({"id__gte": "1; DROP TABLE customers_customer"}, W + "id__gte", "must be a number"),
     ],
 )  # fmt: skip
+def test_bad_wheres_name_the_field_and_say_what_is_wrong(data, field, says):
+    caught = error({CUSTOMER: {"where": data}})
+    assert (caught.field, says in caught.message) == (field, True), caught
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "says"),
+    [
+        ({CUSTOMER: {"where": {}}}, F + "where", "non-empty object"),
+        ({CUSTOMER: {"where": ["id", 1]}}, F + "where", "non-empty object"),
+        ({CUSTOMER: {"changed": []}}, F + "changed", "non-empty list"),
+        ({CUSTOMER: {"changed": ["notes"]}}, F + "changed[0]", "not a published"),
+        ({CUSTOMER: {"fields": ["id", "password"]}}, F + "fields[1]", "not a published"),
+        ({CUSTOMER: {"select": ["id"]}}, F + "select", "not a filter key"),
+        ({CUSTOMER: "country=NZ"}, "filters.customers.customer", "must be an object"),
+        ({CONTRACT: {"where": {"amount": 1}}}, "filters.customers.contract", "not a model read"),
+        (["x"], "filters", "must be an object"),
+    ],
+)
 def test_bad_filters_name_the_field_and_say_what_is_wrong(data, field, says):
     caught = error(data)
     assert caught.field == field
@@ -364,9 +379,7 @@ def test_a_filtered_mirror_by_pull_converges_to_the_filtered_rows(billing, two_c
 
     move_rows_in_and_out(*two_countries)
     wait_until(lambda: mirrored(billing) == published_in_nz(), timeout=60)
-    [(filters,)] = billing.sql(
-        "SELECT filters FROM pubsubpull_pullcursor WHERE name = 'mirror:nz'"
-    )
+    [(filters,)] = billing.sql("SELECT filters FROM pubsubpull_pullcursor WHERE name = 'mirror:nz'")
     assert filters == {
         "customers.customer": {"where": {"country": "NZ"}, "fields": ["name", "country"]}
     }
@@ -390,7 +403,10 @@ def test_a_filtered_mirror_by_push_converges_and_its_subscription_sends_only_mat
     assert mirrored(billing) == published_in_nz()
     subscription = Subscription.objects.get()
     assert subscription.filters == {
-        "customers.customer": {"where": {"country_id": "NZ"}, "fields": ["id", "name", "country_id"]}
+        "customers.customer": {
+            "where": {"country_id": "NZ"},
+            "fields": ["id", "name", "country_id"],
+        }
     }
     with WorkerThread():
         move_rows_in_and_out(*two_countries)

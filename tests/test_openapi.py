@@ -65,7 +65,9 @@ def test_the_document_describes_filters(server):
     for word in ("where", "changed", "fields", "startswith", "isnull", "served as a delete"):
         assert word in grammar
     for path in ("/changes/", "/models/customers.customer/instances/"):
-        [param] = [p for p in document["paths"][path]["get"]["parameters"] if p["name"] == "filters"]
+        [param] = [
+            p for p in document["paths"][path]["get"]["parameters"] if p["name"] == "filters"
+        ]
         assert param["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/Filters"
         }

@@ -145,9 +145,7 @@ class Mirror:
         self.defined_in = defined_in
         # What the publisher serves this copy (checked there): its rows, the
         # updates worth applying, the fields it sends.
-        self.filters = filtering.build(
-            [self.label], where=where, changed=changed, filters=filters
-        )
+        self.filters = filtering.build([self.label], where=where, changed=changed, filters=filters)
         opts = model._meta
         for local in [key, sequence, *self.fields]:
             opts.get_field(local)  # FieldDoesNotExist names the field

@@ -163,13 +163,12 @@ def pull(
         for key, value in settings.items():
             setattr(cursor, key, value)
         updated = list(settings)
-        if refiltered and cursor.phase != PullCursor.Phase.SNAPSHOT:
-            # Other filters, other rows: what the old ones skipped is not
-            # here. A pull that began with a snapshot takes a new one.
-            if cursor.snapshots:
-                cursor.phase = PullCursor.Phase.SNAPSHOT
-                cursor.snapshot_models, cursor.snapshot_next, cursor.feed_position = [], "", ""
-                updated += ["phase", "snapshot_models", "snapshot_next", "feed_position"]
+        # Other filters, other rows: what the old ones skipped is not here.
+        # A pull that began with a snapshot takes a new one.
+        if refiltered and cursor.snapshots and cursor.phase != PullCursor.Phase.SNAPSHOT:
+            cursor.phase = PullCursor.Phase.SNAPSHOT
+            cursor.snapshot_models, cursor.snapshot_next, cursor.feed_position = [], "", ""
+            updated += ["phase", "snapshot_models", "snapshot_next", "feed_position"]
         if cursor.phase == PullCursor.Phase.DONE and not once:
             cursor.phase = PullCursor.Phase.FEED
             updated.append("phase")
