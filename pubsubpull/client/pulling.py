@@ -362,8 +362,9 @@ class Runner:
             if not models:
                 self.commit([], phase=PullCursor.Phase.FEED)
                 return
+        params: dict[str, Any] | None = None
         if cursor.snapshot_next:
-            url, params = cursor.snapshot_next, None
+            url = cursor.snapshot_next
         else:
             url, params = self.publisher.instances_url(models[0]), {"limit": cursor.page_size}
             if cursor.filters.get(models[0]):

@@ -61,8 +61,8 @@ LOOKUPS: dict[str, tuple[str, ...]] = {
     # Anything else (JSON, durations, ranges ...): equality of the JSON value.
     "json": ("exact", "in", "isnull"),
 }
-ALL_LOOKUPS = ("exact", "in", "gt", "gte", "lt", "lte", "isnull", "startswith", "endswith")
-ALL_LOOKUPS += ("contains",)
+ALL_LOOKUPS: tuple[str, ...] = ("exact", "in", "gt", "gte", "lt", "lte", "isnull")
+ALL_LOOKUPS += ("startswith", "endswith", "contains")
 
 #: Limits on what a reader may send (an attacker sends filters too).
 MAX_DEPTH = 8  # nesting of and / or / not
@@ -318,9 +318,13 @@ def _value(value: Any, kind: str, path: str) -> Any:
         raise InvalidFilter(path, "holds a NUL or a lone surrogate, which cannot be compared")
     if kind == "string":
         return value
-    parser = {"date": datetime.date, "datetime": datetime.datetime, "time": datetime.time}[kind]
+    parsers: dict[str, Any] = {
+        "date": datetime.date.fromisoformat,
+        "datetime": datetime.datetime.fromisoformat,
+        "time": datetime.time.fromisoformat,
+    }
     try:
-        parsed = parser.fromisoformat(value)
+        parsed = parsers[kind](value)
     except ValueError:
         raise InvalidFilter(path, f"must be an ISO 8601 {kind}, not {value!r}") from None
     if isinstance(parsed, datetime.datetime) and parsed.tzinfo is None:

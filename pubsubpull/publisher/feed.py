@@ -593,8 +593,8 @@ def _kind(field: Any) -> str:
 def filter_schema(registration: Registration) -> filtering.Schema:
     """What a filter on ``registration`` may name: its published columns and their kinds."""
     published = registration.published_fields
-    kinds = {field.column: _kind(field) for field in published}
-    aliases = {field.name: field.column for field in published if field.name != field.column}
+    kinds = {str(field.column): _kind(field) for field in published}
+    aliases = {f.name: str(f.column) for f in published if f.name != f.column}
     return filtering.Schema(pk=registration.pk_column, kinds=kinds, aliases=aliases)
 
 
