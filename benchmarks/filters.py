@@ -6,7 +6,8 @@
 One publisher database (``PUBLISHER_DB_NAME``, default
 pubsubpull_bench_filters, on ``DATABASE_URL``; dropped and created anew), one
 ``pubsubpull_worker`` process (default settings), and an HTTP receiver on
-127.0.0.1 in this process (the one of benchmarks/delivery.py).
+127.0.0.1 in this process (the one of benchmarks/delivery.py). The database
+is dropped at the end unless ``--keep``.
 
 A backlog of ``--changes`` inserts of customers, one in a hundred with an
 e-mail address at vip.example, is written while the subscriptions are paused.
@@ -114,9 +115,22 @@ def filtered_page_plan() -> str:
     return "\n".join("    " + line.strip() for line in lines if any(k in line for k in keep))
 
 
+def drop_database() -> None:
+    import psycopg
+    from django.conf import settings
+    from django.db import connections
+
+    connections.close_all()
+    db = settings.DATABASES["default"]
+    params = {k: str(db[k.upper()]) for k in ("host", "port", "user", "password") if db[k.upper()]}
+    with psycopg.connect(**params, dbname="postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{db["NAME"]}" WITH (FORCE)')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--changes", type=int, default=100_000, help="backlog (100,000)")
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args()
 
     import django
@@ -146,6 +160,8 @@ def main() -> None:
             worker.wait(20)
         except subprocess.TimeoutExpired:
             worker.kill()
+        if not args.keep:
+            drop_database()
     print(
         f"unfiltered: {args.changes:,} changes delivered in {unfiltered:.2f} s; "
         f"filtered to 1%: {args.changes // 100:,} changes in {vip:.2f} s, its position past "
