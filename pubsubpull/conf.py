@@ -27,6 +27,11 @@ DEFAULTS: dict[str, Any] = {
     "MAX_PAGE_SIZE": 5000,
     # The longest ?wait= a change feed request may long-poll, in seconds.
     "MAX_WAIT": 60,
+    # A filtered read of the feed (?filters=, or a subscription's filters)
+    # looks at most this many changes (or its limit, if larger) per page or
+    # batch: a filter that matches little still answers promptly, with a
+    # cursor past the changes it looked at and skipped.
+    "FILTER_SCAN": 10000,
     # Model labels anonymous callers may read; none by default. Everyone else
     # needs a service token scoped to the model, or a user with its view
     # permission.
@@ -210,6 +215,11 @@ def page_size() -> int:
 def max_page_size() -> int:
     """``MAX_PAGE_SIZE``: the largest ``?limit=`` a caller may ask for."""
     return get("MAX_PAGE_SIZE")
+
+
+def filter_scan() -> int:
+    """``FILTER_SCAN``: the most changes a filtered page or batch looks at."""
+    return get("FILTER_SCAN")
 
 
 def max_wait() -> float:

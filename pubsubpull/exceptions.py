@@ -41,6 +41,18 @@ class InvalidNotification(PubsubpullError, ValueError):
     """A body that is not a pubsubpull notification."""
 
 
+class InvalidFilter(PubsubpullError, ValueError):
+    """A filter (``where`` / ``changed`` / ``fields``) that cannot be used.
+
+    ``field`` says where, e.g. ``filters.shop.customer.where.score__gte``.
+    """
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
 # -- The publisher: feed and snapshots ---------------------------------------------
 
 

@@ -190,8 +190,40 @@ def run_tour(demo) -> None:
     print(f"   billing-users at customers: {subscriptions}")
     assert subscriptions == {"states": ["active"], "refused": 0}, subscriptions
 
+    say("8. Filters: the publisher serves only the rows and fields a reader asks for.")
+    # A reader of French customers' names only (docs/filters.rst), as curl would ask.
+    auth = {"Authorization": f"Bearer {subscriber.env['CUSTOMERS_TOKEN']}"}
+    filters = json.dumps(
+        {"customers.customer": {"where": {"country": "FR", "name": ada}, "fields": ["name"]}}
+    )
+    snapshot = httpx.get(
+        publisher.url + "/pubsubpull/models/customers.customer/instances/",
+        params={"filters": filters},
+        headers=auth,
+        timeout=30,
+    ).json()
+    print(f"   French customers named {ada!r}: {[i['fields'] for i in snapshot['instances']]}")
+    assert [i["fields"] for i in snapshot["instances"]] == [{"id": customer_id, "name": ada}]
+    # Ada moves back to the United Kingdom: out of the filter, so the filtered
+    # feed (the snapshot's changes link keeps the filters) says delete.
+    response = admin.post(
+        f"/admin/customers/customer/{customer_id}/change/",
+        {"name": ada, "email": "ada@example.com", "country": "GB", "notes": "VIP"},
+    )
+    assert response.status_code == 302, response.status_code
+    page = eventually(
+        "the filtered feed to see Ada leave",
+        lambda: (
+            (body := httpx.get(snapshot["changes"], headers=auth, timeout=30).json())["changes"]
+            and body
+        ),
+    )
+    moved = [(c["op"], c["old"]) for c in page["changes"]]
+    print(f"   the filtered feed after she moved to GB: {moved}")
+    assert moved == [("delete", {"id": customer_id, "name": ada})], moved
+
     say(
-        "8. Billing moves Ada to Germany through its own API and invoices her at once: "
+        "9. Billing moves Ada to Germany through its own API and invoices her at once: "
         "customers answers with Pubsubpull-Position, billing waits until its mirror has it."
     )
     response = httpx.put(

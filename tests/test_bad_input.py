@@ -324,3 +324,81 @@ def test_fuzzing_the_receiver_with_poisoned_notifications_finds_no_server_error(
             assert answer.status_code == 204, (body[:300], answer.text)
 
     check()
+
+
+# -- Filters: what an attacker puts in ?filters= and a subscription's filters ----------
+
+FILTER_EXAMPLES = 60  # bounded: a few seconds
+
+lookup_keys = st.sampled_from(
+    ["name", "email", "id", "country", "country_id", "newsletter", "created", "notes",
+     "and", "or", "not", "password", "id__gte", "name__in", "email__endswith",
+     "created__lt", "newsletter__isnull", "name__regex", "'; DROP TABLE x; --", "id__"]
+)  # fmt: skip
+wheres = st.recursive(
+    json_values,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(lookup_keys, inner, max_size=3),
+    max_leaves=12,
+)
+filter_values = st.one_of(
+    json_values,
+    st.dictionaries(
+        st.sampled_from(["customers.customer", "customers.country", "shop.nothing"]),
+        st.one_of(
+            json_values,
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "where": wheres,
+                    "changed": st.lists(lookup_keys, max_size=3) | json_values,
+                    "fields": st.lists(lookup_keys, max_size=3) | json_values,
+                },
+            ),
+        ),
+        max_size=2,
+    ),
+)
+
+
+def test_fuzzing_filters_finds_no_server_error_and_changes_nothing(api):
+    """Random, hostile and deep filters on the feed, the snapshot and a subscription:
+    200 or 400 invalid_filter / invalid_subscription, never a 5xx."""
+    before = Subscription.objects.count()
+
+    @given(value=filter_values)
+    @hypothesis_settings(
+        max_examples=FILTER_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate],
+    )
+    def check(value):
+        text = json.dumps(value)
+        for path in ("/changes/", "/models/customers.customer/instances/"):
+            answer = api.get(path, params={"models": "customers.customer", "filters": text})
+            assert answer.status_code in (200, 400), (text, answer.text)
+            if answer.status_code == 400:
+                assert answer.json()["error"] == "invalid_filter", answer.text
+        body = {"callback": CALLBACK, "models": ["customers.customer"], "filters": value}
+        answer = api.put("/subscriptions/fuzz-filters/", json=body)
+        assert answer.status_code in (200, 201, 400), (text, answer.text)
+        if answer.status_code == 400:
+            assert answer.json()["error"] == "invalid_subscription", answer.text
+
+    check()
+    assert Subscription.objects.count() <= before + 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"customers.customer": {"where": {"name": "\\ud800"}}}',
+        '{"customers.customer": {"where": {"\\u0000": 1}}}',
+        '{"customers.customer": {"where": ' + '{"not": ' * 1000 + "1" + "}" * 1001 + "}",
+        '{"customers.customer": {"where": {"id__in": [' + ",".join(["1"] * 1001) + "]}}}",
+    ],
+)
+def test_poisoned_and_huge_filters_are_400(api, text):
+    answer = api.get("/changes/", params={"models": "customers.customer", "filters": text})
+    assert_json_error(answer, 400, "invalid_filter")

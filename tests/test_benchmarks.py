@@ -60,3 +60,20 @@ def test_longpoll_quick():
         assert line, result.stdout
         _, _, _, errors, connections, *_ = line.group(1).split()
         assert errors == "0" and int(connections) <= 5, result.stdout
+
+
+@pytest.mark.slow
+def test_filters_quick():
+    """A short backlog: both subscriptions delivered, the ratio printed (not asserted)."""
+    name = f"{os.environ.get('PUBLISHER_DB_NAME', 'bench')}_filters_{os.getpid()}"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/filters.py", "--changes", "3000"],
+        cwd=ROOT,
+        env={**os.environ, "PUBLISHER_DB_NAME": name},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"ratio \d+\.\dx", result.stdout), result.stdout
+    assert "pubsubpull_change_feed" in result.stdout, result.stdout

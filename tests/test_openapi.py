@@ -58,6 +58,23 @@ def test_the_document_is_valid_openapi_3_1(server):
     validate(document)
 
 
+def test_the_document_describes_filters(server):
+    document = server.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    grammar = schemas["Filters"]["description"]
+    for word in ("where", "changed", "fields", "startswith", "isnull", "served as a delete"):
+        assert word in grammar
+    for path in ("/changes/", "/models/customers.customer/instances/"):
+        [param] = [
+            p for p in document["paths"][path]["get"]["parameters"] if p["name"] == "filters"
+        ]
+        assert param["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Filters"
+        }
+    assert "filters" in schemas["SubscriptionRequest"]["properties"]
+    assert "filters" in schemas["Subscription"]["properties"]
+
+
 def test_real_responses_match_the_document(server):
     schema = schemathesis.openapi.from_dict(server.get("/openapi.json").json())
     service = server.get("/").json()
@@ -83,6 +100,16 @@ def test_real_responses_match_the_document(server):
         ("/changes/", server.get("/changes/", headers={"Authorization": "Bearer nope"})),
         ("/openapi.json", server.get("/openapi.json")),
     ]
+    # Filtered: fewer fields, the more flag, an invalid_filter error.
+    nz = json.dumps({"customers.customer": {"where": {"name": "Ada"}, "fields": ["email"]}})
+    responses += [
+        ("/changes/", server.get("/changes/", params={"filters": nz})),
+        ("/models/customers.customer/instances/", server.get(
+            "/models/customers.customer/instances/", params={"filters": nz})),
+        ("/changes/", server.get("/changes/", params={"filters": '{"customers.customer": 1}'})),
+    ]  # fmt: skip
+    assert responses[-3][1].json()["changes"] and responses[-2][1].json()["instances"]
+    assert responses[-1][1].json()["error"] == "invalid_filter"
     for path, response in responses:
         operation = schema[path]["GET"]
         # Each instances path answers with that model's exact fields schema

@@ -72,6 +72,7 @@ from pubsubpull.client.source import Publisher, get_json, split_source
 from pubsubpull.client.waiting import DEFAULT_TIMEOUT, latest, target, wait_until_applied
 from pubsubpull.exceptions import SourceError
 from pubsubpull.protocol import cursor as cursors
+from pubsubpull.protocol import filters as filtering
 from pubsubpull.protocol.events import Event
 
 logger = logging.getLogger("pubsubpull.client")
@@ -127,6 +128,9 @@ class Mirror:
         page_size: int | None = None,
         whole_transactions: bool = False,
         defined_in: str | None = None,
+        where: dict[str, Any] | None = None,
+        changed: list[str] | None = None,
+        filters: dict[str, Any] | None = None,
     ):
         service_url, labels = split_source(source_url)
         if not labels:
@@ -146,6 +150,9 @@ class Mirror:
         self.whole_transactions = whole_transactions
         self.name = name or f"mirror:{model._meta.label_lower}"
         self.defined_in = defined_in
+        # What the publisher serves this copy (checked there): its rows, the
+        # updates worth applying, the fields it sends.
+        self.filters = filtering.build([self.label], where=where, changed=changed, filters=filters)
         opts = model._meta
         for local in [key, sequence, *self.fields]:
             opts.get_field(local)  # FieldDoesNotExist names the field
@@ -189,6 +196,7 @@ class Mirror:
 
         options.setdefault("page_size", self.page_size)
         options.setdefault("whole_transactions", self.whole_transactions)
+        options.setdefault("filters", self.filters)
         return pull(self.source_url, self, name=self.name, auth=self.auth, **options)
 
     def subscribe(self, callback_url: str, *, name: str | None = None) -> RemoteSubscription:
@@ -203,6 +211,7 @@ class Mirror:
         cursor = pull_down(
             self.source_url, self, name=self.name, auth=self.auth, enqueue=False,
             page_size=self.page_size, whole_transactions=self.whole_transactions,
+            filters=self.filters,
         )  # fmt: skip
         while True:
             outcome = run(cursor.id, budget=3600, stop_when_caught_up=True, now=True)
@@ -225,6 +234,7 @@ class Mirror:
             auth=self.auth,
             start=cursor.feed_position,
             whole_transactions=self.whole_transactions,
+            filters=self.filters,
         )
 
     def receiver(self, subscription: str | None = None):
@@ -251,6 +261,8 @@ class Mirror:
                 params["after"] = subscription.position
             if self.whole_transactions:
                 params["whole_transactions"] = "1"
+            if self.filters:
+                params["filters"] = filtering.encode(self.filters)
             body = get_json(changes_url, token=self.auth, params=params)
             with transaction.atomic():
                 locked = RemoteSubscription.objects.select_for_update().get(pk=subscription.pk)
@@ -267,7 +279,9 @@ class Mirror:
             subscription = locked
             applied += len(events)
             if not body["changes"] or (
-                not self.whole_transactions and len(body["changes"]) < params["limit"]
+                not self.whole_transactions
+                and len(body["changes"]) < params["limit"]
+                and not body.get("more")
             ):
                 return applied
 
@@ -569,6 +583,9 @@ def mirror(
     name: str | None = None,
     page_size: int | None = None,
     whole_transactions: bool = False,
+    where: dict[str, Any] | None = None,
+    changed: list[str] | None = None,
+    filters: dict[str, Any] | None = None,
 ) -> Mirror:
     """Keep ``model`` a copy of the remote model at ``source_url`` (its instances URL).
 
@@ -585,6 +602,13 @@ def mirror(
     the result to a module-level name: workers import it by that name. Then
     ``.pull()`` starts pull mode, or ``.subscribe(callback_url)`` with
     ``.receiver()`` mounted there starts push mode.
+
+    ``where`` keeps a copy of only the remote rows that match (the publisher
+    evaluates it, docs/filters.rst): a row that stops matching is deleted
+    from the copy, one that starts matching is added. ``changed`` applies
+    only updates that change one of these remote fields. ``filters``
+    (``{label: {"where": ..., "changed": ..., "fields": ...}}``) gives them
+    in the wire's form, with ``fields``, the remote fields to be sent.
     """
     caller = sys._getframe(1).f_globals.get("__name__")
     return Mirror(
@@ -598,4 +622,7 @@ def mirror(
         page_size=page_size,
         whole_transactions=whole_transactions,
         defined_in=caller,
+        where=where,
+        changed=changed,
+        filters=filters,
     )

@@ -48,6 +48,11 @@ class PullCursor(models.Model):
     model_labels = models.JSONField(
         default=list, blank=True, help_text="The models pulled; empty for all readable ones."
     )
+    filters = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Per model label: where / changed / fields, sent with every page request.",
+    )
     token = models.TextField(
         blank=True, help_text="Bearer token for the publisher (pubsubpull_token create there)."
     )
@@ -124,6 +129,9 @@ class RemoteSubscription(models.Model):
     name = models.CharField(max_length=100)
     callback = models.URLField(max_length=2000)
     model_labels = models.JSONField(default=list)
+    filters = models.JSONField(
+        default=dict, blank=True, help_text="The filters it was made with (per model label)."
+    )
     secret = models.CharField(max_length=100, blank=True)
     public_key = models.CharField(
         max_length=100,

@@ -51,6 +51,7 @@ from pubsubpull.exceptions import InvalidOption, LostLease, PageCannotApply
 from pubsubpull.jobs.outcome import Outcome
 from pubsubpull.protocol import cloudevents
 from pubsubpull.protocol import cursor as feed_cursor
+from pubsubpull.protocol import filters as filtering
 from pubsubpull.protocol.cursor import Position
 from pubsubpull.protocol.events import Event
 
@@ -96,6 +97,10 @@ def pull(
     enqueue: bool = True,
     lease_owner: str | None = None,
     format: str | None = None,
+    where: dict[str, Any] | None = None,
+    changed: Iterable[str] | None = None,
+    fields: Iterable[str] | None = None,
+    filters: dict[str, Any] | None = None,
 ) -> PullCursor:
     """Follow a publisher: every instance, then every change, handled in order.
 
@@ -122,6 +127,15 @@ def pull(
 
     ``format="cloudevents"`` reads the feed's pages as CloudEvents batches
     (the handler gets the same events); left out, the cursor keeps what it has.
+    ``where``, ``changed`` and ``fields`` filter a pull of one model (the
+    publisher evaluates them, docs/filters.rst): only its rows matching
+    ``where`` (in the snapshot too), only updates that change one of
+    ``changed``, only the ``fields`` named (and the primary key). For several
+    models, ``filters={label: {"where": ..., "changed": ..., "fields": ...}}``.
+    An update that moves a row out of ``where`` arrives as a delete::
+
+        pubsubpull.pull(URL, on_change, models=["customers.customer"],
+                        where={"country": "NZ"}, fields=["name", "email"])
 
     ``lease_owner`` (for ``manage.py pubsubpull_pull``) creates a new cursor
     already held by that owner for PULL_LEASE seconds, so no worker takes it
@@ -131,11 +145,13 @@ def pull(
     service_url, named = split_source(url)
     labels = sorted(set(models if models is not None else (named or [])))
     name = name or path
+    chosen = filtering.build(labels, where=where, changed=changed, fields=fields, filters=filters)
     settings = {
         "source": url,
         "service_url": service_url,
         "handler": path,
         "model_labels": labels,
+        "filters": chosen,
         "every": every,
         "once": once,
     }
@@ -170,14 +186,21 @@ def pull(
     else:
         created = False
     if not created:
+        refiltered = cursor.filters != chosen
         for key, value in settings.items():
             setattr(cursor, key, value)
-        changed = list(settings)
+        updated = list(settings)
+        # Other filters, other rows: what the old ones skipped is not here.
+        # A pull that began with a snapshot takes a new one.
+        if refiltered and cursor.snapshots and cursor.phase != PullCursor.Phase.SNAPSHOT:
+            cursor.phase = PullCursor.Phase.SNAPSHOT
+            cursor.snapshot_models, cursor.snapshot_next, cursor.feed_position = [], "", ""
+            updated += ["phase", "snapshot_models", "snapshot_next", "feed_position"]
         if cursor.phase == PullCursor.Phase.DONE and not once:
             cursor.phase = PullCursor.Phase.FEED
-            changed.append("phase")
+            updated.append("phase")
         # Only these: a worker may be moving the position or holding the lease.
-        cursor.save(update_fields=changed)
+        cursor.save(update_fields=updated)
         if lease_owner:
             CURSORS.hold(cursor.id, lease_owner)
     if enqueue:
@@ -371,10 +394,14 @@ class Runner:
             if not models:
                 self.commit([], phase=PullCursor.Phase.FEED)
                 return
+        params: dict[str, Any] | None = None
         if cursor.snapshot_next:
-            url, params = cursor.snapshot_next, None
+            url = cursor.snapshot_next
         else:
             url, params = self.publisher.instances_url(models[0]), {"limit": cursor.page_size}
+            if cursor.filters.get(models[0]):
+                # (The next pages' URLs carry it on.)
+                params["filters"] = filtering.encode({models[0]: cursor.filters[models[0]]})
         body = self.get(url, params)
         if body.get("next"):
             self.prefetch(body["next"])
@@ -409,6 +436,8 @@ class Runner:
             params["models"] = ",".join(cursor.model_labels)
         if cursor.whole_transactions:
             params["whole_transactions"] = "1"
+        if cursor.filters:
+            params["filters"] = filtering.encode(cursor.filters)
         if wait > 0:
             params["wait"] = f"{wait:.1f}"
         # A CloudEvents batch is read into the same shape (source.get_events_page).
@@ -424,9 +453,13 @@ class Runner:
             self.restart_snapshot(f"the publisher's change log no longer reaches our cursor ({e})")
             return False
         events = [Event.from_change(item) for item in body["changes"]]
-        # A whole-transactions page may end short of the limit at a
-        # transaction boundary with more to come: only an empty one is the end.
-        caught_up = not events if cursor.whole_transactions else len(events) < cursor.page_size
+        if cursor.whole_transactions:
+            # A whole-transactions page may end short of the limit at a
+            # transaction boundary with more to come: only an empty one is the end.
+            caught_up = not events
+        else:
+            # "more": a filtered page stopped at the publisher's scan bound.
+            caught_up = len(events) < cursor.page_size and not body.get("more")
         if not caught_up:
             following = {k: v for k, v in params.items() if k != "wait"}
             self.prefetch(

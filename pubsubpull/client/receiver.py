@@ -53,6 +53,7 @@ from pubsubpull.client.waiting import DEFAULT_TIMEOUT, latest, wait_until_applie
 from pubsubpull.exceptions import InvalidKey, MissingDependency
 from pubsubpull.protocol import cloudevents, jsonbody, notification
 from pubsubpull.protocol import cursor as cursors
+from pubsubpull.protocol import filters as filtering
 from pubsubpull.protocol.cursor import Position
 from pubsubpull.protocol.events import Event
 
@@ -351,19 +352,27 @@ def subscribe(
     whole_transactions: bool | None = None,
     format: str | None = None,
     signature: str | None = None,
+    where: dict[str, Any] | None = None,
+    changed: list[str] | None = None,
+    fields: list[str] | None = None,
+    filters: dict[str, Any] | None = None,
 ) -> RemoteSubscription:
     """Subscribe at a publisher and keep the secret the receiver verifies with.
 
     ``start`` (``"now"``, ``"beginning"`` or a feed cursor) applies when the
     subscription is created; subscribing again updates the callback and
-    models and keeps the position. Raises ``SourceError`` with the
-    publisher's explanation when it refuses. ``whole_transactions=True``
-    asks for batches that never split a publisher's transaction (the
-    receiver applies each batch in one transaction). ``format="cloudevents"`` has
-    notifications sent as CloudEvents batches; ``signature="v1a"`` has them
-    signed with ed25519 (the publisher keeps the secret key, we keep its
-    ``whpk_`` public key). Left out, each keeps what the subscription has (at
-    first: whole transactions off, pubsubpull's body, ``v1``).
+    models and keeps the position. ``where``, ``changed`` and ``fields``
+    filter a subscription to one model, ``filters`` (label -> ``{"where":
+    ..., "changed": ..., "fields": ...}``) one to several (docs/filters.rst);
+    subscribing again with other filters replaces them. Raises
+    ``SourceError`` with the publisher's explanation when it refuses.
+    ``whole_transactions=True`` asks for batches that never split a
+    publisher's transaction (the receiver applies each batch in one
+    transaction). ``format="cloudevents"`` has notifications sent as
+    CloudEvents batches; ``signature="v1a"`` has them signed with ed25519
+    (the publisher keeps the secret key, we keep its ``whpk_`` public key).
+    Left out, each keeps what the subscription has (at first: whole
+    transactions off, pubsubpull's body, ``v1``).
     """
     if signature == "v1a":
         _ed25519()  # the receiver could not verify: say so now
@@ -373,6 +382,9 @@ def subscribe(
     owner = RemoteSubscription.owner_for(auth)
     known = RemoteSubscription.objects.filter(publisher=service_url, owner=owner, name=name).first()
     body: dict[str, Any] = {"callback": callback_url, "models": list(models)}
+    chosen = filtering.build(models, where=where, changed=changed, fields=fields, filters=filters)
+    if chosen or (known is not None and known.filters):
+        body["filters"] = chosen  # (left out otherwise: a publisher without filters)
     if batch_size is not None:
         body["batch_size"] = batch_size
     if whole_transactions is not None:
@@ -393,6 +405,7 @@ def subscribe(
     values = {
         "callback": callback_url,
         "model_labels": answer.get("models", list(models)),
+        "filters": answer.get("filters", chosen),
         "token": auth or "",
     }
     if v1a:

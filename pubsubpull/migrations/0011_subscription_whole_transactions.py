@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("pubsubpull", "0009_delivery_hardening"),
+        ("pubsubpull", "0010_subscription_filters"),
     ]
 
     operations = [

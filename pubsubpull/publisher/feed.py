@@ -43,8 +43,10 @@ from typing import Any
 import psycopg
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
+from pubsubpull import conf
 from pubsubpull.capture.registry import Registration, get_registration, registrations
 from pubsubpull.exceptions import CursorExpired, SeveralDatabases
+from pubsubpull.protocol import filters as filtering
 from pubsubpull.protocol import items
 
 # The cursor codec is the protocol's; the publisher's code reads it from here too.
@@ -184,7 +186,6 @@ class Page:
     held_back: bool = field(default=False, repr=False)
     # The oldest transaction that was still running: every older one had ended.
     fence: int = field(default=0, repr=False)
-
     # The changes as JSON text, rendered once however many long polls serve them.
     _texts: list[str] | None = field(default=None, repr=False, compare=False)
     _changes_json: str | None = field(default=None, repr=False, compare=False)
@@ -192,8 +193,10 @@ class Page:
     # bodies by URL); shared by whoever the page is handed to.
     rendered: dict = field(default_factory=dict, repr=False, compare=False)
 
-    # Said by the read when the count cannot (a whole-transactions page may
-    # hold fewer changes than ``limit`` and still not be the last).
+    # Said by the read when the count cannot: a whole-transactions page may
+    # hold fewer changes than ``limit`` and still not be the last, and a
+    # filtered page that stopped at its scan bound before the fence holds
+    # fewer, yet more is to read at once from ``next``. None: the count tells.
     more: bool | None = field(default=None, repr=False)
 
     @property
@@ -303,6 +306,25 @@ held_back AS MATERIALIZED (
         LIMIT 1
     ) IS NOT NULL AS held_back
     FROM bounds
+),
+-- A filtered page looks at no more than %(scan)s changes (of any model): up
+-- to this one, or to the fence when fewer are left (cut: false). From the
+-- cursor itself, not from_txid/from_id: the same rows (none are left before
+-- the horizon), and the planner sees the start, so it walks the index for a
+-- long range rather than sort it.
+scan_end AS MATERIALIZED (
+    SELECT coalesce(s.txid, 9223372036854775807) AS end_txid,
+           coalesce(s.id, 9223372036854775807) AS end_id,
+           s.id IS NOT NULL AS cut
+    FROM bounds
+    LEFT JOIN LATERAL (
+        SELECT c.txid, c.id FROM pubsubpull_change AS c
+        WHERE (c.txid, c.id) > (%(txid)s, %(id)s)
+          AND c.txid < bounds.xmin
+        ORDER BY c.txid, c.id
+        OFFSET %(scan)s - 1
+        LIMIT 1
+    ) AS s ON true
 )
 SELECT bounds.xmin, bounds.horizon_txid, bounds.horizon_id, held_back.held_back,
        c.id, c.txid, c.model,
@@ -320,10 +342,18 @@ SELECT bounds.xmin, bounds.horizon_txid, bounds.horizon_id, held_back.held_back,
        CASE WHEN NOT c.published THEN r.traceparent END,
        CASE WHEN NOT c.published THEN r.tracestate END,
        CASE WHEN NOT c.published THEN c.old::text END,
-       CASE WHEN NOT c.published THEN c.new::text END
+       CASE WHEN NOT c.published THEN c.new::text END,
+       {scan_end}
 FROM bounds
-CROSS JOIN held_back
-LEFT JOIN LATERAL (
+CROSS JOIN held_back{scan_join}
+LEFT JOIN LATERAL ({changes}) AS c ON true
+LEFT JOIN pubsubpull_request AS r ON r.id = c.request_id
+ORDER BY c.txid, c.id
+"""
+
+# The changes of a page: the next ones of the models in feed order, on the
+# (txid, id) index range from the start to the fence.
+_CHANGES_SQL = """
     SELECT c.*, spec.spec,
            -- Every stored column still published (%(published)s: label ->
            -- {"pk": column, "columns": text[] literal}): removing them leaves
@@ -338,9 +368,54 @@ LEFT JOIN LATERAL (
       AND c.model = ANY(%(models)s)
     ORDER BY c.txid, c.id
     LIMIT %(limit)s
-) AS c ON true
-LEFT JOIN pubsubpull_request AS r ON r.id = c.request_id
-ORDER BY c.txid, c.id
+"""
+
+# A filtered page (pubsubpull.protocol.filters, compiled by _filter_sql): the
+# same index range, cut at the scan's end (the %(scan)s-th change after the
+# start, see scan_end in _PAGE_SQL), of which the first %(limit)s matching
+# changes are served. So a filter that matches little costs at most a scan's
+# worth of rows per page, and the page's next cursor moves past every change
+# it looked at and skipped.
+#
+# {where_old}/{where_new} judge the old and the new row; a change is served
+# on its new row for inserts, its old row for deletes, and an update when
+# either matches (and, if both do, when a "changed" field changed). An update
+# whose old row matches and new row does not left the filtered set: it is
+# served as a delete (its old row, new null), so a mirror of the set drops
+# it; one that enters the set is an update with its new row, which a mirror
+# upserts. old and new keep the "fields" asked for (the spec's "drop": the
+# published columns not asked for).
+_FILTERED_CHANGES_SQL = """
+    SELECT f.id, f.txid, f.model, f.at, f.request_id, f.spec, f.published,
+           CASE WHEN f.moved_out THEN 'delete' ELSE f.op END AS op,
+           f.old - (f.spec ->> 'drop')::text[] AS old,
+           CASE WHEN NOT f.moved_out THEN f.new - (f.spec ->> 'drop')::text[] END AS new
+    FROM (
+        SELECT c.*, spec.spec, judged.moved_out,
+               coalesce((coalesce(c.new, c.old) - (spec.spec ->> 'columns')::text[]) = '{}',
+                        true) AS published
+        FROM pubsubpull_change AS c
+        CROSS JOIN LATERAL (SELECT %(published)s::jsonb -> c.model::text AS spec) AS spec
+        CROSS JOIN LATERAL (
+            SELECT {where_old} AS old_in, {where_new} AS new_in, {changed} AS changed
+        ) AS w
+        CROSS JOIN LATERAL (
+            SELECT CASE c.op WHEN 'insert' THEN w.new_in
+                             WHEN 'delete' THEN w.old_in
+                             WHEN 'update' THEN (w.old_in AND w.new_in AND w.changed)
+                                                OR w.old_in <> w.new_in
+                             ELSE true END AS matched,
+                   c.op = 'update' AND w.old_in AND NOT w.new_in AS moved_out
+        ) AS judged
+        WHERE (c.txid, c.id) > (bounds.from_txid, bounds.from_id)
+          AND (c.txid, c.id) <= (scan_end.end_txid, scan_end.end_id)
+          AND c.txid < bounds.xmin
+          AND c.model = ANY(%(models)s)
+          AND judged.matched
+        ORDER BY c.txid, c.id
+        LIMIT %(limit)s
+    ) AS f
+    ORDER BY f.txid, f.id
 """
 
 
@@ -377,6 +452,16 @@ _CHANGE_ITEM_SQL = items.change_item_sql(
     ),
 )
 _PAGE_SQL = _PAGE_SQL.replace("{change_item}", _CHANGE_ITEM_SQL)
+_UNFILTERED_PAGE_SQL = (
+    _PAGE_SQL.replace("{changes}", _CHANGES_SQL)
+    .replace("{scan_join}", "")
+    .replace("{scan_end}", "NULL::bigint, NULL::bigint")
+)
+_FILTERED_PAGE_SQL = _PAGE_SQL.replace("{scan_join}", "\nCROSS JOIN scan_end").replace(
+    "{scan_end}",
+    "CASE WHEN scan_end.cut THEN scan_end.end_txid END, "
+    "CASE WHEN scan_end.cut THEN scan_end.end_id END",
+)
 
 
 def _database(using: str | None) -> str:
@@ -519,6 +604,160 @@ def _text_array(values: Iterable[str]) -> str:
     return "{" + ",".join(quoted) + "}"
 
 
+# -- Filters -------------------------------------------------------------------
+#
+# pubsubpull.protocol.filters parses a filter into a tree; here it becomes SQL
+# on a stored row (jsonb: c.new or c.old), judged when a page is read. Field
+# names and values are bound parameters, never SQL text. Every lookup reads
+# the value only when its JSON type is the field's (a number as numeric, a
+# string as text, ...), so a stored value of another type (a column whose
+# type changed) compares false instead of failing the page; and every lookup
+# is false on a null or missing value (coalesce), so "not" of it is true.
+
+_NUMBERS = {
+    "AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField",
+    "SmallIntegerField", "PositiveIntegerField", "PositiveBigIntegerField",
+    "PositiveSmallIntegerField", "FloatField", "DecimalField",
+}  # fmt: skip
+_STRINGS = {
+    "CharField", "TextField", "SlugField", "EmailField", "URLField", "UUIDField",
+    "GenericIPAddressField", "IPAddressField", "FilePathField", "FileField", "ImageField",
+}  # fmt: skip
+_KINDS = {"BooleanField": "boolean", "DateField": "date", "DateTimeField": "datetime"}
+_KINDS["TimeField"] = "time"
+
+# The value of a field as its kind, or NULL when the stored JSON is of another type.
+_TYPED = {
+    "number": "CASE WHEN jsonb_typeof({row} -> {f}) = 'number' THEN ({row} -> {f})::numeric END",
+    "string": "CASE WHEN jsonb_typeof({row} -> {f}) = 'string' THEN {row} ->> {f} END",
+    "boolean": "CASE WHEN jsonb_typeof({row} -> {f}) = 'boolean' THEN ({row} -> {f})::boolean END",
+    "date": "CASE WHEN jsonb_typeof({row} -> {f}) = 'string' THEN ({row} ->> {f})::date END",
+    "datetime": "CASE WHEN jsonb_typeof({row} -> {f}) = 'string' "
+    "THEN ({row} ->> {f})::timestamptz END",
+    "time": "CASE WHEN jsonb_typeof({row} -> {f}) = 'string' THEN ({row} ->> {f})::time END",
+    "json": "({row} -> {f})",
+}
+_SQL_TYPE = {"number": "numeric", "string": "text", "boolean": "boolean", "date": "date"}
+_SQL_TYPE.update(datetime="timestamptz", time="time", json="jsonb")
+_COMPARE = {"exact": "=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+def _kind(field: Any) -> str:
+    while field.is_relation and getattr(field, "target_field", None) is not None:
+        field = field.target_field
+    internal = field.get_internal_type()
+    if internal in _NUMBERS:
+        return "number"
+    if internal in _STRINGS:
+        return "string"
+    return _KINDS.get(internal, "json")
+
+
+def filter_schema(registration: Registration) -> filtering.Schema:
+    """What a filter on ``registration`` may name: its published columns and their kinds."""
+    published = registration.published_fields
+    kinds = {str(field.column): _kind(field) for field in published}
+    aliases = {f.name: str(f.column) for f in published if f.name != f.column}
+    return filtering.Schema(pk=registration.pk_column, kinds=kinds, aliases=aliases)
+
+
+def parse_filters(data: Any, models: Iterable[str], path: str = "filters") -> filtering.Filters:
+    """Check filters (label -> filter JSON) for a reader of ``models``; InvalidFilter if bad."""
+    schemas = {r.label: filter_schema(r) for r in feed_models(models)}
+    return filtering.parse(data, schemas, path)
+
+
+class _Binder:
+    """Names for the parameters of a filter's SQL: %(f0)s, %(f1)s, ..."""
+
+    def __init__(self, params: dict[str, Any]):
+        self.params = params
+
+    def __call__(self, value: Any) -> str:
+        name = f"f{len(self.params)}"
+        self.params[name] = value
+        return f"%({name})s"
+
+
+def _sql_value(value: Any, kind: str) -> Any:
+    if kind == "number":
+        return repr(value) if isinstance(value, float) else str(value)
+    if kind == "json":
+        return json.dumps(value)
+    return value
+
+
+def _leaf_sql(leaf: filtering.Leaf, row: str, bind: _Binder, names: dict[str, str]) -> str:
+    field = names.get(leaf.field) or names.setdefault(leaf.field, bind(leaf.field))
+    if leaf.lookup == "isnull":
+        test = "=" if leaf.value else "<>"
+        return f"coalesce(jsonb_typeof({row} -> {field}), 'null') {test} 'null'"
+    typed = _TYPED[leaf.kind].replace("{row}", row).replace("{f}", field)
+    sql_type = _SQL_TYPE[leaf.kind]
+    if leaf.lookup == "in":
+        values = bind([_sql_value(v, leaf.kind) for v in leaf.value])
+        test = f"{typed} = ANY({values}::text[]::{sql_type}[])"
+    elif leaf.lookup in _COMPARE:
+        value = bind(_sql_value(leaf.value, leaf.kind))
+        test = f"{typed} {_COMPARE[leaf.lookup]} {value}::{sql_type}"
+    else:
+        value = bind(leaf.value) + "::text"
+        test = {
+            "startswith": f"starts_with({typed}, {value})",
+            "endswith": f"right({typed}, char_length({value})) = {value}",
+            "contains": f"strpos({typed}, {value}) > 0",
+        }[leaf.lookup]
+    return f"coalesce({test}, false)"
+
+
+def _where_sql(node: filtering.Node, row: str, bind: _Binder, names: dict[str, str]) -> str:
+    if isinstance(node, filtering.Leaf):
+        return _leaf_sql(node, row, bind, names)
+    if isinstance(node, filtering.Not):
+        return f"(NOT {_where_sql(node.child, row, bind, names)})"
+    joiner = " AND " if isinstance(node, filtering.All) else " OR "
+    return "(" + joiner.join(_where_sql(child, row, bind, names) for child in node.children) + ")"
+
+
+def where_sql(node: filtering.Node, row: str, params: dict[str, Any]) -> str:
+    """SQL true when the jsonb ``row`` matches ``node``; its values added to ``params``.
+
+    (The snapshot's filtered pages judge each row with it.)
+    """
+    return _where_sql(node, row, _Binder(params), {})
+
+
+def _filter_sql(chosen: filtering.Filters, params: dict[str, Any]) -> str:
+    """The filtered changes' SQL for ``chosen`` (label -> filter), its values in ``params``."""
+    bind = _Binder(params)
+    where_old, where_new, changed = [], [], []
+    for label in sorted(chosen):
+        model_filter = chosen[label]
+        model = bind(label)
+        names: dict[str, str] = {}
+        if model_filter.where is not None:
+            # The same parameters for the old and the new row.
+            old = _where_sql(model_filter.where, "c.old", bind, names)
+            new = old.replace("c.old", "c.new")
+            where_old.append(f"WHEN {model} THEN {old}")
+            where_new.append(f"WHEN {model} THEN {new}")
+        if model_filter.changed is not None:
+            tests = []
+            for name in model_filter.changed:
+                field = names.get(name) or names.setdefault(name, bind(name))
+                tests.append(f"(c.old -> {field}) IS DISTINCT FROM (c.new -> {field})")
+            changed.append(f"WHEN {model} THEN ({' OR '.join(tests)})")
+
+    def case(whens: list[str]) -> str:
+        return f"CASE c.model {' '.join(whens)} ELSE true END" if whens else "true"
+
+    return (
+        _FILTERED_CHANGES_SQL.replace("{where_old}", case(where_old))
+        .replace("{where_new}", case(where_new))
+        .replace("{changed}", case(changed))
+    )
+
+
 def read_changes(
     after: Position | str | None = None,
     limit: int = 100,
@@ -526,13 +765,18 @@ def read_changes(
     *,
     using: str | None = None,
     whole_transactions: bool = False,
+    filters: filtering.Filters | None = None,
 ) -> Page:
     """Read the next page of the feed after ``after`` (a Position or cursor string).
 
     ``after=None`` starts at the oldest retained change. ``models`` limits the
     feed to these model labels (by default every published model recorded in
     ``using``'s change log); the page is read from the change log of the
-    database they are recorded in. Raises :class:`InvalidCursor` for a
+    database they are recorded in. ``filters`` (label -> a parsed filter, see
+    :func:`parse_filters`) serves only the matching changes, with the fields
+    asked for; such a page looks at no more than FILTER_SCAN changes, and its
+    ``next`` moves past every change it looked at (``page.more`` when it
+    stopped there, before the fence). Raises :class:`InvalidCursor` for a
     malformed cursor string, :class:`CursorExpired` when the log has been
     pruned past ``after``, ``LookupError`` for a label that is not published,
     :class:`SeveralDatabases` for models recorded in different databases.
@@ -543,24 +787,39 @@ def read_changes(
     if limit < 1:
         raise ValueError("limit must be at least 1")
     if whole_transactions:
-        return read_whole_transactions(after, limit, models, using=using)
+        return read_whole_transactions(after, limit, models, using=using, filters=filters)
     explicit = Position.coerce(after)
     start = explicit or START
     alias, served = feed_source(models, using)
     chosen = {r.label: r for r in served}
+    filters = {label: f for label, f in (filters or {}).items() if label in chosen}
     columns = {label: frozenset(r.published_columns) for label, r in chosen.items()}
+    drop: dict[str, list[str]] = {label: [] for label in chosen}
+    for label, model_filter in filters.items():
+        if model_filter.fields is not None:
+            drop[label] = sorted(columns[label] - set(model_filter.fields))
+            columns[label] = columns[label] & frozenset(model_filter.fields)
     params: dict[str, Any] = {
         "txid": start.txid,
         "id": start.id,
         "models": sorted(chosen),
         "limit": limit,
+        "scan": max(conf.filter_scan(), limit),
         "published": json.dumps(
             {
-                label: {"pk": r.pk_column, "columns": _text_array(columns[label])}
+                label: {
+                    "pk": r.pk_column,
+                    "columns": _text_array(r.published_columns),
+                    "drop": _text_array(drop[label]),
+                }
                 for label, r in chosen.items()
             }
         ),
     }
+    if filters:
+        sql = _FILTERED_PAGE_SQL.replace("{changes}", _filter_sql(filters, params))
+    else:
+        sql = _UNFILTERED_PAGE_SQL
     connection = connections[alias]
     # Binary results give each item as the bytes the response is made of
     # (as the snapshot reads its pages): psycopg's own cursor on Django's
@@ -571,13 +830,13 @@ def read_changes(
             # pg_stat_activity is cached for the rest of a transaction: drop
             # the cache so the page statement reads it after its snapshot.
             cursor.execute("SELECT pg_stat_clear_snapshot()")
-        cursor.execute(_PAGE_SQL, params, binary=True)
+        cursor.execute(sql, params, binary=True)
         rows = cursor.fetchall()
-        if rows[0][3] and len(rows) < limit:
+        if rows[0][3] and len(rows) < limit and rows[0][17] is None:
             # Held back. Often by a transaction of another database that
             # ended between the snapshot and the activity check, so could not
             # be placed: a fresh snapshot usually serves the page.
-            cursor.execute(_PAGE_SQL, params, binary=True)
+            cursor.execute(sql, params, binary=True)
             rows = cursor.fetchall()
 
     xmin, horizon_txid, horizon_id, held_back = rows[0][:4]
@@ -585,9 +844,11 @@ def read_changes(
     if explicit is not None and explicit < horizon:
         raise CursorExpired(explicit, horizon)
 
+    end_txid, end_id = rows[0][17:19]
+    scan_end = None if end_txid is None else Position(end_txid, end_id)
     changes: list[FeedChange] = []
     for row in rows:
-        id_, txid, label, item, op, at, user_id, method, path, trace, state, old, new = row[4:]
+        id_, txid, label, item, op, at, user_id, method, path, trace, state, old, new = row[4:17]
         if id_ is None:
             break  # the fence row alone: nothing to serve
         if item is not None:
@@ -607,12 +868,24 @@ def read_changes(
     following = max(start, horizon)
     if changes:
         following = max(following, changes[-1].position)
-    if len(changes) < limit:
+    if len(changes) < limit and scan_end is not None:
+        # The scan stopped at its bound: every match up to it is on this
+        # page, and the rest of the range is still to look at.
+        following = max(following, scan_end)
+    elif len(changes) < limit:
         # Every matching change before the fence was on this page, and no
         # transaction older than the fence can write again: skip to it, so a
         # filtered feed does not rescan other models' changes on every poll.
         following = max(following, fence_position(xmin))
-    return Page(changes, following, limit, held_back=held_back and not changes, fence=xmin)
+    return Page(
+        changes,
+        following,
+        limit,
+        held_back=held_back and not changes and scan_end is None,
+        fence=xmin,
+        # None: the count tells (see caught_up).
+        more=True if scan_end is not None and len(changes) < limit else None,
+    )
 
 
 # How many changes each further read of a transaction larger than the page
@@ -626,6 +899,7 @@ def read_whole_transactions(
     models: Iterable[str] | None = None,
     *,
     using: str | None = None,
+    filters: filtering.Filters | None = None,
 ) -> Page:
     """:func:`read_changes` that never splits a transaction's changes across pages.
 
@@ -642,28 +916,36 @@ def read_whole_transactions(
     last transaction goes on), and a transaction larger than ``limit`` in
     further reads of :data:`WHOLE_TRANSACTION_CHUNK` after it.
     """
-    page = read_changes(after, limit + 1, models, using=using)
+    page = read_changes(after, limit + 1, models, using=using, filters=filters)
     changes = page.changes
-    if len(changes) <= limit:  # every change before the fence: whole transactions
+    if len(changes) <= limit:  # every change before the fence (or the scan's bound)
         return Page(changes, page.next, limit, held_back=page.held_back, fence=page.fence,
-                    more=False)  # fmt: skip
+                    more=bool(page.more))  # fmt: skip
     last = changes[limit].txid  # the first change past the limit
     kept = [c for c in changes[:limit] if c.txid != last]
     if not kept:
         # The first transaction is larger than the page: all of it, alone.
         kept = changes
+        position = kept[-1].position
         while True:
-            following = read_changes(kept[-1].position, WHOLE_TRANSACTION_CHUNK, models,
-                                     using=using).changes  # fmt: skip
-            rest = [c for c in following if c.txid == last]
+            chunk = read_changes(position, WHOLE_TRANSACTION_CHUNK, models, using=using,
+                                 filters=filters)  # fmt: skip
+            rest = [c for c in chunk.changes if c.txid == last]
             kept += rest
-            if len(rest) < len(following) or len(following) < WHOLE_TRANSACTION_CHUNK:
+            if len(rest) < len(chunk.changes) or chunk.caught_up or chunk.next.txid > last:
                 break
+            # A filtered chunk may stop at its scan bound: go on from there.
+            position = chunk.next
     return Page(kept, kept[-1].position, limit, fence=page.fence, more=True)
 
 
 def read_from(
-    position: Position, limit: int, models: Iterable[str], *, whole_transactions: bool = False
+    position: Position,
+    limit: int,
+    models: Iterable[str],
+    filters: filtering.Filters | None = None,
+    *,
+    whole_transactions: bool = False,
 ) -> Page:
     """:func:`read_changes` for a stored position (a subscription's).
 
@@ -675,6 +957,7 @@ def read_from(
         limit,
         models,
         whole_transactions=whole_transactions,
+        filters=filters,
     )
 
 

@@ -37,10 +37,11 @@ from django.db import connections, router
 
 from pubsubpull.capture.registry import Registration, get_registration
 from pubsubpull.exceptions import InvalidAfter
+from pubsubpull.protocol import filters as filtering
 from pubsubpull.protocol import items, jsonbody
 from pubsubpull.protocol.cursor import Position
 from pubsubpull.protocol.jsonbody import unstorable
-from pubsubpull.publisher.feed import fence_position
+from pubsubpull.publisher.feed import fence_position, where_sql
 
 # One template for every model; {names} are quoted identifiers and SQL
 # expressions made from the registration (see _query). PostgreSQL renders each
@@ -232,6 +233,7 @@ def _query(
     limit: int | None,
     using,
     url_prefix: str,
+    model_filter: filtering.ModelFilter | None = None,
 ):
     alias = using or router.db_for_read(registration.model)
     connection = connections[alias]
@@ -240,19 +242,29 @@ def _query(
     pk = quote(registration.pk_column)
     pk_type = (pk_field.db_type(connection) or "").split("(")[0].strip().lower()
     pk_text = f"t.{pk}::text" if pk_type in _TEXT_AS_JSON else f"to_jsonb(t.{pk}) #>> '{{}}'"
+    columns = registration.published_columns
+    filter_params: dict[str, Any] = {}
+    if model_filter is not None:
+        if model_filter.fields is not None:
+            columns = [c for c in columns if c in model_filter.fields]
+        if model_filter.where is not None:
+            # The feed's SQL for the where, on the row as the trigger stores
+            # it (to_jsonb of the row; the where names published columns only).
+            where += " AND " + where_sql(model_filter.where, "to_jsonb(t)", filter_params)
     sql = _PAGE_SQL.format(
         item=_ITEM[pk_type in _PLAIN_IN_URL],
         pk=pk,
         pk_text=pk_text,
         pk_json=f"t.{pk}::text" if pk_type in _INTEGERS else f"to_json(t.{pk})::text",
         table=quote(registration.table),
-        columns=", ".join(f"t.{quote(c)}" for c in registration.published_columns),
+        columns=", ".join(f"t.{quote(c)}" for c in columns),
         where=where,
     )
     if limit is None:
         sql = sql.replace("LIMIT %(limit)s", "")
     params = {
         **{k: pk_field.get_db_prep_value(v, connection) for k, v in params.items()},
+        **filter_params,
         "label": registration.label,
         "limit": limit,
         # Inside a JSON string: escaped once here, not per row.
@@ -288,6 +300,7 @@ def read_instances(
     using: str | None = None,
     url_prefix: str = "",
     parts: int = 1,
+    model_filter: filtering.ModelFilter | None = None,
 ) -> InstancePage:
     """One keyset page of a published model's rows, ordered by primary key.
 
@@ -295,6 +308,10 @@ def read_instances(
     page). Each item's ``url`` is ``url_prefix`` followed by its primary key
     and a slash. Raises ``InvalidAfter`` for a token that is not one,
     ``LookupError`` for a model that is not published.
+
+    ``model_filter`` (``where`` and ``fields``, as the feed's ``filters``)
+    serves only the matching rows, with those fields: a filtered mirror
+    starts from the rows it will then follow.
 
     ``parts`` (first page only) splits the primary keys into up to that many
     ranges that can be read in parallel: this page and its ``next`` pages are
@@ -325,7 +342,13 @@ def read_instances(
         params["until"] = to_pk(registration, until, InvalidAfter)
         conditions.append(f"t.{pk} <= %(until)s")
     position, pk_texts, items = _query(
-        registration, " AND ".join(conditions) or "true", params, limit, using, url_prefix
+        registration,
+        " AND ".join(conditions) or "true",
+        params,
+        limit,
+        using,
+        url_prefix,
+        model_filter,
     )
     following = encode_after(pk_texts[-1], until) if len(items) == limit else None
     if following is not None and pk_texts[-1] == until:

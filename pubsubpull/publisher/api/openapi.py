@@ -18,6 +18,7 @@ from django.db import models
 from pubsubpull import conf
 from pubsubpull.capture.registry import Registration, get_registration
 from pubsubpull.protocol import cloudevents, cursor, items
+from pubsubpull.protocol import filters as filtering
 from pubsubpull.publisher.api import subscriptions
 from pubsubpull.publisher.snapshot import MAX_PARTS
 from pubsubpull.version import __version__
@@ -79,7 +80,10 @@ def _fields_schema(registration: Registration) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {f.column: field_schema(f) for f in registration.published_fields},
-        "required": registration.published_columns,
+        # Every published field, unless filters ask for fewer: the pk always.
+        "required": [registration.pk_column],
+        "description": "Every published field, or those the request's filters name "
+        "(fields), and the primary key.",
         "additionalProperties": False,
     }
 
@@ -112,6 +116,16 @@ def _limit() -> dict[str, Any]:
     }
 
 
+def _filters_parameter(description: str) -> dict[str, Any]:
+    return {
+        "name": "filters",
+        "in": "query",
+        "description": description,
+        # A JSON value in the query string (OpenAPI 3.1 content, not schema).
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Filters"}}},
+    }
+
+
 def _instances_paths(registration: Registration) -> tuple[dict[str, Any], dict[str, Any]]:
     label = registration.label
     name = label.replace(".", "_")
@@ -141,6 +155,11 @@ def _instances_paths(registration: Registration) -> tuple[dict[str, Any], dict[s
                         ),
                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PARTS},
                     },
+                    _filters_parameter(
+                        "Only the rows matching its where, with its fields (JSON, see the "
+                        "Filters schema; changed applies to the feed). The next, parts and "
+                        "changes links keep the filters, so a filtered copy starts right."
+                    ),
                 ],
                 "responses": {
                     "200": {
@@ -311,6 +330,11 @@ SUBSCRIPTION_SCHEMAS: dict[str, Any] = {
                 "(whsk_ and base64 of its 32-byte seed, or seed and public key); a new one "
                 "is generated when left out. Never shown again.",
             },
+            "filters": {
+                "oneOf": [{"$ref": "#/components/schemas/Filters"}, {"type": "null"}],
+                "description": "Which changes and fields to deliver, per model it follows "
+                "(see Filters); null or {} for all. Left out on an update: kept.",
+            },
         },
         "additionalProperties": False,
     },
@@ -322,6 +346,10 @@ SUBSCRIPTION_SCHEMAS: dict[str, Any] = {
             "url": {"type": "string", "format": "uri"},
             "callback": {"type": "string"},
             "models": {"type": "array", "items": {"type": "string"}},
+            "filters": {
+                "$ref": "#/components/schemas/Filters",
+                "description": "Its filters in their canonical form (fields by column).",
+            },
             "batch_size": {"type": "integer"},
             "whole_transactions": {"type": "boolean"},
             "format": {"enum": ["pubsubpull", "cloudevents"]},
@@ -676,6 +704,13 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
                         "database (default: the readable models of the main database).",
                         "schema": {"type": "string", "pattern": labels_pattern},
                     },
+                    _filters_parameter(
+                        "Serve only the changes and fields these filters ask for (JSON, "
+                        "see the Filters schema). A filtered page looks at no more than "
+                        f"FILTER_SCAN ({conf.filter_scan()}) changes: its cursor moves past "
+                        "the ones it skipped, and more says to read on at once. The next "
+                        "link keeps the filters."
+                    ),
                     {
                         "name": "format",
                         "in": "query",
@@ -728,6 +763,12 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
                                         },
                                         "cursor": {"type": "string"},
                                         "next": {"type": "string", "format": "uri"},
+                                        "more": {
+                                            "const": True,
+                                            "description": "Only on a filtered page that "
+                                            "stopped at its scan bound: fewer changes than "
+                                            "limit, yet more to read now from next.",
+                                        },
                                     },
                                     "additionalProperties": False,
                                 }
@@ -795,6 +836,7 @@ def document(labels: list[str], server: str) -> dict[str, Any]:
     }
     paths.update(SUBSCRIPTION_PATHS)
     schemas.update(SUBSCRIPTION_SCHEMAS)
+    schemas["Filters"] = filtering.json_schema()
     # The view passes the labels of registrations(): each is published.
     for label in labels:
         registration = get_registration(label)

@@ -54,6 +54,7 @@ def describe(subscription: Subscription, request=None) -> dict[str, Any]:
         "name": subscription.name,
         "callback": subscription.callback,
         "models": list(subscription.model_labels),
+        "filters": subscription.filters or {},
         "batch_size": subscription.batch_size,
         "whole_transactions": subscription.whole_transactions,
         "format": subscription.framing,

@@ -6,11 +6,12 @@ document served at ``openapi.json``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlencode
 
 from asgiref.sync import AsyncToSync, SyncToAsync, sync_to_async
@@ -23,7 +24,9 @@ from django.views.decorators.csrf import csrf_exempt
 
 from pubsubpull import conf
 from pubsubpull.capture.registry import get_registration, registrations
-from pubsubpull.protocol import cloudevents
+from pubsubpull.exceptions import InvalidFilter
+from pubsubpull.protocol import cloudevents, jsonbody
+from pubsubpull.protocol import filters as filtering
 from pubsubpull.publisher import feed, framing, listener, longpoll, snapshot
 from pubsubpull.publisher.api import openapi
 from pubsubpull.publisher.api.responses import (
@@ -73,6 +76,33 @@ def _parts(request) -> int:
     if request.GET.get("after"):
         raise ApiError(400, "invalid_parts", "parts is for the first page only (leave out after).")
     return int(text)
+
+
+#: The longest ``filters`` query parameter (characters).
+MAX_FILTERS = 20000
+
+
+def _filters(request, models: list[str]) -> filtering.Filters:
+    """The request's ``filters`` (JSON: label -> where/changed/fields), checked."""
+    text = request.GET.get("filters")
+    if text is None or text.strip() == "":
+        return {}
+    if len(text) > MAX_FILTERS:
+        raise ApiError(
+            400, "invalid_filter", f"filters must be at most {MAX_FILTERS} characters.",
+            fields={"filters": f"must be at most {MAX_FILTERS} characters"},
+        )  # fmt: skip
+    try:
+        data = jsonbody.loads(text, max_depth=2 * filtering.MAX_DEPTH + 4)
+    except jsonbody.InvalidJSON as exc:
+        detail = str(exc).replace("the body", "filters")
+        raise ApiError(400, "invalid_filter", f"{detail}.", fields={"filters": detail}) from None
+    try:
+        return feed.parse_filters(data, models)
+    except InvalidFilter as exc:
+        raise ApiError(
+            400, "invalid_filter", f"{exc}. Nothing was read.", fields={exc.field: exc.message}
+        ) from None
 
 
 def _readable(caller, label: str):
@@ -151,6 +181,7 @@ def instances(request, caller, model):
     registration = _readable(caller, model)
     limit = _limit(request)
     parts = _parts(request)
+    filters = _filters(request, [registration.label])
     after = request.GET.get("after") or None
     try:
         # Items arrive rendered by PostgreSQL, URLs included: no Python per row.
@@ -160,6 +191,7 @@ def instances(request, caller, model):
             limit=limit,
             url_prefix=_instances_url(request, registration.label),
             parts=parts,
+            model_filter=filters.get(registration.label),
         )
     except snapshot.InvalidAfter as exc:
         raise ApiError(400, "invalid_after", str(exc)) from None
@@ -167,19 +199,25 @@ def instances(request, caller, model):
     label = registration.label
     head = {"model": label}
     headers = {}
+    # The filters go on with every link: the next pages, and the feed after them.
+    filtered = filtering.encode(filtering.as_json(filters)) if filters else None
     if page.feed_position is not None:
         head["feed_position"] = page.feed_position.encode()
         head["changes"] = _url(
-            request, "changes", after=head["feed_position"], models=label, limit=limit
-        )
+            request, "changes", after=head["feed_position"], models=label, limit=limit,
+            filters=filtered,
+        )  # fmt: skip
     if page.next is not None:
-        head["next"] = _url(request, "instances", label, after=page.next, limit=limit)
+        head["next"] = _url(
+            request, "instances", label, after=page.next, limit=limit, filters=filtered
+        )
         headers["Link"] = _link(head["next"])
     else:
         head["next"] = None
     if request.GET.get("parts"):
         head["parts"] = [
-            _url(request, "instances", label, after=start, limit=limit) for start in page.parts
+            _url(request, "instances", label, after=start, limit=limit, filters=filtered)
+            for start in page.parts
         ]
     head_json = json.dumps(head, ensure_ascii=False, separators=(",", ":")).encode()
     body = b"".join([head_json[:-1], b',"instances":[', b",".join(page.items), b"]}"])
@@ -287,6 +325,7 @@ class _LongPoll:
     limit: int
     models: list[str]
     wait: float
+    filters: filtering.Filters
     whole_transactions: bool = False
 
 
@@ -307,12 +346,13 @@ def _changes(request, caller):
     limit = _limit(request)
     wait = _wait(request)
     whole = _whole_transactions(request)
+    filters = _filters(request, models)
     after = request.GET.get("after") or None
     try:
         if wait > 0:
             feed.Position.coerce(after)  # a bad cursor is 400 now, not after the wait
-            return _LongPoll(after, limit, models, wait, whole)
-        page = feed.read_changes(after, limit, models, whole_transactions=whole)
+            return _LongPoll(after, limit, models, wait, filters, whole)
+        page = feed.read_changes(after, limit, models, whole_transactions=whole, filters=filters)
     except feed.InvalidCursor as exc:
         raise ApiError(400, "invalid_cursor", str(exc)) from None
     except feed.CursorExpired as exc:
@@ -356,6 +396,7 @@ def _page_key(request) -> tuple:
         request.GET.get("models"),
         request.GET.get("limit") or None,
         _whole_transactions(request),
+        request.GET.get("filters") or None,
         _framing(request),
     )
 
@@ -364,6 +405,7 @@ def _page(request, page: feed.Page) -> HttpResponse:
     filter_ = request.GET.get("models")
     limit = request.GET.get("limit") or None
     whole = "1" if _whole_transactions(request) else None
+    filters = request.GET.get("filters") or None
     # A page woken for many long polls answers them all with the same body:
     # render it once per URL it links to.
     key = _page_key(request)
@@ -377,6 +419,8 @@ def _page(request, page: feed.Page) -> HttpResponse:
             after=cursor,
             limit=limit,
             models=filter_,
+            filters=filters,
+            whole_transactions=whole,
             format=request.GET.get("format") or None,
         )
         body = framing.batch_bytes(page.changes, page.texts())
@@ -384,10 +428,21 @@ def _page(request, page: feed.Page) -> HttpResponse:
     elif cached is None:
         cursor = page.next.encode()
         next_url = _url(
-            request, "changes", after=cursor, limit=limit, models=filter_, whole_transactions=whole
+            request,
+            "changes",
+            after=cursor,
+            limit=limit,
+            models=filter_,
+            filters=filters,
+            whole_transactions=whole,
         )
+        tail_values: dict[str, Any] = {"cursor": cursor, "next": next_url}
+        if page.more:
+            # A page that is not the last though short of the limit (a filtered
+            # one stopped at its scan bound, or whole transactions): read on now.
+            tail_values["more"] = True
         # Each change is rendered from the JSON text PostgreSQL stored.
-        tail = json.dumps({"cursor": cursor, "next": next_url}, ensure_ascii=False)
+        tail = json.dumps(tail_values, ensure_ascii=False)
         body = b'{"changes":' + page.changes_json_bytes() + b"," + tail[1:].encode()
         cached = page.rendered[key] = (body, _link(next_url), None)
     body, link, batch_cursor = cached
@@ -450,6 +505,8 @@ async def changes(request):
     )(request)
     if not isinstance(result, _LongPoll):
         return result
+    if result.filters:
+        return _answer(request, result.models, await _await_filtered(result))
     parking = getattr(request, "scope", {}).get(longpoll.SCOPE_KEY)
     if parking is not None and not result.whole_transactions:
         # Under pubsubpull.asgi.long_polls: the wrapper waits and answers,
@@ -480,6 +537,37 @@ async def changes(request):
     except feed.CursorExpired as exc:
         outcome = exc
     return _answer(request, result.models, outcome)
+
+
+async def _await_filtered(poll: _LongPoll) -> feed.Page | feed.CursorExpired:
+    """A filtered long poll: wait for any change of its models, then read it filtered.
+
+    The process's hub wakes waiters per (cursor, models, limit); a change the
+    filter skips moves this poll's cursor past it, and it waits again until a
+    change matches, a page stops at its scan bound, or the time is up.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + poll.wait
+    read = sync_to_async(  # type: ignore[call-overload]  # see longpoll's top
+        feed.read_changes, thread_sensitive=False, executor=listener.readers()
+    )
+    after: feed.Position | str | None = poll.after
+    try:
+        while True:
+            page = await read(
+                after,
+                poll.limit,
+                poll.models,
+                filters=poll.filters,
+                whole_transactions=poll.whole_transactions,
+            )
+            remaining = deadline - loop.time()
+            if page.changes or page.more or remaining <= 0:
+                return page
+            after = page.next
+            await longpoll.await_changes(after, 1, poll.models, timeout=remaining)
+    except feed.CursorExpired as exc:
+        return exc
 
 
 def _answer(request, models: list[str], outcome) -> HttpResponse:

@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -46,7 +46,7 @@ import httpx
 from django.db import IntegrityError, connection
 
 from pubsubpull import conf, jobs, tracing
-from pubsubpull.exceptions import Unsubscribed
+from pubsubpull.exceptions import InvalidFilter, Unsubscribed
 from pubsubpull.jobs.lease import HELD, LET_GO, RENEWED, SPENT, execute
 from pubsubpull.jobs.outcome import Outcome
 from pubsubpull.protocol import cloudevents, notification
@@ -82,6 +82,8 @@ class Claimed:
     # Never split a transaction across batches (also when narrowing a refused one).
     whole_transactions: bool = False
     framing: str = "pubsubpull"  # or "cloudevents"
+    # Its filters as stored (label -> canonical JSON); parsed when read.
+    filters: dict[str, Any] = field(default_factory=dict)
     woken: bool = False  # a wake came while we held it (set when letting go)
     # An empty read moved past other models' changes: from where (the
     # position as claimed), recorded when letting go if nobody moved it since.
@@ -110,7 +112,7 @@ SUBSCRIPTIONS = jobs.LeaseSpec(
           t.position_txid, t.position_id, t.pending_batch, t.pending_txid, t.pending_id,
           t.pending_count, t.secret,
           CASE WHEN t.previous_secret_expires > now() THEN t.previous_secret ELSE '' END,
-          t.failures, t.whole_transactions, t.framing""",
+          t.failures, t.whole_transactions, t.framing, t.filters""",
 )
 
 # Letting go also records how far an empty read skipped (past other models'
@@ -123,10 +125,13 @@ _SKIPPED = [
         = (%(from_txid)s, %(from_pid)s) THEN %(pid)s ELSE position_id END""",
 ]
 
+# A batch read after changes its filters skipped records the skip with it: a
+# retry (by any worker) reads the batch again from the same position.
 _BEGIN_BATCH_SQL = f"""
 UPDATE pubsubpull_subscription
 SET pending_batch = %(batch)s, pending_txid = %(txid)s, pending_id = %(pid)s,
-    pending_count = %(count)s, {RENEWED}
+    pending_count = %(count)s, {RENEWED},
+    {", ".join(_SKIPPED).replace("%(txid)s", "%(read_txid)s").replace("%(pid)s", "%(read_pid)s")}
 WHERE {HELD}
 """
 
@@ -267,7 +272,7 @@ def _execute(sql: str, params: dict[str, Any]) -> list[tuple]:
 def _claimed(row: tuple) -> Claimed:
     """The subscription as the engine's claim returned it (SUBSCRIPTIONS.columns)."""
     (id_, name, subscriber, state, callback, models, size, ptx, pid, pbatch, pendtx, pendid,
-     pcount, secret, previous, failures, whole, framing_) = row  # fmt: skip
+     pcount, secret, previous, failures, whole, framing_, filters) = row  # fmt: skip
     return Claimed(
         id=id_,
         name=name,
@@ -284,6 +289,7 @@ def _claimed(row: tuple) -> Claimed:
         failures=failures,
         whole_transactions=whole,
         framing=framing_,
+        filters=(json.loads(filters) if isinstance(filters, str) else filters) or {},
     )
 
 
@@ -533,14 +539,40 @@ def _narrower(sub: Claimed, changes: list[feed.FeedChange]) -> list[int]:
     return list(range(1, len(changes) + 1))
 
 
+_INVALID_FILTER_SQL = f"""
+UPDATE pubsubpull_subscription
+SET state = 'disabled', {LET_GO}, {SPENT}, state_reason = %(reason)s
+WHERE {HELD}
+"""
+
+
 def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
     if not _check_access(sub, owner):
         return Outcome.FORBIDDEN
+    try:
+        filters = feed.parse_filters(sub.filters, sub.models) if sub.filters else {}
+    except InvalidFilter as exc:
+        # The registration changed under the filter (a field no longer
+        # published): sending unfiltered changes would send what was not
+        # asked for, so stop and say why; a PUT with filters that fit resumes.
+        reason = (
+            f"Its filters no longer fit the published fields ({exc}). PUT the "
+            "subscription again with filters that do; it resumes where it stopped."
+        )
+        _execute(_INVALID_FILTER_SQL, {"id": sub.id, "owner": owner, "reason": reason})
+        logger.warning(
+            "Subscription %s disabled: %s",
+            sub.name,
+            reason,
+            extra={"pubsubpull": {"event": "subscription_disabled", "subscription": sub.name}},
+        )
+        return Outcome.FAILED
     if sub.pending_batch:
         # A retry carries exactly the batch that was sent before: the first
         # pending_count changes after the position (nothing new can sort
-        # before the pending end; it was at or before a fence).
-        page = feed.read_from(sub.position, sub.pending_count, sub.models)
+        # before the pending end; it was at or before a fence; a filtered
+        # read looks at the same changes, the scan starting where it did).
+        page = feed.read_from(sub.position, sub.pending_count, sub.models, filters)
         # A claimed subscription with a pending batch has its end (_claimed).
         following = cast(feed.Position, sub.pending)
         changes, webhook_id = page.changes, sub.pending_batch
@@ -557,12 +589,18 @@ def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
         SUBSCRIPTIONS.renew(sub.id, owner)
     else:
         page = feed.read_from(
-            sub.position, sub.batch_size, sub.models, whole_transactions=sub.whole_transactions
+            sub.position,
+            sub.batch_size,
+            sub.models,
+            filters,
+            whole_transactions=sub.whole_transactions,
         )
         if not page.changes:
             if page.next > sub.position:
                 sub.skipped_from = sub.skipped_from or sub.position
                 sub.position = page.next  # recorded when the lease is let go
+            if page.more:  # its filters skipped a scan's worth: read on
+                return Outcome.SENT
             return Outcome.HELD_BACK if page.held_back else Outcome.CAUGHT_UP
         if sub.framing == "cloudevents":
             events = framing.event_texts(page.changes, page.texts(), subscription=sub.name)
@@ -588,10 +626,15 @@ def _deliver_batch(sub: Claimed, owner: str) -> Outcome:
                 "pid": following.id,
                 "count": len(changes),
                 "lease": conf.lease(),
+                "read_txid": sub.position.txid,
+                "read_pid": sub.position.id,
+                "from_txid": (sub.skipped_from or feed.Position(-1, -1)).txid,
+                "from_pid": (sub.skipped_from or feed.Position(-1, -1)).id,
             },
         )
         if not started:
             return Outcome.LOST
+        sub.skipped_from = None
         sub.pending_batch, sub.pending, sub.pending_count = webhook_id, following, len(changes)
 
     body, content_type = notification_body(sub, page, following)

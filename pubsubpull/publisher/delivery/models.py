@@ -43,6 +43,12 @@ class Subscription(models.Model):
     # A JSON list, not an ArrayField: that would make every project add
     # django.contrib.postgres to INSTALLED_APPS on Django 6.1.
     model_labels = models.JSONField(default=list, help_text="The models it follows (labels).")
+    filters = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Per model label: where / changed / fields (pubsubpull.protocol.filters), "
+        "in their canonical form; empty: every change, every field.",
+    )
     batch_size = models.PositiveIntegerField(default=conf.DEFAULTS["BATCH_SIZE"])
     whole_transactions = models.BooleanField(
         default=False,

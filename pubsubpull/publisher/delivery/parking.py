@@ -38,7 +38,7 @@ from pubsubpull.protocol import cloudevents, items, notification
 from pubsubpull.publisher import feed, framing
 from pubsubpull.publisher.delivery import access, deliver
 from pubsubpull.publisher.delivery.models import Attempt, ParkedChange, Subscription
-from pubsubpull.publisher.delivery.subscriptions import forget_pending, notify
+from pubsubpull.publisher.delivery.subscriptions import forget_pending, notify, parsed_filters
 
 
 def next_change(subscription: Subscription) -> feed.FeedChange | None:
@@ -55,12 +55,12 @@ def next_changes(subscription: Subscription) -> list[feed.FeedChange]:
     change alone.
     """
     position = feed.Position(subscription.position_txid, subscription.position_id)
-    page = feed.read_from(
-        position,
-        1,
-        list(subscription.model_labels),
-        whole_transactions=subscription.whole_transactions,
-    )
+    filters = parsed_filters(subscription)
+    labels = list(subscription.model_labels)
+    whole = subscription.whole_transactions
+    page = feed.read_from(position, 1, labels, filters, whole_transactions=whole)
+    while not page.changes and page.more:  # past changes its filters skip
+        page = feed.read_from(page.next, 1, labels, filters, whole_transactions=whole)
     return page.changes
 
 

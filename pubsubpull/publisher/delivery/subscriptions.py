@@ -23,8 +23,15 @@ from django.utils import timezone
 
 from pubsubpull import conf
 from pubsubpull.capture.registry import get_registration
-from pubsubpull.exceptions import InvalidKey, InvalidSubscription, MissingDependency, NotAllowed
+from pubsubpull.exceptions import (
+    InvalidFilter,
+    InvalidKey,
+    InvalidSubscription,
+    MissingDependency,
+    NotAllowed,
+)
 from pubsubpull.protocol import cloudevents
+from pubsubpull.protocol import filters as filtering
 from pubsubpull.publisher import feed
 from pubsubpull.publisher.delivery import guard, signing
 from pubsubpull.publisher.delivery.models import Attempt, Subscription
@@ -39,6 +46,7 @@ FIELDS = {
     "format",
     "signature",
     "signing_key",
+    "filters",
 }
 
 
@@ -65,8 +73,12 @@ def decode_start(start: Any) -> feed.Position:
     )
 
 
-def validate(data: Any, *, creating: bool) -> dict[str, Any]:
-    """Check a subscription request body; the cleaned values, or InvalidSubscription."""
+def validate(data: Any, *, creating: bool, existing: Subscription | None = None) -> dict[str, Any]:
+    """Check a subscription request body; the cleaned values, or InvalidSubscription.
+
+    ``existing``: the subscription an update changes (its models and filters
+    stand where the body leaves them out).
+    """
     if not isinstance(data, dict):
         raise InvalidSubscription({"body": "must be a JSON object"})
     errors: dict[str, str] = {}
@@ -187,6 +199,23 @@ def validate(data: Any, *, creating: bool) -> dict[str, Any]:
             cleaned["start"] = decode_start(data["start"])
         except InvalidSubscription as e:
             errors.update(e.errors)
+
+    # Filters are checked against the models followed (given now, or kept).
+    followed = cleaned.get("models") or (existing.model_labels if existing else None)
+    given = data.get("filters") if "filters" in data else None
+    kept = existing.filters if existing is not None and "filters" not in data else None
+    if followed and "models" not in errors and (given or kept):
+        try:
+            parsed = feed.parse_filters(given if "filters" in data else kept, followed)
+            cleaned["filters"] = filtering.as_json(parsed)
+        except InvalidFilter as e:
+            errors[e.field] = (
+                e.message
+                if "filters" in data
+                else f"{e.message} (the filters kept from before: send filters too)"
+            )
+    elif "filters" in data and not given:
+        cleaned["filters"] = {}
     if errors:
         raise InvalidSubscription(errors)
     return cleaned
@@ -206,7 +235,7 @@ def subscribe(
     """
     with transaction.atomic():
         existing = Subscription.objects.select_for_update().filter(owner=owner, name=name).first()
-        cleaned = validate(data, creating=existing is None)
+        cleaned = validate(data, creating=existing is None, existing=existing)
         refused = [m for m in cleaned.get("models", []) if may_read and not may_read(m)]
         if refused:
             raise NotAllowed(f"You may not read {', '.join(refused)}, so you cannot subscribe.")
@@ -228,6 +257,7 @@ def subscribe(
                 name=name,
                 callback=cleaned["callback"],
                 model_labels=cleaned["models"],
+                filters=cleaned.get("filters", {}),
                 batch_size=cleaned.get("batch_size", conf.batch_size()),
                 whole_transactions=cleaned.get("whole_transactions", False),
                 position_txid=start.txid,
@@ -250,6 +280,9 @@ def subscribe(
             moved = False
             if "models" in cleaned and cleaned["models"] != sorted(subscription.model_labels):
                 subscription.model_labels = cleaned["models"]
+                moved = True
+            if "filters" in cleaned and cleaned["filters"] != subscription.filters:
+                subscription.filters = cleaned["filters"]
                 moved = True
             if "start" in cleaned:
                 subscription.position_txid = cleaned["start"].txid
@@ -353,6 +386,17 @@ def notify(subscription: Subscription) -> None:
     feed.notify(subscription.model_labels)
 
 
+def parsed_filters(subscription: Subscription) -> filtering.Filters:
+    """The subscription's filters, checked against its models' published fields now.
+
+    Raises InvalidFilter when a registration changed under them (a field no
+    longer published): delivery then stops the subscription and says why.
+    """
+    if not subscription.filters:
+        return {}
+    return feed.parse_filters(subscription.filters, subscription.model_labels)
+
+
 def pending(subscription: Subscription) -> dict[str, Any] | None:
     """The batch sent but not acknowledged: its webhook-id, its changes, how often tried."""
     if not subscription.pending_batch:
@@ -360,9 +404,12 @@ def pending(subscription: Subscription) -> dict[str, Any] | None:
     position = feed.Position(subscription.position_txid, subscription.position_id)
     try:
         changes = feed.read_from(
-            position, subscription.pending_count, list(subscription.model_labels)
+            position,
+            subscription.pending_count,
+            list(subscription.model_labels),
+            parsed_filters(subscription),
         ).changes
-    except (feed.CursorExpired, LookupError):  # pruned, or a model no longer published
+    except (feed.CursorExpired, LookupError, InvalidFilter):  # pruned, or no longer published
         changes = []
     tries = Attempt.objects.filter(subscription=subscription, webhook_id=subscription.pending_batch)
     return {
@@ -373,7 +420,11 @@ def pending(subscription: Subscription) -> dict[str, Any] | None:
 
 
 def lag(subscription: Subscription) -> dict[str, Any]:
-    """How far behind the subscription is: changes not yet acknowledged, and seconds."""
+    """How far behind the subscription is: changes not yet acknowledged, and seconds.
+
+    Every change of its models past its position counts, whether or not its
+    filters will serve it: delivery moves the position past the ones they skip.
+    """
     position = feed.Position(subscription.position_txid, subscription.position_id)
     count, oldest = feed.backlog(position, subscription.model_labels)
     seconds = (timezone.now() - oldest).total_seconds() if oldest else 0.0

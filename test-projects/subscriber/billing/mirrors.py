@@ -22,3 +22,17 @@ cards = pubsubpull.mirror(
     auth=settings.CUSTOMERS_TOKEN,
     name="mirror:cards",
 )
+
+# Billing's copy of only the customers in New Zealand (a filtered mirror: the
+# customers service sends only those rows, and tells when one leaves). Into
+# the same table as ``customers``: a test runs one or the other.
+nz_customers = pubsubpull.mirror(
+    settings.CUSTOMERS_URL + "models/customers.customer/instances/",
+    CustomerCountry,
+    fields={"name": "name", "country": "country"},
+    key="remote_id",
+    auth=settings.CUSTOMERS_TOKEN,
+    name="mirror:nz",
+    where={"country": "NZ"},
+    filters={"customers.customer": {"fields": ["name", "country"]}},
+)

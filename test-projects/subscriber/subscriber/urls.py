@@ -14,4 +14,6 @@ urlpatterns = [
     path("hooks/cards/", pubsubpull.receiver("billing.mirrors.cards")),
     # Read your writes: changes a customer at customers, then reads the mirror.
     path("invoices/<int:pk>/", views.invoice),
+    # Push mode of the filtered mirror (customers in New Zealand).
+    path("hooks/nz/", pubsubpull.receiver("billing.mirrors.nz_customers")),
 ]
