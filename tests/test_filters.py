@@ -270,7 +270,7 @@ def test_a_filtered_page_moves_past_what_it_skips_within_its_scan(people, settin
     after, pages = None, []
     while True:
         page = read({"name": "Dee"}, after=after, limit=1)
-        pages.append(([c.new["name"] for c in page.changes], page.more))
+        pages.append(([c.new["name"] for c in page.changes], bool(page.more)))
         if page.caught_up:
             break
         assert page.next > (after or feed.START)

@@ -427,3 +427,40 @@ def test_a_mirror_in_another_service_never_shows_half_of_a_transaction(billing):
     for counts in observed:
         for name, count in counts.items():
             assert count == sizes[name], (name, count)
+
+
+def test_a_filtered_page_keeps_the_matching_changes_of_a_transaction_together(settings):
+    """Filters and whole transactions together: a transaction's matching changes
+    are never split, even when the filter's scan bound falls inside it."""
+    # Each transaction: some rows that match ("keep-") and some that do not.
+    sizes = {}
+    for k, (kept, skipped) in enumerate([(3, 4), (1, 0), (6, 9), (0, 5), (2, 2)]):
+        with transaction.atomic():
+            for i in range(kept + skipped):
+                prefix = "keep" if i % 2 == 0 and i // 2 < kept or i >= 2 * skipped else "skip"
+                Customer.objects.create(name=f"{prefix}{k}-{i}")
+        sizes[k] = Customer.objects.filter(name__startswith=f"keep{k}-").count()
+    settings.PUBSUBPULL = {"FILTER_SCAN": 3}  # ends scans inside transactions
+    label = "customers.customer"
+    filters = feed.parse_filters({label: {"where": {"name__startswith": "keep"}}}, [label])
+    pages, after = [], None
+    while True:
+        page = feed.read_changes(after, 2, [label], filters=filters, whole_transactions=True)
+        pages.append([(c.txid, c.new["name"]) for c in page.changes])
+        if page.caught_up:
+            break
+        assert page.next > (after or feed.START)
+        after = page.next
+    served = [name for items in pages for _, name in items]
+    assert all(name.startswith("keep") for name in served)
+    assert sorted(served) == sorted(
+        Customer.objects.filter(name__startswith="keep").values_list("name", flat=True)
+    )
+    where: dict[int, set[int]] = {}
+    for n, items in enumerate(pages):
+        for tx, _ in items:
+            where.setdefault(tx, set()).add(n)
+    assert all(len(found) == 1 for found in where.values()), pages  # none split
+    # The three-row and six-row transactions exceed the limit of 2: each came alone.
+    largest = max(sizes.values())
+    assert any(len(items) == largest for items in pages), pages

@@ -918,15 +918,21 @@ def read_whole_transactions(
     """
     page = read_changes(after, limit + 1, models, using=using, filters=filters)
     changes = page.changes
-    if len(changes) <= limit:  # every change before the fence (or the scan's bound)
+    if len(changes) > limit:
+        last = changes[limit].txid  # the first change past the limit goes on with it
+        position = changes[-1].position
+    elif page.more and changes and page.next.txid <= changes[-1].txid:
+        # A filtered read stopped at its scan bound inside its last
+        # transaction: that one's further matching changes are still ahead.
+        last = changes[-1].txid
+        position = page.next
+    else:  # every transaction on the page is complete
         return Page(changes, page.next, limit, held_back=page.held_back, fence=page.fence,
                     more=bool(page.more))  # fmt: skip
-    last = changes[limit].txid  # the first change past the limit
     kept = [c for c in changes[:limit] if c.txid != last]
     if not kept:
-        # The first transaction is larger than the page: all of it, alone.
-        kept = changes
-        position = kept[-1].position
+        # The first transaction is larger than the page (or the scan): all of it, alone.
+        kept = [c for c in changes if c.txid == last]
         while True:
             chunk = read_changes(position, WHOLE_TRANSACTION_CHUNK, models, using=using,
                                  filters=filters)  # fmt: skip
