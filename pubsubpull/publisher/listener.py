@@ -453,6 +453,14 @@ class _Hub:
             for group, outcome in outcomes:
                 if self.groups.get(group.key) is group:
                     del self.groups[group.key]
+                if isinstance(outcome, feed.Page) and outcome.changes:
+                    # The feed moved: a later hold-back is a new one, so its
+                    # re-reads start soon again. (Backing off only across
+                    # rounds that served nothing: under steady writes a
+                    # change is often behind a still-open transaction for a
+                    # few ms, and a backoff grown to LONGEST_DELAY by
+                    # earlier ones kept it waiting a second.)
+                    self.delay = FIRST_DELAY
                 if not group.waiters:
                     continue
                 if not isinstance(outcome, feed.Page) or outcome.changes:
