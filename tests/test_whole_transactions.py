@@ -437,7 +437,7 @@ def test_a_filtered_page_keeps_the_matching_changes_of_a_transaction_together(se
     for k, (kept, skipped) in enumerate([(3, 4), (1, 0), (6, 9), (0, 5), (2, 2)]):
         with transaction.atomic():
             for i in range(kept + skipped):
-                prefix = "keep" if i % 2 == 0 and i // 2 < kept or i >= 2 * skipped else "skip"
+                prefix = "keep" if (i % 2 == 0 and i // 2 < kept) or i >= 2 * skipped else "skip"
                 Customer.objects.create(name=f"{prefix}{k}-{i}")
         sizes[k] = Customer.objects.filter(name__startswith=f"keep{k}-").count()
     settings.PUBSUBPULL = {"FILTER_SCAN": 3}  # ends scans inside transactions
