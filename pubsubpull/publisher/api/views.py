@@ -402,49 +402,37 @@ def _page_key(request) -> tuple:
 
 
 def _page(request, page: feed.Page) -> HttpResponse:
-    filter_ = request.GET.get("models")
-    limit = request.GET.get("limit") or None
-    whole = "1" if _whole_transactions(request) else None
-    filters = request.GET.get("filters") or None
     # A page woken for many long polls answers them all with the same body:
     # render it once per URL it links to.
     key = _page_key(request)
     cached = page.rendered.get(key)
-    if cached is None and key[-1] == "cloudevents":
-        # A batch is a JSON array: the page's cursor and next link go in headers.
+    if cached is None:
         cursor = page.next.encode()
+        # The next page is asked for as this one was (framing included).
         next_url = _url(
             request,
             "changes",
             after=cursor,
-            limit=limit,
-            models=filter_,
-            filters=filters,
-            whole_transactions=whole,
+            limit=request.GET.get("limit") or None,
+            models=request.GET.get("models"),
+            filters=request.GET.get("filters") or None,
+            whole_transactions="1" if _whole_transactions(request) else None,
             format=request.GET.get("format") or None,
         )
-        body = framing.batch_bytes(page.changes, page.texts())
-        cached = page.rendered[key] = (body, _link(next_url), cursor)
-    elif cached is None:
-        cursor = page.next.encode()
-        next_url = _url(
-            request,
-            "changes",
-            after=cursor,
-            limit=limit,
-            models=filter_,
-            filters=filters,
-            whole_transactions=whole,
-        )
-        tail_values: dict[str, Any] = {"cursor": cursor, "next": next_url}
-        if page.more:
-            # A page that is not the last though short of the limit (a filtered
-            # one stopped at its scan bound, or whole transactions): read on now.
-            tail_values["more"] = True
-        # Each change is rendered from the JSON text PostgreSQL stored.
-        tail = json.dumps(tail_values, ensure_ascii=False)
-        body = b'{"changes":' + page.changes_json_bytes() + b"," + tail[1:].encode()
-        cached = page.rendered[key] = (body, _link(next_url), None)
+        if key[-1] == "cloudevents":
+            # A batch is a JSON array: the page's cursor and next link go in headers.
+            body = framing.batch_bytes(page.changes, page.texts())
+            cached = page.rendered[key] = (body, _link(next_url), cursor)
+        else:
+            tail_values: dict[str, Any] = {"cursor": cursor, "next": next_url}
+            if page.more:
+                # A page that is not the last though short of the limit (a filtered
+                # one stopped at its scan bound, or whole transactions): read on now.
+                tail_values["more"] = True
+            # Each change is rendered from the JSON text PostgreSQL stored.
+            tail = json.dumps(tail_values, ensure_ascii=False)
+            body = b'{"changes":' + page.changes_json_bytes() + b"," + tail[1:].encode()
+            cached = page.rendered[key] = (body, _link(next_url), None)
     body, link, batch_cursor = cached
     response = raw_json_response(body, Link=link)
     if batch_cursor is not None:
