@@ -65,9 +65,19 @@ fence AS MATERIALIZED (
            coalesce(h.txid, 0) AS horizon_txid, coalesce(h.change_id, 0) AS horizon_id
     FROM snap
     LEFT JOIN pubsubpull_horizon AS h ON h.id = 1
+),
+placed AS MATERIALIZED (
+    -- Whether the fence is a transaction pg_stat_activity shows running (or
+    -- none runs): one it could not place (of another database, ended between
+    -- the snapshot and the activity check) may hold feed_position back.
+    SELECT fence.*,
+           fence.xmin >= pg_snapshot_xmax(snap.s)::text::bigint
+           OR EXISTS (SELECT 1 FROM pg_stat_activity AS a
+                      WHERE a.backend_xid = fence.xmin::text::xid) AS placed
+    FROM fence, snap
 )
-SELECT fence.xmin, fence.horizon_txid, fence.horizon_id, page.pk_text, page.item
-FROM fence
+SELECT fence.xmin, fence.horizon_txid, fence.horizon_id, page.pk_text, page.item, fence.placed
+FROM placed AS fence
 LEFT JOIN LATERAL (
     SELECT keyed.key, keyed.pk_text, convert_to({item}, 'UTF8') AS item
     FROM (
@@ -294,6 +304,11 @@ def _query(
             cursor.execute("SELECT pg_stat_clear_snapshot()")
         cursor.execute(sql, params, binary=True)
         rows = cursor.fetchall()
+        if not rows[0][5] and not connection.in_atomic_block:
+            # Usually a transaction of another database that ended in between:
+            # a fresh snapshot places it (as feed.read_changes retries).
+            cursor.execute(sql, params, binary=True)
+            rows = cursor.fetchall()
     xmin, horizon_txid, horizon_id = rows[0][:3]
     if rows[0][3] is None:
         pk_texts, items = [], []
