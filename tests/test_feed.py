@@ -309,6 +309,25 @@ def test_now_is_not_pulled_back_by_a_long_transaction_in_another_database():
         elsewhere.rollback()
 
 
+def test_a_snapshot_is_not_followed_by_its_own_rows_again_beside_a_long_transaction_elsewhere():
+    """The first snapshot page's feed_position is the feed's fence, not the server's xmin.
+
+    Another service's transaction open on the same server since before the rows
+    were written put it behind them, and a pull then handled every row twice,
+    from the snapshot and again from the feed (tests/test_pull_command.py counted
+    48 rows of 24 while another suite ran on the server).
+    """
+    from pubsubpull.publisher import snapshot
+
+    with psycopg.connect(dsn("postgres")) as elsewhere:
+        elsewhere.execute("SELECT pg_current_xact_id()")
+        Customer.objects.bulk_create([Customer(name="a"), Customer(name="b")])
+        page = snapshot.read_instances("customers.customer", limit=10)
+        assert len(page.instances) == 2
+        assert feed.read_changes(page.feed_position).changes == []
+        elsewhere.rollback()
+
+
 def test_a_reader_inside_a_transaction_is_not_served_its_own_uncommitted_changes():
     from django.db import transaction
 

@@ -68,7 +68,7 @@ def _feed_head(publisher: Publisher, labels: list[str]) -> str:
         params={"limit": 1},
     )
     # A snapshot's feed_position may lie a little behind (the fence is the
-    # oldest running transaction of the whole server): walk to the end.
+    # publisher's oldest running transaction): walk to the end.
     cursor = page["feed_position"]
     params: dict[str, Any] = {"limit": 5000}
     if labels:

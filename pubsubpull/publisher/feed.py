@@ -239,6 +239,26 @@ class Page:
         return Page(kept, kept[-1].position, self.limit, _texts=self.texts()[:count])
 
 
+# The fence of the snapshot ``snap.s`` (a CTE of the statement), for this
+# database: the oldest transaction of it still running then (see below). The
+# snapshot pages (pubsubpull.publisher.snapshot) take their feed_position
+# from the same expression, so a snapshot and the feed agree on "now".
+FENCE_SQL = """coalesce(
+               (SELECT min(running.x::text::bigint)
+                FROM (
+                    SELECT x FROM pg_snapshot_xip(snap.s) AS x
+                    WHERE x::xid NOT IN (
+                        SELECT a.backend_xid FROM pg_stat_activity AS a
+                        WHERE a.backend_xid IS NOT NULL
+                          AND a.datid IS DISTINCT FROM
+                              (SELECT oid FROM pg_database WHERE datname = current_database())
+                    )
+                    -- The reader's own uncommitted changes are not news yet.
+                    UNION ALL SELECT pg_current_xact_id_if_assigned()
+                ) AS running (x)),
+               pg_snapshot_xmax(snap.s)::text::bigint
+           )"""
+
 # Everything in one statement, so one snapshot decides: the fence, the
 # horizon (how far the log has been pruned), the page, and whether committed
 # changes wait behind the fence.
@@ -257,21 +277,7 @@ WITH snap AS MATERIALIZED (
     SELECT pg_current_snapshot() AS s
 ),
 fence AS MATERIALIZED (
-    SELECT coalesce(
-               (SELECT min(running.x::text::bigint)
-                FROM (
-                    SELECT x FROM pg_snapshot_xip(snap.s) AS x
-                    WHERE x::xid NOT IN (
-                        SELECT a.backend_xid FROM pg_stat_activity AS a
-                        WHERE a.backend_xid IS NOT NULL
-                          AND a.datid IS DISTINCT FROM
-                              (SELECT oid FROM pg_database WHERE datname = current_database())
-                    )
-                    -- The reader's own uncommitted changes are not news yet.
-                    UNION ALL SELECT pg_current_xact_id_if_assigned()
-                ) AS running (x)),
-               pg_snapshot_xmax(snap.s)::text::bigint
-           ) AS xmin,
+    SELECT {fence} AS xmin,
            coalesce(h.txid, 0) AS horizon_txid,
            coalesce(h.change_id, 0) AS horizon_id
     FROM snap
@@ -451,7 +457,7 @@ _CHANGE_ITEM_SQL = items.change_item_sql(
         "|| '}' END"
     ),
 )
-_PAGE_SQL = _PAGE_SQL.replace("{change_item}", _CHANGE_ITEM_SQL)
+_PAGE_SQL = _PAGE_SQL.replace("{change_item}", _CHANGE_ITEM_SQL).replace("{fence}", FENCE_SQL)
 _UNFILTERED_PAGE_SQL = (
     _PAGE_SQL.replace("{changes}", _CHANGES_SQL)
     .replace("{scan_join}", "")

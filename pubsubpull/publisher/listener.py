@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import queue
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -127,12 +128,37 @@ class _Readers(concurrent.futures.Executor):
             future, fn, args, kwargs = item
             if not future.set_running_or_notify_cancel():
                 continue
+            _drop_dead_connections()
             try:
                 future.set_result(fn(*args, **kwargs))
             except BaseException as exc:
                 future.set_exception(exc)
             finally:
                 _tidy_connections()
+
+
+def _drop_dead_connections() -> None:
+    """Close a connection that PostgreSQL ended while the thread was idle.
+
+    A reader's connections stay open between reads, for as long as the
+    process runs: a server restart or an operator's ``pg_terminate_backend``
+    ends them while nobody uses them, and the next read on one would fail.
+    The hub's own reads retry, but a caller's read on the readers (a poll
+    that timed out before the hub read, the async view's authentication)
+    would get the error (a 500). An idle connection has nothing to read
+    unless the server said something (its goodbye, an EOF): only then is it
+    checked, so a read on a healthy connection costs no round trip.
+    """
+    for connection in connections.all(initialized_only=True):
+        raw = connection.connection
+        if raw is None or connection.in_atomic_block:
+            continue
+        try:
+            readable = bool(select.select([raw.fileno()], [], [], 0)[0])
+        except (OSError, ValueError, psycopg.Error):  # closed under us
+            readable = True
+        if readable and not connection.is_usable():
+            connection.close()
 
 
 def _tidy_connections() -> None:

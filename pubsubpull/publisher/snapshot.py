@@ -41,7 +41,7 @@ from pubsubpull.protocol import filters as filtering
 from pubsubpull.protocol import items, jsonbody
 from pubsubpull.protocol.cursor import Position
 from pubsubpull.protocol.jsonbody import unstorable
-from pubsubpull.publisher.feed import fence_position, where_sql
+from pubsubpull.publisher.feed import FENCE_SQL, fence_position, where_sql
 
 # One template for every model; {names} are quoted identifiers and SQL
 # expressions made from the registration (see _query). PostgreSQL renders each
@@ -49,15 +49,35 @@ from pubsubpull.publisher.feed import fence_position, where_sql
 # {item} is the instance item as the protocol defines it
 # (pubsubpull.protocol.items, made into SQL by _ITEM below). The pk text is
 # what the trigger stores as object_pk (``to_jsonb(row) ->> pk``).
+#
+# feed_position comes from the feed's own fence (feed.FENCE_SQL): the oldest
+# transaction of this database running at the page's snapshot. Not the
+# server's pg_snapshot_xmin: a transaction of another database on the same
+# server, open since before rows this page shows were written, would put
+# feed_position behind them, and a pull would handle them twice (once here,
+# once again from the feed).
 _PAGE_SQL = """
-WITH fence AS MATERIALIZED (
-    SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
+WITH snap AS MATERIALIZED (
+    SELECT pg_current_snapshot() AS s
+),
+fence AS MATERIALIZED (
+    SELECT {fence} AS xmin,
            coalesce(h.txid, 0) AS horizon_txid, coalesce(h.change_id, 0) AS horizon_id
-    FROM (SELECT 1) AS one
+    FROM snap
     LEFT JOIN pubsubpull_horizon AS h ON h.id = 1
+),
+placed AS MATERIALIZED (
+    -- Whether the fence is a transaction pg_stat_activity shows running (or
+    -- none runs): one it could not place (of another database, ended between
+    -- the snapshot and the activity check) may hold feed_position back.
+    SELECT fence.*,
+           fence.xmin >= pg_snapshot_xmax(snap.s)::text::bigint
+           OR EXISTS (SELECT 1 FROM pg_stat_activity AS a
+                      WHERE a.backend_xid = fence.xmin::text::xid) AS placed
+    FROM fence, snap
 )
-SELECT fence.xmin, fence.horizon_txid, fence.horizon_id, page.pk_text, page.item
-FROM fence
+SELECT fence.xmin, fence.horizon_txid, fence.horizon_id, page.pk_text, page.item, fence.placed
+FROM placed AS fence
 LEFT JOIN LATERAL (
     SELECT keyed.key, keyed.pk_text, convert_to({item}, 'UTF8') AS item
     FROM (
@@ -252,6 +272,7 @@ def _query(
             # it (to_jsonb of the row; the where names published columns only).
             where += " AND " + where_sql(model_filter.where, "to_jsonb(t)", filter_params)
     sql = _PAGE_SQL.format(
+        fence=FENCE_SQL,
         item=_ITEM[pk_type in _PLAIN_IN_URL],
         pk=pk,
         pk_text=pk_text,
@@ -277,16 +298,25 @@ def _query(
     # connection (same transaction, same adapters).
     connection.ensure_connection()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        if not connection.get_autocommit() or connection.in_atomic_block:
+            # pg_stat_activity is cached for the rest of a transaction (as in
+            # feed.read_changes): the fence must read it after its snapshot.
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
         cursor.execute(sql, params, binary=True)
         rows = cursor.fetchall()
+        if not rows[0][5] and not connection.in_atomic_block:
+            # Usually a transaction of another database that ended in between:
+            # a fresh snapshot places it (as feed.read_changes retries).
+            cursor.execute(sql, params, binary=True)
+            rows = cursor.fetchall()
     xmin, horizon_txid, horizon_id = rows[0][:3]
     if rows[0][3] is None:
         pk_texts, items = [], []
     else:
         pk_texts = [row[3] for row in rows]
         items = [row[4] for row in rows]
-    # The xmin is the whole server's: a long transaction in another
-    # database can hold it behind changes that were pruned since. This page
+    # The fence can lie behind changes that were pruned since (a long
+    # transaction of this database, or one it could not place). This page
     # already shows what those changes did (they committed before the prune
     # this statement sees), so the feed may start after them.
     return max(fence_position(xmin), Position(horizon_txid, horizon_id)), pk_texts, items
