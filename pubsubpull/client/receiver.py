@@ -45,12 +45,12 @@ from django.views.decorators.csrf import csrf_exempt
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from pubsubpull import conf, tracing
+from pubsubpull import conf, keys, tracing
 from pubsubpull.client.handlers import CANNOT_APPLY, Handler, call_handler, resolve_handler
 from pubsubpull.client.models import ReceivedBatch, RemoteSubscription
 from pubsubpull.client.source import Publisher, SourceError, request, split_source
 from pubsubpull.client.waiting import DEFAULT_TIMEOUT, latest, wait_until_applied
-from pubsubpull.exceptions import InvalidKey, MissingDependency
+from pubsubpull.exceptions import MissingDependency
 from pubsubpull.protocol import cloudevents, jsonbody, notification
 from pubsubpull.protocol import cursor as cursors
 from pubsubpull.protocol import filters as filtering
@@ -261,35 +261,11 @@ def verify(subscription: RemoteSubscription, body: bytes, headers: dict[str, str
         Webhook(subscription.secret).verify(body, headers)
 
 
-def _ed25519() -> Any:
-    try:
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError:
-        raise MissingDependency(
-            "v1a (ed25519) signatures need the cryptography package: "
-            "pip install 'django-pubsubpull[ed25519]'."
-        ) from None
-    return ed25519
-
-
-def _public_key(text: str) -> Any:
-    ed25519 = _ed25519()
-    if not text.startswith("whpk_"):
-        raise InvalidKey("a v1a public key is whpk_ and base64")
-    try:
-        raw = base64.b64decode(text[len("whpk_") :], validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidKey("a v1a public key is whpk_ and base64") from None
-    if len(raw) != 32:
-        raise InvalidKey(f"a v1a public key is 32 bytes, not {len(raw)}")
-    return ed25519.Ed25519PublicKey.from_public_bytes(raw)
-
-
 def verify_v1a(public_key: str, body: bytes, headers: dict[str, str]) -> None:
     """Verify a Standard Webhooks ``v1a`` (ed25519) signature with a ``whpk_`` key."""
     from cryptography.exceptions import InvalidSignature
 
-    key = _public_key(public_key)
+    key = keys.public_key(public_key)
     webhook_id = headers.get("webhook-id", "")
     stamp = headers.get("webhook-timestamp", "")
     header = headers.get("webhook-signature", "")
@@ -375,7 +351,7 @@ def subscribe(
     transactions off, pubsubpull's body, ``v1``).
     """
     if signature == "v1a":
-        _ed25519()  # the receiver could not verify: say so now
+        keys.ed25519()  # the receiver could not verify: say so now
     service_url, _ = split_source(publisher_url)
     url = Publisher(service_url, auth or "").subscription_url(name)
     # The publisher keeps one subscription per owner and name: so do we.

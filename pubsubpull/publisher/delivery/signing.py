@@ -35,11 +35,12 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
-from pubsubpull.exceptions import InvalidKey, MissingDependency
+from pubsubpull import keys
+from pubsubpull.exceptions import InvalidKey
 
 PREFIX = "whsec_"
-SECRET_KEY_PREFIX = "whsk_"
-PUBLIC_KEY_PREFIX = "whpk_"
+SECRET_KEY_PREFIX = keys.SECRET_KEY_PREFIX
+PUBLIC_KEY_PREFIX = keys.PUBLIC_KEY_PREFIX
 
 #: The signature schemes a subscription may choose; the first is the default.
 SCHEMES = ("v1", "v1a")
@@ -50,24 +51,7 @@ def new_secret() -> str:
     return PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def _ed25519() -> Any:
-    try:
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError:
-        raise MissingDependency(
-            "v1a (ed25519) signatures need the cryptography package: "
-            "pip install 'django-pubsubpull[ed25519]'."
-        ) from None
-    return ed25519
-
-
-def available() -> bool:
-    """Whether ``v1a`` signatures can be made here (``cryptography`` is installed)."""
-    try:
-        _ed25519()
-    except MissingDependency:
-        return False
-    return True
+available = keys.available
 
 
 def _raw(private_key: Any) -> tuple[bytes, bytes]:
@@ -84,7 +68,7 @@ def _raw(private_key: Any) -> tuple[bytes, bytes]:
 
 def new_secret_key() -> str:
     """A fresh ed25519 secret key: ``whsk_`` and base64 of its seed and public key (64 bytes)."""
-    seed, public = _raw(_ed25519().Ed25519PrivateKey.generate())
+    seed, public = _raw(keys.ed25519().Ed25519PrivateKey.generate())
     return SECRET_KEY_PREFIX + base64.b64encode(seed + public).decode()
 
 
@@ -106,7 +90,7 @@ def _private_key(secret_key: str) -> Any:
             f"holds {len(raw)} bytes; an ed25519 secret key is 32 (the seed) or 64 "
             "(the seed and the public key)"
         )
-    key = _ed25519().Ed25519PrivateKey.from_private_bytes(raw[:32])
+    key = keys.ed25519().Ed25519PrivateKey.from_private_bytes(raw[:32])
     if len(raw) == 64 and _raw(key)[1] != raw[32:]:
         raise InvalidKey("holds a public key that is not the seed's: the key is damaged")
     return key
@@ -120,7 +104,7 @@ def check_secret_key(secret_key: Any) -> str:
 
 def public_key(secret_key: str) -> str:
     """The ``whpk_`` public key of a ``whsk_`` secret key: what receivers verify with."""
-    return PUBLIC_KEY_PREFIX + base64.b64encode(_raw(_private_key(secret_key))[1]).decode()
+    return keys.encode_public(_raw(_private_key(secret_key))[1])
 
 
 def scheme_of(secret: str) -> str:
