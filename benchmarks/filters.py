@@ -95,7 +95,7 @@ def filtered_page_plan() -> str:
     """EXPLAIN ANALYZE of the first filtered page of the backlog (what delivery reads)."""
     from django.db import connection
 
-    from pubsubpull import conf
+    from pubsubpull import conf, get_registration
     from pubsubpull.publisher import feed
 
     filters = feed.parse_filters(VIP, [CUSTOMER])
@@ -107,7 +107,7 @@ def filtered_page_plan() -> str:
         "scan": conf.filter_scan(),
         "published": '{"customers.customer": {"pk": "id", "columns": "{}", "drop": "{}"}}',
     }
-    sql = feed._FILTERED_PAGE_SQL.replace("{changes}", feed._filter_sql(filters, params))
+    sql = feed.page_sql({CUSTOMER: get_registration(CUSTOMER)}, filters, params)
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) " + sql, params)
         lines = [row[0] for row in cursor.fetchall()]

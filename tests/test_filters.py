@@ -7,12 +7,14 @@ evaluated by PostgreSQL on real rows of the change log.
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 
 import pytest
 from django.db import connection
 
 from customers.models import Contract, Country, Customer
+from pubsubpull import get_registration
 from pubsubpull.exceptions import InvalidFilter
 from pubsubpull.models import Change
 from pubsubpull.protocol import filters
@@ -319,15 +321,18 @@ def test_a_filtered_page_read_stays_on_the_txid_id_index_range(transactional_db)
     chosen = feed.parse_filters(
         {"customers.address": {"where": {"city": "nowhere"}}}, params["models"]
     )
-    sql = feed._FILTERED_PAGE_SQL.replace("{changes}", feed._filter_sql(chosen, params))
+    registrations = {label: get_registration(label) for label in params["models"]}
+    sql = feed.page_sql(registrations, chosen, params)
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN " + sql, params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     # The page's rows: one range of the feed index, cut at the scan's end.
     page = plan[plan.index("CTE Scan on scan_end") :]
     assert "pubsubpull_change_feed" in page, plan  # an index scan or a bitmap of it
-    assert "Index Cond: ((ROW(txid, id) > ROW(bounds.from_txid, bounds.from_id)) AND " in page
-    assert "(ROW(txid, id) <= ROW(scan_end.end_txid, scan_end.end_id))" in page, plan
+    # The start and the scan's end are the bounds' and scan_end's values
+    # (InitPlan parameters), so the range is the index condition.
+    assert re.search(r"Index Cond: \(\(ROW\(txid, id\) > ROW\(\$\d+, \$\d+\)\) AND ", page), plan
+    assert re.search(r"\(ROW\(txid, id\) <= ROW\(\$\d+, \$\d+\)\)", page), plan
     # The scan's end: a walk of the same index.
     end = plan[plan.index("CTE scan_end") : plan.index("CTE Scan on scan_end")]
     assert "on pubsubpull_change_feed" in end, plan

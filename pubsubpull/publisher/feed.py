@@ -332,45 +332,56 @@ scan_end AS MATERIALIZED (
         LIMIT 1
     ) AS s ON true
 )
+-- The page's figures once, in a row of their own: repeated on every change
+-- row they cost a tenth of the page's transfer.
 SELECT bounds.xmin, bounds.horizon_txid, bounds.horizon_id, held_back.held_back,
-       c.id, c.txid, c.model,
-       -- The whole item as as_json_text() gives it, when the stored values
-       -- hold only published columns (always, unless the registration was
-       -- narrowed since): serving the page then costs no Python per change.
-       -- As UTF-8 bytes in binary results: no decoding and encoding again.
-       CASE WHEN c.published THEN convert_to({change_item}, 'UTF8') END,
-       -- Only for a change Python has to filter (NULLs cost psycopg nothing).
-       CASE WHEN NOT c.published THEN c.op END,
-       CASE WHEN NOT c.published THEN to_jsonb(c.at) #>> '{}' END,
-       CASE WHEN NOT c.published THEN r.user_id END,
-       CASE WHEN NOT c.published THEN r.method END,
-       CASE WHEN NOT c.published THEN r.path END,
-       CASE WHEN NOT c.published THEN r.traceparent END,
-       CASE WHEN NOT c.published THEN r.tracestate END,
-       CASE WHEN NOT c.published THEN c.old::text END,
-       CASE WHEN NOT c.published THEN c.new::text END,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        {scan_end}
 FROM bounds
 CROSS JOIN held_back{scan_join}
-LEFT JOIN LATERAL ({changes}) AS c ON true
-LEFT JOIN pubsubpull_request AS r ON r.id = c.request_id
-ORDER BY c.txid, c.id
+UNION ALL
+(SELECT NULL, NULL, NULL, NULL,
+        c.id, c.txid, c.model,
+        -- The whole item as as_json_text() gives it, when the stored values
+        -- hold only published columns (always, unless the registration was
+        -- narrowed since): serving the page then costs no Python per change.
+        -- As UTF-8 bytes in binary results: no decoding and encoding again.
+        CASE WHEN c.published THEN convert_to({change_item}, 'UTF8') END,
+        -- Only for a change Python has to filter (NULLs cost psycopg nothing).
+        CASE WHEN NOT c.published THEN c.op END,
+        CASE WHEN NOT c.published THEN to_jsonb(c.at) #>> '{}' END,
+        CASE WHEN NOT c.published THEN r.user_id END,
+        CASE WHEN NOT c.published THEN r.method END,
+        CASE WHEN NOT c.published THEN r.path END,
+        CASE WHEN NOT c.published THEN r.traceparent END,
+        CASE WHEN NOT c.published THEN r.tracestate END,
+        CASE WHEN NOT c.published THEN c.old::text END,
+        CASE WHEN NOT c.published THEN c.new::text END,
+        NULL, NULL
+ -- The changes read the bounds as subqueries (not as a lateral join to
+ -- them) and the request in a lateral lookup that cannot become a hash
+ -- join: both keep the order of the index walk, so the ORDER BY costs no
+ -- sort (it was a tenth of the statement).
+ FROM ({changes}) AS c
+ LEFT JOIN LATERAL (
+     SELECT r.* FROM pubsubpull_request AS r
+     WHERE c.request_id IS NOT NULL AND r.id = c.request_id OFFSET 0
+ ) AS r ON true
+ ORDER BY c.txid, c.id)
 """
 
 # The changes of a page: the next ones of the models in feed order, on the
 # (txid, id) index range from the start to the fence.
 _CHANGES_SQL = """
-    SELECT c.*, spec.spec,
-           -- Every stored column still published (%(published)s: label ->
-           -- {"pk": column, "columns": text[] literal}): removing them leaves
+    SELECT c.*,
+           -- Every stored column still published ({columns_of}: the model's
+           -- published columns, a constant per model): removing them leaves
            -- nothing (an eighth of the cost of testing each key). old and new
            -- of a change were written at once, with the same columns.
-           coalesce((coalesce(c.new, c.old) - (spec.spec ->> 'columns')::text[]) = '{}',
-                    true) AS published
+           coalesce((coalesce(c.new, c.old) - {columns_of}) = '{}', true) AS published
     FROM pubsubpull_change AS c
-    CROSS JOIN LATERAL (SELECT %(published)s::jsonb -> c.model::text AS spec) AS spec
-    WHERE (c.txid, c.id) > (bounds.from_txid, bounds.from_id)
-      AND c.txid < bounds.xmin
+    WHERE (c.txid, c.id) > ((SELECT from_txid FROM bounds), (SELECT from_id FROM bounds))
+      AND c.txid < (SELECT xmin FROM bounds)
       AND c.model = ANY(%(models)s)
     ORDER BY c.txid, c.id
     LIMIT %(limit)s
@@ -398,8 +409,7 @@ _FILTERED_CHANGES_SQL = """
            CASE WHEN NOT f.moved_out THEN f.new - (f.spec ->> 'drop')::text[] END AS new
     FROM (
         SELECT c.*, spec.spec, judged.moved_out,
-               coalesce((coalesce(c.new, c.old) - (spec.spec ->> 'columns')::text[]) = '{}',
-                        true) AS published
+               coalesce((coalesce(c.new, c.old) - {columns_of}) = '{}', true) AS published
         FROM pubsubpull_change AS c
         CROSS JOIN LATERAL (SELECT %(published)s::jsonb -> c.model::text AS spec) AS spec
         CROSS JOIN LATERAL (
@@ -413,9 +423,9 @@ _FILTERED_CHANGES_SQL = """
                              ELSE true END AS matched,
                    c.op = 'update' AND w.old_in AND NOT w.new_in AS moved_out
         ) AS judged
-        WHERE (c.txid, c.id) > (bounds.from_txid, bounds.from_id)
-          AND (c.txid, c.id) <= (scan_end.end_txid, scan_end.end_id)
-          AND c.txid < bounds.xmin
+        WHERE (c.txid, c.id) > ((SELECT from_txid FROM bounds), (SELECT from_id FROM bounds))
+          AND (c.txid, c.id) <= ((SELECT end_txid FROM scan_end), (SELECT end_id FROM scan_end))
+          AND c.txid < (SELECT xmin FROM bounds)
           AND c.model = ANY(%(models)s)
           AND judged.matched
         ORDER BY c.txid, c.id
@@ -432,13 +442,13 @@ _CHANGE_ITEM_SQL = items.change_item_sql(
     # Position.encode(): base64url of c1.<txid>.<id>, unpadded.
     cursor=(
         items.Text('"'),
-        "translate(rtrim(encode(convert_to('c1.' || c.txid || '.' || c.id, 'UTF8'), "
-        "'base64'), '='), '+/', '-_')",
+        # One translate: + and / to - and _, and = (no counterpart) dropped.
+        "translate(encode(textsend('c1.' || c.txid || '.' || c.id), 'base64'), '+/=', '-_')",
         items.Text('"'),
     ),
     # A model label is app_label.model_name: nothing to escape.
     model=(items.Text('"'), "c.model", items.Text('"')),
-    pk="coalesce((coalesce(c.new, c.old) -> (c.spec ->> 'pk'))::text, 'null')",
+    pk="coalesce((coalesce(c.new, c.old) -> {pk_of})::text, 'null')",
     op=(items.Text('"'), "c.op", items.Text('"')),
     at="to_json(c.at)::text",
     sequence="c.id::text",
@@ -685,6 +695,49 @@ class _Binder:
         return f"%({name})s"
 
 
+def page_sql(
+    chosen: dict[str, Registration], filters: filtering.Filters, params: dict[str, Any]
+) -> str:
+    """The page statement for the models ``chosen`` (label -> registration).
+
+    ``filters`` (label -> filter, for some of them) makes it a filtered page;
+    the values it needs are added to ``params``.
+    """
+    if filters:
+        sql = _FILTERED_PAGE_SQL.replace("{changes}", _filter_sql(filters, params))
+    else:
+        sql = _UNFILTERED_PAGE_SQL
+    bind = _Binder(params)
+    columns = {label: list(r.published_columns) for label, r in chosen.items()}
+    pks = {label: r.pk_column for label, r in chosen.items()}
+    return sql.replace("{columns_of}", _per_model(bind, columns, "text[]")).replace(
+        "{pk_of}", _per_model(bind, pks)
+    )
+
+
+def _per_model(bind: _Binder, values: dict[str, Any], cast: str = "text") -> str:
+    """A SQL expression of ``c.model`` giving ``values[label]``, bound as constants.
+
+    Per row it costs a comparison of the label or nothing (one model), where
+    looking the value up in a JSON parameter and parsing it cost a tenth of
+    the page statement.
+    """
+    if len(values) == 1:
+        return f"{bind(next(iter(values.values())))}::{cast}"
+    whens = [f"WHEN {bind(label)} THEN {bind(value)}::{cast}" for label, value in values.items()]
+    return f"(CASE c.model {' '.join(whens)} END)"
+
+
+def _page_rows(cursor: psycopg.Cursor, sql: str, params: dict[str, Any]) -> tuple[tuple, list]:
+    """The page statement's figures row (the bounds) and its change rows, in feed order."""
+    cursor.execute(sql, params, binary=True)
+    rows = cursor.fetchall()
+    if rows[0][4] is not None:
+        # UNION ALL gives the figures first; should a plan ever not, find them.
+        rows.sort(key=lambda row: row[4] is not None)
+    return rows[0], rows[1:]
+
+
 def _sql_value(value: Any, kind: str) -> Any:
     if kind == "number":
         return repr(value) if isinstance(value, float) else str(value)
@@ -822,10 +875,7 @@ def read_changes(
             }
         ),
     }
-    if filters:
-        sql = _FILTERED_PAGE_SQL.replace("{changes}", _filter_sql(filters, params))
-    else:
-        sql = _UNFILTERED_PAGE_SQL
+    sql = page_sql(chosen, filters, params)
     connection = connections[alias]
     # Binary results give each item as the bytes the response is made of
     # (as the snapshot reads its pages): psycopg's own cursor on Django's
@@ -836,30 +886,26 @@ def read_changes(
             # pg_stat_activity is cached for the rest of a transaction: drop
             # the cache so the page statement reads it after its snapshot.
             cursor.execute("SELECT pg_stat_clear_snapshot()")
-        cursor.execute(sql, params, binary=True)
-        rows = cursor.fetchall()
-        if rows[0][3] and len(rows) < limit and rows[0][17] is None:
+        header, rows = _page_rows(cursor, sql, params)
+        if header[3] and len(rows) < limit and header[17] is None:
             # Held back. Often by a transaction of another database that
             # ended between the snapshot and the activity check, so could not
             # be placed: a fresh snapshot usually serves the page.
-            cursor.execute(sql, params, binary=True)
-            rows = cursor.fetchall()
+            header, rows = _page_rows(cursor, sql, params)
 
-    xmin, horizon_txid, horizon_id, held_back = rows[0][:4]
+    xmin, horizon_txid, horizon_id, held_back = header[:4]
     horizon = Position(horizon_txid, horizon_id)
     if explicit is not None and explicit < horizon:
         raise CursorExpired(explicit, horizon)
 
-    end_txid, end_id = rows[0][17:19]
+    end_txid, end_id = header[17:19]
     scan_end = None if end_txid is None else Position(end_txid, end_id)
     changes: list[FeedChange] = []
     for row in rows:
-        id_, txid, label, item, op, at, user_id, method, path, trace, state, old, new = row[4:17]
-        if id_ is None:
-            break  # the fence row alone: nothing to serve
-        if item is not None:
-            changes.append(_RenderedChange(id_, txid, label, item))
+        if row[7] is not None:  # rendered whole: the usual case, kept short
+            changes.append(_RenderedChange(row[4], row[5], row[6], row[7]))
             continue
+        id_, txid, label, _, op, at, user_id, method, path, trace, state, old, new = row[4:17]
         # Stored values with columns no longer published: drop them here.
         old, old_json = _published(old, columns[label])
         new, new_json = _published(new, columns[label])
