@@ -198,6 +198,8 @@ class Page:
     # filtered page that stopped at its scan bound before the fence holds
     # fewer, yet more is to read at once from ``next``. None: the count tells.
     more: bool | None = field(default=None, repr=False)
+    # Each change's item as PostgreSQL rendered it, when it rendered them all.
+    _item_bytes: list[bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
     def caught_up(self) -> bool:
@@ -220,6 +222,10 @@ class Page:
     def changes_json_bytes(self) -> bytes:
         """:meth:`changes_json` as UTF-8, joined from the bytes PostgreSQL rendered."""
         rendered = self.rendered.get("changes_json_bytes")
+        if rendered is None and self._item_bytes is not None:
+            rendered = self.rendered["changes_json_bytes"] = (
+                b"[" + b",".join(self._item_bytes) + b"]"
+            )
         if rendered is None:
             items_ = [c.item_bytes for c in self.changes if isinstance(c, _RenderedChange)]
             if len(items_) == len(self.changes):
@@ -900,10 +906,18 @@ def read_changes(
 
     end_txid, end_id = header[17:19]
     scan_end = None if end_txid is None else Position(end_txid, end_id)
+    # Usually PostgreSQL rendered every change whole: the body is their bytes
+    # joined, and each change object is made with as little Python as can be.
+    rendered = [row[7] for row in rows]
+    if None not in rendered:
+        return _page(
+            [_RenderedChange(*row[4:8]) for row in rows], rendered,
+            start, horizon, xmin, held_back, scan_end, limit,
+        )  # fmt: skip
     changes: list[FeedChange] = []
     for row in rows:
-        if row[7] is not None:  # rendered whole: the usual case, kept short
-            changes.append(_RenderedChange(row[4], row[5], row[6], row[7]))
+        if row[7] is not None:
+            changes.append(_RenderedChange(*row[4:8]))
             continue
         id_, txid, label, _, op, at, user_id, method, path, trace, state, old, new = row[4:17]
         # Stored values with columns no longer published: drop them here.
@@ -917,6 +931,20 @@ def read_changes(
         )  # fmt: skip
         changes.append(change)
 
+    return _page(changes, None, start, horizon, xmin, held_back, scan_end, limit)
+
+
+def _page(
+    changes: list[FeedChange],
+    rendered: list[bytes] | None,
+    start: Position,
+    horizon: Position,
+    xmin: int,
+    held_back: bool,
+    scan_end: Position | None,
+    limit: int,
+) -> Page:
+    """The page of ``changes`` read from ``start``, and where the next one starts."""
     following = max(start, horizon)
     if changes:
         following = max(following, changes[-1].position)
@@ -929,7 +957,7 @@ def read_changes(
         # transaction older than the fence can write again: skip to it, so a
         # filtered feed does not rescan other models' changes on every poll.
         following = max(following, fence_position(xmin))
-    return Page(
+    page = Page(
         changes,
         following,
         limit,
@@ -938,6 +966,8 @@ def read_changes(
         # None: the count tells (see caught_up).
         more=True if scan_end is not None and len(changes) < limit else None,
     )
+    page._item_bytes = rendered
+    return page
 
 
 # How many changes each further read of a transaction larger than the page
