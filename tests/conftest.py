@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, connections
 
 
 def dsn(dbname: str | None = None) -> str:
@@ -42,6 +42,29 @@ def changes():
     return read
 
 
+def pytest_configure(config):
+    from django.db.models.signals import post_migrate
+
+    post_migrate.connect(_empty_change_log_after_flush, dispatch_uid="tests-empty-change-log")
+
+
+def _empty_change_log_after_flush(sender, using, **kwargs):
+    """Leave no change after a transactional test's flush, for whatever test comes next.
+
+    The flush empties every table with one TRUNCATE, which the published tables'
+    triggers record; a test in a transaction (``db``) that runs after it would
+    find those rows. Serially pytest-django runs such tests first, but under
+    pytest-xdist a worker's files come in any order. The flush sends post_migrate
+    (once per app; this acts on pubsubpull's).
+    """
+    if sender.name != "pubsubpull":
+        return
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT to_regclass('pubsubpull_change') IS NOT NULL")
+        if cursor.fetchone()[0]:
+            cursor.execute("TRUNCATE pubsubpull_change, pubsubpull_request")
+
+
 @pytest.fixture(autouse=True)
 def _empty_change_log(request):
     """Start transactional tests with an empty change log.
@@ -71,6 +94,19 @@ def _request_status_written():
     from pubsubpull.capture.middleware import flush
 
     assert flush(timeout=30), "request status rows were still queued after 30 s"
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """Name the ledger's test database after the default one, as the publisher's
+    settings do: a subprocess given PUBLISHER_DB_NAME=<test database> looks for
+    <test database>_other. Under pytest-xdist the worker's suffix would otherwise
+    come after ``_other`` (test_x_other_gw0, not test_x_gw0_other)."""
+    from django.conf import settings
+
+    default = settings.DATABASES["default"]
+    name = default.get("TEST", {}).get("NAME") or f"test_{default['NAME']}"
+    settings.DATABASES["other"].setdefault("TEST", {})["NAME"] = f"{name}_other"
 
 
 @pytest.fixture(scope="session")
