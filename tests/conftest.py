@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from django.db import connection, connections
+from django.db import connection
 
 
 def dsn(dbname: str | None = None) -> str:
@@ -42,35 +42,16 @@ def changes():
     return read
 
 
-def pytest_configure(config):
-    from django.db.models.signals import post_migrate
-
-    post_migrate.connect(_empty_change_log_after_flush, dispatch_uid="tests-empty-change-log")
-
-
-def _empty_change_log_after_flush(sender, using, **kwargs):
-    """Leave no change after a transactional test's flush, for whatever test comes next.
-
-    The flush empties every table with one TRUNCATE, which the published tables'
-    triggers record; a test in a transaction (``db``) that runs after it would
-    find those rows. Serially pytest-django runs such tests first, but under
-    pytest-xdist a worker's files come in any order. The flush sends post_migrate
-    (once per app; this acts on pubsubpull's).
-    """
-    if sender.name != "pubsubpull":
-        return
-    with connections[using].cursor() as cursor:
-        cursor.execute("SELECT to_regclass('pubsubpull_change') IS NOT NULL")
-        if cursor.fetchone()[0]:
-            cursor.execute("TRUNCATE pubsubpull_change, pubsubpull_request")
-
-
 @pytest.fixture(autouse=True)
 def _empty_change_log(request):
-    """Start transactional tests with an empty change log.
+    """Start every database test with an empty change log.
 
-    Between such tests Django empties every table with one TRUNCATE, and the
-    published tables' triggers faithfully record that TRUNCATE.
+    Between transactional tests Django empties every table with one TRUNCATE,
+    and the published tables' triggers faithfully record that TRUNCATE. A test
+    in a transaction (``db``) that comes after one would find those rows:
+    serially pytest-django runs such tests first, but a pytest-xdist process
+    takes its files in any order. They are deleted on a connection of their own
+    (the test's transaction is already open), and only when there are any.
     """
     marker = request.node.get_closest_marker("django_db")
     transactional = "transactional_db" in request.fixturenames or (
@@ -80,6 +61,15 @@ def _empty_change_log(request):
         request.getfixturevalue("transactional_db")
         with connection.cursor() as cursor:
             cursor.execute("TRUNCATE pubsubpull_change, pubsubpull_request")
+    elif marker is not None or "db" in request.fixturenames:
+        request.getfixturevalue("db")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT EXISTS (SELECT FROM pubsubpull_change)")
+            left = cursor.fetchone()[0]
+        if left:
+            with psycopg.connect(dsn(), autocommit=True) as conn:
+                conn.execute("DELETE FROM pubsubpull_change")
+                conn.execute("DELETE FROM pubsubpull_request")
 
 
 @pytest.fixture(autouse=True)
@@ -118,3 +108,17 @@ def django_db_setup(django_db_setup):
     from pubsubpull.publisher import longpoll
 
     longpoll.stop_listening()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, files with slow tests first (otherwise in pytest-django's order).
+
+    A process takes a whole file at a time, in this order: a file of a minute and
+    a half (the demo's tour) taken last would run alone while the other process
+    has nothing left to do.
+    """
+    if not config.getoption("numprocesses", None):
+        return
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
