@@ -118,7 +118,7 @@ def pytest_collection_modifyitems(config, items):
     a half (the demo's tour) taken last would run alone while the other process
     has nothing left to do.
     """
-    if not config.getoption("numprocesses", None):
+    if not hasattr(config, "workerinput"):  # not in a pytest-xdist process
         return
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)
