@@ -30,9 +30,11 @@ run_leg() {  # run_leg DIR PYTHON DJANGO-REQUIREMENT COVER [pytest args]
     # Each process has its own test databases (pytest-django adds gw0, gw1...)
     # and billing's (tests/services.py adds the process id). A file's tests
     # stay together: they share its module fixtures (billing's migrated database).
+    # Files come in the order tests/conftest.py gives them (slow ones first), not
+    # biggest first: the longest file (the demo) has one test.
     local workers=${PUBSUBPULL_WORKERS:-2}
     if [ "$workers" != 0 ]; then
-        set -- -n "$workers" --dist loadfile "$@"
+        set -- -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
     fi
     make_venv "$dir" "$python" "$django" test,embedded
     DATABASE_URL="$("$dir/bin/python" scripts/postgres.py)"
