@@ -7,7 +7,8 @@
 #
 # A whole run of the first leg also measures coverage and prints it
 # (PUBSUBPULL_COVERAGE=0: not). tests/test_structure.py runs the type checker
-# and the import contracts.
+# and the import contracts. The tests run in PUBSUBPULL_WORKERS processes
+# (pytest-xdist, default 2, a test file per process at a time; 0: in this one).
 #
 # It creates its own virtual environments (.venv, .venv-django6), installs the
 # package with its test extras, finds or starts PostgreSQL (scripts/postgres.py:
@@ -26,6 +27,15 @@ fi
 run_leg() {  # run_leg DIR PYTHON DJANGO-REQUIREMENT COVER [pytest args]
     local dir=$1 python=$2 django=$3 cover=$4
     shift 4
+    # Each process has its own test databases (pytest-django adds gw0, gw1...)
+    # and billing's (tests/services.py adds the process id). A file's tests
+    # stay together: they share its module fixtures (billing's migrated database).
+    # Files come in the order tests/conftest.py gives them (slow ones first), not
+    # biggest first: the longest file (the demo) has one test.
+    local workers=${PUBSUBPULL_WORKERS:-2}
+    if [ "$workers" != 0 ]; then
+        set -- -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
+    fi
     make_venv "$dir" "$python" "$django" test,embedded
     DATABASE_URL="$("$dir/bin/python" scripts/postgres.py)"
     export DATABASE_URL

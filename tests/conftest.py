@@ -44,10 +44,14 @@ def changes():
 
 @pytest.fixture(autouse=True)
 def _empty_change_log(request):
-    """Start transactional tests with an empty change log.
+    """Start every database test with an empty change log.
 
-    Between such tests Django empties every table with one TRUNCATE, and the
-    published tables' triggers faithfully record that TRUNCATE.
+    Between transactional tests Django empties every table with one TRUNCATE,
+    and the published tables' triggers faithfully record that TRUNCATE. A test
+    in a transaction (``db``) that comes after one would find those rows:
+    serially pytest-django runs such tests first, but a pytest-xdist process
+    takes its files in any order. They are deleted on a connection of their own
+    (the test's transaction is already open), and only when there are any.
     """
     marker = request.node.get_closest_marker("django_db")
     transactional = "transactional_db" in request.fixturenames or (
@@ -57,6 +61,15 @@ def _empty_change_log(request):
         request.getfixturevalue("transactional_db")
         with connection.cursor() as cursor:
             cursor.execute("TRUNCATE pubsubpull_change, pubsubpull_request")
+    elif marker is not None or "db" in request.fixturenames:
+        request.getfixturevalue("db")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT EXISTS (SELECT FROM pubsubpull_change)")
+            left = cursor.fetchone()[0]
+        if left:
+            with psycopg.connect(dsn(), autocommit=True) as conn:
+                conn.execute("DELETE FROM pubsubpull_change")
+                conn.execute("DELETE FROM pubsubpull_request")
 
 
 @pytest.fixture(autouse=True)
@@ -74,6 +87,19 @@ def _request_status_written():
 
 
 @pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """Name the ledger's test database after the default one, as the publisher's
+    settings do: a subprocess given PUBLISHER_DB_NAME=<test database> looks for
+    <test database>_other. Under pytest-xdist the worker's suffix would otherwise
+    come after ``_other`` (test_x_other_gw0, not test_x_gw0_other)."""
+    from django.conf import settings
+
+    default = settings.DATABASES["default"]
+    name = default.get("TEST", {}).get("NAME") or f"test_{default['NAME']}"
+    settings.DATABASES["other"].setdefault("TEST", {})["NAME"] = f"{name}_other"
+
+
+@pytest.fixture(scope="session")
 def django_db_setup(django_db_setup):
     """pytest-django's, then: close the feed's LISTEN and reader connections before
     the test databases are dropped (a session fixture of our own would be torn
@@ -82,3 +108,17 @@ def django_db_setup(django_db_setup):
     from pubsubpull.publisher import longpoll
 
     longpoll.stop_listening()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, files with slow tests first (otherwise in pytest-django's order).
+
+    A process takes a whole file at a time, in this order: a file of a minute and
+    a half (the demo's tour) taken last would run alone while the other process
+    has nothing left to do.
+    """
+    if not hasattr(config, "workerinput"):  # not in a pytest-xdist process
+        return
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
