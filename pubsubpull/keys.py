@@ -40,25 +40,27 @@ def available() -> bool:
     return True
 
 
-def decode(text: str, prefix: str, sizes: tuple[int, ...], what: str) -> bytes:
-    """The bytes of a ``prefix``-and-base64 key text; :class:`InvalidKey` saying what is wrong."""
-    shape = f"{what} is {prefix} followed by base64"
+def payload(text: str, prefix: str) -> bytes | None:
+    """The bytes a ``prefix``-and-base64 key text holds; None when it is not one.
+
+    Each side words its own error (the signer's says which key it wanted).
+    """
     if not isinstance(text, str) or not text.startswith(prefix):
-        raise InvalidKey(shape)
+        return None
     try:
-        raw = base64.b64decode(text[len(prefix) :], validate=True)
+        return base64.b64decode(text[len(prefix) :], validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidKey(shape) from None
-    if len(raw) not in sizes:
-        expected = " or ".join(str(size) for size in sizes)
-        raise InvalidKey(f"{what} holds {expected} bytes, not {len(raw)}")
-    return raw
+        return None
 
 
 def public_key(text: str) -> Any:
     """The ed25519 public key of a ``whpk_`` text, to verify ``v1a`` signatures with."""
     module = ed25519()
-    raw = decode(text, PUBLIC_KEY_PREFIX, (32,), "a v1a public key")
+    raw = payload(text, PUBLIC_KEY_PREFIX)
+    if raw is None:
+        raise InvalidKey("a v1a public key is whpk_ and base64")
+    if len(raw) != 32:
+        raise InvalidKey(f"a v1a public key is 32 bytes, not {len(raw)}")
     return module.Ed25519PublicKey.from_public_bytes(raw)
 
 

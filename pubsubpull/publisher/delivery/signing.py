@@ -28,7 +28,6 @@ with :class:`~pubsubpull.exceptions.MissingDependency`.
 from __future__ import annotations
 
 import base64
-import binascii
 import secrets
 from datetime import datetime
 from typing import Any
@@ -81,10 +80,9 @@ def _private_key(secret_key: str) -> Any:
             "publisher signs with it, so a public key (whpk_) or a symmetric secret "
             "(whsec_) cannot be used"
         )
-    try:
-        raw = base64.b64decode(secret_key[len(SECRET_KEY_PREFIX) :], validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidKey("must be whsk_ followed by base64") from None
+    raw = keys.payload(secret_key, SECRET_KEY_PREFIX)
+    if raw is None:
+        raise InvalidKey("must be whsk_ followed by base64")
     if len(raw) not in (32, 64):
         raise InvalidKey(
             f"holds {len(raw)} bytes; an ed25519 secret key is 32 (the seed) or 64 "
