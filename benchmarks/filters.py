@@ -105,7 +105,6 @@ def filtered_page_plan() -> str:
         "models": [CUSTOMER],
         "limit": 100,
         "scan": conf.filter_scan(),
-        "published": '{"customers.customer": {"pk": "id", "columns": "{}", "drop": "{}"}}',
     }
     sql = feed.page_sql({CUSTOMER: get_registration(CUSTOMER)}, filters, params)
     with connection.cursor() as cursor:

@@ -312,12 +312,6 @@ def test_a_filtered_page_read_stays_on_the_txid_id_index_range(transactional_db)
         cursor.execute("ANALYZE pubsubpull_change")
     params: dict = {"txid": 0, "id": 0, "models": [CUSTOMER, "customers.address"], "limit": 100}
     params["scan"] = 10000
-    params["published"] = json.dumps(
-        {
-            label: {"pk": "id", "columns": "{}", "drop": "{}"}
-            for label in (CUSTOMER, "customers.address")
-        }
-    )
     chosen = feed.parse_filters(
         {"customers.address": {"where": {"city": "nowhere"}}}, params["models"]
     )

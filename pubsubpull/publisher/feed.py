@@ -406,18 +406,17 @@ _CHANGES_SQL = """
 # whose old row matches and new row does not left the filtered set: it is
 # served as a delete (its old row, new null), so a mirror of the set drops
 # it; one that enters the set is an update with its new row, which a mirror
-# upserts. old and new keep the "fields" asked for (the spec's "drop": the
-# published columns not asked for).
+# upserts. old and new keep the "fields" asked for ({drop_of}: the published
+# columns not asked for, a constant per model).
 _FILTERED_CHANGES_SQL = """
-    SELECT f.id, f.txid, f.model, f.at, f.request_id, f.spec, f.published,
+    SELECT f.id, f.txid, f.model, f.at, f.request_id, f.published,
            CASE WHEN f.moved_out THEN 'delete' ELSE f.op END AS op,
-           f.old - (f.spec ->> 'drop')::text[] AS old,
-           CASE WHEN NOT f.moved_out THEN f.new - (f.spec ->> 'drop')::text[] END AS new
+           f.old - {drop_of} AS old,
+           CASE WHEN NOT f.moved_out THEN f.new - {drop_of} END AS new
     FROM (
-        SELECT c.*, spec.spec, judged.moved_out,
+        SELECT c.*, judged.moved_out,
                coalesce((coalesce(c.new, c.old) - {columns_of}) = '{}', true) AS published
         FROM pubsubpull_change AS c
-        CROSS JOIN LATERAL (SELECT %(published)s::jsonb -> c.model::text AS spec) AS spec
         CROSS JOIN LATERAL (
             SELECT {where_old} AS old_in, {where_new} AS new_in, {changed} AS changed
         ) AS w
@@ -620,12 +619,6 @@ def _published(text: Any, columns: frozenset[str]) -> tuple[dict[str, Any] | Non
     return values, text
 
 
-def _text_array(values: Iterable[str]) -> str:
-    """A PostgreSQL text[] literal of ``values``, each quoted."""
-    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in sorted(values))
-    return "{" + ",".join(quoted) + "}"
-
-
 # -- Filters -------------------------------------------------------------------
 #
 # pubsubpull.protocol.filters parses a filter into a tree; here it becomes SQL
@@ -709,11 +702,20 @@ def page_sql(
     ``filters`` (label -> filter, for some of them) makes it a filtered page;
     the values it needs are added to ``params``.
     """
+    bind = _Binder(params)
     if filters:
-        sql = _FILTERED_PAGE_SQL.replace("{changes}", _filter_sql(filters, params))
+        # The published columns a filter's "fields" leave out of old and new.
+        drop: dict[str, list[str]] = {label: [] for label in chosen}
+        for label, model_filter in filters.items():
+            if model_filter.fields is not None:
+                drop[label] = sorted(
+                    set(chosen[label].published_columns) - set(model_filter.fields)
+                )
+        changes = _filter_sql(filters, params)
+        changes = changes.replace("{drop_of}", _per_model(bind, drop, "text[]", "f.model"))
+        sql = _FILTERED_PAGE_SQL.replace("{changes}", changes)
     else:
         sql = _UNFILTERED_PAGE_SQL
-    bind = _Binder(params)
     columns = {label: list(r.published_columns) for label, r in chosen.items()}
     pks = {label: r.pk_column for label, r in chosen.items()}
     return sql.replace("{columns_of}", _per_model(bind, columns, "text[]")).replace(
@@ -721,8 +723,10 @@ def page_sql(
     )
 
 
-def _per_model(bind: _Binder, values: dict[str, Any], cast: str = "text") -> str:
-    """A SQL expression of ``c.model`` giving ``values[label]``, bound as constants.
+def _per_model(
+    bind: _Binder, values: dict[str, Any], cast: str = "text", model: str = "c.model"
+) -> str:
+    """A SQL expression of ``model`` (a label) giving ``values[label]``, bound as constants.
 
     Per row it costs a comparison of the label or nothing (one model), where
     looking the value up in a JSON parameter and parsing it cost a tenth of
@@ -731,7 +735,7 @@ def _per_model(bind: _Binder, values: dict[str, Any], cast: str = "text") -> str
     if len(values) == 1:
         return f"{bind(next(iter(values.values())))}::{cast}"
     whens = [f"WHEN {bind(label)} THEN {bind(value)}::{cast}" for label, value in values.items()]
-    return f"(CASE c.model {' '.join(whens)} END)"
+    return f"(CASE {model} {' '.join(whens)} END)"
 
 
 def _page_rows(cursor: psycopg.Cursor, sql: str, params: dict[str, Any]) -> tuple[tuple, list]:
@@ -859,10 +863,8 @@ def read_changes(
     chosen = {r.label: r for r in served}
     filters = {label: f for label, f in (filters or {}).items() if label in chosen}
     columns = {label: frozenset(r.published_columns) for label, r in chosen.items()}
-    drop: dict[str, list[str]] = {label: [] for label in chosen}
     for label, model_filter in filters.items():
         if model_filter.fields is not None:
-            drop[label] = sorted(columns[label] - set(model_filter.fields))
             columns[label] = columns[label] & frozenset(model_filter.fields)
     params: dict[str, Any] = {
         "txid": start.txid,
@@ -870,16 +872,6 @@ def read_changes(
         "models": sorted(chosen),
         "limit": limit,
         "scan": max(conf.filter_scan(), limit),
-        "published": json.dumps(
-            {
-                label: {
-                    "pk": r.pk_column,
-                    "columns": _text_array(r.published_columns),
-                    "drop": _text_array(drop[label]),
-                }
-                for label, r in chosen.items()
-            }
-        ),
     }
     sql = page_sql(chosen, filters, params)
     connection = connections[alias]
@@ -957,7 +949,7 @@ def _page(
         # transaction older than the fence can write again: skip to it, so a
         # filtered feed does not rescan other models' changes on every poll.
         following = max(following, fence_position(xmin))
-    page = Page(
+    return Page(
         changes,
         following,
         limit,
@@ -965,9 +957,8 @@ def _page(
         fence=xmin,
         # None: the count tells (see caught_up).
         more=True if scan_end is not None and len(changes) < limit else None,
+        _item_bytes=rendered,
     )
-    page._item_bytes = rendered
-    return page
 
 
 # How many changes each further read of a transaction larger than the page
