@@ -3,6 +3,7 @@ committed change exactly once and never a rolled-back one."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -476,3 +477,41 @@ def test_a_page_is_read_in_index_order_and_not_sorted_again(transactional_db):
     page = feed.read_changes(None, limit=1000, models=[registration.label])
     positions = [change.position for change in page.changes]
     assert len(positions) == 1000 and positions == sorted(set(positions))
+
+
+def test_the_cursor_postgresql_renders_is_the_one_python_encodes():
+    """Every digit in every place, the extremes included: the page's SQL spells
+    each change's cursor as Position.encode() does (it only drops padding)."""
+    rng = random.Random(13)
+    positions = [(0, 0), (1, 1), (feed.MAX_ID, feed.MAX_ID), (feed.MAX_ID, 0), (9, 99)]
+    positions += [(int("9" * n), int("8" * m)) for n in range(1, 19) for m in (1, 7, 18)]
+    positions += [(rng.randrange(feed.MAX_ID), rng.randrange(feed.MAX_ID)) for _ in range(300)]
+    positions += [
+        (rng.randrange(10**n), rng.randrange(10**m)) for n in range(1, 19) for m in (2, 12)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT c.txid, c.id, {feed.CURSOR_SQL} FROM unnest(%s::bigint[], %s::bigint[]) "
+            "AS c (txid, id)",
+            [[t for t, _ in positions], [i for _, i in positions]],
+        )
+        rendered = cursor.fetchall()
+    assert len(rendered) == len(positions)
+    for txid, id_, text in rendered:
+        assert text == feed.Position(txid, id_).encode(), (txid, id_)
+
+
+def test_keys_are_rendered_as_json_of_their_type_on_a_page_of_several_models():
+    """A text key (a country's code) is a JSON string, an integer key a number,
+    both on one page, as the Python path would give them."""
+    Country.objects.create(code='"\\', name="Quote")
+    customer = Customer.objects.create(name="Ada")
+    page = feed.read_changes(None, models=["customers.country", "customers.customer"])
+    items = [json.loads(text) for text in page.texts()]
+    assert [(i["model"], i["pk"]) for i in items] == [
+        ("customers.country", '"\\'),
+        ("customers.customer", customer.pk),
+    ]
+    for label in ("customers.country", "customers.customer"):
+        [alone] = feed.read_changes(None, models=[label]).texts()
+        assert json.loads(alone) == next(i for i in items if i["model"] == label)
