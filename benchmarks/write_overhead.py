@@ -315,6 +315,52 @@ def read_rate(conn, variant: str) -> float | None:
     return count / (time.perf_counter() - started) if count else None
 
 
+PAGE_MEASURES = ["feed page ms", "sequence ms", "history ms"]
+# What each read-side query returns: change rows of the page, pks, changes.
+PAGE_COUNTS = {"feed page": designs.PAGE, "sequence": designs.PAGE, "history": 2}
+
+
+def read_pages(conn, variant: str, rows: int) -> dict[str, float]:
+    """Milliseconds of the read-side queries of ``designs.pages``, median of 5.
+
+    Run after the bulk INSERT and UPDATE (two changes per row): a feed page of
+    5,000 changes from the middle of the INSERT, the snapshot's ``sequence``
+    of 5,000 pks there, one object's history.
+    """
+    queries = designs.pages(variant)
+    if not queries:
+        return {}
+    # As on a log of many statements: its indexes, not a scan of these few log rows.
+    conn.execute("SET enable_seqscan = off")
+    label = None
+    if variant == "pubsubpull":
+        label = conn.execute("SELECT model FROM pubsubpull_change LIMIT 1").fetchone()[0]
+    middle = rows // 2
+    txid, id_, ordinal = conn.execute(queries["cursor"], {"position": middle}).fetchone()
+    params = {
+        "txid": txid,
+        "id": id_,
+        "ordinal": ordinal,
+        "pks": list(range(middle + 1, min(middle + designs.PAGE, rows) + 1)),
+        "pk": middle + 1,
+        "label": label,
+    }
+    result = {}
+    for name, count in PAGE_COUNTS.items():
+        value = "s.sequence" if name == "sequence" else "length(s.j)"
+        query = f"SELECT count(*), count({value}), sum({value}) FROM ({queries[name]}) AS s"
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            got, values, _ = conn.execute(query, params).fetchone()
+            times.append(time.perf_counter() - started)
+            expected = len(params["pks"]) if name == "sequence" else count
+            assert got == values == expected, (variant, name, got, values)
+        result[f"{name} ms"] = statistics.median(times) * 1e3
+    conn.execute("RESET enable_seqscan")
+    return result
+
+
 def backend_cpu(conn) -> float | None:
     """Seconds of CPU the connection's server process has used (a local server only)."""
     try:
@@ -341,6 +387,8 @@ def bulk(args, variant: str) -> dict[str, float]:
             result[measure] = rows / seconds
             if cpu is not None:
                 result[f"{measure} cpu"] = (backend_cpu(conn) - cpu) / rows * 1e6
+            if measure == "UPDATE" and args.designs:
+                result.update(read_pages(conn, variant, rows))
             if measure == "INSERT" and args.designs:
                 rate = read_rate(conn, variant)
                 if rate:
@@ -583,6 +631,19 @@ def print_results(args, variants: list[str], rates: dict) -> None:
                 extra = "" if variant == "no trigger" else f" (+{mine - theirs:.2f})"
                 cells.append(f"{mine:.2f}{extra}")
             print(f"{variant:<16}" + "".join(f"{c:>18}" for c in cells))
+    if any(rates[m][v] for m in PAGE_MEASURES for v in variants):
+        print()
+        print("Read side after the bulk INSERT and UPDATE, ms (median over rounds): a feed")
+        print(f"page of {designs.PAGE:,} changes from the middle of the INSERT, the sequence of")
+        print(f"{designs.PAGE:,} pks, one object's history (2 changes)")
+        print(f"{'variant':<20}" + "".join(f"{m:>16}" for m in PAGE_MEASURES))
+        for variant in variants:
+            if any(rates[m][variant] for m in PAGE_MEASURES):
+                cells = [
+                    f"{statistics.median(rates[m][variant]):.2f}" if rates[m][variant] else "-"
+                    for m in PAGE_MEASURES
+                ]
+                print(f"{variant:<20}" + "".join(f"{c:>16}" for c in cells))
     peer = "pghistory stmt"
     if peer not in variants:
         return
@@ -631,7 +692,10 @@ def main(argv=None) -> int:
             + "."
         )
         # rates[measure][variant] = [rows/s per round]
-        rates = {m: {v: [] for v in variants} for m in [*MEASURES, *CPU_MEASURES, "feed read"]}
+        rates = {
+            m: {v: [] for v in variants}
+            for m in [*MEASURES, *CPU_MEASURES, "feed read", *PAGE_MEASURES]
+        }
         singles = ["insert 1", "update 1"] + ([] if args.no_orm else ["create 1", "save 1"])
         for number in range(args.rounds):
             shift = number % len(variants)
