@@ -717,7 +717,8 @@ def page_sql(
     columns = {label: list(r.published_columns) for label, r in chosen.items()}
     # An integer key's JSON is the text object_pk holds already; any other
     # is read from the stored row, as JSON (a string, quoted and escaped).
-    numbered = {label for label, r in chosen.items() if _integer_pk(r)}
+    connection = connections[DEFAULT_DB_ALIAS]  # every alias is PostgreSQL: same types
+    numbered = {label for label, r in chosen.items() if key_type(r, connection) in INTEGER_TYPES}
     read = "coalesce((coalesce(c.new, c.old) -> {pk_of})::text, 'null')"
     if len(numbered) == len(chosen):
         pk = "coalesce(c.object_pk, 'null')"
@@ -733,15 +734,16 @@ def page_sql(
     return sql.replace("{pk_of}", _per_model(bind, pks)) if pks else sql
 
 
-_INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
+INTEGER_TYPES = ("smallint", "integer", "bigint")
 
 
-def _integer_pk(registration: Registration) -> bool:
-    """Whether the model's key is an integer column (auto or not, or a key to one)."""
+def key_type(registration: Registration, connection: Any) -> str:
+    """The database type of the model's key column, without modifiers (``varchar``).
+
+    A key that is a relation (a parent link) has its target's type.
+    """
     field = registration.model._meta.pk
-    if field is None:
-        return False
-    return field.db_type(connection=connections[DEFAULT_DB_ALIAS]) in _INTEGER_TYPES
+    return (field.db_type(connection) or "").split("(")[0].strip().lower()
 
 
 def _per_model(

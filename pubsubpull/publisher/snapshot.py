@@ -41,7 +41,13 @@ from pubsubpull.protocol import filters as filtering
 from pubsubpull.protocol import items, jsonbody
 from pubsubpull.protocol.cursor import Position
 from pubsubpull.protocol.jsonbody import unstorable
-from pubsubpull.publisher.feed import FENCE_SQL, fence_position, where_sql
+from pubsubpull.publisher.feed import (
+    FENCE_SQL,
+    INTEGER_TYPES,
+    fence_position,
+    key_type,
+    where_sql,
+)
 
 # One template for every model; {names} are quoted identifiers and SQL
 # expressions made from the registration (see _query). PostgreSQL renders each
@@ -130,9 +136,8 @@ _ITEM = {
 
 # Column types whose ::text is the text to_jsonb gives (so it matches
 # object_pk and is cheaper), and the ones of those always plain in a URL.
-_INTEGERS = ("smallint", "integer", "bigint")
-_TEXT_AS_JSON = (*_INTEGERS, "uuid", "varchar", "text")
-_PLAIN_IN_URL = (*_INTEGERS, "uuid")
+_TEXT_AS_JSON = (*INTEGER_TYPES, "uuid", "varchar", "text")
+_PLAIN_IN_URL = (*INTEGER_TYPES, "uuid")
 
 
 # The most ranges a first page splits the keys into (``parts``): enough for
@@ -260,7 +265,7 @@ def _query(
     quote = connection.ops.quote_name
     pk_field = registration.model._meta.pk
     pk = quote(registration.pk_column)
-    pk_type = (pk_field.db_type(connection) or "").split("(")[0].strip().lower()
+    pk_type = key_type(registration, connection)
     pk_text = f"t.{pk}::text" if pk_type in _TEXT_AS_JSON else f"to_jsonb(t.{pk}) #>> '{{}}'"
     columns = registration.published_columns
     filter_params: dict[str, Any] = {}
@@ -276,7 +281,7 @@ def _query(
         item=_ITEM[pk_type in _PLAIN_IN_URL],
         pk=pk,
         pk_text=pk_text,
-        pk_json=f"t.{pk}::text" if pk_type in _INTEGERS else f"to_json(t.{pk})::text",
+        pk_json=f"t.{pk}::text" if pk_type in INTEGER_TYPES else f"to_json(t.{pk})::text",
         table=quote(registration.table),
         columns=", ".join(f"t.{quote(c)}" for c in columns),
         where=where,
