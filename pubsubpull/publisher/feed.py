@@ -77,10 +77,6 @@ class FeedChange:
     path: str | None = None
     traceparent: str | None = None
     tracestate: str | None = None
-    # old and new as JSON text, kept as PostgreSQL rendered them when nothing
-    # had to be removed: serving a page then re-encodes nothing.
-    old_json: str | None = field(default=None, repr=False)
-    new_json: str | None = field(default=None, repr=False)
     # The whole item, as_json_text(), when the page statement rendered it.
     item_json: str | None = field(default=None, repr=False)
 
@@ -119,14 +115,12 @@ class FeedChange:
         )  # fmt: skip
 
     def as_json_text(self) -> str:
-        """``json.dumps(self.as_json())``, without encoding old and new again."""
+        """``json.dumps(self.as_json())``: as the page statement rendered it, if it did."""
         if self.item_json is not None:
             return self.item_json
-        old = self.old_json if self.old_json is not None else items.dumps(self.old)
-        new = self.new_json if self.new_json is not None else items.dumps(self.new)
         return items.change_item_json(
             self.id, self.cursor, self.model, self.pk, self.op, self.at_text,
-            old, new, self.request,
+            items.dumps(self.old), items.dumps(self.new), self.request,
         )  # fmt: skip
 
 
@@ -140,7 +134,6 @@ class _RenderedChange(FeedChange):
     def __init__(self, id_: int, txid: int, model: str, item: bytes, _fallback: None = None):
         self.id, self.txid, self.model = id_, txid, model
         self.item_bytes = item  # UTF-8, as the HTTP feed's body is made of
-        self.old_json = self.new_json = None
 
     @cached_property
     def item_json(self) -> str:  # type: ignore[override]
@@ -604,17 +597,13 @@ def head_position(using: str | None = None) -> Position | None:
     return None if row is None else Position(row[0], row[1])
 
 
-def _published(
-    values: dict[str, Any] | None, columns: frozenset[str]
-) -> tuple[dict[str, Any] | None, str | None]:
-    """The published part of a stored old/new value, and its JSON text when known."""
-    if values is None:
-        return None, "null"
+def _published(values: dict[str, Any] | None, columns: frozenset[str]) -> dict[str, Any] | None:
+    """The published part of a stored old/new value."""
     # A registration narrowed since the change was written: serve what it
     # publishes now, nothing more.
-    if not columns.issuperset(values):
-        values = {k: v for k, v in values.items() if k in columns}
-    return values, None
+    if values is None or columns.issuperset(values):
+        return values
+    return {k: v for k, v in values.items() if k in columns}
 
 
 # -- Filters -------------------------------------------------------------------
@@ -957,13 +946,11 @@ def read_changes(
         id_, txid, label, _, fallback = row
         op, at, user_id, method, path, trace, state, old, new = json.loads(fallback)
         # Stored values with columns no longer published: drop them here.
-        old, old_json = _published(old, columns[label])
-        new, new_json = _published(new, columns[label])
+        old, new = _published(old, columns[label]), _published(new, columns[label])
         values = new if new is not None else old
         pk = None if values is None else values.get(chosen[label].pk_column)
         change = FeedChange(
-            id_, txid, label, pk, op, at, old, new, user_id, method, path,
-            trace, state, old_json, new_json,
+            id_, txid, label, pk, op, at, old, new, user_id, method, path, trace, state
         )  # fmt: skip
         changes.append(change)
 
