@@ -40,7 +40,12 @@ def function_sql(version: int = 1, *, function_only: bool = False) -> str:
     FUNCTION`` (version 1 also creates and resets the wake-up sequences, which
     going back from version 2 must not do: it would strand armed sleepers).
     """
-    text = resources.files("pubsubpull.capture").joinpath(f"sql/capture_v{version}.sql").read_text()
+    return sql_file(f"capture_v{version}", function_only=function_only)
+
+
+def sql_file(name: str, *, function_only: bool = False) -> str:
+    """The frozen SQL of ``sql/<name>.sql``; ``function_only``: its first function and on."""
+    text = resources.files("pubsubpull.capture").joinpath(f"sql/{name}.sql").read_text()
     if function_only:
         text = text[text.index("CREATE OR REPLACE FUNCTION") :]
     return text

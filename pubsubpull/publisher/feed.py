@@ -57,6 +57,32 @@ from pubsubpull.protocol.cursor import InvalidCursor as InvalidCursor
 # The capture trigger's NOTIFY channel (sql/capture_v*.sql), with the model label.
 CHANNEL = "pubsubpull"
 
+# The change log (sql/log_v1.sql): a parent table that reads every log
+# table (pubsubpull_change, where capture writes one row per change, is the
+# first).
+
+# The most changes one log row holds: a row's changes are ids id .. id +
+# rows - 1, so the row holding change n has an id above n - CHUNK.
+CHUNK = 1024
+
+
+def after_sql(position: str, log: str = "c") -> str:
+    """SQL true for a row of the log ``log`` holding a change after ``position``.
+
+    ``position`` is SQL of a ``txid, id`` pair. The first test is what the
+    (txid, id) index can range over, the second the exact one: a row's last
+    change is ``id + rows - 1`` (a TRUNCATE's row, rows 0, is one change).
+    """
+    txid, id_ = (part.strip() for part in position.split(",", 1))
+    return (
+        f"({log}.txid, {log}.id) > ({txid}, {id_} - {CHUNK - 1}) "
+        f"AND ({log}.txid, {log}.id + greatest({log}.rows, 1) - 1) > ({txid}, {id_})"
+    )
+
+
+# A log row's last change, in SQL (of the row c).
+LAST_ID_SQL = "c.id + greatest(c.rows, 1) - 1"
+
 
 @dataclass
 class FeedChange:
@@ -305,8 +331,8 @@ held_back AS MATERIALIZED (
     -- Not EXISTS: the planner would drop the ORDER BY that keeps this a
     -- short walk of the (txid, id) index instead of a scan of the table.
     SELECT (
-        SELECT c.id FROM pubsubpull_change AS c
-        WHERE (c.txid, c.id) > (bounds.held_txid, bounds.held_id)
+        SELECT c.id FROM pubsubpull_log AS c
+        WHERE {held_after}
           AND c.model = ANY(%(models)s)
         ORDER BY c.txid, c.id
         LIMIT 1
@@ -463,9 +489,11 @@ _CHANGE_ITEM_SQL = items.change_item_sql(
         "|| '}' END"
     ),
 )
-_PAGE_SQL = _PAGE_SQL.replace(
-    "{change_item}", _CHANGE_ITEM_SQL.replace("{cursor}", CURSOR_SQL)
-).replace("{fence}", FENCE_SQL)
+_PAGE_SQL = (
+    _PAGE_SQL.replace("{change_item}", _CHANGE_ITEM_SQL.replace("{cursor}", CURSOR_SQL))
+    .replace("{fence}", FENCE_SQL)
+    .replace("{held_after}", after_sql("bounds.held_txid, bounds.held_id"))
+)
 _UNFILTERED_PAGE_SQL = (
     _PAGE_SQL.replace("{changes}", _CHANGES_SQL)
     .replace("{scan_join}", "")
@@ -566,10 +594,12 @@ def current_position(using: str | None = None) -> Position:
 # The last change of one request or job: the partial index on request_id
 # finds its rows (a handful for most requests), the sort keeps the greatest.
 _REQUEST_POSITION_SQL = (
-    "SELECT txid, id FROM pubsubpull_change WHERE request_id = %s "
-    "ORDER BY txid DESC, id DESC LIMIT 1"
+    f"SELECT c.txid, {LAST_ID_SQL} FROM pubsubpull_log AS c WHERE c.request_id = %s "
+    "ORDER BY c.txid DESC, c.id DESC LIMIT 1"
 )
-_HEAD_SQL = "SELECT txid, id FROM pubsubpull_change ORDER BY txid DESC, id DESC LIMIT 1"
+_HEAD_SQL = (
+    f"SELECT c.txid, {LAST_ID_SQL} FROM pubsubpull_log AS c ORDER BY c.txid DESC, c.id DESC LIMIT 1"
+)
 
 
 def request_position(request_id: str, using: str) -> Position | None:
@@ -1091,20 +1121,23 @@ def pending_sql(position: str, models: str, *, jsonb: bool = False) -> str:
     not they are behind the fence yet.
     """
     match = f"({models}) ? c.model" if jsonb else f"c.model = ANY({models})"
-    return (
-        "EXISTS (SELECT 1 FROM pubsubpull_change AS c "
-        f"WHERE (c.txid, c.id) > ({position}) AND {match})"
-    )
+    return f"EXISTS (SELECT 1 FROM pubsubpull_log AS c WHERE {after_sql(position)} AND {match})"
+
+
+# A row holding the position's change counts only the changes after it.
+_BACKLOG_SQL = f"""
+SELECT coalesce(sum(CASE WHEN (c.txid, c.id) > (%(txid)s, %(id)s) THEN greatest(c.rows, 1)
+                         ELSE {LAST_ID_SQL} - %(id)s END), 0)::bigint,
+       min(c.at)
+FROM pubsubpull_log AS c
+WHERE {after_sql("%(txid)s, %(id)s")} AND c.model = ANY(%(models)s)
+"""
 
 
 def backlog(after: Position, models: Iterable[str]) -> tuple[int, datetime.datetime | None]:
     """How many changes of ``models`` the log holds past ``after``, and the oldest's time."""
     with connections[_database(None)].cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*), min(at) FROM pubsubpull_change "
-            "WHERE (txid, id) > (%s, %s) AND model = ANY(%s)",
-            [after.txid, after.id, list(models)],
-        )
+        cursor.execute(_BACKLOG_SQL, {"txid": after.txid, "id": after.id, "models": list(models)})
         count, oldest = cursor.fetchone()
     return count, oldest
 
@@ -1116,7 +1149,7 @@ def position_since(since: datetime.datetime, models: Iterable[str]) -> Position:
     """
     with connections[_database(None)].cursor() as cursor:
         cursor.execute(
-            "SELECT txid, id FROM pubsubpull_change WHERE at >= %s AND model = ANY(%s) "
+            "SELECT txid, id FROM pubsubpull_log WHERE at >= %s AND model = ANY(%s) "
             "ORDER BY txid, id LIMIT 1",
             [since, list(models)],
         )
@@ -1126,24 +1159,34 @@ def position_since(since: datetime.datetime, models: Iterable[str]) -> Position:
     return Position(row[0], row[1] - 1)
 
 
-# The oldest changes in feed order up to ``keep`` that no running transaction
-# of this database can precede, up to the first one that is not old enough
-# (a prefix, so the pruned range has no holes).
-_PRUNE_SQL = """
+# The oldest log rows in feed order up to ``keep`` that no running
+# transaction of this database can precede, up to the first one that is not
+# old enough or holds a change past ``keep`` (a prefix, so the pruned range
+# has no holes), deleted from whichever log table holds them; how many
+# changes they held.
+_PRUNE_SQL = f"""
 WITH batch AS (
-    SELECT id, txid, at FROM pubsubpull_change
-    WHERE (txid, id) <= (%(keep_txid)s, %(keep_id)s)
-      AND txid < %(fence)s
-    ORDER BY txid, id
+    SELECT c.id, c.txid, c.at, {LAST_ID_SQL} AS last_id FROM pubsubpull_log AS c
+    WHERE (c.txid, c.id) <= (%(keep_txid)s, %(keep_id)s)
+      AND c.txid < %(fence)s
+    ORDER BY c.txid, c.id
     LIMIT %(batch)s
 ),
 prefix AS (
-    SELECT id FROM (
-        SELECT id, bool_and(at < %(cutoff)s) OVER (ORDER BY txid, id) AS old FROM batch
+    SELECT txid, id FROM (
+        SELECT txid, id,
+               bool_and(at < %(cutoff)s AND (txid, last_id) <= (%(keep_txid)s, %(keep_id)s))
+                   OVER (ORDER BY txid, id) AS old
+        FROM batch
     ) AS b
     WHERE old
+),
+gone AS (
+    DELETE FROM pubsubpull_log AS c USING prefix
+    WHERE (c.txid, c.id) = (prefix.txid, prefix.id)
+    RETURNING greatest(c.rows, 1) AS changes
 )
-DELETE FROM pubsubpull_change AS c USING prefix WHERE c.id = prefix.id
+SELECT coalesce(sum(changes), 0)::bigint FROM gone
 """
 
 
@@ -1154,7 +1197,7 @@ def delete_oldest(
 
     Only changes at or before ``keep`` (None: any), made before
     ``older_than``, and of transactions older than every running one (a
-    prefix of the log: the horizon follows the deletes, sql/horizon_v1.sql),
+    prefix of the log: the horizon follows the deletes, sql/log_v1.sql),
     in a short transaction of its own, so no long lock is held.
     """
     from django.db import transaction
@@ -1169,7 +1212,7 @@ def delete_oldest(
     }
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         cursor.execute(_PRUNE_SQL, params)
-        return cursor.rowcount
+        return cursor.fetchone()[0]
 
 
 def newest_change_id(using: str | None = None) -> int:

@@ -10,7 +10,7 @@ class Horizon(models.Model):
 
     Deleting change rows (the prune command, or a DELETE in psql) moves it, in
     the deleting transaction, to the newest feed position deleted, by a trigger
-    on the change table (``sql/horizon_v1.sql``). A feed cursor before it
+    on each log table and on the log itself (``sql/log_v1.sql``). A feed cursor before it
     answers 410 Gone: changes after that cursor may be missing.
     """
 

@@ -4,7 +4,7 @@ Changes go oldest first in feed order, in batches of short transactions, so
 no long lock is held and the feed keeps serving. A change is kept while any
 subscription (active, failing, paused or disabled: each keeps its backlog)
 has not received it, and while a transaction older than it may still be
-running. The feed's horizon (``sql/horizon_v1.sql``) follows the deletes, so a
+running. The feed's horizon (``sql/log_v1.sql``) follows the deletes, so a
 cursor from before the pruned range answers 410 and its reader re-snapshots.
 """
 
@@ -45,7 +45,7 @@ _REQUESTS_SQL = """
 DELETE FROM pubsubpull_request WHERE id IN (
     SELECT r.id FROM pubsubpull_request AS r
     WHERE r.started < %(cutoff)s
-      AND NOT EXISTS (SELECT 1 FROM pubsubpull_change AS c WHERE c.request_id = r.id)
+      AND NOT EXISTS (SELECT 1 FROM pubsubpull_log AS c WHERE c.request_id = r.id)
     LIMIT %(batch)s
 )
 """
