@@ -1,0 +1,219 @@
+"""Capture version 4: each published model's own log table, one row per statement chunk.
+
+Version 3 writes one row per changed row into the shared ``pubsubpull_change``,
+each image converted to jsonb on the write path. Version 4 copies the
+statement's rows as values of a composite type of the model's published
+columns, up to :data:`CHUNK` to a row of the model's log table (a member of
+``pubsubpull_log``, ``sql/log_v1.sql``): no JSON at write time, one heap row
+and a few index entries per chunk instead of per changed row
+(``benchmarks/README.rst``, "statement keyed"). Readers render the images to
+JSON.
+
+A :class:`LogTable` describes one version of a model's log: the published
+table, its key, and the published columns with their database types. Its
+names carry a hash of all that, so a registration whose columns or types
+change gets a new type and table beside the old ones, whose rows stay
+readable. :func:`create_sql` is the SQL that makes it and points the
+table's triggers at it (what a migration freezes); :func:`changes_sql` reads
+a log table back as one row per change, in ``pubsubpull_change``'s columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pubsubpull.capture.registry import Registration
+from pubsubpull.capture.triggers import TRIGGERS, quote_literal, quote_name, sql_file
+
+# The most changes one log row holds (sql/log_v1.sql); the change id
+# sequence steps by it, so a row's changes have ids of their own.
+CHUNK = 1024
+
+# Prefixes of the names a log version is made of.
+LOG_PREFIX = "pubsubpull_log_"
+IMAGE_PREFIX = "pubsubpull_image_"
+FUNCTION_PREFIX = "pubsubpull_capture_"
+
+
+@dataclass(frozen=True)
+class LogTable:
+    """One version of a published model's log: where its changes go, and their shape."""
+
+    label: str
+    table: str
+    key: str
+    key_type: str
+    columns: tuple[tuple[str, str], ...]  # (column, database type), in model order
+
+    @property
+    def version(self) -> str:
+        """A hash of the label, table and columns: a new one for any change of them."""
+        text = "\n".join([self.label, self.table, *(f"{c} {t}" for c, t in self.columns)])
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    def _name(self, prefix: str, suffix: str = "") -> str:
+        # Within PostgreSQL's 63 bytes: the table's name, shortened, then the version.
+        slug = re.sub(r"[^a-z0-9_]", "_", self.table.lower())[: 63 - len(prefix) - 11]
+        return f"{prefix}{slug}_{self.version}{suffix}"
+
+    @property
+    def name(self) -> str:
+        return self._name(LOG_PREFIX)
+
+    @property
+    def image(self) -> str:
+        return self._name(IMAGE_PREFIX)
+
+    @property
+    def function(self) -> str:
+        """Capture of INSERT, DELETE and TRUNCATE (UPDATE: ``update_function``)."""
+        return self._name(FUNCTION_PREFIX)
+
+    @property
+    def update_function(self) -> str:
+        return self._name(FUNCTION_PREFIX, "_u")
+
+
+def log_table(registration: Registration, connection: Any) -> LogTable:
+    """The log version ``registration`` writes to, with the types ``connection`` gives."""
+    columns = tuple(
+        (str(field.column), str(field.db_type(connection)))
+        for field in registration.published_fields
+    )
+    key_type = dict(columns)[registration.pk_column]
+    return LogTable(
+        registration.label, registration.table, registration.pk_column, key_type, columns
+    )
+
+
+def _values(log: LogTable, row: str) -> str:
+    """The image of transition row ``row``, as a value of the log's composite type."""
+    values = ", ".join(f"{row}.{quote_name(column)}" for column, _ in log.columns)
+    return f"ROW({values})::{quote_name(log.image)}"
+
+
+def _chunked(log: LogTable, op: str, side: str, rows: str) -> str:
+    """An INSERT of ``rows`` (SQL of k, i: key and image) as log rows of up to CHUNK."""
+    return f"""
+        INSERT INTO {quote_name(log.name)} (txid, model, op, at, request_id, rows, keys, {side})
+        SELECT xid, {quote_literal(log.label)}, '{op}', happened, request, count(*),
+               array_agg(s.k), array_agg(s.i)
+        FROM (SELECT (row_number() OVER () - 1) / {CHUNK} AS chunk, p.k, p.i
+              FROM ({rows}) AS p) AS s
+        GROUP BY s.chunk;"""
+
+
+def _writes(log: LogTable) -> str:
+    key = quote_name(log.key)
+    insert = _chunked(
+        log, "insert", "new", f"SELECT r.{key} AS k, {_values(log, 'r')} AS i FROM new_rows AS r"
+    )
+    delete = _chunked(
+        log, "delete", "old", f"SELECT r.{key} AS k, {_values(log, 'r')} AS i FROM old_rows AS r"
+    )
+    truncate = (
+        f"INSERT INTO {quote_name(log.name)} (txid, model, op, at, request_id, rows) "
+        f"VALUES (xid, {quote_literal(log.label)}, 'truncate', happened, request, 0);"
+    )
+    return f"""    IF TG_OP = 'INSERT' THEN{insert}
+    ELSIF TG_OP = 'DELETE' THEN{delete}
+    ELSE
+        {truncate}
+    END IF;"""
+
+
+def _update_writes(log: LogTable) -> str:
+    # Paired by position: row_number() over each transition table numbers
+    # old and new rows of the same row alike. The pairs are chunked in the
+    # join's order; keys are the new ones.
+    return f"""
+        INSERT INTO {quote_name(log.name)} (txid, model, op, at, request_id, rows, keys, old, new)
+        SELECT xid, {quote_literal(log.label)}, 'update', happened, request, count(*),
+               array_agg((s.n).{quote_name(log.key)}), array_agg(s.o), array_agg(s.n)
+        FROM (SELECT (row_number() OVER () - 1) / {CHUNK} AS chunk, p.o, p.n
+              FROM (SELECT o.i AS o, n.i AS n
+                    FROM (SELECT row_number() OVER () AS number, {_values(log, "r")} AS i
+                          FROM old_rows AS r) AS o
+                    JOIN (SELECT row_number() OVER () AS number, {_values(log, "r")} AS i
+                          FROM new_rows AS r) AS n USING (number)
+                    WHERE o.i IS DISTINCT FROM n.i) AS p) AS s
+        GROUP BY s.chunk;"""
+
+
+def _function(log: LogTable, name: str, writes: str, settings: str = "") -> str:
+    text = sql_file("capture_v4", function_only=True)
+    for placeholder, value in (
+        ("{function}", quote_name(name)),
+        ("{settings}", settings),
+        ("{writes}", writes),
+        ("{label}", quote_literal(log.label)),
+    ):
+        text = text.replace(placeholder, value)
+    return text
+
+
+def create_sql(log: LogTable) -> list[str]:
+    """Make ``log`` (if it is not there yet) and point its table's triggers at it.
+
+    Statements for :func:`pubsubpull.capture.triggers.install_sql`, which
+    drops the table's previous triggers first.
+    """
+    name, image = quote_name(log.name), quote_name(log.image)
+    attributes = ", ".join(f"{quote_name(column)} {type_}" for column, type_ in log.columns)
+    index = lambda suffix: quote_name(f"{log.name[:55]}_{suffix}")  # noqa: E731
+    statements = [
+        # CREATE TYPE has no IF NOT EXISTS.
+        f"DO $$ BEGIN IF to_regtype({quote_literal(image)}) IS NULL THEN "
+        f"CREATE TYPE {image} AS ({attributes}); END IF; END $$",
+        f"CREATE TABLE IF NOT EXISTS {name} ("
+        "id bigint NOT NULL DEFAULT nextval('pubsubpull_change_id_seq'), "
+        f"keys {log.key_type}[], old {image}[], new {image}[], "
+        f"CHECK (model = {quote_literal(log.label)})"
+        ") INHERITS (pubsubpull_log)",
+        # A statement's arrays, stored out of line and not compressed: the
+        # write path does not pay for compression, a reader of a few
+        # columns does not read them.
+        f"ALTER TABLE {name} ALTER COLUMN keys SET STORAGE EXTERNAL, "
+        "ALTER COLUMN old SET STORAGE EXTERNAL, ALTER COLUMN new SET STORAGE EXTERNAL",
+        f"CREATE INDEX IF NOT EXISTS {index('feed')} ON {name} (txid, id)",
+        # One object's changes (the snapshot's sequence, the audit trail).
+        # fastupdate off: a pending list would be scanned by every lookup.
+        f"CREATE INDEX IF NOT EXISTS {index('keys')} ON {name} USING gin (keys) "
+        "WITH (fastupdate = off)",
+        f"CREATE INDEX IF NOT EXISTS {index('request')} ON {name} (request_id) "
+        "WHERE request_id IS NOT NULL",
+        f"CREATE OR REPLACE TRIGGER horizon_follows_deletes AFTER DELETE ON {name} "
+        "REFERENCING OLD TABLE AS old_rows "
+        "FOR EACH STATEMENT EXECUTE FUNCTION pubsubpull_move_horizon()",
+        _function(log, log.function, _writes(log)),
+        # Hash joins whatever the plan cached for a first one-row UPDATE was
+        # (DESIGN.md, the cached-plan trap); INSERT and DELETE join nothing.
+        _function(log, log.update_function, _update_writes(log), "SET enable_nestloop = off\n"),
+    ]
+    table = quote_name(log.table)
+    for trigger, event, tables in TRIGGERS:
+        function = log.update_function if event == "UPDATE" else log.function
+        statements.append(
+            f"CREATE TRIGGER {trigger} AFTER {event} ON {table} {tables}"
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {quote_name(function)}()"
+        )
+    return statements
+
+
+def changes_sql(log_name: str) -> str:
+    """``log_name``'s rows as changes, one row each, in ``pubsubpull_change``'s columns.
+
+    Keys as text and images as jsonb, as version 3 stores them; a TRUNCATE's
+    row is one change of no key and no images.
+    """
+    return f"""
+        SELECT c.id + u.ordinal - 1 AS id, c.txid, c.model, u.k::text AS object_pk, c.op, c.at,
+               to_jsonb(u.o) AS old, to_jsonb(u.n) AS new, c.request_id
+        FROM {quote_name(log_name)} AS c
+        CROSS JOIN LATERAL (
+            SELECT generate_series(1, greatest(c.rows, 1)) AS ordinal,
+                   unnest(c.keys) AS k, unnest(c.old) AS o, unnest(c.new) AS n
+        ) AS u"""

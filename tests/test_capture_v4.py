@@ -1,0 +1,195 @@
+"""Capture version 4 (pubsubpull.capture.statement_log) records what version 3 records.
+
+The same script of writes runs twice on the same tables: once under version
+3's triggers (the shared ``pubsubpull_change``, one jsonb row per change) and
+once under version 4's (each model's own log table, one row per statement
+chunk), from the same starting state and at the same frozen time. Read back
+as changes (``statement_log.changes_sql``), version 4's log must give, for
+every statement, exactly version 3's changes: op, key, old and new images
+(excluded columns never stored), request, no-op updates left out, key-changing
+updates exact, zero-row statements recording nothing.
+"""
+
+import itertools
+import json
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.db import connection, transaction
+from django.db.models import F
+from freezegun import freeze_time
+
+import pubsubpull
+from customers.models import Contract, Country, Customer
+from pubsubpull.capture import statement_log, triggers
+from pubsubpull.capture.registry import get_registration
+from pubsubpull.models import Change, Request
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MODELS = (Country, Customer, Contract)
+
+
+def _logs():
+    return [statement_log.log_table(get_registration(model), connection) for model in MODELS]
+
+
+def _install_v4():
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"ALTER SEQUENCE pubsubpull_change_id_seq INCREMENT BY {statement_log.CHUNK}"
+        )
+        for log in _logs():
+            for statement in triggers.install_sql(log.table, statement_log.create_sql(log)):
+                cursor.execute(statement)
+
+
+def _restore_v3():
+    for model in MODELS:
+        triggers.install(get_registration(model))
+    with connection.cursor() as cursor:
+        for log in _logs():
+            cursor.execute(f"DROP TABLE IF EXISTS {triggers.quote_name(log.name)}")
+            cursor.execute(f"DROP TYPE IF EXISTS {triggers.quote_name(log.image)}")
+            for function in (log.function, log.update_function):
+                cursor.execute(f"DROP FUNCTION IF EXISTS {triggers.quote_name(function)}()")
+        cursor.execute("ALTER SEQUENCE pubsubpull_change_id_seq INCREMENT BY 1")
+
+
+@pytest.fixture
+def v4():
+    yield _install_v4
+    _restore_v3()
+
+
+CONTRACT_IDS = [uuid.UUID(int=n) for n in range(1, 6)]
+
+
+def _script():
+    """Writes of every kind, each statement its own transaction."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE customers_contract, customers_address, customers_customer, "
+            "customers_country RESTART IDENTITY CASCADE"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM pubsubpull_log")
+        cursor.execute("DELETE FROM pubsubpull_request")
+    Country.objects.create(code="se", name="Sweden")
+    Country.objects.bulk_create(
+        [Country(code="fr", name="France"), Country(code="no", name="Norway")]
+    )
+    first = Customer.objects.create(name="ada", email="ada@example.com", notes="secret")
+    # More than two chunks of one statement.
+    Customer.objects.bulk_create(
+        [Customer(name=f"c{n}", country_id="se" if n % 3 else None, notes="n") for n in range(2500)]
+    )
+    Customer.objects.update(newsletter=True)
+    Customer.objects.update(name=F("name"))  # changes nothing
+    Customer.objects.update(notes="excluded only")  # changes nothing published
+    Customer.objects.filter(id__in=range(2, 2600, 2)).update(email="even@example.com")
+    Customer.objects.filter(pk=first.pk).update(id=F("id") + 100_000)  # the key changes
+    Country.objects.filter(code="fr").update(code="fx", name="France métropolitaine")
+    Customer.objects.filter(id__in=range(3, 2600, 3)).delete()
+    Customer.objects.filter(name="nobody").delete()  # zero rows
+    Customer.objects.filter(name="nobody").update(email="x")  # zero rows
+    with pubsubpull.context(task="import"):
+        Customer.objects.create(name="job", notes="x")
+        Contract.objects.bulk_create(
+            [
+                Contract(id=i, customer_id=5, amount=Decimal("12.30"), discount_reason="vip")
+                for i in CONTRACT_IDS
+            ]
+        )
+    Contract.objects.filter(id=CONTRACT_IDS[0]).update(discount_reason="only excluded")
+    Contract.objects.filter(id__in=CONTRACT_IDS[:2]).update(amount=Decimal("99.99"))
+    Country.objects.filter(code="no").delete()
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE customers_contract")
+
+
+def _statements(rows):
+    """Changes grouped by statement (their transaction), each group in key order."""
+    groups: dict[int, list] = {}
+    for row in rows:
+        groups.setdefault(row["txid"], []).append(
+            (row["model"], row["op"], row["object_pk"], row["old"], row["new"], row["request"])
+        )
+    return [sorted(group, key=repr) for _, group in sorted(groups.items())]
+
+
+def _v3_changes():
+    return _statements(
+        {**c, "request": c["request_id"] is not None}
+        for c in Change.objects.filter(model__in=[m._meta.label_lower for m in MODELS])
+        .order_by("txid", "id")
+        .values("txid", "model", "op", "object_pk", "old", "new", "request_id")
+    )
+
+
+def _v4_changes(logs):
+    rows = []
+    with connection.cursor() as cursor:
+        for log in logs:
+            cursor.execute(statement_log.changes_sql(log.name))
+            names = [d.name for d in cursor.description]
+            for row in cursor.fetchall():
+                change = dict(zip(names, row, strict=True))
+                # A raw cursor gives jsonb as text.
+                for side in ("old", "new"):
+                    change[side] = None if change[side] is None else json.loads(change[side])
+                rows.append(change)
+    rows.sort(key=lambda r: (r["txid"], r["id"]))
+    return _statements({**r, "request": r["request_id"] is not None} for r in rows)
+
+
+@freeze_time("2026-03-04 05:06:07.891011+00:00")
+def test_version_4_records_what_version_3_records(v4):
+    _script()
+    expected = _v3_changes()
+    v3_requests = Request.objects.count()
+
+    v4()
+    _script()
+    logs = _logs()
+    assert not Change.objects.filter(model__in=[m._meta.label_lower for m in MODELS]).exists()
+    got = _v4_changes(logs)
+
+    assert [len(s) for s in got] == [len(s) for s in expected]
+    assert got == expected
+    assert Request.objects.count() == v3_requests == 1
+    # The bulk statements took chunks of at most CHUNK rows, and their ids do
+    # not overlap.
+    with connection.cursor() as cursor:
+        customers = triggers.quote_name(logs[1].name)
+        cursor.execute(f"SELECT rows, id FROM {customers} WHERE op = 'insert' ORDER BY id")
+        chunks = cursor.fetchall()
+    assert sorted(r for r, _ in chunks) == [1, 1, 452, 1024, 1024]
+    assert all(b - a >= statement_log.CHUNK for (_, a), (_, b) in itertools.pairwise(chunks))
+    # Nothing excluded was stored anywhere, not even as an attribute.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0",
+            [logs[1].image],
+        )
+        assert "notes" not in {name for (name,) in cursor.fetchall()}
+
+
+def test_the_names_of_a_log_version_follow_its_columns():
+    customer = statement_log.log_table(get_registration(Customer), connection)
+    assert customer.name.startswith("pubsubpull_log_customers_customer_")
+    assert len({customer.name, customer.image, customer.function, customer.update_function}) == 4
+    narrower = statement_log.LogTable(
+        customer.label, customer.table, customer.key, customer.key_type, customer.columns[:-1]
+    )
+    retyped = statement_log.LogTable(
+        customer.label,
+        customer.table,
+        customer.key,
+        customer.key_type,
+        (*customer.columns[:-1], (customer.columns[-1][0], "text")),
+    )
+    assert len({customer.version, narrower.version, retyped.version}) == 3
+    long = statement_log.LogTable("a.b", "x" * 80, "id", "bigint", (("id", "bigint"),))
+    assert all(len(n) <= 63 for n in (long.name, long.image, long.function, long.update_function))
