@@ -134,9 +134,9 @@ def test_pruning_deletes_whole_rows_through_the_log_and_the_horizon_is_their_las
         cursor.execute("UPDATE pubsubpull_request SET started = started - interval '40 days'")
 
     # Kept up to a change inside the row: the row stays, whole; one change went.
-    assert (
-        feed.delete_oldest(Position(start.txid, start.id + 2), timezone.now(), 100, "default") == 1
-    )
+    assert feed.delete_oldest(
+        Position(start.txid, start.id + 2), timezone.now(), 100, "default"
+    ) == (1, 1)
     horizon = Horizon.objects.get()
     assert (horizon.txid, horizon.change_id) == (first.txid, first.id)
     with connection.cursor() as cursor:

@@ -72,6 +72,8 @@ def after_sql(position: str, log: str = "c") -> str:
     ``position`` is SQL of a ``txid, id`` pair. The first test is what the
     (txid, id) index can range over, the second the exact one: a row's last
     change is ``id + rows - 1`` (a TRUNCATE's row, rows 0, is one change).
+    Inside a transaction of many changes the range starts up to CHUNK - 1
+    ids early: that many index entries more to filter, a few buffers.
     """
     txid, id_ = (part.strip() for part in position.split(",", 1))
     return (
@@ -1162,8 +1164,8 @@ def position_since(since: datetime.datetime, models: Iterable[str]) -> Position:
 # The oldest log rows in feed order up to ``keep`` that no running
 # transaction of this database can precede, up to the first one that is not
 # old enough or holds a change past ``keep`` (a prefix, so the pruned range
-# has no holes), deleted from whichever log table holds them; how many
-# changes they held.
+# has no holes), deleted from whichever log table holds them; how many rows
+# went, and how many changes they held.
 _PRUNE_SQL = f"""
 WITH batch AS (
     SELECT c.id, c.txid, c.at, {LAST_ID_SQL} AS last_id FROM pubsubpull_log AS c
@@ -1186,14 +1188,17 @@ gone AS (
     WHERE (c.txid, c.id) = (prefix.txid, prefix.id)
     RETURNING greatest(c.rows, 1) AS changes
 )
-SELECT coalesce(sum(changes), 0)::bigint FROM gone
+SELECT count(*), coalesce(sum(changes), 0)::bigint FROM gone
 """
 
 
 def delete_oldest(
     keep: Position | None, older_than: datetime.datetime, limit: int, using: str
-) -> int:
-    """Delete up to ``limit`` of the oldest changes, in feed order; how many went.
+) -> tuple[int, int]:
+    """Delete up to ``limit`` of the oldest log rows, in feed order.
+
+    Returns how many rows went (fewer than ``limit``: nothing more to delete
+    now) and how many changes they held (a row may hold many).
 
     Only changes at or before ``keep`` (None: any), made before
     ``older_than``, and of transactions older than every running one (a
@@ -1212,7 +1217,8 @@ def delete_oldest(
     }
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         cursor.execute(_PRUNE_SQL, params)
-        return cursor.fetchone()[0]
+        rows, changes = cursor.fetchone()
+        return rows, changes
 
 
 def newest_change_id(using: str | None = None) -> int:

@@ -77,22 +77,23 @@ def prune(
     keep = oldest_needed_position()
     result = Pruned()
 
-    def changes() -> int:
+    def changes() -> tuple[int, int]:
         return feed.delete_oldest(keep, cutoff, batch_size, using)
 
-    def requests() -> int:
+    def requests() -> tuple[int, int]:
         params: dict[str, Any] = {"cutoff": cutoff, "batch": batch_size}
         with transaction.atomic(using=using), connections[using].cursor() as cursor:
             cursor.execute(_REQUESTS_SQL, params)
-            return cursor.rowcount
+            return cursor.rowcount, cursor.rowcount
 
+    # Each batch deletes up to batch_size rows; a short one was the last.
     for delete, attribute in ((changes, "changes"), (requests, "requests")):
         while True:
-            deleted = delete()
+            rows, deleted = delete()
             setattr(result, attribute, getattr(result, attribute) + deleted)
             if progress:
                 progress(result)
-            if deleted < batch_size:
+            if rows < batch_size:
                 break
     result.attempts = prune_attempts()
     if progress:

@@ -23,7 +23,8 @@ CREATE TABLE pubsubpull_log (
     at timestamptz NOT NULL,
     request_id uuid,
     rows integer NOT NULL DEFAULT 1,
-    -- The planner leaves the parent out of every plan.
+    -- Nothing can be written to the parent itself (plans still scan it: an
+    -- empty table, no cost to speak of).
     CONSTRAINT pubsubpull_log_holds_no_rows CHECK (false) NO INHERIT
 );
 
