@@ -25,6 +25,7 @@ from customers.models import Contract, Country, Customer
 from pubsubpull.capture import statement_log, triggers
 from pubsubpull.capture.registry import get_registration
 from pubsubpull.models import Change, Request
+from pubsubpull.publisher import feed
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -66,16 +67,22 @@ def v4():
 CONTRACT_IDS = [uuid.UUID(int=n) for n in range(1, 6)]
 
 
-def _script():
-    """Writes of every kind, each statement its own transaction."""
+def _reset(log=True):
+    """Empty tables (with their keys' sequences), recording nothing; and the log."""
     with connection.cursor() as cursor:
+        cursor.execute("SET session_replication_role = replica")  # no trigger fires
         cursor.execute(
             "TRUNCATE customers_contract, customers_address, customers_customer, "
             "customers_country RESTART IDENTITY CASCADE"
         )
-    with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM pubsubpull_log")
-        cursor.execute("DELETE FROM pubsubpull_request")
+        cursor.execute("RESET session_replication_role")
+        if log:
+            cursor.execute("DELETE FROM pubsubpull_log")
+            cursor.execute("DELETE FROM pubsubpull_request")
+
+
+def _script():
+    """Writes of every kind, each statement its own transaction."""
     Country.objects.create(code="se", name="Sweden")
     Country.objects.bulk_create(
         [Country(code="fr", name="France"), Country(code="no", name="Norway")]
@@ -146,11 +153,13 @@ def _v4_changes(logs):
 
 @freeze_time("2026-03-04 05:06:07.891011+00:00")
 def test_version_4_records_what_version_3_records(v4):
+    _reset()
     _script()
     expected = _v3_changes()
     v3_requests = Request.objects.count()
 
     v4()
+    _reset()
     _script()
     logs = _logs()
     assert not Change.objects.filter(model__in=[m._meta.label_lower for m in MODELS]).exists()
@@ -193,3 +202,59 @@ def test_the_names_of_a_log_version_follow_its_columns():
     assert len({customer.version, narrower.version, retyped.version}) == 3
     long = statement_log.LogTable("a.b", "x" * 80, "id", "bigint", (("id", "bigint"),))
     assert all(len(n) <= 63 for n in (long.name, long.image, long.function, long.update_function))
+
+
+LABELS = [m._meta.label_lower for m in MODELS]
+
+
+def _feed(limit, filters=None, labels=LABELS):
+    """The whole feed of ``labels`` in pages of ``limit``: each change's position and item."""
+    read, after = [], None
+    while True:
+        page = feed.read_changes(after, limit, labels, filters=filters)
+        read += [(c.position, json.loads(c.as_json_text())) for c in page.changes]
+        if page.caught_up:
+            return read
+        after = page.next
+
+
+def _served(read):
+    """The items of a feed read, by transaction, without what differs between runs."""
+    positions = [p for p, _ in read]
+    assert positions == sorted(set(positions)), "out of order, or served twice"
+    by_transaction: dict[int, list] = {}
+    for position, item in read:
+        for name in ("id", "cursor", "sequence", "at"):
+            del item[name]
+        by_transaction.setdefault(position.txid, []).append(item)
+    return [sorted(items, key=repr) for _, items in sorted(by_transaction.items())]
+
+
+@freeze_time("2026-03-04 05:06:07.891011+00:00")
+def test_the_feed_serves_version_4_changes_as_it_served_version_3_ones(v4):
+    """Across pages that end inside log rows, over three models' tables, and across
+    an upgrade: the log holds the script's changes under version 3, then under 4."""
+    only = feed.parse_filters(
+        {"customers.customer": {"where": {"email__endswith": "@example.com"},
+                                "fields": ["email"]}},
+        LABELS,
+    )  # fmt: skip
+    _reset()
+    _script()
+    expected = _served(_feed(700))
+    expected_filtered = _served(_feed(300, only))
+    assert len(expected) == 14 and sum(map(len, expected_filtered)) < sum(map(len, expected))
+
+    v4()
+    _reset(log=False)
+    _script()
+    # Pages of 700 and 97 end inside log rows of up to 1,024 changes.
+    for limit in (700, 97):
+        assert _served(_feed(limit)) == expected + expected
+    assert _served(_feed(300, only)) == expected_filtered + expected_filtered
+    # The pages found the new tables (they were read before any was made).
+    assert len(feed.log_members("default").of(LABELS)) == 3
+    # A whole-transactions page holds a bulk statement whole.
+    page = feed.read_changes(None, 100, LABELS, whole_transactions=True)
+    assert len(page.changes) >= 1
+    assert len({c.txid for c in page.changes}) == len(feed.transaction_ends(page.changes))

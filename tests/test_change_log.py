@@ -11,13 +11,17 @@ make one, with rows written in transactions of their own (real txids).
 import uuid
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.db import connection, transaction
 from django.db.utils import InternalError, ProgrammingError
 from django.utils import timezone
 
 from customers.models import Customer
+from pubsubpull.capture import statement_log
 from pubsubpull.capture.models import Request
+from pubsubpull.capture.registry import get_registration
+from pubsubpull.capture.triggers import quote_name
 from pubsubpull.models import Change
 from pubsubpull.protocol.cursor import Position
 from pubsubpull.publisher import feed, retention
@@ -30,15 +34,14 @@ LABEL = "customers.customer"
 
 @pytest.fixture
 def chunks():
-    """A log table of many changes per row, and a writer of one row of ``rows`` changes."""
+    """Capture v4's log table of customers (its triggers not installed), and a
+    writer of one row of ``rows`` changes (keys and images left out)."""
+    log = statement_log.log_table(get_registration(Customer), connection)
+    table = quote_name(log.name)
     with connection.cursor() as cursor:
-        cursor.execute("CREATE TABLE test_log_chunks (keys bigint[]) INHERITS (pubsubpull_log)")
-        cursor.execute("CREATE INDEX ON test_log_chunks (txid, id)")
-        cursor.execute(
-            "CREATE TRIGGER horizon_follows_deletes AFTER DELETE ON test_log_chunks "
-            "REFERENCING OLD TABLE AS old_rows "
-            "FOR EACH STATEMENT EXECUTE FUNCTION pubsubpull_move_horizon()"
-        )
+        for statement in statement_log.create_sql(log):
+            if not statement.startswith("CREATE TRIGGER pubsubpull_"):
+                cursor.execute(statement)
 
     def write(rows: int, request_id=None, op="insert") -> Position:
         """One row of ``rows`` changes, committed; the position of its first change."""
@@ -50,7 +53,7 @@ def chunks():
                 "SELECT setval('pubsubpull_change_id_seq', %s)", [first + feed.CHUNK - 1]
             )
             cursor.execute(
-                "INSERT INTO test_log_chunks (id, txid, model, op, at, request_id, rows) "
+                f"INSERT INTO {table} (id, txid, model, op, at, request_id, rows) "
                 "VALUES (%s, pg_current_xact_id()::text::bigint, %s, %s, now(), %s, %s) "
                 "RETURNING txid",
                 [first, LABEL, op, request_id, rows],
@@ -58,9 +61,25 @@ def chunks():
             (txid,) = cursor.fetchone()
         return Position(txid, first)
 
+    write.table = table
     yield write
     with connection.cursor() as cursor:
-        cursor.execute("DROP TABLE IF EXISTS test_log_chunks")
+        cursor.execute(f"DROP TABLE IF EXISTS {table}")
+        cursor.execute(f"DROP TYPE IF EXISTS {quote_name(log.image)}")
+        for function in (log.function, log.update_function):
+            cursor.execute(f"DROP FUNCTION IF EXISTS {quote_name(function)}()")
+
+
+def test_a_log_table_the_feed_cannot_read_is_an_error_not_a_gap():
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE test_log_unknown () INHERITS (pubsubpull_log)")
+    try:
+        with pytest.raises(ImproperlyConfigured, match="test_log_unknown belongs to the change"):
+            feed.read_changes(None, models=[LABEL])
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE test_log_unknown")
+    assert feed.read_changes(None, models=[LABEL]).changes == []
 
 
 def _pending(position: Position) -> bool:
@@ -140,7 +159,7 @@ def test_pruning_deletes_whole_rows_through_the_log_and_the_horizon_is_their_las
     horizon = Horizon.objects.get()
     assert (horizon.txid, horizon.change_id) == (first.txid, first.id)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM test_log_chunks")
+        cursor.execute(f"SELECT count(*) FROM {chunks.table}")
         assert cursor.fetchone() == (1,)
         # A request that only the row's changes name is not an orphan.
         cursor.execute(retention._REQUESTS_SQL, {"cutoff": timezone.now(), "batch": 100})
@@ -150,7 +169,7 @@ def test_pruning_deletes_whole_rows_through_the_log_and_the_horizon_is_their_las
     assert (pruned.changes, pruned.requests) == (6, 1)
     assert not Change.objects.exists()
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM test_log_chunks")
+        cursor.execute(f"SELECT count(*) FROM {chunks.table}")
         assert cursor.fetchone() == (0,)
     horizon = Horizon.objects.get()
     assert (horizon.txid, horizon.change_id) > (start.txid, start.id + 4)
@@ -169,10 +188,10 @@ def test_deleting_through_the_log_moves_the_horizon_to_the_last_change_of_a_row(
 
 def test_migrating_back_refuses_while_another_log_table_exists_then_keeps_the_log(chunks):
     Customer.objects.create(name="kept")
-    with pytest.raises((InternalError, ProgrammingError), match="test_log_chunks"):
+    with pytest.raises((InternalError, ProgrammingError), match=chunks.table.strip('"')):
         call_command("migrate", "pubsubpull", "0013", verbosity=0)
     with connection.cursor() as cursor:
-        cursor.execute("DROP TABLE test_log_chunks")
+        cursor.execute(f"DROP TABLE {chunks.table}")
     try:
         call_command("migrate", "pubsubpull", "0013", verbosity=0)
         with connection.cursor() as cursor:

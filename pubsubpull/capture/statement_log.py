@@ -21,6 +21,7 @@ a log table back as one row per change, in ``pubsubpull_change``'s columns.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,15 @@ class LogTable:
     @property
     def update_function(self) -> str:
         return self._name(FUNCTION_PREFIX, "_u")
+
+    def describe(self) -> dict[str, Any]:
+        """What the log table's comment says of it (:data:`DESCRIPTION` marks it)."""
+        return {DESCRIPTION: 1, "model": self.label, "key": self.key,
+                "columns": [column for column, _ in self.columns]}  # fmt: skip
+
+
+# The key of a log table's comment that says it is one of these.
+DESCRIPTION = "pubsubpull_log"
 
 
 def log_table(registration: Registration, connection: Any) -> LogTable:
@@ -185,6 +195,8 @@ def create_sql(log: LogTable) -> list[str]:
         "WITH (fastupdate = off)",
         f"CREATE INDEX IF NOT EXISTS {index('request')} ON {name} (request_id) "
         "WHERE request_id IS NOT NULL",
+        # What readers need to know of it (pubsubpull.publisher.feed.log_members).
+        f"COMMENT ON TABLE {name} IS {quote_literal(json.dumps(log.describe()))}",
         f"CREATE OR REPLACE TRIGGER horizon_follows_deletes AFTER DELETE ON {name} "
         "REFERENCING OLD TABLE AS old_rows "
         "FOR EACH STATEMENT EXECUTE FUNCTION pubsubpull_move_horizon()",
@@ -203,11 +215,12 @@ def create_sql(log: LogTable) -> list[str]:
     return statements
 
 
-def changes_sql(log_name: str) -> str:
+def changes_sql(log_name: str, where: str = "") -> str:
     """``log_name``'s rows as changes, one row each, in ``pubsubpull_change``'s columns.
 
     Keys as text and images as jsonb, as version 3 stores them; a TRUNCATE's
-    row is one change of no key and no images.
+    row is one change of no key and no images. ``where``: SQL that chooses
+    the log rows (of ``c``) to read.
     """
     return f"""
         SELECT c.id + u.ordinal - 1 AS id, c.txid, c.model, u.k::text AS object_pk, c.op, c.at,
@@ -216,4 +229,4 @@ def changes_sql(log_name: str) -> str:
         CROSS JOIN LATERAL (
             SELECT generate_series(1, greatest(c.rows, 1)) AS ordinal,
                    unnest(c.keys) AS k, unnest(c.old) AS o, unnest(c.new) AS n
-        ) AS u"""
+        ) AS u""" + (f"\n        WHERE {where}" if where else "")

@@ -42,10 +42,13 @@ from itertools import starmap
 from typing import Any
 
 import psycopg
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
 from pubsubpull import conf
+from pubsubpull.capture import statement_log
 from pubsubpull.capture.registry import Registration, get_registration, registrations
+from pubsubpull.capture.triggers import quote_name
 from pubsubpull.exceptions import CursorExpired, SeveralDatabases
 from pubsubpull.protocol import filters as filtering
 from pubsubpull.protocol import items
@@ -63,7 +66,7 @@ CHANNEL = "pubsubpull"
 
 # The most changes one log row holds: a row's changes are ids id .. id +
 # rows - 1, so the row holding change n has an id above n - CHUNK.
-CHUNK = 1024
+CHUNK = statement_log.CHUNK
 
 
 def after_sql(position: str, log: str = "c") -> str:
@@ -84,6 +87,76 @@ def after_sql(position: str, log: str = "c") -> str:
 
 # A log row's last change, in SQL (of the row c).
 LAST_ID_SQL = "c.id + greatest(c.rows, 1) - 1"
+
+# The log's tables other than pubsubpull_change (capture v4's, one or more
+# versions per model: pubsubpull.capture.statement_log), by oid. Every page
+# statement reads it, so a page built without a table made since is read
+# again with it (read_changes).
+_MEMBERS_WHERE = (
+    "i.inhparent = 'pubsubpull_log'::regclass AND i.inhrelid <> 'pubsubpull_change'::regclass"
+)
+MEMBERS_SIGNATURE_SQL = (
+    "(SELECT coalesce(json_agg(i.inhrelid::bigint ORDER BY i.inhrelid), '[]') "
+    f"FROM pg_inherits AS i WHERE {_MEMBERS_WHERE})"
+)
+_MEMBERS_SQL = (
+    "SELECT i.inhrelid::bigint, c.relname, obj_description(i.inhrelid, 'pg_class') "
+    f"FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid WHERE {_MEMBERS_WHERE} "
+    "ORDER BY i.inhrelid"
+)
+
+
+@dataclass(frozen=True)
+class LogMember:
+    """A log table of capture v4: one model's, its rows chunks of a statement's changes."""
+
+    oid: int
+    name: str
+    label: str
+    columns: tuple[str, ...]  # of its images
+
+
+@dataclass(frozen=True)
+class LogMembers:
+    oids: tuple[int, ...]
+    tables: tuple[LogMember, ...]
+
+    def of(self, labels: Iterable[str]) -> list[LogMember]:
+        chosen = set(labels)
+        return [m for m in self.tables if m.label in chosen]
+
+
+_members: dict[str, LogMembers] = {}
+
+
+def log_members(using: str, *, refresh: bool = False) -> LogMembers:
+    """The log tables of ``using`` besides pubsubpull_change (read once, then on ``refresh``).
+
+    Raises ``ImproperlyConfigured`` for a table of the log whose comment does
+    not say what it holds: its changes could not be served.
+    """
+    members = _members.get(using)
+    if members is not None and not refresh:
+        return members
+    with connections[using].cursor() as cursor:
+        cursor.execute(_MEMBERS_SQL)
+        rows = cursor.fetchall()
+    tables = []
+    for oid, name, comment in rows:
+        try:
+            described = json.loads(comment or "")
+            described[statement_log.DESCRIPTION]
+            member = LogMember(oid, name, described["model"], tuple(described["columns"]))
+        except (ValueError, KeyError, TypeError):
+            raise ImproperlyConfigured(
+                f"Table {name} belongs to the change log (it inherits pubsubpull_log) but "
+                "its comment does not say what it holds, so the feed cannot serve its "
+                "changes. Log tables are made by pubsubpull's migrations; detach this one "
+                f"(ALTER TABLE {name} NO INHERIT pubsubpull_log) if it is not one of them."
+            ) from None
+        tables.append(member)
+    members = _members[using] = LogMembers(tuple(oid for oid, _, _ in rows), tuple(tables))
+    return members
 
 
 @dataclass
@@ -351,23 +424,16 @@ scan_end AS MATERIALIZED (
            coalesce(s.id, 9223372036854775807) AS end_id,
            s.id IS NOT NULL AS cut
     FROM bounds
-    LEFT JOIN LATERAL (
-        SELECT c.txid, c.id FROM pubsubpull_change AS c
-        WHERE (c.txid, c.id) > (%(txid)s, %(id)s)
-          AND c.txid < bounds.xmin
-        ORDER BY c.txid, c.id
-        OFFSET %(scan)s - 1
-        LIMIT 1
-    ) AS s ON true
-)
+    LEFT JOIN LATERAL ({scan_end_row}) AS s ON true
+){more_ctes}
 -- The page's figures once, in a row of their own (its id is NULL): repeated
 -- on every change row they cost a tenth of the page's transfer. Five columns
 -- in all, the rest of the figures as one JSON array: each column of 5,000
 -- rows costs psycopg a value to make, NULL or not (19 columns made fetching
--- the page take 60%% longer).
+-- the page take 60%% longer). The last figure: which log tables there were.
 SELECT NULL, bounds.xmin, NULL, NULL,
        json_build_array(bounds.horizon_txid, bounds.horizon_id, held_back.held_back,
-                        {scan_end})::text
+                        {scan_end}, {members})::text
 FROM bounds
 CROSS JOIN held_back{scan_join}
 UNION ALL
@@ -381,7 +447,7 @@ UNION ALL
         -- JSON array (old and new as stored).
         CASE WHEN NOT c.published THEN json_build_array(
             c.op, to_jsonb(c.at) #>> '{}', r.user_id, r.method, r.path,
-            r.traceparent, r.tracestate, c.old, c.new)::text END
+            r.traceparent, r.tracestate, {fallback_images})::text END
  -- The changes read the bounds as subqueries (not as a lateral join to
  -- them) and the request in a lateral lookup that cannot become a hash
  -- join: both keep the order of the index walk, so the ORDER BY costs no
@@ -391,8 +457,37 @@ UNION ALL
      SELECT r.* FROM pubsubpull_request AS r
      WHERE c.request_id IS NOT NULL AND r.id = c.request_id OFFSET 0
  ) AS r ON true
- ORDER BY c.txid, c.id)
+ ORDER BY c.txid, c.id{outer_limit})
 """
+
+# Where a filtered page's scan ends, on pubsubpull_change alone: its
+# %(scan)s-th change after the cursor.
+_SCAN_END_ROW = """
+        SELECT c.txid, c.id FROM pubsubpull_change AS c
+        WHERE (c.txid, c.id) > (%(txid)s, %(id)s)
+          AND c.txid < bounds.xmin
+        ORDER BY c.txid, c.id
+        OFFSET %(scan)s - 1
+        LIMIT 1"""
+
+# The same over the whole log, whose rows may hold many changes: the row
+# where the running count of changes after the cursor reaches %(scan)s, and
+# the change in it that does (at most %(scan)s rows hold that many).
+_LOG_SCAN_END_ROW = f"""
+        SELECT w.txid, w.last_id - (w.upto - %(scan)s) AS id FROM (
+            SELECT c.txid, c.last_id,
+                   sum(CASE WHEN (c.txid, c.id) > (%(txid)s, %(id)s) THEN greatest(c.rows, 1)
+                            ELSE c.last_id - %(id)s END)
+                       OVER (ORDER BY c.txid, c.id) AS upto
+            FROM (SELECT c.txid, c.id, c.rows, {LAST_ID_SQL} AS last_id
+                  FROM pubsubpull_log AS c
+                  WHERE {after_sql("%(txid)s, %(id)s")} AND c.txid < bounds.xmin
+                  ORDER BY c.txid, c.id
+                  LIMIT %(scan)s) AS c
+        ) AS w
+        WHERE w.upto >= %(scan)s
+        ORDER BY w.txid, w.last_id
+        LIMIT 1"""
 
 # The changes of a page: the next ones of the models in feed order, on the
 # (txid, id) index range from the start to the fence.
@@ -496,16 +591,102 @@ _PAGE_SQL = (
     .replace("{fence}", FENCE_SQL)
     .replace("{held_after}", after_sql("bounds.held_txid, bounds.held_id"))
 )
-_UNFILTERED_PAGE_SQL = (
-    _PAGE_SQL.replace("{changes}", _CHANGES_SQL)
-    .replace("{scan_join}", "")
-    .replace("{scan_end}", "NULL, NULL")
-)
-_FILTERED_PAGE_SQL = _PAGE_SQL.replace("{scan_join}", "\nCROSS JOIN scan_end").replace(
+_PAGE_SQL = _PAGE_SQL.replace("{members}", MEMBERS_SIGNATURE_SQL)
+_UNFILTERED_TEMPLATE = _PAGE_SQL.replace("{scan_join}", "").replace("{scan_end}", "NULL, NULL")
+_FILTERED_TEMPLATE = _PAGE_SQL.replace("{scan_join}", "\nCROSS JOIN scan_end").replace(
     "{scan_end}",
     "CASE WHEN scan_end.cut THEN scan_end.end_txid END, "
     "CASE WHEN scan_end.cut THEN scan_end.end_id END",
 )
+
+
+def _fill(template: str, **values: str) -> str:
+    for name, value in values.items():
+        template = template.replace("{" + name + "}", value)
+    return template
+
+
+# Pages of pubsubpull_change alone (no other log table holds the models').
+_V3 = {"scan_end_row": _SCAN_END_ROW, "more_ctes": "", "outer_limit": "",
+       "fallback_images": "c.old, c.new"}  # fmt: skip
+_UNFILTERED_PAGE_SQL = _fill(_UNFILTERED_TEMPLATE, changes=_CHANGES_SQL, **_V3)
+_FILTERED_PAGE_SQL = _fill(_FILTERED_TEMPLATE, **_V3)
+
+# Pages whose models have log tables of capture v4 too. Their changes are
+# pubsubpull_change's next ones (as above) and the changes of the next log
+# rows of those tables, merged in feed order. The log rows come first, from
+# every table at once in (txid, id) order (chunks): up to %(limit)s of them
+# hold at least %(limit)s changes after the cursor. Each is then read from
+# its table, its images unnested and rendered (row_to_json: the composite's
+# attributes are the published columns); the page is sorted and cut once.
+_FROM = "(SELECT from_txid FROM bounds), (SELECT from_id FROM bounds)"
+_V3_BESIDE_SQL = f"""
+    SELECT c.id, c.txid, c.model, c.op, c.at, c.request_id,
+           c.old::text AS old, c.new::text AS new, {{pk}} AS pk_json, c.published
+    FROM ({_CHANGES_SQL}) AS c"""
+_MEMBER_CHANGES_SQL = f"""
+    SELECT t.id + u.ordinal - 1, t.txid, t.model, t.op, t.at, t.request_id,
+           row_to_json(u.o)::text, row_to_json(u.n)::text,
+           coalesce(to_json(u.k)::text, 'null'), {{published}}
+    FROM chunks AS k
+    CROSS JOIN LATERAL (
+        SELECT t.* FROM {{table}} AS t
+        WHERE k.tableoid = {{oid}}::oid AND t.txid = k.txid AND t.id = k.id
+    ) AS t
+    CROSS JOIN LATERAL (
+        SELECT generate_series(1, greatest(t.rows, 1)) AS ordinal,
+               unnest(t.keys) AS k, unnest(t.old) AS o, unnest(t.new) AS n
+    ) AS u
+    WHERE (t.txid, t.id + u.ordinal - 1) > ({_FROM})"""
+
+
+def _chunks_cte(members: list[LogMember]) -> str:
+    rows = " UNION ALL ".join(
+        f"SELECT t.tableoid, t.id, t.txid FROM {quote_name(m.name)} AS t "
+        f"WHERE {after_sql(_FROM, 't')} AND t.txid < (SELECT xmin FROM bounds)"
+        for m in members
+    )
+    return (
+        ",\nchunks AS MATERIALIZED (\n    SELECT k.tableoid, k.id, k.txid "
+        f"FROM ({rows}) AS k ORDER BY k.txid, k.id LIMIT %(limit)s\n)"
+    )
+
+
+def _members_page_sql(members: list[LogMember], chosen: dict[str, Registration]) -> str:
+    """The unfiltered page statement over pubsubpull_change and ``members``."""
+    parts = [_V3_BESIDE_SQL]
+    for m in members:
+        # Images of columns no longer published go through Python, which drops them.
+        published = set(m.columns) <= set(chosen[m.label].published_columns)
+        parts.append(
+            _fill(_MEMBER_CHANGES_SQL, table=quote_name(m.name), oid=str(m.oid),
+                  published="true" if published else "false")
+        )  # fmt: skip
+    template = _UNFILTERED_TEMPLATE.replace("{pk}", "c.pk_json")
+    return _fill(
+        template,
+        changes="\n    UNION ALL".join(parts),
+        scan_end_row=_LOG_SCAN_END_ROW,
+        more_ctes=_chunks_cte(members),
+        outer_limit="\n LIMIT %(limit)s",
+        fallback_images="c.old::json, c.new::json",
+    )
+
+
+def _members_filtered_source(members: list[LogMember]) -> str:
+    """pubsubpull_change and ``members`` as rows of one change each (jsonb images).
+
+    For a filtered page, whose filters judge jsonb: the log rows of the
+    members within the scan's range, unnested.
+    """
+    columns = "c.id, c.txid, c.model, c.object_pk, c.op, c.at, c.old, c.new, c.request_id"
+    within = (
+        f"{after_sql(_FROM)} AND c.txid < (SELECT xmin FROM bounds) "
+        "AND (c.txid, c.id) <= ((SELECT end_txid FROM scan_end), (SELECT end_id FROM scan_end))"
+    )
+    parts = [f"SELECT {columns} FROM pubsubpull_change AS c"]
+    parts += [statement_log.changes_sql(m.name, where=within) for m in members]
+    return "(" + "\n    UNION ALL ".join(parts) + ")"
 
 
 def _database(using: str | None) -> str:
@@ -714,12 +895,16 @@ class _Binder:
 
 
 def page_sql(
-    chosen: dict[str, Registration], filters: filtering.Filters, params: dict[str, Any]
+    chosen: dict[str, Registration],
+    filters: filtering.Filters,
+    params: dict[str, Any],
+    members: list[LogMember] | None = None,
 ) -> str:
     """The page statement for the models ``chosen`` (label -> registration).
 
     ``filters`` (label -> filter, for some of them) makes it a filtered page;
-    the values it needs are added to ``params``.
+    the values it needs are added to ``params``. ``members``: the log tables
+    of capture v4 that hold changes of these models (besides pubsubpull_change).
     """
     bind = _Binder(params)
     if filters:
@@ -732,7 +917,16 @@ def page_sql(
                 )
         changes = _filter_sql(filters, params)
         changes = changes.replace("{drop_of}", _per_model(bind, drop, "text[]", "f.model"))
-        sql = _FILTERED_PAGE_SQL.replace("{changes}", changes)
+        if members:
+            changes = changes.replace(
+                "FROM pubsubpull_change AS c", f"FROM {_members_filtered_source(members)} AS c"
+            )
+            template = _fill(_FILTERED_TEMPLATE, **{**_V3, "scan_end_row": _LOG_SCAN_END_ROW})
+        else:
+            template = _FILTERED_PAGE_SQL
+        sql = template.replace("{changes}", changes)
+    elif members:
+        sql = _members_page_sql(members, chosen)
     else:
         sql = _UNFILTERED_PAGE_SQL
     columns = {label: list(r.published_columns) for label, r in chosen.items()}
@@ -790,6 +984,7 @@ class _Figures:
     horizon: Position
     held_back: bool
     scan_end: Position | None  # where a filtered page's scan stopped, if it did
+    members: tuple[int, ...]  # the log tables besides pubsubpull_change, by oid
 
 
 def _page_rows(cursor: psycopg.Cursor, sql: str, params: dict[str, Any]) -> tuple[_Figures, list]:
@@ -799,14 +994,30 @@ def _page_rows(cursor: psycopg.Cursor, sql: str, params: dict[str, Any]) -> tupl
     if rows[0][0] is not None:
         # UNION ALL gives the figures first; should a plan ever not, find them.
         rows.sort(key=lambda row: row[0] is not None)
-    horizon_txid, horizon_id, held_back, end_txid, end_id = json.loads(rows[0][4])
+    horizon_txid, horizon_id, held_back, end_txid, end_id, members = json.loads(rows[0][4])
     figures = _Figures(
         rows[0][1],
         Position(horizon_txid, horizon_id),
         held_back,
         None if end_txid is None else Position(end_txid, end_id),
+        tuple(members),
     )
     return figures, rows[1:]
+
+
+def _guarded_page_rows(
+    cursor: psycopg.Cursor, sql: str, params: dict[str, Any], names_members: bool
+) -> tuple[_Figures, list]:
+    """:func:`_page_rows`, in a savepoint when its SQL names log tables inside a transaction.
+
+    Such a table may have been dropped since the SQL was made: the error
+    (UndefinedTable) must leave the transaction usable for the page's
+    second read.
+    """
+    if names_members and cursor.connection.info.transaction_status != 0:  # not idle
+        with cursor.connection.transaction():
+            return _page_rows(cursor, sql, params)
+    return _page_rows(cursor, sql, params)
 
 
 def _sql_value(value: Any, kind: str) -> Any:
@@ -927,14 +1138,16 @@ def read_changes(
     for label, model_filter in filters.items():
         if model_filter.fields is not None:
             columns[label] = columns[label] & frozenset(model_filter.fields)
-    params: dict[str, Any] = {
+    base_params: dict[str, Any] = {
         "txid": start.txid,
         "id": start.id,
         "models": sorted(chosen),
         "limit": limit,
         "scan": max(conf.filter_scan(), limit),
     }
-    sql = page_sql(chosen, filters, params)
+    params = dict(base_params)
+    members = log_members(alias)
+    sql = page_sql(chosen, filters, params, members.of(chosen))
     connection = connections[alias]
     # Binary results give each item as the bytes the response is made of
     # (as the snapshot reads its pages): psycopg's own cursor on Django's
@@ -945,7 +1158,17 @@ def read_changes(
             # pg_stat_activity is cached for the rest of a transaction: drop
             # the cache so the page statement reads it after its snapshot.
             cursor.execute("SELECT pg_stat_clear_snapshot()")
-        figures, rows = _page_rows(cursor, sql, params)
+        try:
+            figures, rows = _guarded_page_rows(cursor, sql, params, bool(members.of(chosen)))
+        except psycopg.errors.UndefinedTable:
+            figures = None  # a log table this SQL names was dropped since
+        if figures is None or figures.members != members.oids:
+            # A log table was made or dropped since this process looked:
+            # read the page again with the tables there are now.
+            members = log_members(alias, refresh=True)
+            params = dict(base_params)
+            sql = page_sql(chosen, filters, params, members.of(chosen))
+            figures, rows = _page_rows(cursor, sql, params)
         if figures.held_back and len(rows) < limit and figures.scan_end is None:
             # Held back. Often by a transaction of another database that
             # ended between the snapshot and the activity check, so could not
