@@ -25,7 +25,7 @@ from customers.models import Contract, Country, Customer
 from pubsubpull.capture import statement_log, triggers
 from pubsubpull.capture.registry import get_registration
 from pubsubpull.models import Change, Request
-from pubsubpull.publisher import feed
+from pubsubpull.publisher import feed, snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,10 +51,8 @@ def _restore_v3():
         triggers.install(get_registration(model))
     with connection.cursor() as cursor:
         for log in _logs():
-            cursor.execute(f"DROP TABLE IF EXISTS {triggers.quote_name(log.name)}")
-            cursor.execute(f"DROP TYPE IF EXISTS {triggers.quote_name(log.image)}")
-            for function in (log.function, log.update_function):
-                cursor.execute(f"DROP FUNCTION IF EXISTS {triggers.quote_name(function)}()")
+            for statement in statement_log.drop_sql(log):
+                cursor.execute(statement)
         cursor.execute("ALTER SEQUENCE pubsubpull_change_id_seq INCREMENT BY 1")
 
 
@@ -126,7 +124,8 @@ def _statements(rows):
     return [sorted(group, key=repr) for _, group in sorted(groups.items())]
 
 
-def _v3_changes():
+def _changes():
+    """The models' changes as the audit trail reads them (Change: every log table)."""
     return _statements(
         {**c, "request": c["request_id"] is not None}
         for c in Change.objects.filter(model__in=[m._meta.label_lower for m in MODELS])
@@ -155,18 +154,22 @@ def _v4_changes(logs):
 def test_version_4_records_what_version_3_records(v4):
     _reset()
     _script()
-    expected = _v3_changes()
+    expected = _changes()
     v3_requests = Request.objects.count()
 
     v4()
     _reset()
     _script()
     logs = _logs()
-    assert not Change.objects.filter(model__in=[m._meta.label_lower for m in MODELS]).exists()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pubsubpull_change")
+        assert cursor.fetchone() == (0,)
     got = _v4_changes(logs)
 
     assert [len(s) for s in got] == [len(s) for s in expected]
     assert got == expected
+    # The audit trail's view of the log reads them the same.
+    assert _changes() == expected
     assert Request.objects.count() == v3_requests == 1
     # The bulk statements took chunks of at most CHUNK rows, and their ids do
     # not overlap.
@@ -258,3 +261,82 @@ def test_the_feed_serves_version_4_changes_as_it_served_version_3_ones(v4):
     page = feed.read_changes(None, 100, LABELS, whole_transactions=True)
     assert len(page.changes) >= 1
     assert len({c.txid for c in page.changes}) == len(feed.transaction_ends(page.changes))
+
+
+def _histories():
+    """Each customer's and contract's audit trail (Change.objects.for_object), and
+    its snapshot item's sequence, which is the id of the newest change."""
+    found = {}
+    for model in (Customer, Contract):
+        items = {i.pk_text: i for i in snapshot.read_instances(model, limit=10_000).instances}
+        for obj in model.objects.all():
+            history = list(Change.objects.for_object(obj))
+            assert items[str(obj.pk)].sequence == history[-1].id
+            found[(model.__name__, str(obj.pk))] = [
+                (c.op, c.diff, c.request_id is not None) for c in history
+            ]
+    return found
+
+
+@freeze_time("2026-03-04 05:06:07.891011+00:00")
+def test_the_audit_trail_and_the_snapshot_read_version_4_changes_by_object(v4):
+    _reset()
+    _script()
+    expected = _histories()
+    assert len(expected) > 1000 and any(len(h) > 2 for h in expected.values())
+
+    v4()
+    _reset()
+    _script()
+    assert _histories() == expected
+    # An object's changes come from each log table's GIN index, not from
+    # unnesting the table.
+    ada = Customer.objects.get(name="ada")
+    sql, params = Change.objects.for_object(ada).query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")  # the tables are small here
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(row for (row,) in cursor.fetchall())
+        cursor.execute("RESET enable_seqscan")
+    assert f"{_logs()[1].name[:55]}_keys" in plan, plan
+
+
+def _plan(queryset) -> str:
+    sql, params = queryset.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")  # the tables are small here
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(row for (row,) in cursor.fetchall())
+        cursor.execute("RESET enable_seqscan")
+    return plan
+
+
+def test_the_admin_lists_searches_and_shows_version_4_changes(v4, admin_client):
+    v4()
+    ada = Customer.objects.create(name="ada", email="ada@example.com")
+    Customer.objects.bulk_create([Customer(name=f"c{n}") for n in range(1500)])
+    Customer.objects.filter(pk=ada.pk).update(email="ada@lovelace.example")
+    update = Change.objects.for_object(ada).get(op="update")
+    log = _logs()[1].name
+
+    def shown(query):
+        page = admin_client.get(f"/admin/pubsubpull/change/?{query}")
+        assert page.status_code == 200, query
+        return [(c.model, c.op, c.object_pk) for c in page.context["cl"].result_list]
+
+    pk = str(ada.pk)
+    both = [("customers.customer", "insert", pk), ("customers.customer", "update", pk)]
+    assert sorted(shown(f"model=customers.customer&object_pk={pk}")) == both
+    assert sorted(shown(f"q={pk}")) == both
+    assert shown("q=nothing") == []
+    listing = shown("")
+    assert len(listing) == 100 and listing[0] == ("customers.customer", "update", pk)
+    detail = admin_client.get(f"/admin/pubsubpull/change/{update.pk}/change/")
+    assert detail.status_code == 200
+    assert "ada@example.com" in detail.text and "ada@lovelace.example" in detail.text
+    # One change by its id: the index of the rows' ids, not an unnested table.
+    assert f"{log[:55]}_id" in _plan(Change.objects.filter(pk=update.pk))
+    for name in ("c700", "c1499"):  # inside a row, and in the bulk's second row
+        customer = Customer.objects.get(name=name)
+        (insert,) = Change.objects.for_object(customer)
+        assert Change.objects.get(pk=insert.pk).new["name"] == name

@@ -322,7 +322,10 @@ def test_migration_0006_installs_capture_v2_and_reverses_to_v1(changes):
             cursor.execute("SELECT last_value FROM pubsubpull_wakeup_armed")
             assert cursor.fetchone() == (armed,)
         Country.objects.create(code="fr", name="France")
-        assert [c["op"] for c in changes(model="customers.country")] == ["insert"]
+        with connection.cursor() as cursor:
+            # The table itself: Change reads the view 0015 makes.
+            cursor.execute("SELECT op FROM pubsubpull_change WHERE model = 'customers.country'")
+            assert cursor.fetchall() == [("insert",)]
     finally:
         call_command("migrate", "pubsubpull", verbosity=0)
     with connection.cursor() as cursor:

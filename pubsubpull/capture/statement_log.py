@@ -33,6 +33,25 @@ from pubsubpull.capture.triggers import TRIGGERS, quote_literal, quote_name, sql
 # sequence steps by it, so a row's changes have ids of their own.
 CHUNK = 1024
 
+# What migrations going back to where pubsubpull_change was the only log
+# table run first: a refusal, naming the tables, while there are others.
+ONLY_THE_FIRST_CHILD = """
+DO $$
+DECLARE
+    others text := (
+        SELECT string_agg(i.inhrelid::regclass::text, ', ')
+        FROM pg_inherits AS i
+        WHERE i.inhparent = 'pubsubpull_log'::regclass
+          AND i.inhrelid <> 'pubsubpull_change'::regclass
+    );
+BEGIN
+    IF others IS NOT NULL THEN
+        RAISE EXCEPTION 'pubsubpull_log still has the log tables %: migrate back the '
+                        'migrations that created them first', others;
+    END IF;
+END $$
+"""
+
 # Prefixes of the names a log version is made of.
 LOG_PREFIX = "pubsubpull_log_"
 IMAGE_PREFIX = "pubsubpull_image_"
@@ -77,14 +96,35 @@ class LogTable:
     def update_function(self) -> str:
         return self._name(FUNCTION_PREFIX, "_u")
 
+    @property
+    def text_keys(self) -> bool:
+        """Whether the GIN index is of ``keys::text[]`` (see :data:`TEXT_KEY_TYPES`)."""
+        return self.key_type.split("(")[0].strip().lower() in TEXT_KEY_TYPES
+
     def describe(self) -> dict[str, Any]:
         """What the log table's comment says of it (:data:`DESCRIPTION` marks it)."""
-        return {DESCRIPTION: 1, "model": self.label, "key": self.key,
-                "columns": [column for column, _ in self.columns]}  # fmt: skip
+        return {
+            DESCRIPTION: 1,
+            "model": self.label,
+            "key": self.key,
+            "key_type": self.key_type,
+            "text_keys": self.text_keys,
+            "columns": [column for column, _ in self.columns],
+        }
 
 
 # The key of a log table's comment that says it is one of these.
 DESCRIPTION = "pubsubpull_log"
+
+# Key types whose text is an immutable function of the value, the same text
+# version 3 stored as object_pk: their log's GIN index is of keys::text[], so
+# a lookup by object_pk (the audit trail's, the snapshot's sequence) uses it.
+# Other keys (dates, timestamps: their text depends on settings) are indexed
+# as they are, and found by object_pk only by reading the whole table.
+TEXT_KEY_TYPES = frozenset(
+    ["smallint", "integer", "bigint", "uuid", "varchar", "character varying", "text", "char",
+     "character", "numeric", "decimal"]
+)  # fmt: skip
 
 
 def log_table(registration: Registration, connection: Any) -> LogTable:
@@ -191,8 +231,10 @@ def create_sql(log: LogTable) -> list[str]:
         f"CREATE INDEX IF NOT EXISTS {index('feed')} ON {name} (txid, id)",
         # One object's changes (the snapshot's sequence, the audit trail).
         # fastupdate off: a pending list would be scanned by every lookup.
-        f"CREATE INDEX IF NOT EXISTS {index('keys')} ON {name} USING gin (keys) "
-        "WITH (fastupdate = off)",
+        f"CREATE INDEX IF NOT EXISTS {index('keys')} ON {name} "
+        f"USING gin ({'(keys::text[])' if log.text_keys else 'keys'}) WITH (fastupdate = off)",
+        # One change by its id (the audit trail's page of it): one entry a row.
+        f"CREATE INDEX IF NOT EXISTS {index('id')} ON {name} (id)",
         f"CREATE INDEX IF NOT EXISTS {index('request')} ON {name} (request_id) "
         "WHERE request_id IS NOT NULL",
         # What readers need to know of it (pubsubpull.publisher.feed.log_members).
@@ -204,6 +246,8 @@ def create_sql(log: LogTable) -> list[str]:
         # Hash joins whatever the plan cached for a first one-row UPDATE was
         # (DESIGN.md, the cached-plan trap); INSERT and DELETE join nothing.
         _function(log, log.update_function, _update_writes(log), "SET enable_nestloop = off\n"),
+        # The audit trail's view of the log, with this table (sql/changes_v1.sql).
+        "SELECT pubsubpull_log_view()",
     ]
     table = quote_name(log.table)
     for trigger, event, tables in TRIGGERS:
@@ -213,6 +257,31 @@ def create_sql(log: LogTable) -> list[str]:
             f"FOR EACH STATEMENT EXECUTE FUNCTION {quote_name(function)}()"
         )
     return statements
+
+
+def fold_sql(log: LogTable) -> str:
+    """Copy ``log``'s changes into pubsubpull_change, a row each (before :func:`drop_sql`)."""
+    return (
+        "INSERT INTO pubsubpull_change (id, txid, model, object_pk, op, at, old, new, request_id) "
+        f"SELECT * FROM ({changes_sql(log.name)}) AS c"
+    )
+
+
+def drop_sql(log: LogTable) -> list[str]:
+    """Remove ``log``: table (rows and all: :func:`fold_sql` keeps them), functions and type.
+
+    Its published table's triggers, which call the functions, must be gone first.
+    """
+    name = quote_literal(quote_name(log.name))
+    return [
+        # Out of the audit trail's view first: the view depends on the table.
+        f"DO $$ BEGIN IF to_regclass({name}) IS NOT NULL THEN "
+        f"PERFORM pubsubpull_log_view(to_regclass({name})); END IF; END $$",
+        f"DROP TABLE IF EXISTS {quote_name(log.name)}",
+        f"DROP FUNCTION IF EXISTS {quote_name(log.function)}()",
+        f"DROP FUNCTION IF EXISTS {quote_name(log.update_function)}()",
+        f"DROP TYPE IF EXISTS {quote_name(log.image)}",
+    ]
 
 
 def changes_sql(log_name: str, where: str = "") -> str:

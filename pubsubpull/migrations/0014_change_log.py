@@ -16,24 +16,8 @@ back first).
 
 from django.db import migrations
 
+from pubsubpull.capture.statement_log import ONLY_THE_FIRST_CHILD
 from pubsubpull.capture.triggers import sql_file
-
-_ONLY_THE_FIRST_CHILD = """
-DO $$
-DECLARE
-    others text := (
-        SELECT string_agg(i.inhrelid::regclass::text, ', ')
-        FROM pg_inherits AS i
-        WHERE i.inhparent = 'pubsubpull_log'::regclass
-          AND i.inhrelid <> 'pubsubpull_change'::regclass
-    );
-BEGIN
-    IF others IS NOT NULL THEN
-        RAISE EXCEPTION 'pubsubpull_log still has the log tables %: migrate back the '
-                        'migrations that created them first', others;
-    END IF;
-END $$
-"""
 
 
 class Migration(migrations.Migration):
@@ -45,7 +29,7 @@ class Migration(migrations.Migration):
         migrations.RunSQL(
             sql=[sql_file("log_v1")],
             reverse_sql=[
-                _ONLY_THE_FIRST_CHILD,
+                ONLY_THE_FIRST_CHILD,
                 sql_file("horizon_v1", function_only=True).split("\n-- Not named")[0],
                 "DROP TRIGGER horizon_follows_deletes ON pubsubpull_log",
                 "ALTER TABLE pubsubpull_change NO INHERIT pubsubpull_log",

@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import starmap
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from django.core.exceptions import ImproperlyConfigured
@@ -113,6 +113,8 @@ class LogMember:
     oid: int
     name: str
     label: str
+    key_type: str  # the database type of its keys
+    text_keys: bool  # whether its GIN index is of keys::text[]
     columns: tuple[str, ...]  # of its images
 
 
@@ -146,7 +148,10 @@ def log_members(using: str, *, refresh: bool = False) -> LogMembers:
         try:
             described = json.loads(comment or "")
             described[statement_log.DESCRIPTION]
-            member = LogMember(oid, name, described["model"], tuple(described["columns"]))
+            member = LogMember(
+                oid, name, described["model"], described["key_type"],
+                bool(described["text_keys"]), tuple(described["columns"]),
+            )  # fmt: skip
         except (ValueError, KeyError, TypeError):
             raise ImproperlyConfigured(
                 f"Table {name} belongs to the change log (it inherits pubsubpull_log) but "
@@ -1005,19 +1010,26 @@ def _page_rows(cursor: psycopg.Cursor, sql: str, params: dict[str, Any]) -> tupl
     return figures, rows[1:]
 
 
-def _guarded_page_rows(
-    cursor: psycopg.Cursor, sql: str, params: dict[str, Any], names_members: bool
-) -> tuple[_Figures, list]:
-    """:func:`_page_rows`, in a savepoint when its SQL names log tables inside a transaction.
+T = TypeVar("T")
 
-    Such a table may have been dropped since the SQL was made: the error
-    (UndefinedTable) must leave the transaction usable for the page's
-    second read.
+
+def guarded(cursor: psycopg.Cursor, names_members: bool, read: Callable[[], T]) -> T | None:
+    """``read()``, or None if a log table its SQL names was dropped since it was made.
+
+    The SQL of a process that has not looked at the log's tables since names
+    the ones it saw. In a savepoint inside a transaction when it names any, so
+    that the error (UndefinedTable) leaves the transaction usable for a read
+    made again with the tables there are now.
     """
-    if names_members and cursor.connection.info.transaction_status != 0:  # not idle
-        with cursor.connection.transaction():
-            return _page_rows(cursor, sql, params)
-    return _page_rows(cursor, sql, params)
+    try:
+        if names_members and cursor.connection.info.transaction_status != 0:  # not idle
+            with cursor.connection.transaction():
+                return read()
+        return read()
+    except psycopg.errors.UndefinedTable:
+        if not names_members:
+            raise
+        return None
 
 
 def _sql_value(value: Any, kind: str) -> Any:
@@ -1158,10 +1170,8 @@ def read_changes(
             # pg_stat_activity is cached for the rest of a transaction: drop
             # the cache so the page statement reads it after its snapshot.
             cursor.execute("SELECT pg_stat_clear_snapshot()")
-        try:
-            figures, rows = _guarded_page_rows(cursor, sql, params, bool(members.of(chosen)))
-        except psycopg.errors.UndefinedTable:
-            figures = None  # a log table this SQL names was dropped since
+        read = guarded(cursor, bool(members.of(chosen)), lambda: _page_rows(cursor, sql, params))
+        figures, rows = read if read is not None else (None, [])
         if figures is None or figures.members != members.oids:
             # A log table was made or dropped since this process looked:
             # read the page again with the tables there are now.

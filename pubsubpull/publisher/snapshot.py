@@ -36,6 +36,7 @@ from django.core.exceptions import ValidationError
 from django.db import connections, router
 
 from pubsubpull.capture.registry import Registration, get_registration
+from pubsubpull.capture.triggers import quote_name
 from pubsubpull.exceptions import InvalidAfter
 from pubsubpull.protocol import filters as filtering
 from pubsubpull.protocol import items, jsonbody
@@ -44,8 +45,12 @@ from pubsubpull.protocol.jsonbody import unstorable
 from pubsubpull.publisher.feed import (
     FENCE_SQL,
     INTEGER_TYPES,
+    MEMBERS_SIGNATURE_SQL,
+    LogMember,
     fence_position,
+    guarded,
     key_type,
+    log_members,
     where_sql,
 )
 
@@ -79,10 +84,13 @@ placed AS MATERIALIZED (
     SELECT fence.*,
            fence.xmin >= pg_snapshot_xmax(snap.s)::text::bigint
            OR EXISTS (SELECT 1 FROM pg_stat_activity AS a
-                      WHERE a.backend_xid = fence.xmin::text::xid) AS placed
+                      WHERE a.backend_xid = fence.xmin::text::xid) AS placed,
+           -- Whether the log's tables are those the item's sequence reads.
+           {members}::jsonb = %(members)s::jsonb AS members_known
     FROM fence, snap
 )
-SELECT fence.xmin, fence.horizon_txid, fence.horizon_id, page.pk_text, page.item, fence.placed
+SELECT fence.xmin, fence.horizon_txid, fence.horizon_id, page.pk_text, page.item, fence.placed,
+       fence.members_known
 FROM placed AS fence
 LEFT JOIN LATERAL (
     SELECT keyed.key, keyed.pk_text, convert_to({item}, 'UTF8') AS item
@@ -114,9 +122,9 @@ ELSE coalesce((
 
 # The item's values as JSON text: the pk; its URL (the prefix arrives escaped
 # for a JSON string; the key's segment is plain or percent-encoded, by pk
-# type); the sequence, the newest change of the row, one probe of the
-# (model, object_pk, id) index; and ``row_to_json`` of the published columns
-# (half the cost of ``to_jsonb``, and the same values).
+# type); the sequence, the newest change of the row (_sequence_sql); and
+# ``row_to_json`` of the published columns (half the cost of ``to_jsonb``,
+# and the same values).
 _ITEM = {
     plain: items.instance_item_sql(
         pk="keyed.pk_json",
@@ -126,13 +134,42 @@ _ITEM = {
             "keyed.pk_text" if plain else _PERCENT_ENCODED,
             items.Text('/"'),
         ),
-        sequence="""coalesce((SELECT max(c.id) FROM pubsubpull_change AS c
-                          WHERE c.model = %(label)s AND c.object_pk = keyed.pk_text)::text,
-                         'null')""",
+        sequence="{sequence}",
         fields="keyed.fields",
     )
     for plain in (True, False)
 }
+
+# The newest change of the row in pubsubpull_change: one probe of the
+# (model, object_pk, id) index.
+_CHANGE_SEQUENCE = """(SELECT max(c.id) FROM pubsubpull_change AS c
+                      WHERE c.model = %(label)s AND c.object_pk = keyed.pk_text)"""
+# ... and in a log table of capture v4 (rows of many changes): the newest
+# row whose keys hold the row's, by its GIN index, and the change's place in
+# it. {keys} and {key}: the keys and the row's key, both as text or both as
+# the log's key type, as the index has them.
+_LOG_SEQUENCE = """(SELECT max(m.id + array_position({position}) - 1) FROM {table} AS m
+                      WHERE {keys} @> ARRAY[{key}])"""
+
+
+def _sequence_sql(members: list[LogMember], pk_type: str) -> str:
+    """The item's sequence: the newest change of the row in any table of the log."""
+    probes = [_CHANGE_SEQUENCE]
+    for member in members:
+        typed = member.key_type.split("(")[0].strip().lower() == pk_type
+        if member.text_keys:
+            keys, key = "m.keys::text[]", "keyed.pk_text"
+        else:
+            keys, key = "m.keys", f"keyed.key::{member.key_type}"
+        # Its position is cheaper found among the keys as they are stored.
+        position = "m.keys, keyed.key" if typed else f"{keys}, {key}"
+        probes.append(
+            _LOG_SEQUENCE.format(table=quote_name(member.name), keys=keys, key=key,
+                                 position=position)
+        )  # fmt: skip
+    newest = probes[0] if len(probes) == 1 else f"greatest({', '.join(probes)})"
+    return f"coalesce({newest}::text, 'null')"
+
 
 # Column types whose ::text is the text to_jsonb gives (so it matches
 # object_pk and is cheaper), and the ones of those always plain in a URL.
@@ -276,8 +313,9 @@ def _query(
             # The feed's SQL for the where, on the row as the trigger stores
             # it (to_jsonb of the row; the where names published columns only).
             where += " AND " + where_sql(model_filter.where, "to_jsonb(t)", filter_params)
-    sql = _PAGE_SQL.format(
+    template = _PAGE_SQL.format(
         fence=FENCE_SQL,
+        members=MEMBERS_SIGNATURE_SQL,
         item=_ITEM[pk_type in _PLAIN_IN_URL],
         pk=pk,
         pk_text=pk_text,
@@ -287,7 +325,7 @@ def _query(
         where=where,
     )
     if limit is None:
-        sql = sql.replace("LIMIT %(limit)s", "")
+        template = template.replace("LIMIT %(limit)s", "")
     params = {
         **{k: pk_field.get_db_prep_value(v, connection) for k, v in params.items()},
         **filter_params,
@@ -307,13 +345,24 @@ def _query(
             # pg_stat_activity is cached for the rest of a transaction (as in
             # feed.read_changes): the fence must read it after its snapshot.
             cursor.execute("SELECT pg_stat_clear_snapshot()")
-        cursor.execute(sql, params, binary=True)
-        rows = cursor.fetchall()
+
+        def read(refresh: bool = False) -> list | None:
+            members = log_members(alias, refresh=refresh)
+            chosen = members.of([registration.label])
+            sql = template.replace("{sequence}", _sequence_sql(chosen, pk_type))
+            params["members"] = json.dumps(list(members.oids))
+            # None when a log table was made or dropped since log_members looked.
+            return guarded(cursor, bool(chosen), lambda: _fetch(cursor, sql, params))
+
+        rows = read()
+        if rows is None or not rows[0][6]:
+            rows = read(refresh=True)
+        if rows is None or not rows[0][6]:
+            raise RuntimeError("the change log's tables changed twice during one page")
         if not rows[0][5] and not connection.in_atomic_block:
             # Usually a transaction of another database that ended in between:
             # a fresh snapshot places it (as feed.read_changes retries).
-            cursor.execute(sql, params, binary=True)
-            rows = cursor.fetchall()
+            rows = read() or rows
     xmin, horizon_txid, horizon_id = rows[0][:3]
     if rows[0][3] is None:
         pk_texts, items = [], []
@@ -325,6 +374,11 @@ def _query(
     # already shows what those changes did (they committed before the prune
     # this statement sees), so the feed may start after them.
     return max(fence_position(xmin), Position(horizon_txid, horizon_id)), pk_texts, items
+
+
+def _fetch(cursor: psycopg.Cursor, sql: str, params: dict[str, Any]) -> list:
+    cursor.execute(sql, params, binary=True)
+    return cursor.fetchall()
 
 
 def read_instances(

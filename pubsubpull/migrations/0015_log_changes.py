@@ -1,0 +1,44 @@
+"""The audit trail reads every table of the change log: the view ``pubsubpull_log_changes``.
+
+``sql/changes_v1.sql`` creates the view (pubsubpull_change's rows, and each
+other log table's rows unnested into changes) and the function that makes it
+again when a log table comes or goes. ``Change`` now reads the view: the
+model is no longer managed (the table stays, written by the triggers and by
+pubsubpull's own SQL, and its indexes with it).
+
+Going back drops the view and the function, and gives ``Change`` its table
+again; it refuses while other log tables exist (0014 says why).
+"""
+
+from django.db import migrations
+
+from pubsubpull.capture.statement_log import ONLY_THE_FIRST_CHILD
+from pubsubpull.capture.triggers import sql_file
+
+_INDEXES = ["pubsubpull_change_feed", "pubsubpull_change_object", "pubsubpull_change_request"]
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("pubsubpull", "0014_change_log"),
+    ]
+
+    operations = [
+        migrations.RunSQL(
+            sql=[sql_file("changes_v1")],
+            reverse_sql=[
+                ONLY_THE_FIRST_CHILD,
+                "DROP VIEW pubsubpull_log_changes",
+                "DROP FUNCTION pubsubpull_log_view(regclass)",
+            ],
+        ),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                *(migrations.RemoveIndex("change", name) for name in _INDEXES),
+                migrations.AlterModelOptions(
+                    name="change", options={"managed": False, "ordering": ["id"]}
+                ),
+                migrations.AlterModelTable(name="change", table="pubsubpull_log_changes"),
+            ],
+        ),
+    ]
