@@ -461,6 +461,9 @@ KEYED_BITS = {
 # statement", whose array holds them all).
 READS = {
     "pubsubpull": "SELECT c.new::text AS j FROM pubsubpull_change AS c ORDER BY c.txid, c.id",
+    # Version 4's own reader: its log rows as changes, jsonb images (write_overhead.py
+    # fills in statement_log.changes_sql()).
+    "pubsubpull v4": "SELECT c.new::text AS j FROM ({changes}) AS c ORDER BY c.txid, c.id",
     "typed": "SELECT row_to_json(c.new)::text AS j FROM {log} AS c ORDER BY c.txid, c.id",
     "typed new only": "SELECT row_to_json(c.new)::text AS j FROM {log} AS c ORDER BY c.txid, c.id",
     "per statement": (

@@ -14,6 +14,11 @@ Variants, interleaved within every round (the order rotates each round):
 
 - ``no trigger``: the baseline table;
 - ``pubsubpull``: the same table registered with ``pubsubpull.register``;
+- ``pubsubpull v4``: a registered table with capture version 4
+  (``pubsubpull.capture.statement_log``) in place of the migration's triggers:
+  its own log table, composite type and capture functions, made by that
+  module's SQL after migrate, and the change id sequence stepping by its chunk
+  (shared with ``pubsubpull``, whose ids then step by it too);
 - ``pghistory``: the same table with ``pghistory.track()`` (default trackers:
   insert and update; deletes are not recorded), and for the DELETE figure also
   ``pghistory+del``, tracked with ``DeleteEvent`` as well;
@@ -76,6 +81,7 @@ from benchmarks import designs  # noqa: E402
 TABLES = {
     "no trigger": "bench_writes_plain",
     "pubsubpull": "bench_writes_published",
+    "pubsubpull v4": "bench_writes_publishedv4",
     "pghistory": "bench_peer_tracked",
     "pghistory+del": "bench_peer_trackedwithdeletes",
     "pghistory stmt": "bench_peer_trackedbystatement",
@@ -85,6 +91,7 @@ TABLES = {
 MODELS = {
     "no trigger": "bench_writes.Plain",
     "pubsubpull": "bench_writes.Published",
+    "pubsubpull v4": "bench_writes.PublishedV4",
     "pghistory": "bench_peer.Tracked",
     "pghistory+del": "bench_peer.TrackedWithDeletes",
     "pghistory stmt": "bench_peer.TrackedByStatement",
@@ -99,11 +106,13 @@ MODELS = {
 LOGS = {
     "no trigger": [],
     "pubsubpull": ["pubsubpull_change", "pubsubpull_request"],
+    # "pubsubpull v4": its log table, named by its registration (install_v4).
     "pghistory": ["bench_peer_trackedevent", "pghistory_context"],
     "pghistory+del": ["bench_peer_trackedwithdeletesevent", "pghistory_context"],
     "pghistory stmt": ["bench_peer_trackedbystatementevent", "pghistory_context"],
     "jsonb floor": ["bench_floor_log"],
 }
+V4 = "pubsubpull v4"
 # Bulk-only variants: no single-row figure.
 BULK_ONLY = {"pghistory+del", "jsonb floor"}
 # Not a design but a bound: the statement itself writes to_jsonb() of every
@@ -252,10 +261,39 @@ def create_database(args) -> None:
             for variant in designs.DESIGNS:
                 for statement in designs.setup_sql(variant):
                     conn.execute(statement)
+        if V4 in TABLES:
+            install_v4(conn)
     if not settings.PGHISTORY_INSTALLED:
         for variant in ("pghistory", "pghistory+del", "pghistory stmt"):
             TABLES.pop(variant)
             LOGS.pop(variant)
+
+
+def v4_log():
+    """PublishedV4's log (``statement_log.LogTable``), as its registration gives it."""
+    from django.db import connection
+
+    from pubsubpull.capture import statement_log
+    from pubsubpull.capture.registry import get_registration
+
+    return statement_log.log_table(get_registration(MODELS[V4]), connection)
+
+
+def install_v4(conn) -> None:
+    """Capture version 4 on PublishedV4's table, as tests/test_capture_v4.py installs it.
+
+    Nothing installs version 4 in migrations yet: its own SQL
+    (``statement_log.create_sql``) in place of the triggers, after the
+    sequence step it requires.
+    """
+    from pubsubpull.capture import statement_log, triggers
+
+    log = v4_log()
+    with conn.transaction():
+        conn.execute(f"ALTER SEQUENCE pubsubpull_change_id_seq INCREMENT BY {statement_log.CHUNK}")
+        for statement in triggers.install_sql(log.table, statement_log.create_sql(log)):
+            conn.execute(statement)
+    LOGS[V4] = [log.name, "pubsubpull_request"]
 
 
 def drop_database(args) -> None:
@@ -310,6 +348,10 @@ def read_rate(conn, variant: str) -> float | None:
     query = designs.READS[variant]
     if variant in designs.DESIGNS:
         query = query.format(log=designs.log_table(variant))
+    elif variant == V4:
+        from pubsubpull.capture import statement_log
+
+        query = query.format(changes=statement_log.changes_sql(v4_log().name))
     started = time.perf_counter()
     count = conn.execute(f"SELECT count(*), sum(length(s.j)) FROM ({query}) AS s").fetchone()[0]
     return count / (time.perf_counter() - started) if count else None

@@ -34,6 +34,16 @@ class Published(Row):
     """Every change recorded by pubsubpull, installed by this app's migration."""
 
 
+@pubsubpull.register
+class PublishedV4(Row):
+    """Every change recorded by capture version 4 (``pubsubpull.capture.statement_log``).
+
+    Registered so its log table is the one a registration gives, but no
+    migration installs its triggers: nothing installs version 4 yet, so
+    write_overhead.py creates its log table and triggers after migrate.
+    """
+
+
 # Candidate capture designs (issue 13), measured side by side with the shipped
 # one: plain tables here, their trigger functions and change tables created by
 # write_overhead.py (benchmarks/designs.py) after migrate.
