@@ -22,7 +22,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.utils.module_loading import import_string
 
 from pubsubpull import conf
-from pubsubpull.capture import triggers
+from pubsubpull.capture import publishing
 from pubsubpull.capture.registry import registrations
 
 
@@ -62,6 +62,7 @@ def check_settings(app_configs=None, **kwargs):
 # a retention or grace of 0 (keep nothing) and a wait of 0 (no long poll) work.
 _ABOVE_ZERO, _ZERO_OR_MORE, _ONE_OR_MORE = (0, False), (0, True), (1, True)
 _RANGES: dict[str, tuple[float, bool]] = {
+    "CAPTURE_VERSION": (3, True),  # and at most 4: conf.capture_version() says so
     "PAGE_SIZE": _ONE_OR_MORE,
     "MAX_PAGE_SIZE": _ONE_OR_MORE,
     "MAX_WAIT": _ZERO_OR_MORE,
@@ -327,7 +328,7 @@ def check_triggers(app_configs=None, databases=None, **kwargs):
         if executor.migration_plan(executor.loader.graph.leaf_nodes()):
             continue
         published = {r.label for r in registrations() if router.db_for_write(r.model) == alias}
-        for state in triggers.status(alias):
+        for state in publishing.status(alias):
             if state.label not in published or state.state == state.INSTALLED:
                 continue
             warnings.append(

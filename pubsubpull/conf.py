@@ -19,6 +19,12 @@ DEFAULTS: dict[str, Any] = {
     # installed packages (auth.User, say). Models of your own apps get theirs
     # in their own app's migrations.
     "MIGRATIONS_APP": None,
+    # What makemigrations writes to publish a model: 3, a jsonb row per
+    # change in the shared pubsubpull_change; 4, the model's own log table,
+    # a row per chunk of up to 1,024 of a statement's rows, typed copies
+    # instead of JSON (docs/publishing.rst). Changing it writes a migration per
+    # published model; going back folds a version 4 log into pubsubpull_change.
+    "CAPTURE_VERSION": 3,
     # Pull over HTTP (pubsubpull.urls). Items per page of instances or
     # changes when the caller gives no ?limit=.
     "PAGE_SIZE": 100,
@@ -205,6 +211,16 @@ def configured() -> Any:
 def migrations_app() -> str | None:
     """``MIGRATIONS_APP``: the app whose migrations hold installed packages' triggers."""
     return get("MIGRATIONS_APP")
+
+
+def capture_version() -> int:
+    """``CAPTURE_VERSION``: 3 or 4, the capture makemigrations writes."""
+    version = get("CAPTURE_VERSION")
+    if version not in (3, 4) or isinstance(version, bool):
+        raise ImproperlyConfigured(
+            f"PUBSUBPULL['CAPTURE_VERSION'] is {version!r}: it must be 3 or 4."
+        )
+    return version
 
 
 def page_size() -> int:

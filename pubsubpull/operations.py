@@ -7,10 +7,14 @@ it, and each reverses to exactly what was there before.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import router
 from django.db.migrations.operations.base import Operation, OperationCategory
 
-from pubsubpull.capture.triggers import drop_sql, install_sql
+from pubsubpull.capture.statement_log import drop_sql as drop_log_sql
+from pubsubpull.capture.statement_log import fold_sql
+from pubsubpull.capture.triggers import drop_sql, install_sql, quote_name
 
 
 class _TriggerOperation(Operation):
@@ -41,23 +45,35 @@ class _TriggerOperation(Operation):
 class Publish(_TriggerOperation):
     """Install (or replace) the triggers that record ``model``'s changes.
 
-    ``sql`` holds the CREATE TRIGGER statements; ``previous_sql`` those it
-    replaces, which migrating backwards puts back.
+    ``sql`` holds the statements that make them (capture version 3: CREATE
+    TRIGGER; version 4: the model's log table, type and functions too);
+    ``previous_sql`` those it replaces, which migrating backwards puts back.
+    ``log`` (version 4) names the log ``sql`` makes: going back to SQL that
+    does not write to it copies its changes into pubsubpull_change and drops
+    it, so no change recorded is lost.
     """
 
     category = OperationCategory.ADDITION
 
     def __init__(
-        self, model: str, table: str, sql: list[str], previous_sql: list[str] | None = None
+        self,
+        model: str,
+        table: str,
+        sql: list[str],
+        previous_sql: list[str] | None = None,
+        log: dict[str, Any] | None = None,
     ):
         super().__init__(model, table)
         self.sql = list(sql)
         self.previous_sql = list(previous_sql) if previous_sql else None
+        self.log = dict(log) if log else None
 
     def deconstruct(self):
-        kwargs = {"model": self.model, "table": self.table, "sql": self.sql}
+        kwargs: dict[str, Any] = {"model": self.model, "table": self.table, "sql": self.sql}
         if self.previous_sql:
             kwargs["previous_sql"] = self.previous_sql
+        if self.log:
+            kwargs["log"] = self.log
         return self.__class__.__name__, [], kwargs
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
@@ -68,6 +84,9 @@ class Publish(_TriggerOperation):
             self._run(schema_editor, install_sql(self.table, self.previous_sql))
         else:
             self._run(schema_editor, drop_sql(self.table))
+        # The previous SQL makes a log of its own name when it is the same version.
+        if self.log and quote_name(self.log["table"]) not in "\n".join(self.previous_sql or []):
+            self._run(schema_editor, [fold_sql(self.log), *drop_log_sql(self.log)])
 
     def describe(self):
         verb = "Update" if self.previous_sql else "Install"

@@ -65,7 +65,7 @@ def chunks():
     write.log = log
     yield write
     with connection.cursor() as cursor:
-        for statement in statement_log.drop_sql(log):
+        for statement in statement_log.drop_sql(log.names()):
             cursor.execute(statement)
 
 
@@ -190,7 +190,7 @@ def test_migrating_back_refuses_while_another_log_table_exists_then_keeps_the_lo
     with pytest.raises((InternalError, ProgrammingError), match=chunks.table.strip('"')):
         call_command("migrate", "pubsubpull", "0013", verbosity=0)
     with connection.cursor() as cursor:
-        for statement in statement_log.drop_sql(chunks.log):
+        for statement in statement_log.drop_sql(chunks.log.names()):
             cursor.execute(statement)
     try:
         call_command("migrate", "pubsubpull", "0013", verbosity=0)

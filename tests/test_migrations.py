@@ -210,6 +210,98 @@ def test_register_alter_exclude_unregister_and_migrate_back_to_zero(project):
     assert project.sql("SELECT to_regclass('pubsubpull_change')") == [(None,)]
 
 
+@pytest.fixture
+def project_v4(tmp_path, db):
+    created = Project(tmp_path, 'PUBSUBPULL = {"CAPTURE_VERSION": 4}')
+    with psycopg.connect(dsn(), autocommit=True) as server:
+        server.execute(f'CREATE DATABASE "{created.database}"')
+        yield created
+        server.execute(f'DROP DATABASE IF EXISTS "{created.database}" WITH (FORCE)')
+
+
+def _logged(project: Project) -> list[tuple]:
+    """Every change recorded, through the view that reads every log table."""
+    return project.sql("SELECT op, object_pk, new FROM pubsubpull_log_changes ORDER BY id")
+
+
+def _log_tables(project: Project) -> list[str]:
+    return [
+        name
+        for (name,) in project.sql(
+            "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'pubsubpull_log'::regclass ORDER BY c.relname"
+        )
+    ]
+
+
+@pytest.mark.slow
+def test_capture_version_4_migrations_make_a_log_per_version_and_fold_it_back(project_v4):
+    project = project_v4
+    project.manage("makemigrations", "roundtrip", mode="plain")
+    project.manage("migrate", mode="plain")
+
+    out = project.manage("makemigrations", "roundtrip", mode="registered").stdout
+    assert "Install the pubsubpull triggers publishing roundtrip.thing" in out
+    project.manage("migrate", mode="registered")
+    assert project.triggers() == THING_TRIGGERS
+    first_log = [t for t in _log_tables(project) if t != "pubsubpull_change"]
+    assert len(first_log) == 1 and first_log[0].startswith("pubsubpull_log_roundtrip_thing_")
+    project.sql("INSERT INTO roundtrip_thing (name, secret) VALUES ('a', 's1'), ('b', 's2')")
+    assert _logged(project) == [
+        ("insert", "1", {"id": 1, "name": "a", "secret": "s1"}),
+        ("insert", "2", {"id": 2, "name": "b", "secret": "s2"}),
+    ]
+    assert project.captured() == []  # none in pubsubpull_change
+    assert project.sql(f'SELECT rows FROM "{first_log[0]}"') == [(2,)]  # one row, two changes
+    assert "installed" in project.manage("pubsubpull_triggers", mode="registered").stdout
+
+    # A column's new type is a new version of the log, beside the first.
+    out = project.manage("makemigrations", "roundtrip", mode="altered").stdout
+    assert "Alter field name on thing" in out
+    assert "Update the pubsubpull triggers publishing roundtrip.thing" in out
+    project.manage("migrate", mode="altered")
+    assert len(_log_tables(project)) == 3
+    project.sql("INSERT INTO roundtrip_thing (name, secret) VALUES (repeat('c', 80), 's3')")
+    assert _logged(project)[-1][2]["name"] == "c" * 80
+
+    # Excluding a field: a third version, without it.
+    project.manage("makemigrations", "roundtrip", mode="excluded")
+    project.manage("migrate", mode="excluded")
+    project.sql("UPDATE roundtrip_thing SET secret = 'new' WHERE id = 1")
+    project.sql("UPDATE roundtrip_thing SET name = 'a2', secret = 'x' WHERE id = 1")
+    assert _logged(project)[-1] == ("update", "1", {"id": 1, "name": "a2"})
+    assert "installed" in project.manage("pubsubpull_triggers", mode="excluded").stdout
+
+    project.manage("makemigrations", "roundtrip", mode="unregistered")
+    project.manage("migrate", mode="unregistered")
+    assert project.triggers() == []
+    logged = _logged(project)
+    assert len(logged) == 4
+    assert project.manage("makemigrations", "--check", "--dry-run", mode="unregistered")
+
+    # Backwards: each version's changes are folded into pubsubpull_change as its
+    # log goes, in the same order, with the same ids.
+    ids = project.sql("SELECT id FROM pubsubpull_log_changes ORDER BY id")
+    project.manage("migrate", "roundtrip", "0004", mode="unregistered")
+    assert project.triggers() == THING_TRIGGERS
+    project.manage("migrate", "roundtrip", "0003", mode="unregistered")
+    assert len(_log_tables(project)) == 3
+    assert _logged(project) == logged
+    project.manage("migrate", "roundtrip", "0002", mode="unregistered")
+    assert _log_tables(project) == ["pubsubpull_change", first_log[0]]
+    assert project.sql("SELECT id FROM pubsubpull_log_changes ORDER BY id") == ids
+    project.sql("UPDATE roundtrip_thing SET name = 'a3' WHERE id = 1")
+    assert _logged(project)[-1][2]["secret"] == "x"  # the first version publishes it
+    project.manage("migrate", "roundtrip", "zero", mode="unregistered")
+    assert _log_tables(project) == ["pubsubpull_change"]
+    assert project.captured() == _logged(project)
+    assert [row[:2] for row in project.captured()] == [
+        ("insert", "1"), ("insert", "2"), ("insert", "3"), ("update", "1"), ("update", "1"),
+    ]  # fmt: skip
+    project.manage("migrate", "pubsubpull", "zero", mode="unregistered")
+    assert project.sql("SELECT to_regclass('pubsubpull_change')") == [(None,)]
+
+
 def test_makemigrations_check_reports_a_missing_trigger_migration(project):
     project.manage("makemigrations", "roundtrip", mode="plain")
     result = project.manage(
@@ -307,14 +399,14 @@ def test_migration_0006_installs_capture_v2_and_reverses_to_v1(changes):
     from django.db import connection
 
     from customers.models import Country
-    from pubsubpull.capture import triggers
+    from pubsubpull.capture import publishing
 
     with connection.cursor() as cursor:
         assert "pg_sequence_last_value" in _capture_source(cursor)
         # A sleeper's arm must survive going back and forth.
         cursor.execute("SELECT nextval('pubsubpull_wakeup_armed')")
         (armed,) = cursor.fetchone()
-    before = {s.table: s.state for s in triggers.status()}
+    before = {s.table: s.state for s in publishing.status()}
     try:
         call_command("migrate", "pubsubpull", "0005", verbosity=0)
         with connection.cursor() as cursor:
@@ -335,5 +427,5 @@ def test_migration_0006_installs_capture_v2_and_reverses_to_v1(changes):
     Country.objects.filter(code="fr").update(name="République française")
     assert [c["op"] for c in changes(model="customers.country")] == ["insert", "update"]
     # The triggers' own SQL did not change, so neither did their fingerprints.
-    assert {s.table: s.state for s in triggers.status()} == before
+    assert {s.table: s.state for s in publishing.status()} == before
     assert set(before.values()) == {"installed"}

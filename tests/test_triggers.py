@@ -9,7 +9,7 @@ from django.db import connection
 
 from customers.models import Address, Country, Customer
 from pubsubpull import checks
-from pubsubpull.capture import triggers
+from pubsubpull.capture import publishing
 from pubsubpull.models import Change
 
 pytestmark = pytest.mark.django_db
@@ -22,7 +22,7 @@ def run(*args) -> str:
 
 
 def states() -> dict[str, str]:
-    return {row.table: row.state for row in triggers.status()}
+    return {row.table: row.state for row in publishing.status()}
 
 
 def break_things():

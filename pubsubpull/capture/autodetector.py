@@ -21,8 +21,8 @@ from django.db.migrations.autodetector import MigrationAutodetector
 from django.db.migrations.operations.base import Operation
 
 from pubsubpull import conf
+from pubsubpull.capture.publishing import capture_sql, log_names
 from pubsubpull.capture.registry import Registration, registrations
-from pubsubpull.capture.triggers import create_sql
 from pubsubpull.operations import Publish, Unpublish
 
 
@@ -89,7 +89,7 @@ class PublishingMixin(_Autodetector):
         current = migrated_triggers(graph)
         wanted = {r.label: r for r in registrations()}
         for label, registration in wanted.items():
-            sql = create_sql(registration)
+            sql = capture_sql(registration)
             before = current.get(label)
             if before is not None and before[2] == sql:
                 continue
@@ -98,6 +98,7 @@ class PublishingMixin(_Autodetector):
                 table=registration.table,
                 sql=sql,
                 previous_sql=before[2] if before else None,
+                log=log_names(registration),
             )
             self._add(
                 migrations_app_for(registration),

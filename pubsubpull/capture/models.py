@@ -252,5 +252,30 @@ class Change(ReadOnlyModel):
             return None
 
 
+class LogRow(ReadOnlyModel):
+    """A row of any table of the change log: ``pubsubpull_log``, their parent (sql/log_v1.sql).
+
+    Not for reading (``Change`` is). A managed model so that Django empties it
+    where it empties every managed model's table (``flush``, and between
+    ``TransactionTestCase`` tests): a TRUNCATE of the parent empties every log
+    table, ``pubsubpull_change`` and capture version 4's alike.
+    """
+
+    id = models.BigIntegerField(primary_key=True)
+    txid = models.BigIntegerField()
+    model = models.CharField(max_length=200, db_collation="C")
+    op = models.CharField(max_length=8)
+    at = models.DateTimeField()
+    request_id = models.UUIDField(null=True)
+    rows = models.IntegerField(default=1)
+
+    class Meta:
+        db_table = "pubsubpull_log"
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.model} ({self.rows} from {self.id})"
+
+
 Change._meta.get_field("object_pk").register_lookup(_ObjectKeyExact)
 Change._meta.get_field("id").register_lookup(_IdExact)

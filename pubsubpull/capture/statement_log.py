@@ -96,6 +96,14 @@ class LogTable:
     def update_function(self) -> str:
         return self._name(FUNCTION_PREFIX, "_u")
 
+    def names(self) -> dict[str, Any]:
+        """What going back from this version drops (:func:`drop_sql`), as migrations freeze it."""
+        return {
+            "table": self.name,
+            "type": self.image,
+            "functions": [self.function, self.update_function],
+        }
+
     @property
     def text_keys(self) -> bool:
         """Whether the GIN index is of ``keys::text[]`` (see :data:`TEXT_KEY_TYPES`)."""
@@ -215,6 +223,12 @@ def create_sql(log: LogTable) -> list[str]:
     attributes = ", ".join(f"{quote_name(column)} {type_}" for column, type_ in log.columns)
     index = lambda suffix: quote_name(f"{log.name[:55]}_{suffix}")  # noqa: E731
     statements = [
+        # A row's changes take the ids after its own (CHUNK): the sequence
+        # steps by CHUNK, for version 3's rows too (their ids just have gaps).
+        "DO $$ BEGIN IF (SELECT increment_by FROM pg_sequences "
+        "WHERE schemaname = current_schema() AND sequencename = 'pubsubpull_change_id_seq') "
+        f"<> {CHUNK} THEN ALTER SEQUENCE pubsubpull_change_id_seq INCREMENT BY {CHUNK}; "
+        "END IF; END $$",
         # CREATE TYPE has no IF NOT EXISTS.
         f"DO $$ BEGIN IF to_regtype({quote_literal(image)}) IS NULL THEN "
         f"CREATE TYPE {image} AS ({attributes}); END IF; END $$",
@@ -259,28 +273,34 @@ def create_sql(log: LogTable) -> list[str]:
     return statements
 
 
-def fold_sql(log: LogTable) -> str:
-    """Copy ``log``'s changes into pubsubpull_change, a row each (before :func:`drop_sql`)."""
-    return (
-        "INSERT INTO pubsubpull_change (id, txid, model, object_pk, op, at, old, new, request_id) "
-        f"SELECT * FROM ({changes_sql(log.name)}) AS c"
-    )
+def fold_sql(names: dict[str, Any]) -> str:
+    """Copy a log's changes into pubsubpull_change, a row each (before :func:`drop_sql`).
 
-
-def drop_sql(log: LogTable) -> list[str]:
-    """Remove ``log``: table (rows and all: :func:`fold_sql` keeps them), functions and type.
-
-    Its published table's triggers, which call the functions, must be gone first.
+    ``names``: :meth:`LogTable.names`. Going back to version 3 keeps every
+    change, its id and its place in the feed.
     """
-    name = quote_literal(quote_name(log.name))
+    table = quote_literal(quote_name(names["table"]))
+    copy = (
+        "INSERT INTO pubsubpull_change (id, txid, model, object_pk, op, at, old, new, request_id) "
+        f"SELECT * FROM ({changes_sql(names['table'])}) AS c"
+    )
+    return f"DO $fold$ BEGIN IF to_regclass({table}) IS NOT NULL THEN {copy}; END IF; END $fold$"
+
+
+def drop_sql(names: dict[str, Any]) -> list[str]:
+    """Remove a log: table (rows and all: :func:`fold_sql` keeps them), functions and type.
+
+    ``names``: :meth:`LogTable.names`. The published table's triggers, which
+    call the functions, must be gone or replaced first.
+    """
+    table = quote_literal(quote_name(names["table"]))
     return [
         # Out of the audit trail's view first: the view depends on the table.
-        f"DO $$ BEGIN IF to_regclass({name}) IS NOT NULL THEN "
-        f"PERFORM pubsubpull_log_view(to_regclass({name})); END IF; END $$",
-        f"DROP TABLE IF EXISTS {quote_name(log.name)}",
-        f"DROP FUNCTION IF EXISTS {quote_name(log.function)}()",
-        f"DROP FUNCTION IF EXISTS {quote_name(log.update_function)}()",
-        f"DROP TYPE IF EXISTS {quote_name(log.image)}",
+        f"DO $$ BEGIN IF to_regclass({table}) IS NOT NULL THEN "
+        f"PERFORM pubsubpull_log_view(to_regclass({table})); END IF; END $$",
+        f"DROP TABLE IF EXISTS {quote_name(names['table'])}",
+        *(f"DROP FUNCTION IF EXISTS {quote_name(f)}()" for f in names["functions"]),
+        f"DROP TYPE IF EXISTS {quote_name(names['type'])}",
     ]
 
 

@@ -7,7 +7,8 @@ by pubsubpull's own migrations (0001 installs version 1, 0006 version 2,
 The triggers' SQL is generated here, frozen into a migration by
 ``makemigrations``, and fingerprinted in ``COMMENT ON TRIGGER`` so
 ``manage.py pubsubpull_triggers`` can tell installed triggers from outdated,
-missing and orphaned ones.
+missing and orphaned ones (``pubsubpull.capture.publishing``, which also
+chooses between this version and version 4's SQL).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 
-from django.db import connections, router, transaction
+from django.db import connections, transaction
 
-from pubsubpull.capture.registry import Registration, registrations
+from pubsubpull.capture.registry import Registration
 
 FUNCTION = "pubsubpull_capture"
 TRIGGER_PREFIX = "pubsubpull_"
@@ -136,38 +137,13 @@ def installed_triggers(using: str = "default") -> dict[str, dict[str, str]]:
     return found
 
 
-def status(using: str = "default") -> list[TriggerStatus]:
-    """The trigger state of each model published in ``using``, then each orphaned table."""
-    installed = installed_triggers(using)
-    result = []
-    for registration in registrations():
-        if not router.allow_migrate_model(using, registration.model):
-            continue  # its table lives in another database
-        triggers = installed.pop(registration.table, {})
-        expected = f"pubsubpull {fingerprint(create_sql(registration))}"
-        if not triggers:
-            state = TriggerStatus.MISSING
-        elif set(triggers) == set(TRIGGER_NAMES) and all(c == expected for c in triggers.values()):
-            state = TriggerStatus.INSTALLED
-        else:
-            state = TriggerStatus.OUTDATED
-        result.append(TriggerStatus(registration.table, registration.label, state))
-    for table in sorted(installed):
-        result.append(TriggerStatus(table, None, TriggerStatus.ORPHANED))
-    return result
-
-
-def install(registration: Registration, using: str = "default") -> None:
-    """Install or replace ``registration``'s triggers, atomically."""
-    _execute(install_sql(registration.table, create_sql(registration)), using)
-
-
 def uninstall(table: str, using: str = "default") -> None:
     """Remove pubsubpull's triggers from ``table``."""
-    _execute(drop_sql(table), using)
+    execute(drop_sql(table), using)
 
 
-def _execute(statements: list[str], using: str) -> None:
+def execute(statements: list[str], using: str) -> None:
+    """Run ``statements`` in ``using``, atomically."""
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         for statement in statements:
             cursor.execute(statement)

@@ -3,7 +3,7 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS
 
-from pubsubpull.capture import triggers
+from pubsubpull.capture import publishing, triggers
 from pubsubpull.capture.registry import get_registration
 
 
@@ -26,12 +26,12 @@ class Command(BaseCommand):
         parser.add_argument("--database", default=DEFAULT_DB_ALIAS)
 
     def handle(self, *args, action, database, **options):
-        rows = triggers.status(database)
+        rows = publishing.status(database)
         if action == "install":
             for row in rows:
                 registration = get_registration(row.label) if row.label else None
                 if registration is not None and row.state in (row.MISSING, row.OUTDATED):
-                    triggers.install(registration, database)
+                    publishing.install(registration, database)
                     self.stdout.write(f"installed {row.label} ({row.table})")
         elif action == "prune":
             for row in rows:
@@ -39,7 +39,7 @@ class Command(BaseCommand):
                     triggers.uninstall(row.table, database)
                     self.stdout.write(f"pruned {row.table}")
         if action != "list":
-            rows = triggers.status(database)
+            rows = publishing.status(database)
         if not rows:
             self.stdout.write("No model is published and no pubsubpull trigger is installed.")
             return

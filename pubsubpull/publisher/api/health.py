@@ -94,7 +94,9 @@ def metrics(request, caller):
     metric(
         "pubsubpull_changes_recorded_total",
         "counter",
-        "Changes recorded by the capture triggers (the latest change id).",
+        "The latest change id taken: the changes recorded while every model is "
+        "published with capture version 3 (ids step by 1); a version 4 log row "
+        "takes 1,024 ids for up to 1,024 changes.",
         [({}, recorded)],
     )
     rows = list(Subscription.objects.order_by("owner", "name"))
