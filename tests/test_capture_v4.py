@@ -301,6 +301,19 @@ def test_the_audit_trail_and_the_snapshot_read_version_4_changes_by_object(v4):
         plan = "\n".join(row for (row,) in cursor.fetchall())
         cursor.execute("RESET enable_seqscan")
     assert f"{_logs()[1].name[:55]}_keys" in plan, plan
+    # So does the snapshot's sequence of a page of rows.
+    members = feed.log_members("default").of(["customers.customer"])
+    sequence = snapshot._sequence_sql(members, "bigint")
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")
+        cursor.execute(
+            f"EXPLAIN SELECT {sequence} FROM (SELECT t.id AS key, t.id::text AS pk_text "
+            "FROM customers_customer AS t LIMIT 10) AS keyed",
+            {"label": "customers.customer"},
+        )
+        plan = "\n".join(row for (row,) in cursor.fetchall())
+        cursor.execute("RESET enable_seqscan")
+    assert f"{_logs()[1].name[:55]}_keys" in plan, plan
 
 
 def _plan(queryset) -> str:

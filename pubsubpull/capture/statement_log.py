@@ -106,7 +106,7 @@ class LogTable:
 
     @property
     def text_keys(self) -> bool:
-        """Whether the GIN index is of ``keys::text[]`` (see :data:`TEXT_KEY_TYPES`)."""
+        """Whether the GIN index is of the keys as text (see :data:`TEXT_KEY_TYPES`)."""
         return self.key_type.split("(")[0].strip().lower() in TEXT_KEY_TYPES
 
     def describe(self) -> dict[str, Any]:
@@ -125,10 +125,13 @@ class LogTable:
 DESCRIPTION = "pubsubpull_log"
 
 # Key types whose text is an immutable function of the value, the same text
-# version 3 stored as object_pk: their log's GIN index is of keys::text[], so
+# version 3 stored as object_pk: their log's GIN index is of TEXT_KEYS_SQL, so
 # a lookup by object_pk (the audit trail's, the snapshot's sequence) uses it.
 # Other keys (dates, timestamps: their text depends on settings) are indexed
 # as they are, and found by object_pk only by reading the whole table.
+# The keys as the GIN index has them (sql/changes_v1.sql's view the same):
+# text compared as bytes, three times cheaper to index than by the locale.
+TEXT_KEYS_SQL = '(keys::text[] COLLATE "C")'
 TEXT_KEY_TYPES = frozenset(
     ["smallint", "integer", "bigint", "uuid", "varchar", "character varying", "text", "char",
      "character", "numeric", "decimal"]
@@ -246,7 +249,7 @@ def create_sql(log: LogTable) -> list[str]:
         # One object's changes (the snapshot's sequence, the audit trail).
         # fastupdate off: a pending list would be scanned by every lookup.
         f"CREATE INDEX IF NOT EXISTS {index('keys')} ON {name} "
-        f"USING gin ({'(keys::text[])' if log.text_keys else 'keys'}) WITH (fastupdate = off)",
+        f"USING gin ({TEXT_KEYS_SQL if log.text_keys else 'keys'}) WITH (fastupdate = off)",
         # One change by its id (the audit trail's page of it): one entry a row.
         f"CREATE INDEX IF NOT EXISTS {index('id')} ON {name} (id)",
         f"CREATE INDEX IF NOT EXISTS {index('request')} ON {name} (request_id) "

@@ -35,6 +35,7 @@ import psycopg
 from django.core.exceptions import ValidationError
 from django.db import connections, router
 
+from pubsubpull.capture import statement_log
 from pubsubpull.capture.registry import Registration, get_registration
 from pubsubpull.capture.triggers import quote_name
 from pubsubpull.exceptions import InvalidAfter
@@ -158,7 +159,7 @@ def _sequence_sql(members: list[LogMember], pk_type: str) -> str:
     for member in members:
         typed = member.key_type.split("(")[0].strip().lower() == pk_type
         if member.text_keys:
-            keys, key = "m.keys::text[]", "keyed.pk_text"
+            keys, key = statement_log.TEXT_KEYS_SQL.replace("keys", "m.keys"), "keyed.pk_text"
         else:
             keys, key = "m.keys", f"keyed.key::{member.key_type}"
         # Its position is cheaper found among the keys as they are stored.

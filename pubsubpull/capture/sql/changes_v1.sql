@@ -5,7 +5,8 @@
 -- they are, and each other table's rows (capture v4's, many changes each)
 -- unnested into their changes, images as jsonb. The column keys is what an
 -- object's changes are found by in such a table, its GIN index of
--- (keys::text[]): a row's keys, every key of the chunk for the other tables.
+-- (keys::text[] COLLATE "C"): a row's keys, every key of the chunk for the
+-- other tables (collation "C", as object_pk's, and as the index's).
 -- A filter on object_pk alone cannot reach that index (the key is known only
 -- once the row is unnested), so the ORM's object_pk lookup also tests keys
 -- (pubsubpull.capture.models). Do not select keys per change: for the other
@@ -24,7 +25,7 @@ LANGUAGE plpgsql
 AS $function$
 DECLARE
     body text := 'SELECT c.id, c.txid, c.model, c.object_pk, c.op, c.at, c.old, c.new, '
-                 'c.request_id, ARRAY[c.object_pk::text COLLATE "default"] AS keys, '
+                 'c.request_id, ARRAY[c.object_pk] AS keys, '
                  'c.id AS row_id FROM pubsubpull_change AS c';
     member regclass;
 BEGIN
@@ -38,7 +39,7 @@ BEGIN
         body := body || format($member$
 UNION ALL
 SELECT c.id + u.ordinal - 1, c.txid, c.model, u.k::text COLLATE "C", c.op, c.at,
-       to_jsonb(u.o), to_jsonb(u.n), c.request_id, c.keys::text[], c.id
+       to_jsonb(u.o), to_jsonb(u.n), c.request_id, c.keys::text[] COLLATE "C", c.id
 FROM %s AS c
 CROSS JOIN LATERAL (
     SELECT generate_series(1, greatest(c.rows, 1)) AS ordinal,
