@@ -20,6 +20,11 @@ Run it (needs the bench extra: pip install -e ".[bench]")::
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \\
         python benchmarks/pull_throughput.py [--sizes 100000 1000000] [--limit 5000] [--parts 2]
+        [--capture 4]
+
+``--capture 4`` publishes customers with capture version 4 (its own log
+table, a row per 1,024 changes) instead of version 3 (a row per change in
+``pubsubpull_change``): the feed line then reads that log.
 
 It uses its own database, PUBLISHER_DB_NAME (default bench_pull), dropped and
 created anew.
@@ -136,7 +141,7 @@ def fill(rows: int) -> None:
 
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE customers_customer CASCADE")
-        cursor.execute("TRUNCATE pubsubpull_change, pubsubpull_request")
+        cursor.execute("TRUNCATE pubsubpull_log, pubsubpull_request")  # every log table
         cursor.execute(
             """
             INSERT INTO customers_customer (name, email, newsletter, notes, created, updated)
@@ -151,6 +156,26 @@ def fill(rows: int) -> None:
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE customers_customer")
         cursor.execute("VACUUM ANALYZE pubsubpull_change")
+        for table in log_tables():
+            cursor.execute(f'VACUUM ANALYZE "{table}"')
+
+
+def log_tables() -> list[str]:
+    """Capture version 4's log tables (``--capture 4``)."""
+    from pubsubpull.publisher import feed
+
+    return [m.name for m in feed.log_members("default", refresh=True).tables]
+
+
+def install_capture(version: int) -> None:
+    """Publish customers with capture ``version`` in place of what the migrations installed."""
+    from django.conf import settings
+
+    from pubsubpull import get_registration
+    from pubsubpull.capture import publishing
+
+    settings.PUBSUBPULL = {**getattr(settings, "PUBSUBPULL", {}), "CAPTURE_VERSION": version}
+    publishing.install(get_registration("customers.customer"))
 
 
 def copy_rate(rows: int) -> dict:
@@ -253,6 +278,10 @@ def main() -> None:
     parser.add_argument(
         "--parts", type=int, default=2, help="key ranges read at once (the snapshot xN line)"
     )
+    parser.add_argument(
+        "--capture", type=int, default=3, choices=[3, 4],
+        help="the capture version customers are published with (the feed reads its log)",
+    )  # fmt: skip
     parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
@@ -260,6 +289,7 @@ def main() -> None:
         return
 
     setup_database()
+    install_capture(args.capture)
     from django.db import connection
 
     from pubsubpull.publisher.api.auth import create_token

@@ -81,3 +81,36 @@ def test_missing_outdated_and_orphaned_triggers_are_reported_and_repaired():
     assert Change.objects.filter(model="customers.address").count() == 1
     Country.objects.create(code="fr", name="France")
     assert Change.objects.filter(model="customers.country").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_switching_to_capture_version_4_shows_outdated_and_install_makes_each_log(settings):
+    """Without migrations: ``pubsubpull_triggers install`` puts version 4 in place."""
+    from django.db import router
+
+    from pubsubpull.capture import statement_log, triggers
+    from pubsubpull.capture.registry import get_registration, registrations
+
+    settings.PUBSUBPULL = {"CAPTURE_VERSION": 4}
+    assert set(states().values()) == {"outdated"}
+    try:
+        run("install")
+        assert set(states().values()) == {"installed"}
+        Customer.objects.create(name="v4")
+        (change,) = Change.objects.filter(model="customers.customer")
+        assert change.new["name"] == "v4"
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pubsubpull_change")
+            assert cursor.fetchone() == (0,)
+    finally:
+        settings.PUBSUBPULL = {}
+        for registration in registrations():
+            if not router.allow_migrate_model("default", registration.model):
+                continue  # the ledger's database
+            v3 = triggers.install_sql(registration.table, triggers.create_sql(registration))
+            triggers.execute(v3, "default")
+            log = statement_log.log_table(get_registration(registration.model), connection)
+            triggers.execute(statement_log.drop_sql(log.names()), "default")
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER SEQUENCE pubsubpull_change_id_seq INCREMENT BY 1")
+    assert set(states().values()) == {"installed"}
