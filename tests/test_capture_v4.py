@@ -291,6 +291,11 @@ def test_the_audit_trail_and_the_snapshot_read_version_4_changes_by_object(v4):
     _reset()
     _script()
     assert _histories() == expected
+    # The snapshot's page is planned with index scans of the logs; the
+    # connection's settings come back as they were.
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW enable_seqscan")
+        assert cursor.fetchone() == ("on",)
     # An object's changes come from each log table's GIN index, not from
     # unnesting the table.
     ada = Customer.objects.get(name="ada")

@@ -646,15 +646,33 @@ _MEMBER_CHANGES_SQL = f"""
 
 
 def _chunks_cte(members: list[LogMember]) -> str:
+    """The next log rows of ``members``, as few as hold %(limit)s changes after the cursor.
+
+    At most %(limit)s rows (each holds a change), and no row after the one
+    where the running count of changes after the cursor reaches %(limit)s:
+    a page of 5,000 from inside a statement of a million changes reads 6
+    rows, not 5,000 (every one of them unnested, 3,050 changes/s at a million).
+    """
     rows = " UNION ALL ".join(
-        f"SELECT t.tableoid, t.id, t.txid FROM {quote_name(m.name)} AS t "
+        f"SELECT t.tableoid, t.id, t.txid, t.rows FROM {quote_name(m.name)} AS t "
         f"WHERE {after_sql(_FROM, 't')} AND t.txid < (SELECT xmin FROM bounds)"
         for m in members
     )
-    return (
-        ",\nchunks AS MATERIALIZED (\n    SELECT k.tableoid, k.id, k.txid "
-        f"FROM ({rows}) AS k ORDER BY k.txid, k.id LIMIT %(limit)s\n)"
+    # A row's changes after the cursor: all of them, or of the row the
+    # cursor is inside, those after it.
+    after = (
+        f"CASE WHEN (k.txid, k.id) > ({_FROM}) THEN greatest(k.rows, 1) "
+        "ELSE k.id + greatest(k.rows, 1) - 1 - (SELECT from_id FROM bounds) END"
     )
+    return f""",
+chunks AS MATERIALIZED (
+    SELECT k.tableoid, k.id, k.txid FROM (
+        SELECT k.tableoid, k.id, k.txid, {after} AS n,
+               sum({after}) OVER (ORDER BY k.txid, k.id) AS upto
+        FROM (SELECT k.* FROM ({rows}) AS k ORDER BY k.txid, k.id LIMIT %(limit)s) AS k
+    ) AS k
+    WHERE k.upto - k.n < %(limit)s
+)"""
 
 
 def _members_page_sql(members: list[LogMember], chosen: dict[str, Registration]) -> str:
