@@ -95,8 +95,7 @@ SELECT fence.xmin, fence.horizon_txid, fence.horizon_id, page.pk_text, page.item
        fence.members_known
 FROM placed AS fence
 LEFT JOIN LATERAL (
-    SELECT keyed.key, keyed.pk_text, convert_to({item}, 'UTF8') AS item
-    FROM (
+    __KEYED_OPEN__
         SELECT t.{pk} AS key, {pk_text} AS pk_text, {pk_json} AS pk_json,
                row_to_json(published)::text AS fields
         FROM {table} AS t
@@ -104,7 +103,7 @@ LEFT JOIN LATERAL (
         WHERE {where}
         ORDER BY t.{pk}
         LIMIT %(limit)s
-    ) AS keyed
+    __KEYED_CLOSE__
 ) AS page ON true
 ORDER BY page.key
 """
@@ -146,30 +145,54 @@ _ITEM = {
 # (model, object_pk, id) index.
 _CHANGE_SEQUENCE = """(SELECT max(c.id) FROM pubsubpull_change AS c
                       WHERE c.model = %(label)s AND c.object_pk = keyed.pk_text)"""
-# ... and in a log table of capture v4 (rows of many changes): the newest
-# row whose keys hold the row's, by its GIN index, and the change's place in
-# it. {keys} and {key}: the keys and the row's key, both as text or both as
-# the log's key type, as the index has them.
-_LOG_SEQUENCE = """(SELECT max(m.id + array_position({position}) - 1) FROM {table} AS m
-                      WHERE {keys} @> ARRAY[{key}])"""
+# The page's rows, then their items (version 3's log only: a probe per item).
+_KEYED = (
+    "SELECT keyed.key, keyed.pk_text, convert_to({item}, 'UTF8') AS item FROM (",
+    ") AS keyed",
+)
+# With log tables of capture v4 (rows of up to 1,024 changes): the page's
+# rows first, then in one statement for the whole page the log rows whose
+# keys hold any of the page's keys (their GIN index, once), unnested and
+# joined to the page, the newest change of each row (logged). A probe per
+# item detoasted a log row's keys for every item (16 us an item).
+_KEYED_LOGGED = (
+    "WITH keyed AS MATERIALIZED (",
+    "), logged AS ({logged})\n"
+    "    SELECT keyed.key, keyed.pk_text, convert_to({item}, 'UTF8') AS item\n"
+    "    FROM keyed LEFT JOIN logged ON logged.pk_text = keyed.pk_text",
+)
+# One log table's newest change of each row of the page. {keys} and {key}:
+# the keys and the page's, both as text or both as the log's key type, as
+# its GIN index has them.
+_LOG_SEQUENCE = """
+        SELECT keyed.pk_text, m.id + u.ordinal - 1 AS seq
+        FROM {table} AS m
+        CROSS JOIN LATERAL unnest(m.keys) WITH ORDINALITY AS u(k, ordinal)
+        JOIN keyed ON {key} = {element}
+        WHERE {keys} && (SELECT array_agg({key}) FROM keyed)"""
 
 
-def _sequence_sql(members: list[LogMember], pk_type: str) -> str:
-    """The item's sequence: the newest change of the row in any table of the log."""
-    probes = [_CHANGE_SEQUENCE]
+def logged_sql(members: list[LogMember]) -> str:
+    """The newest change of each row of the page (``keyed``) in ``members``."""
+    parts = []
     for member in members:
-        typed = member.key_type.split("(")[0].strip().lower() == pk_type
         if member.text_keys:
-            keys, key = statement_log.TEXT_KEYS_SQL.replace("keys", "m.keys"), "keyed.pk_text"
+            keys, key, element = (
+                statement_log.TEXT_KEYS_SQL.replace("keys", "m.keys"), "keyed.pk_text", "u.k::text"
+            )  # fmt: skip
         else:
-            keys, key = "m.keys", f"keyed.key::{member.key_type}"
-        # Its position is cheaper found among the keys as they are stored.
-        position = "m.keys, keyed.key" if typed else f"{keys}, {key}"
-        probes.append(
+            keys, key, element = "m.keys", f"keyed.key::{member.key_type}", "u.k"
+        parts.append(
             _LOG_SEQUENCE.format(table=quote_name(member.name), keys=keys, key=key,
-                                 position=position)
+                                 element=element)
         )  # fmt: skip
-    newest = probes[0] if len(probes) == 1 else f"greatest({', '.join(probes)})"
+    rows = "\n        UNION ALL".join(parts)
+    return f"SELECT l.pk_text, max(l.seq) AS seq FROM ({rows}) AS l GROUP BY l.pk_text"
+
+
+def _sequence_sql(logged: bool) -> str:
+    """The item's sequence: the newest change of the row in any table of the log."""
+    newest = f"greatest({_CHANGE_SEQUENCE}, logged.seq)" if logged else _CHANGE_SEQUENCE
     return f"coalesce({newest}::text, 'null')"
 
 
@@ -315,10 +338,10 @@ def _query(
             # The feed's SQL for the where, on the row as the trigger stores
             # it (to_jsonb of the row; the where names published columns only).
             where += " AND " + where_sql(model_filter.where, "to_jsonb(t)", filter_params)
+    item = _ITEM[pk_type in _PLAIN_IN_URL]
     template = _PAGE_SQL.format(
         fence=FENCE_SQL,
         members=MEMBERS_SIGNATURE_SQL,
-        item=_ITEM[pk_type in _PLAIN_IN_URL],
         pk=pk,
         pk_text=pk_text,
         pk_json=f"t.{pk}::text" if pk_type in INTEGER_TYPES else f"to_json(t.{pk})::text",
@@ -351,7 +374,14 @@ def _query(
         def read(refresh: bool = False) -> list | None:
             members = log_members(alias, refresh=refresh)
             chosen = members.of([registration.label])
-            sql = template.replace("{sequence}", _sequence_sql(chosen, pk_type))
+            opening, closing = _KEYED_LOGGED if chosen else _KEYED
+            closing = closing.replace("{logged}", logged_sql(chosen) if chosen else "")
+            sql = (
+                template.replace("__KEYED_OPEN__", opening)
+                .replace("__KEYED_CLOSE__", closing)
+                .replace("{item}", item)
+                .replace("{sequence}", _sequence_sql(bool(chosen)))
+            )
             params["members"] = json.dumps(list(members.oids))
             if not chosen:
                 return _fetch(cursor, sql, params)
