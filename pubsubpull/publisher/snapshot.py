@@ -427,7 +427,7 @@ def _index_probes(cursor: psycopg.Cursor):
         "SELECT current_setting('enable_seqscan'), current_setting('jit'), "
         "set_config('enable_seqscan', 'off', false), set_config('jit', 'off', false)"
     )
-    seqscan, jit, _, _ = cursor.fetchone()
+    seqscan, jit, _, _ = cursor.fetchall()[0]
     try:
         yield
     finally:
