@@ -150,7 +150,9 @@ class _IndexedExact(Exact):
         sql, params = super().as_sql(compiler, connection)
         if not isinstance(self.lhs, Col) or not self.rhs_is_direct_value() or self.rhs is None:
             return sql, params
-        also = self.also.replace("{table}", compiler.quote_name_unless_alias(self.lhs.alias))
+        # The view's alias as the column's own SQL gives it ("table"."column").
+        lhs, _ = self.process_lhs(compiler, connection)
+        also = self.also.replace("{table}", lhs.rsplit(".", 1)[0])
         return f"({sql} AND {also})", [*params, *[params[-1]] * self.values]
 
 
