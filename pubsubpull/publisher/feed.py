@@ -88,6 +88,20 @@ def after_sql(position: str, log: str = "c") -> str:
 # A log row's last change, in SQL (of the row c).
 LAST_ID_SQL = "c.id + greatest(c.rows, 1) - 1"
 
+
+def changes_after_sql(position: str, position_id: str, log: str = "c") -> str:
+    """SQL of how many of log row ``log``'s changes lie after ``position``.
+
+    All of them, or for the row the position is inside, those after its
+    change. ``position`` is SQL of a ``txid, id`` pair, ``position_id`` of
+    its id alone.
+    """
+    return (
+        f"CASE WHEN ({log}.txid, {log}.id) > ({position}) THEN greatest({log}.rows, 1) "
+        f"ELSE {log}.id + greatest({log}.rows, 1) - 1 - {position_id} END"
+    )
+
+
 # The log's tables other than pubsubpull_change (capture v4's, one or more
 # versions per model: pubsubpull.capture.statement_log), by oid. Every page
 # statement reads it, so a page built without a table made since is read
@@ -481,8 +495,7 @@ _SCAN_END_ROW = """
 _LOG_SCAN_END_ROW = f"""
         SELECT w.txid, w.last_id - (w.upto - %(scan)s) AS id FROM (
             SELECT c.txid, c.last_id,
-                   sum(CASE WHEN (c.txid, c.id) > (%(txid)s, %(id)s) THEN greatest(c.rows, 1)
-                            ELSE c.last_id - %(id)s END)
+                   sum({changes_after_sql("%(txid)s, %(id)s", "%(id)s")})
                        OVER (ORDER BY c.txid, c.id) AS upto
             FROM (SELECT c.txid, c.id, c.rows, {LAST_ID_SQL} AS last_id
                   FROM pubsubpull_log AS c
@@ -658,12 +671,7 @@ def _chunks_cte(members: list[LogMember]) -> str:
         f"WHERE {after_sql(_FROM, 't')} AND t.txid < (SELECT xmin FROM bounds)"
         for m in members
     )
-    # A row's changes after the cursor: all of them, or of the row the
-    # cursor is inside, those after it.
-    after = (
-        f"CASE WHEN (k.txid, k.id) > ({_FROM}) THEN greatest(k.rows, 1) "
-        "ELSE k.id + greatest(k.rows, 1) - 1 - (SELECT from_id FROM bounds) END"
-    )
+    after = changes_after_sql(_FROM, "(SELECT from_id FROM bounds)", "k")
     return f""",
 chunks AS MATERIALIZED (
     SELECT k.tableoid, k.id, k.txid FROM (
@@ -1379,8 +1387,7 @@ def pending_sql(position: str, models: str, *, jsonb: bool = False) -> str:
 
 # A row holding the position's change counts only the changes after it.
 _BACKLOG_SQL = f"""
-SELECT coalesce(sum(CASE WHEN (c.txid, c.id) > (%(txid)s, %(id)s) THEN greatest(c.rows, 1)
-                         ELSE {LAST_ID_SQL} - %(id)s END), 0)::bigint,
+SELECT coalesce(sum({changes_after_sql("%(txid)s, %(id)s", "%(id)s")}), 0)::bigint,
        min(c.at)
 FROM pubsubpull_log AS c
 WHERE {after_sql("%(txid)s, %(id)s")} AND c.model = ANY(%(models)s)
