@@ -265,6 +265,20 @@ def test_the_feed_serves_version_4_changes_as_it_served_version_3_ones(v4):
     assert len({c.txid for c in page.changes}) == len(feed.transaction_ends(page.changes))
 
 
+def _explain(sql: str, params=None) -> str:
+    """The plan of ``sql``, sequential scans costed out (the tables are small here)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(row for (row,) in cursor.fetchall())
+        cursor.execute("RESET enable_seqscan")
+    return plan
+
+
+def _plan(queryset) -> str:
+    return _explain(*queryset.query.sql_with_params())
+
+
 def _histories():
     """Each customer's and contract's audit trail (Change.objects.for_object), and
     its snapshot item's sequence, which is the id of the newest change."""
@@ -299,34 +313,15 @@ def test_the_audit_trail_and_the_snapshot_read_version_4_changes_by_object(v4):
     # An object's changes come from each log table's GIN index, not from
     # unnesting the table.
     ada = Customer.objects.get(name="ada")
-    sql, params = Change.objects.for_object(ada).query.sql_with_params()
-    with connection.cursor() as cursor:
-        cursor.execute("SET enable_seqscan = off")  # the tables are small here
-        cursor.execute("EXPLAIN " + sql, params)
-        plan = "\n".join(row for (row,) in cursor.fetchall())
-        cursor.execute("RESET enable_seqscan")
+    plan = _plan(Change.objects.for_object(ada))
     assert f"{_logs()[1].name[:55]}_keys" in plan, plan
     # So does the snapshot's sequence of a page of rows, once for the page.
     members = feed.log_members("default").of(["customers.customer"])
-    with connection.cursor() as cursor:
-        cursor.execute("SET enable_seqscan = off")
-        cursor.execute(
-            "EXPLAIN WITH keyed AS MATERIALIZED (SELECT t.id AS key, t.id::text AS pk_text "
-            f"FROM customers_customer AS t LIMIT 10) {snapshot.logged_sql(members)}"
-        )
-        plan = "\n".join(row for (row,) in cursor.fetchall())
-        cursor.execute("RESET enable_seqscan")
+    plan = _explain(
+        "WITH keyed AS MATERIALIZED (SELECT t.id AS key, t.id::text AS pk_text "
+        f"FROM customers_customer AS t LIMIT 10) {snapshot.logged_sql(members)}"
+    )
     assert f"{_logs()[1].name[:55]}_keys" in plan, plan
-
-
-def _plan(queryset) -> str:
-    sql, params = queryset.query.sql_with_params()
-    with connection.cursor() as cursor:
-        cursor.execute("SET enable_seqscan = off")  # the tables are small here
-        cursor.execute("EXPLAIN " + sql, params)
-        plan = "\n".join(row for (row,) in cursor.fetchall())
-        cursor.execute("RESET enable_seqscan")
-    return plan
 
 
 def test_the_admin_lists_searches_and_shows_version_4_changes(v4, admin_client):
