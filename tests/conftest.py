@@ -20,6 +20,57 @@ def dsn(dbname: str | None = None) -> str:
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items() if v})
 
 
+def _registrations(models):
+    """The registrations of ``models`` (default: every model published in "default")."""
+    from django.db import router
+
+    from pubsubpull.capture.registry import get_registration, registrations
+
+    if models is not None:
+        return [get_registration(model) for model in models]
+    return [r for r in registrations() if router.allow_migrate_model("default", r.model)]
+
+
+def install_v4(models=None) -> None:
+    """Capture version 4 on ``models``' tables in place of version 3, as its SQL makes it."""
+    from django.db import transaction
+
+    from pubsubpull.capture import statement_log, triggers
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"ALTER SEQUENCE pubsubpull_change_id_seq INCREMENT BY {statement_log.CHUNK}"
+        )
+        for registration in _registrations(models):
+            log = statement_log.log_table(registration, connection)
+            for statement in triggers.install_sql(log.table, statement_log.create_sql(log)):
+                cursor.execute(statement)
+
+
+def restore_v3(models=None) -> None:
+    """Version 3's triggers back on ``models``' tables, their v4 logs dropped, ids by 1."""
+    from pubsubpull.capture import statement_log, triggers
+
+    for registration in _registrations(models):
+        v3 = triggers.install_sql(registration.table, triggers.create_sql(registration))
+        triggers.execute(v3, "default")
+        log = statement_log.log_table(registration, connection)
+        triggers.execute(statement_log.drop_sql(log.names()), "default")
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER SEQUENCE pubsubpull_change_id_seq INCREMENT BY 1")
+
+
+@pytest.fixture(params=[3, 4], ids=["capture v3", "capture v4"])
+def capture_version(request, transactional_db):
+    """Each capture version in turn on every published table of "default"."""
+    if request.param == 4:
+        install_v4()
+        yield 4
+        restore_v3()
+    else:
+        yield 3
+
+
 @pytest.fixture
 def raw_connection(transactional_db):
     """A separate psycopg connection to the test database, in autocommit mode."""

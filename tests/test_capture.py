@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import decimal
 import json
+import threading
 import time
 import uuid
 
@@ -14,6 +15,7 @@ from django.db import connection, transaction
 
 from customers.models import Address, Contract, Country, Customer, InternalNote
 from pubsubpull.models import Change, ChangeLogIsReadOnly, Request
+from pubsubpull.publisher import listener as listener_module
 from pubsubpull.publisher.feed import STAY_AWAKE_SQL
 
 pytestmark = pytest.mark.django_db
@@ -233,8 +235,8 @@ def test_a_large_update_after_a_one_row_update_on_the_same_connection(raw_connec
     assert elapsed < 15, f"the 20,000-row UPDATE took {elapsed:.1f} s"
 
 
-@pytest.mark.django_db(transaction=True)
-def test_listeners_are_notified_once_per_transaction_not_per_row(raw_connection):
+def test_listeners_are_notified_once_per_transaction_not_per_row(raw_connection, capture_version):
+    """Version 3 reads the four wake-up sequences, version 4 the gate (sql/wakeup_v1.sql)."""
     with psycopg.connect(raw_connection.info.dsn, autocommit=True) as listener:
         listener.execute("LISTEN pubsubpull")
 
@@ -246,18 +248,15 @@ def test_listeners_are_notified_once_per_transaction_not_per_row(raw_connection)
             return names
 
         def arm():
-            # What a sleeping listener does (pubsubpull.publisher.listener): ask for a NOTIFY.
-            return listener.execute(
-                "SELECT nextval('pubsubpull_wakeup_armed'), "
-                "setval('pubsubpull_wakeup_armed_at', extract(epoch FROM now())::bigint)"
-            ).fetchone()[0]
+            # What a sleeping listener's hub does (pubsubpull.publisher.listener): ask for a NOTIFY.
+            return listener.execute(listener_module._ARM_SQL).fetchone()[0]
 
         def disarm(number):
-            listener.execute("SELECT setval('pubsubpull_wakeup_disarmed', %s)", [number])
+            listener.execute(listener_module._DISARM_SQL, {"n": number})
 
         # What earlier tests' sleepers and workers armed is spent.
-        disarm(listener.execute("SELECT last_value FROM pubsubpull_wakeup_armed").fetchone()[0])
         listener.execute("SELECT setval('pubsubpull_wakeup_always_at', 1)")
+        disarm(listener.execute("SELECT last_value FROM pubsubpull_wakeup_armed").fetchone()[0])
 
         # Nobody waits: writers send no NOTIFY (it would serialise their commits).
         Customer.objects.create(name="unheard")
@@ -284,6 +283,35 @@ def test_listeners_are_notified_once_per_transaction_not_per_row(raw_connection)
         listener.execute(STAY_AWAKE_SQL)
         Customer.objects.filter(name="c3").update(newsletter=False)
         assert received() == ["customers.customer"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_disarm_in_progress_cannot_close_the_gate_on_an_arm_taken_meanwhile(raw_connection):
+    """The wake-up functions take one lock: an arm waits for a disarm, then opens the gate."""
+    gate_open = (
+        "SELECT pg_sequence_last_value('pubsubpull_wakeup_gate') > extract(epoch FROM now())"
+    )
+    raw_connection.execute("SELECT setval('pubsubpull_wakeup_always_at', 1)")
+    spent = raw_connection.execute("SELECT last_value FROM pubsubpull_wakeup_armed").fetchone()[0]
+    armed = threading.Event()
+    numbers = []
+
+    def arm():
+        with psycopg.connect(raw_connection.info.dsn, autocommit=True) as hub:
+            numbers.append(hub.execute(listener_module._ARM_SQL).fetchone()[0])
+            armed.set()
+
+    with psycopg.connect(raw_connection.info.dsn) as listener:  # a transaction: holds the lock
+        listener.execute(listener_module._DISARM_SQL, {"n": spent})
+        assert listener.execute(gate_open).fetchone() == (False,)
+        thread = threading.Thread(target=arm)
+        thread.start()
+        assert not armed.wait(0.5), "the arm did not wait for the disarm"
+    thread.join(10)
+    assert armed.is_set()
+    assert raw_connection.execute(gate_open).fetchone() == (True,)
+    raw_connection.execute(listener_module._DISARM_SQL, {"n": numbers[0]})
+    assert raw_connection.execute(gate_open).fetchone() == (False,)
 
 
 # What version 1 of the capture function (sql/capture_v1.sql) stored for a

@@ -16,7 +16,7 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import F
 from freezegun import freeze_time
 
@@ -26,6 +26,7 @@ from pubsubpull.capture import statement_log, triggers
 from pubsubpull.capture.registry import get_registration
 from pubsubpull.models import Change, Request
 from pubsubpull.publisher import feed, snapshot
+from tests.conftest import install_v4, restore_v3
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,32 +37,10 @@ def _logs():
     return [statement_log.log_table(get_registration(model), connection) for model in MODELS]
 
 
-def _install_v4():
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            f"ALTER SEQUENCE pubsubpull_change_id_seq INCREMENT BY {statement_log.CHUNK}"
-        )
-        for log in _logs():
-            for statement in triggers.install_sql(log.table, statement_log.create_sql(log)):
-                cursor.execute(statement)
-
-
-def _restore_v3():
-    for model in MODELS:
-        registration = get_registration(model)
-        v3 = triggers.install_sql(registration.table, triggers.create_sql(registration))
-        triggers.execute(v3, "default")
-    with connection.cursor() as cursor:
-        for log in _logs():
-            for statement in statement_log.drop_sql(log.names()):
-                cursor.execute(statement)
-        cursor.execute("ALTER SEQUENCE pubsubpull_change_id_seq INCREMENT BY 1")
-
-
 @pytest.fixture
 def v4():
-    yield _install_v4
-    _restore_v3()
+    yield lambda: install_v4(MODELS)
+    restore_v3(MODELS)
 
 
 CONTRACT_IDS = [uuid.UUID(int=n) for n in range(1, 6)]
@@ -96,6 +75,9 @@ def _script():
     Customer.objects.update(name=F("name"))  # changes nothing
     Customer.objects.update(notes="excluded only")  # changes nothing published
     Customer.objects.filter(id__in=range(2, 2600, 2)).update(email="even@example.com")
+    # One-row statements take a path of their own (statement_log._AT_MOST_ONE).
+    Customer.objects.filter(pk=first.pk).update(name=F("name"))  # changes nothing
+    Customer.objects.filter(pk=first.pk).update(notes="one excluded")  # nothing published
     Customer.objects.filter(pk=first.pk).update(id=F("id") + 100_000)  # the key changes
     Country.objects.filter(code="fr").update(code="fx", name="France métropolitaine")
     Customer.objects.filter(id__in=range(3, 2600, 3)).delete()

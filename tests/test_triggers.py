@@ -11,6 +11,7 @@ from customers.models import Address, Country, Customer
 from pubsubpull import checks
 from pubsubpull.capture import publishing
 from pubsubpull.models import Change
+from tests.conftest import restore_v3
 
 pytestmark = pytest.mark.django_db
 
@@ -86,11 +87,6 @@ def test_missing_outdated_and_orphaned_triggers_are_reported_and_repaired():
 @pytest.mark.django_db(transaction=True)
 def test_switching_to_capture_version_4_shows_outdated_and_install_makes_each_log(settings):
     """Without migrations: ``pubsubpull_triggers install`` puts version 4 in place."""
-    from django.db import router
-
-    from pubsubpull.capture import statement_log, triggers
-    from pubsubpull.capture.registry import get_registration, registrations
-
     settings.PUBSUBPULL = {"CAPTURE_VERSION": 4}
     assert set(states().values()) == {"outdated"}
     try:
@@ -104,13 +100,5 @@ def test_switching_to_capture_version_4_shows_outdated_and_install_makes_each_lo
             assert cursor.fetchone() == (0,)
     finally:
         settings.PUBSUBPULL = {}
-        for registration in registrations():
-            if not router.allow_migrate_model("default", registration.model):
-                continue  # the ledger's database
-            v3 = triggers.install_sql(registration.table, triggers.create_sql(registration))
-            triggers.execute(v3, "default")
-            log = statement_log.log_table(get_registration(registration.model), connection)
-            triggers.execute(statement_log.drop_sql(log.names()), "default")
-        with connection.cursor() as cursor:
-            cursor.execute("ALTER SEQUENCE pubsubpull_change_id_seq INCREMENT BY 1")
+        restore_v3()
     assert set(states().values()) == {"installed"}

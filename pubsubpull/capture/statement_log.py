@@ -150,6 +150,20 @@ def log_table(registration: Registration, connection: Any) -> LogTable:
     )
 
 
+# The writing transaction's id, in the statements (a DECLARE initialiser is
+# one more expression to set up in every transaction).
+_TXID = "pg_current_xact_id()::text::bigint"
+
+
+def _insert(log: LogTable, op: str, columns: str, rows: str) -> str:
+    """The start of an INSERT of log rows of ``op``: its columns, then a SELECT's first ones."""
+    return (
+        f"INSERT INTO {quote_name(log.name)} (txid, model, op, at, request_id, rows, {columns})\n"
+        f"            SELECT {_TXID}, {quote_literal(log.label)}, '{op}', statement_timestamp(), "
+        f"request, {rows},"
+    )
+
+
 def _values(log: LogTable, row: str) -> str:
     """The image of transition row ``row``, as a value of the log's composite type."""
     values = ", ".join(f"{row}.{quote_name(column)}" for column, _ in log.columns)
@@ -159,64 +173,111 @@ def _values(log: LogTable, row: str) -> str:
 def _chunked(log: LogTable, op: str, side: str, rows: str) -> str:
     """An INSERT of ``rows`` (SQL of k, i: key and image) as log rows of up to CHUNK."""
     return f"""
-        INSERT INTO {quote_name(log.name)} (txid, model, op, at, request_id, rows, keys, {side})
-        SELECT xid, {quote_literal(log.label)}, '{op}', happened, request, count(*),
-               array_agg(s.k), array_agg(s.i)
-        FROM (SELECT (row_number() OVER () - 1) / {CHUNK} AS chunk, p.k, p.i
-              FROM ({rows}) AS p) AS s
-        GROUP BY s.chunk;"""
+            {_insert(log, op, f"keys, {side}", "count(*)")}
+                   array_agg(s.k), array_agg(s.i)
+            FROM (SELECT (row_number() OVER () - 1) / {CHUNK} AS chunk, p.k, p.i
+                  FROM ({rows}) AS p) AS s
+            GROUP BY s.chunk;"""
+
+
+# The test a statement's rows take the one-row path by (none or one row): a
+# one-row statement's plan is a scan of its row, no window, aggregate or join
+# to start and end (callgrind, a one-row INSERT: 256,000 instructions with
+# the chunked statement, 214,000 this way; django-pghistory's row trigger
+# 206,000). It reads at most two rows of a transition table.
+_AT_MOST_ONE = "NOT EXISTS (SELECT FROM {rows} OFFSET 1)"
+
+
+def _one_or_chunked(log: LogTable, op: str, side: str, transition: str) -> str:
+    """INSERT's or DELETE's writes: a row of one change, or the chunked statement."""
+    key = quote_name(log.key)
+    one = f"""
+            {_insert(log, op, f"keys, {side}", "1")}
+                   ARRAY[r.{key}], ARRAY[{_values(log, "r")}]
+            FROM {transition} AS r;"""
+    chunked = _chunked(
+        log, op, side, f"SELECT r.{key} AS k, {_values(log, 'r')} AS i FROM {transition} AS r"
+    )
+    return f"""
+        IF {_AT_MOST_ONE.format(rows=transition)} THEN{one}
+        ELSE{chunked}
+        END IF;
+        GET DIAGNOSTICS recorded = ROW_COUNT;"""
 
 
 def _writes(log: LogTable) -> str:
-    key = quote_name(log.key)
-    insert = _chunked(
-        log, "insert", "new", f"SELECT r.{key} AS k, {_values(log, 'r')} AS i FROM new_rows AS r"
-    )
-    delete = _chunked(
-        log, "delete", "old", f"SELECT r.{key} AS k, {_values(log, 'r')} AS i FROM old_rows AS r"
-    )
     truncate = (
-        f"INSERT INTO {quote_name(log.name)} (txid, model, op, at, request_id, rows) "
-        f"VALUES (xid, {quote_literal(log.label)}, 'truncate', happened, request, 0);"
+        f"INSERT INTO {quote_name(log.name)} (txid, model, op, at, request_id, rows) VALUES "
+        f"({_TXID}, {quote_literal(log.label)}, 'truncate', statement_timestamp(), request, 0);"
     )
-    return f"""    IF TG_OP = 'INSERT' THEN{insert}
-    ELSIF TG_OP = 'DELETE' THEN{delete}
+    return f"""    IF TG_OP = 'INSERT' THEN{_one_or_chunked(log, "insert", "new", "new_rows")}
+    ELSIF TG_OP = 'DELETE' THEN{_one_or_chunked(log, "delete", "old", "old_rows")}
     ELSE
         {truncate}
+        GET DIAGNOSTICS recorded = ROW_COUNT;
     END IF;"""
 
 
+# What the chunked UPDATE runs under, set for it alone (set_config(..., true)
+# and back to the values before; an error ends the transaction or rolls back
+# the savepoint, and the settings with it), not as the function's SET clause,
+# which every one-row UPDATE would pay for:
+# - hash joins whatever the plan cached for a first UPDATE of two rows was
+#   (DESIGN.md, the cached-plan trap);
+# - no JIT: the join's estimate (no statistics on transition tables) made
+#   PostgreSQL compile it, 0.38 s of a 1.2 s UPDATE of 100,000 rows (backend
+#   CPU 11-12.7 -> 8.7-9.9 us a row). INSERT and DELETE plans cost too little
+#   to be compiled below ~1.7 million rows.
+_CHUNKED_UPDATE_SETTINGS = (("enable_nestloop", "off"), ("jit", "off"))
+
+
 def _update_writes(log: LogTable) -> str:
-    # Paired by position: row_number() over each transition table numbers
-    # old and new rows of the same row alike. The pairs are chunked in the
-    # join's order; keys are the new ones.
+    # A one-row UPDATE: its old and new row, if they differ. Else paired by
+    # position: row_number() over each transition table numbers old and new
+    # rows of the same row alike. The pairs are chunked in the join's order;
+    # keys are the new ones.
+    key = quote_name(log.key)
+    before = "".join(
+        f"\n            saved_{name} := current_setting('{name}');"
+        f"\n            ignored := set_config('{name}', '{value}', true);"
+        for name, value in _CHUNKED_UPDATE_SETTINGS
+    )
+    after = "".join(
+        f"\n            ignored := set_config('{name}', saved_{name}, true);"
+        for name, _ in _CHUNKED_UPDATE_SETTINGS
+    )
     return f"""
-        INSERT INTO {quote_name(log.name)} (txid, model, op, at, request_id, rows, keys, old, new)
-        SELECT xid, {quote_literal(log.label)}, 'update', happened, request, count(*),
-               array_agg((s.n).{quote_name(log.key)}), array_agg(s.o), array_agg(s.n)
-        FROM (SELECT (row_number() OVER () - 1) / {CHUNK} AS chunk, p.o, p.n
-              FROM (SELECT o.i AS o, n.i AS n
-                    FROM (SELECT row_number() OVER () AS number, {_values(log, "r")} AS i
-                          FROM old_rows AS r) AS o
-                    JOIN (SELECT row_number() OVER () AS number, {_values(log, "r")} AS i
-                          FROM new_rows AS r) AS n USING (number)
-                    WHERE o.i IS DISTINCT FROM n.i) AS p) AS s
-        GROUP BY s.chunk;"""
+        IF {_AT_MOST_ONE.format(rows="new_rows")} THEN
+            {_insert(log, "update", "keys, old, new", "1")}
+                   ARRAY[(n.i).{key}], ARRAY[o.i], ARRAY[n.i]
+            FROM (SELECT {_values(log, "r")} AS i FROM old_rows AS r) AS o,
+                 (SELECT {_values(log, "r")} AS i FROM new_rows AS r) AS n
+            WHERE o.i IS DISTINCT FROM n.i;
+            GET DIAGNOSTICS recorded = ROW_COUNT;
+        ELSE{before}
+            {_insert(log, "update", "keys, old, new", "count(*)")}
+                   array_agg((s.n).{key}), array_agg(s.o), array_agg(s.n)
+            FROM (SELECT (row_number() OVER () - 1) / {CHUNK} AS chunk, p.o, p.n
+                  FROM (SELECT o.i AS o, n.i AS n
+                        FROM (SELECT row_number() OVER () AS number, {_values(log, "r")} AS i
+                              FROM old_rows AS r) AS o
+                        JOIN (SELECT row_number() OVER () AS number, {_values(log, "r")} AS i
+                              FROM new_rows AS r) AS n USING (number)
+                        WHERE o.i IS DISTINCT FROM n.i) AS p) AS s
+            GROUP BY s.chunk;
+            GET DIAGNOSTICS recorded = ROW_COUNT;{after}
+        END IF;"""
 
 
-def _function(log: LogTable, name: str, writes: str, settings: str = "") -> str:
+def _function(log: LogTable, name: str, writes: str) -> str:
     text = sql_file("capture_v4", function_only=True)
     for placeholder, value in (
         ("{function}", quote_name(name)),
-        ("{settings}", settings),
         ("{writes}", writes),
         ("{label}", quote_literal(log.label)),
     ):
         text = text.replace(placeholder, value)
     return text
-
-
-_UPDATE_SETTINGS = "SET enable_nestloop = off\nSET jit = off\n"
 
 
 def create_sql(log: LogTable) -> list[str]:
@@ -263,14 +324,8 @@ def create_sql(log: LogTable) -> list[str]:
         "REFERENCING OLD TABLE AS old_rows "
         "FOR EACH STATEMENT EXECUTE FUNCTION pubsubpull_move_horizon()",
         _function(log, log.function, _writes(log)),
-        # Hash joins whatever the plan cached for a first one-row UPDATE was
-        # (DESIGN.md, the cached-plan trap); INSERT and DELETE join nothing.
-        # Without JIT: the join's estimate (no statistics on transition
-        # tables) made PostgreSQL compile it, 0.38 s of a 1.2 s UPDATE of
-        # 100,000 rows (backend CPU 11-12.7 -> 8.7-9.9 us a row). INSERT and
-        # DELETE plans cost too little to be compiled below ~1.7 million rows,
-        # and a SET clause costs every single-row statement.
-        _function(log, log.update_function, _update_writes(log), _UPDATE_SETTINGS),
+        # Its chunked statement's settings: _CHUNKED_UPDATE_SETTINGS.
+        _function(log, log.update_function, _update_writes(log)),
         # The audit trail's view of the log, with this table (sql/changes_v1.sql).
         "SELECT pubsubpull_log_view()",
     ]

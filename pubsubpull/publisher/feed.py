@@ -1500,5 +1500,5 @@ def notify(labels: Iterable[str], using: str | None = None) -> None:
 # A process that listens all the time (pubsubpull_worker) runs this every few
 # seconds: writers notify while its stamp is under 30 s old (see the end of
 # sql/capture_v1.sql; long polls arm instead, pubsubpull.publisher.listener).
-STAY_AWAKE_SQL = "SELECT setval('pubsubpull_wakeup_always_at', extract(epoch FROM now())::bigint)"
+STAY_AWAKE_SQL = "SELECT pubsubpull_wakeup_stay_awake()"
 STAY_AWAKE_EVERY = 5.0

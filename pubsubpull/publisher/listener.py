@@ -76,15 +76,10 @@ _ANSWERS = (feed.CursorExpired, feed.InvalidCursor, LookupError)
 # that notification woke them all. A writer that saw no arm may still be
 # running when the hub armed; the hub reads until the fence passes every
 # transaction that was running then, so nobody sleeps through that change.
-_ARM_SQL = (
-    "SELECT nextval('pubsubpull_wakeup_armed'), "
-    "setval('pubsubpull_wakeup_armed_at', extract(epoch FROM now())::bigint), "
-    "pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-)
-_DISARM_SQL = (
-    "SELECT setval('pubsubpull_wakeup_disarmed', %(n)s) "
-    "WHERE %(n)s > (SELECT last_value FROM pubsubpull_wakeup_disarmed)"
-)
+# The functions (sql/wakeup_v1.sql) also set pubsubpull_wakeup_gate, the one
+# sequence capture version 4's writers read, under one lock.
+_ARM_SQL = "SELECT number, xmax FROM pubsubpull_wakeup_arm()"
+_DISARM_SQL = "SELECT pubsubpull_wakeup_disarm(%(n)s)"
 
 
 # -- Readers -------------------------------------------------------------------
@@ -439,7 +434,7 @@ class _Hub:
     def _arm(self) -> int:
         with connections[self.alias].cursor() as cursor:
             cursor.execute(_ARM_SQL)
-            number, _, xmax = cursor.fetchone()
+            number, xmax = cursor.fetchone()
         with self.condition:
             self.armed = max(self.armed, number)
         return xmax

@@ -15,7 +15,7 @@
 --
 -- Placeholders: {function}, {log}, {image}, {label} (a quoted literal),
 -- {key} (the key column, quoted), {values} (ROW values of the published
--- columns of transition row r), {writes}, {settings}.
+-- columns of transition row r), {writes} (which set recorded).
 --
 -- What each statement writes ({writes}):
 --   INSERT: new images; DELETE: old images; the keys of the rows.
@@ -25,28 +25,31 @@
 --   new keys.
 --   TRUNCATE: one row of no images, rows 0.
 -- Around it, version 3's: zero rows recorded means nothing happened, the
--- request row written by the request's first change, the wake-up gate.
+-- request row written by the request's first change; the wake-up gate read
+-- from pubsubpull_wakeup_gate (sql/wakeup_v1.sql).
 
 CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
 LANGUAGE plpgsql
-{settings}AS $function$
+AS $function$
 DECLARE
-    xid bigint := pg_current_xact_id()::text::bigint;
-    happened timestamptz := statement_timestamp();
-    context jsonb := nullif(current_setting('pubsubpull.context', true), '')::jsonb;
-    request uuid := (context ->> 'id')::uuid;
+    -- What each transaction sets up is what a one-row statement pays most for
+    -- (issue 13): the request's id only; its context when its row is written.
+    request uuid := (nullif(current_setting('pubsubpull.context', true), '')::jsonb ->> 'id')::uuid;
+    context jsonb;
     user_pk pubsubpull_request.user_id%TYPE;
     recorded bigint;
     ignored text;
+    saved_enable_nestloop text;  -- the UPDATE's chunked statement's (statement_log.py)
+    saved_jit text;
 BEGIN
 {writes}
-    GET DIAGNOSTICS recorded = ROW_COUNT;
     IF recorded = 0 THEN
         RETURN NULL;  -- zero rows touched, or a no-op UPDATE: nothing happened
     END IF;
 
     IF request IS NOT NULL
        AND current_setting('pubsubpull.request_written', true) IS DISTINCT FROM request::text THEN
+        context := current_setting('pubsubpull.context')::jsonb;
         user_pk := context ->> 'user_id';
         INSERT INTO pubsubpull_request
             (id, user_id, method, path, query_string, remote_addr, user_agent, request_id,
@@ -60,7 +63,7 @@ BEGIN
             (context ->> 'remote_addr')::inet,
             coalesce(context ->> 'user_agent', ''),
             coalesce(context ->> 'request_id', ''),
-            coalesce((context ->> 'started')::timestamptz, happened),
+            coalesce((context ->> 'started')::timestamptz, statement_timestamp()),
             coalesce(context -> 'metadata', '{}'),
             coalesce(context ->> 'traceparent', ''),
             coalesce(context ->> 'tracestate', '')
@@ -69,11 +72,8 @@ BEGIN
         ignored := set_config('pubsubpull.request_written', request::text, true);
     END IF;
 
-    IF pg_sequence_last_value('pubsubpull_wakeup_always_at') > extract(epoch FROM now()) - 30
-       OR (pg_sequence_last_value('pubsubpull_wakeup_armed')
-               > coalesce(pg_sequence_last_value('pubsubpull_wakeup_disarmed'), 1)
-           AND pg_sequence_last_value('pubsubpull_wakeup_armed_at')
-               > extract(epoch FROM now()) - 30) THEN
+    -- The wake-up gate (sql/wakeup_v1.sql): one sequence, not version 3's four.
+    IF pg_sequence_last_value('pubsubpull_wakeup_gate') > extract(epoch FROM now()) THEN
         PERFORM pg_notify('pubsubpull', {label});
     END IF;
     RETURN NULL;
