@@ -182,9 +182,10 @@ def _chunked(log: LogTable, op: str, side: str, rows: str) -> str:
 
 # The test a statement's rows take the one-row path by (none or one row): a
 # one-row statement's plan is a scan of its row, no window, aggregate or join
-# to start and end (callgrind, a one-row INSERT: 256,000 instructions with
-# the chunked statement, 214,000 this way; django-pghistory's row trigger
-# 206,000). It reads at most two rows of a transition table.
+# to start and end (callgrind, one-row INSERTs in a DO loop: 256,000
+# instructions each with the chunked statement, 214,000 this way;
+# django-pghistory's row trigger 206,000; benchmarks/README.rst). It reads at
+# most two rows of a transition table.
 _AT_MOST_ONE = "NOT EXISTS (SELECT FROM {rows} OFFSET 1)"
 
 
