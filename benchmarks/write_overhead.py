@@ -293,7 +293,7 @@ def install_v4(conn) -> None:
         conn.execute(f"ALTER SEQUENCE pubsubpull_change_id_seq INCREMENT BY {statement_log.CHUNK}")
         for statement in triggers.install_sql(log.table, statement_log.create_sql(log)):
             conn.execute(statement)
-    LOGS[V4] = [log.name, "pubsubpull_request"]
+    LOGS[V4] = [log.name, log.single, "pubsubpull_request"]
 
 
 def drop_database(args) -> None:

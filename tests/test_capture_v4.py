@@ -121,8 +121,8 @@ def _changes():
 def _v4_changes(logs):
     rows = []
     with connection.cursor() as cursor:
-        for log in logs:
-            cursor.execute(statement_log.changes_sql(log.name))
+        for table, single in [(t, s) for log in logs for t, s in ((log.name, 0), (log.single, 1))]:
+            cursor.execute(statement_log.changes_sql(table, single=bool(single)))
             names = [d.name for d in cursor.description]
             for row in cursor.fetchall():
                 change = dict(zip(names, row, strict=True))
@@ -156,12 +156,18 @@ def test_version_4_records_what_version_3_records(v4):
     assert _changes() == expected
     assert Request.objects.count() == v3_requests == 1
     # The bulk statements took chunks of at most CHUNK rows, and their ids do
-    # not overlap.
+    # not overlap; one-row statements took the table of one change a row,
+    # every one of them (none in the chunks' table).
     with connection.cursor() as cursor:
         customers = triggers.quote_name(logs[1].name)
         cursor.execute(f"SELECT rows, id FROM {customers} WHERE op = 'insert' ORDER BY id")
         chunks = cursor.fetchall()
-    assert sorted(r for r, _ in chunks) == [1, 1, 452, 1024, 1024]
+        cursor.execute(f"SELECT op, count(*) FROM {customers} WHERE rows = 1 GROUP BY op")
+        assert cursor.fetchall() == []
+        single = triggers.quote_name(logs[1].single)
+        cursor.execute(f"SELECT op, count(*) FROM {single} GROUP BY op ORDER BY op")
+        assert cursor.fetchall() == [("insert", 2), ("update", 1)]
+    assert sorted(r for r, _ in chunks) == [452, 1024, 1024]
     assert all(b - a >= statement_log.CHUNK for (_, a), (_, b) in itertools.pairwise(chunks))
     # Nothing excluded was stored anywhere, not even as an attribute.
     with connection.cursor() as cursor:
@@ -240,7 +246,10 @@ def test_the_feed_serves_version_4_changes_as_it_served_version_3_ones(v4):
         assert _served(_feed(limit)) == expected + expected
     assert _served(_feed(300, only)) == expected_filtered + expected_filtered
     # The pages found the new tables (they were read before any was made).
-    assert len(feed.log_members("default").of(LABELS)) == 3
+    found = feed.log_members("default").of(LABELS)
+    assert sorted((m.label, m.single) for m in found) == sorted(
+        (label, single) for label in LABELS for single in (False, True)
+    )
     # A whole-transactions page holds a bulk statement whole.
     page = feed.read_changes(None, 100, LABELS, whole_transactions=True)
     assert len(page.changes) >= 1
@@ -297,6 +306,9 @@ def test_the_audit_trail_and_the_snapshot_read_version_4_changes_by_object(v4):
     ada = Customer.objects.get(name="ada")
     plan = _plan(Change.objects.for_object(ada))
     assert f"{_logs()[1].name[:55]}_keys" in plan, plan
+    # And from the btree of the table of one change a row.
+    assert f"{_logs()[1].name[:54]}_one_key" in plan, plan
+    assert "Seq Scan" not in plan, plan
     # So does the snapshot's sequence of a page of rows, once for the page.
     members = feed.log_members("default").of(["customers.customer"])
     plan = _explain(
@@ -304,6 +316,7 @@ def test_the_audit_trail_and_the_snapshot_read_version_4_changes_by_object(v4):
         f"FROM customers_customer AS t LIMIT 10) {snapshot.logged_sql(members)}"
     )
     assert f"{_logs()[1].name[:55]}_keys" in plan, plan
+    assert f"{_logs()[1].name[:54]}_one_key" in plan, plan
 
 
 def test_the_admin_lists_searches_and_shows_version_4_changes(v4, admin_client):
@@ -330,7 +343,8 @@ def test_the_admin_lists_searches_and_shows_version_4_changes(v4, admin_client):
     assert detail.status_code == 200
     assert "ada@example.com" in detail.text and "ada@lovelace.example" in detail.text
     # One change by its id: the index of the rows' ids, not an unnested table.
-    assert f"{log[:55]}_id" in _plan(Change.objects.filter(pk=update.pk))
+    plan = _plan(Change.objects.filter(pk=update.pk))
+    assert f"{log[:55]}_id" in plan and f"{log[:54]}_one_id" in plan, plan
     for name in ("c700", "c1499"):  # inside a row, and in the bulk's second row
         customer = Customer.objects.get(name=name)
         (insert,) = Change.objects.for_object(customer)

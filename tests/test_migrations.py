@@ -244,8 +244,10 @@ def test_capture_version_4_migrations_make_a_log_per_version_and_fold_it_back(pr
     assert "Install the pubsubpull triggers publishing roundtrip.thing" in out
     project.manage("migrate", mode="registered")
     assert project.triggers() == THING_TRIGGERS
+    # A version's two tables: chunks of statements of many rows, and one change a row.
     first_log = [t for t in _log_tables(project) if t != "pubsubpull_change"]
-    assert len(first_log) == 1 and first_log[0].startswith("pubsubpull_log_roundtrip_thing_")
+    assert len(first_log) == 2 and first_log[1] == first_log[0] + "_1"
+    assert first_log[0].startswith("pubsubpull_log_roundtrip_thing_")
     project.sql("INSERT INTO roundtrip_thing (name, secret) VALUES ('a', 's1'), ('b', 's2')")
     assert _logged(project) == [
         ("insert", "1", {"id": 1, "name": "a", "secret": "s1"}),
@@ -253,6 +255,8 @@ def test_capture_version_4_migrations_make_a_log_per_version_and_fold_it_back(pr
     ]
     assert project.captured() == []  # none in pubsubpull_change
     assert project.sql(f'SELECT rows FROM "{first_log[0]}"') == [(2,)]  # one row, two changes
+    project.sql("UPDATE roundtrip_thing SET secret = 's1b' WHERE id = 1")  # one row
+    assert project.sql(f'SELECT op, key FROM "{first_log[1]}"') == [("update", 1)]
     assert "installed" in project.manage("pubsubpull_triggers", mode="registered").stdout
 
     # A column's new type is a new version of the log, beside the first.
@@ -260,7 +264,7 @@ def test_capture_version_4_migrations_make_a_log_per_version_and_fold_it_back(pr
     assert "Alter field name on thing" in out
     assert "Update the pubsubpull triggers publishing roundtrip.thing" in out
     project.manage("migrate", mode="altered")
-    assert len(_log_tables(project)) == 3
+    assert len(_log_tables(project)) == 5
     project.sql("INSERT INTO roundtrip_thing (name, secret) VALUES (repeat('c', 80), 's3')")
     assert _logged(project)[-1][2]["name"] == "c" * 80
 
@@ -276,7 +280,7 @@ def test_capture_version_4_migrations_make_a_log_per_version_and_fold_it_back(pr
     project.manage("migrate", mode="unregistered")
     assert project.triggers() == []
     logged = _logged(project)
-    assert len(logged) == 4
+    assert len(logged) == 5
     assert project.manage("makemigrations", "--check", "--dry-run", mode="unregistered")
 
     # Backwards: each version's changes are folded into pubsubpull_change as its
@@ -285,10 +289,10 @@ def test_capture_version_4_migrations_make_a_log_per_version_and_fold_it_back(pr
     project.manage("migrate", "roundtrip", "0004", mode="unregistered")
     assert project.triggers() == THING_TRIGGERS
     project.manage("migrate", "roundtrip", "0003", mode="unregistered")
-    assert len(_log_tables(project)) == 3
+    assert len(_log_tables(project)) == 5
     assert _logged(project) == logged
     project.manage("migrate", "roundtrip", "0002", mode="unregistered")
-    assert _log_tables(project) == ["pubsubpull_change", first_log[0]]
+    assert _log_tables(project) == ["pubsubpull_change", *first_log]
     assert project.sql("SELECT id FROM pubsubpull_log_changes ORDER BY id") == ids
     project.sql("UPDATE roundtrip_thing SET name = 'a3' WHERE id = 1")
     assert _logged(project)[-1][2]["secret"] == "x"  # the first version publishes it
@@ -296,7 +300,8 @@ def test_capture_version_4_migrations_make_a_log_per_version_and_fold_it_back(pr
     assert _log_tables(project) == ["pubsubpull_change"]
     assert project.captured() == _logged(project)
     assert [row[:2] for row in project.captured()] == [
-        ("insert", "1"), ("insert", "2"), ("insert", "3"), ("update", "1"), ("update", "1"),
+        ("insert", "1"), ("insert", "2"), ("update", "1"), ("insert", "3"), ("update", "1"),
+        ("update", "1"),
     ]  # fmt: skip
     project.manage("migrate", "pubsubpull", "zero", mode="unregistered")
     assert project.sql("SELECT to_regclass('pubsubpull_change')") == [(None,)]

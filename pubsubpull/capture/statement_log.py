@@ -9,10 +9,19 @@ and a few index entries per chunk instead of per changed row
 (``benchmarks/README.rst``, "statement keyed"). Readers render the images to
 JSON.
 
+A statement of one row (most of an application's writes) is one change:
+it goes to a second table of the version, one change a row, its key and
+images as plain values (:attr:`LogTable.single`). That table has btree
+indexes only and no CHECK constraint, because each index a one-row
+transaction opens, a GIN above all, and each CHECK (parsed again by every
+statement) is what such a statement pays most for (callgrind, one-row INSERT
+transactions: 388,000 instructions with the chunk table, 337,000 with this
+one; django-pghistory's row trigger 359,000; benchmarks/README.rst).
+
 A :class:`LogTable` describes one version of a model's log: the published
 table, its key, and the published columns with their database types. Its
 names carry a hash of all that, so a registration whose columns or types
-change gets a new type and table beside the old ones, whose rows stay
+change gets a new type and tables beside the old ones, whose rows stay
 readable. :func:`create_sql` is the SQL that makes it and points the
 table's triggers at it (what a migration freezes); :func:`changes_sql` reads
 a log table back as one row per change, in ``pubsubpull_change``'s columns.
@@ -81,7 +90,13 @@ class LogTable:
 
     @property
     def name(self) -> str:
+        """The table of the chunks of statements of many rows (and TRUNCATEs)."""
         return self._name(LOG_PREFIX)
+
+    @property
+    def single(self) -> str:
+        """The table of the changes of one-row statements, one a row."""
+        return self._name(LOG_PREFIX, "_1")
 
     @property
     def image(self) -> str:
@@ -100,6 +115,7 @@ class LogTable:
         """What going back from this version drops (:func:`drop_sql`), as migrations freeze it."""
         return {
             "table": self.name,
+            "single": self.single,
             "type": self.image,
             "functions": [self.function, self.update_function],
         }
@@ -109,8 +125,11 @@ class LogTable:
         """Whether the GIN index is of the keys as text (see :data:`TEXT_KEY_TYPES`)."""
         return self.key_type.split("(")[0].strip().lower() in TEXT_KEY_TYPES
 
-    def describe(self) -> dict[str, Any]:
-        """What the log table's comment says of it (:data:`DESCRIPTION` marks it)."""
+    def describe(self, single: bool = False) -> dict[str, Any]:
+        """What a log table's comment says of it (:data:`DESCRIPTION` marks it).
+
+        ``single``: of the table of one change a row (:attr:`single`).
+        """
         return {
             DESCRIPTION: 1,
             "model": self.label,
@@ -118,6 +137,7 @@ class LogTable:
             "key_type": self.key_type,
             "text_keys": self.text_keys,
             "columns": [column for column, _ in self.columns],
+            "single": single,
         }
 
 
@@ -125,13 +145,15 @@ class LogTable:
 DESCRIPTION = "pubsubpull_log"
 
 # Key types whose text is an immutable function of the value, the same text
-# version 3 stored as object_pk: their log's GIN index is of TEXT_KEYS_SQL, so
-# a lookup by object_pk (the audit trail's, the snapshot's sequence) uses it.
+# version 3 stored as object_pk: their log's GIN index is of TEXT_KEYS_SQL
+# (the single table's btree of TEXT_KEY_SQL), so a lookup by object_pk (the
+# audit trail's, the snapshot's sequence) uses it.
 # Other keys (dates, timestamps: their text depends on settings) are indexed
 # as they are, and found by object_pk only by reading the whole table.
 # The keys as the GIN index has them (sql/changes_v1.sql's view the same):
 # text compared as bytes, three times cheaper to index than by the locale.
 TEXT_KEYS_SQL = '(keys::text[] COLLATE "C")'
+TEXT_KEY_SQL = '(key::text COLLATE "C")'
 TEXT_KEY_TYPES = frozenset(
     ["smallint", "integer", "bigint", "uuid", "varchar", "character varying", "text", "char",
      "character", "numeric", "decimal"]
@@ -155,12 +177,17 @@ def log_table(registration: Registration, connection: Any) -> LogTable:
 _TXID = "pg_current_xact_id()::text::bigint"
 
 
-def _insert(log: LogTable, op: str, columns: str, rows: str) -> str:
-    """The start of an INSERT of log rows of ``op``: its columns, then a SELECT's first ones."""
+def _insert(log: LogTable, op: str, columns: str, rows: str | None) -> str:
+    """The start of an INSERT of log rows of ``op``: its columns, then a SELECT's first ones.
+
+    ``rows``: SQL of the changes each row holds, into the chunk table; None
+    into the single table (one each, the column's default).
+    """
+    table, counted = (log.single, "") if rows is None else (log.name, "rows, ")
     return (
-        f"INSERT INTO {quote_name(log.name)} (txid, model, op, at, request_id, rows, {columns})\n"
+        f"INSERT INTO {quote_name(table)} (txid, model, op, at, request_id, {counted}{columns})\n"
         f"            SELECT {_TXID}, {quote_literal(log.label)}, '{op}', statement_timestamp(), "
-        f"request, {rows},"
+        f"request,{'' if rows is None else f' {rows},'}"
     )
 
 
@@ -193,8 +220,8 @@ def _one_or_chunked(log: LogTable, op: str, side: str, transition: str) -> str:
     """INSERT's or DELETE's writes: a row of one change, or the chunked statement."""
     key = quote_name(log.key)
     one = f"""
-            {_insert(log, op, f"keys, {side}", "1")}
-                   ARRAY[r.{key}], ARRAY[{_values(log, "r")}]
+            {_insert(log, op, f"key, {side}", None)}
+                   r.{key}, {_values(log, "r")}
             FROM {transition} AS r;"""
     chunked = _chunked(
         log, op, side, f"SELECT r.{key} AS k, {_values(log, 'r')} AS i FROM {transition} AS r"
@@ -249,8 +276,8 @@ def _update_writes(log: LogTable) -> str:
     )
     return f"""
         IF {_AT_MOST_ONE.format(rows="new_rows")} THEN
-            {_insert(log, "update", "keys, old, new", "1")}
-                   ARRAY[(n.i).{key}], ARRAY[o.i], ARRAY[n.i]
+            {_insert(log, "update", "key, old, new", None)}
+                   (n.i).{key}, o.i, n.i
             FROM (SELECT {_values(log, "r")} AS i FROM old_rows AS r) AS o,
                  (SELECT {_values(log, "r")} AS i FROM new_rows AS r) AS n
             WHERE o.i IS DISTINCT FROM n.i;
@@ -287,9 +314,10 @@ def create_sql(log: LogTable) -> list[str]:
     Statements for :func:`pubsubpull.capture.triggers.install_sql`, which
     drops the table's previous triggers first.
     """
-    name, image = quote_name(log.name), quote_name(log.image)
+    name, single, image = quote_name(log.name), quote_name(log.single), quote_name(log.image)
     attributes = ", ".join(f"{quote_name(column)} {type_}" for column, type_ in log.columns)
     index = lambda suffix: quote_name(f"{log.name[:55]}_{suffix}")  # noqa: E731
+    one = lambda suffix: quote_name(f"{log.name[:54]}_one_{suffix}")  # noqa: E731
     statements = [
         # A row's changes take the ids after its own (CHUNK): the sequence
         # steps by CHUNK, for version 3's rows too (their ids just have gaps).
@@ -319,15 +347,33 @@ def create_sql(log: LogTable) -> list[str]:
         f"CREATE INDEX IF NOT EXISTS {index('id')} ON {name} (id)",
         f"CREATE INDEX IF NOT EXISTS {index('request')} ON {name} (request_id) "
         "WHERE request_id IS NOT NULL",
-        # What readers need to know of it (pubsubpull.publisher.feed.log_members).
+        # One-row statements' changes, one a row (rows: 1, the default). No
+        # CHECK: each statement would parse it again (19,000 instructions of
+        # a one-row INSERT); readers choose the tables of a model by their
+        # comments, the generic reads of pubsubpull_log filter by model.
+        f"CREATE TABLE IF NOT EXISTS {single} ("
+        "id bigint NOT NULL DEFAULT nextval('pubsubpull_change_id_seq'), "
+        f"key {log.key_type}, old {image}, new {image}"
+        ") INHERITS (pubsubpull_log)",
+        f"CREATE INDEX IF NOT EXISTS {one('feed')} ON {single} (txid, id)",
+        f"CREATE INDEX IF NOT EXISTS {one('key')} ON {single} "
+        f"({TEXT_KEY_SQL if log.text_keys else 'key'})",
+        f"CREATE INDEX IF NOT EXISTS {one('id')} ON {single} (id)",
+        f"CREATE INDEX IF NOT EXISTS {one('request')} ON {single} (request_id) "
+        "WHERE request_id IS NOT NULL",
+        # What readers need to know of them (pubsubpull.publisher.feed.log_members).
         f"COMMENT ON TABLE {name} IS {quote_literal(json.dumps(log.describe()))}",
-        f"CREATE OR REPLACE TRIGGER horizon_follows_deletes AFTER DELETE ON {name} "
-        "REFERENCING OLD TABLE AS old_rows "
-        "FOR EACH STATEMENT EXECUTE FUNCTION pubsubpull_move_horizon()",
+        f"COMMENT ON TABLE {single} IS {quote_literal(json.dumps(log.describe(single=True)))}",
+        *(
+            f"CREATE OR REPLACE TRIGGER horizon_follows_deletes AFTER DELETE ON {table} "
+            "REFERENCING OLD TABLE AS old_rows "
+            "FOR EACH STATEMENT EXECUTE FUNCTION pubsubpull_move_horizon()"
+            for table in (name, single)
+        ),
         _function(log, log.function, _writes(log)),
         # Its chunked statement's settings: _CHUNKED_UPDATE_SETTINGS.
         _function(log, log.update_function, _update_writes(log)),
-        # The audit trail's view of the log, with this table (sql/changes_v1.sql).
+        # The audit trail's view of the log, with these tables (sql/changes_v2.sql).
         "SELECT pubsubpull_log_view()",
     ]
     table = quote_name(log.table)
@@ -340,49 +386,69 @@ def create_sql(log: LogTable) -> list[str]:
     return statements
 
 
+def _tables(names: dict[str, Any]) -> list[tuple[str, bool]]:
+    """A log's tables by :meth:`LogTable.names`, each with whether it is the single one."""
+    return [(names["table"], False), (names["single"], True)]
+
+
 def fold_sql(names: dict[str, Any]) -> str:
     """Copy a log's changes into pubsubpull_change, a row each (before :func:`drop_sql`).
 
     ``names``: :meth:`LogTable.names`. Going back to version 3 keeps every
     change, its id and its place in the feed.
     """
-    table = quote_literal(quote_name(names["table"]))
-    copy = (
-        "INSERT INTO pubsubpull_change (id, txid, model, object_pk, op, at, old, new, request_id) "
-        f"SELECT * FROM ({changes_sql(names['table'])}) AS c"
+    copies = "".join(
+        f"IF to_regclass({quote_literal(quote_name(table))}) IS NOT NULL THEN "
+        "INSERT INTO pubsubpull_change "
+        "(id, txid, model, object_pk, op, at, old, new, request_id) "
+        f"SELECT * FROM ({changes_sql(table, single=single)}) AS c; END IF; "
+        for table, single in _tables(names)
     )
-    return f"DO $fold$ BEGIN IF to_regclass({table}) IS NOT NULL THEN {copy}; END IF; END $fold$"
+    return f"DO $fold$ BEGIN {copies}END $fold$"
 
 
 def drop_sql(names: dict[str, Any]) -> list[str]:
-    """Remove a log: table (rows and all: :func:`fold_sql` keeps them), functions and type.
+    """Remove a log: tables (rows and all: :func:`fold_sql` keeps them), functions and type.
 
     ``names``: :meth:`LogTable.names`. The published table's triggers, which
     call the functions, must be gone or replaced first.
     """
-    table = quote_literal(quote_name(names["table"]))
+    tables = [table for table, _ in _tables(names)]
+    leaving = ", ".join(f"to_regclass({quote_literal(quote_name(t))})" for t in tables)
     return [
-        # Out of the audit trail's view first: the view depends on the table.
-        f"DO $$ BEGIN IF to_regclass({table}) IS NOT NULL THEN "
-        f"PERFORM pubsubpull_log_view(to_regclass({table})); END IF; END $$",
-        f"DROP TABLE IF EXISTS {quote_name(names['table'])}",
+        # Out of the audit trail's view first: the view depends on the tables.
+        f"SELECT pubsubpull_log_view(ARRAY[{leaving}])",
+        *(f"DROP TABLE IF EXISTS {quote_name(table)}" for table in tables),
         *(f"DROP FUNCTION IF EXISTS {quote_name(f)}()" for f in names["functions"]),
         f"DROP TYPE IF EXISTS {quote_name(names['type'])}",
     ]
 
 
-def changes_sql(log_name: str, where: str = "") -> str:
+def changes_sql(log_name: str, where: str = "", *, single: bool = False) -> str:
     """``log_name``'s rows as changes, one row each, in ``pubsubpull_change``'s columns.
 
     Keys as text and images as jsonb, as version 3 stores them; a TRUNCATE's
     row is one change of no key and no images. ``where``: SQL that chooses
-    the log rows (of ``c``) to read.
+    the log rows (of ``c``) to read. ``single``: of a table of one change a
+    row (:attr:`LogTable.single`).
     """
-    return f"""
+    where = f"\n        WHERE {where}" if where else ""
+    if single:
+        return (
+            f"""
+        SELECT c.id, c.txid, c.model, c.key::text AS object_pk, c.op, c.at,
+               to_jsonb(c.old) AS old, to_jsonb(c.new) AS new, c.request_id
+        FROM {quote_name(log_name)} AS c"""
+            + where
+        )
+    return (
+        f"""
         SELECT c.id + u.ordinal - 1 AS id, c.txid, c.model, u.k::text AS object_pk, c.op, c.at,
                to_jsonb(u.o) AS old, to_jsonb(u.n) AS new, c.request_id
         FROM {quote_name(log_name)} AS c
         CROSS JOIN LATERAL (
             SELECT generate_series(1, greatest(c.rows, 1)) AS ordinal,
                    unnest(c.keys) AS k, unnest(c.old) AS o, unnest(c.new) AS n
-        ) AS u""" + (f"\n        WHERE {where}" if where else "")
+        ) AS u"""
+        + where
+    )

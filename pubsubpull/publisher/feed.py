@@ -128,8 +128,9 @@ class LogMember:
     name: str
     label: str
     key_type: str  # the database type of its keys
-    text_keys: bool  # whether its GIN index is of keys::text[]
+    text_keys: bool  # whether its key index is of the keys as text
     columns: tuple[str, ...]  # of its images
+    single: bool = False  # one change a row (statement_log.LogTable.single)
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ def log_members(using: str, *, refresh: bool = False) -> LogMembers:
             member = LogMember(
                 oid, name, described["model"], described["key_type"],
                 bool(described["text_keys"]), tuple(described["columns"]),
+                bool(described.get("single", False)),
             )  # fmt: skip
         except (ValueError, KeyError, TypeError):
             raise ImproperlyConfigured(
@@ -656,6 +658,17 @@ _MEMBER_CHANGES_SQL = f"""
                unnest(t.keys) AS k, unnest(t.old) AS o, unnest(t.new) AS n
     ) AS u
     WHERE (t.txid, t.id + u.ordinal - 1) > ({_FROM})"""
+# The same of a table of one change a row: nothing to unnest.
+_SINGLE_CHANGES_SQL = f"""
+    SELECT t.id, t.txid, t.model, t.op, t.at, t.request_id,
+           row_to_json(t.old)::text, row_to_json(t.new)::text,
+           coalesce(to_json(t.key)::text, 'null'), {{published}}
+    FROM chunks AS k
+    CROSS JOIN LATERAL (
+        SELECT t.* FROM {{table}} AS t
+        WHERE k.tableoid = {{oid}}::oid AND t.txid = k.txid AND t.id = k.id
+    ) AS t
+    WHERE (t.txid, t.id) > ({_FROM})"""
 
 
 def _chunks_cte(members: list[LogMember]) -> str:
@@ -690,7 +703,8 @@ def _members_page_sql(members: list[LogMember], chosen: dict[str, Registration])
         # Images of columns no longer published go through Python, which drops them.
         published = set(m.columns) <= set(chosen[m.label].published_columns)
         parts.append(
-            _fill(_MEMBER_CHANGES_SQL, table=quote_name(m.name), oid=str(m.oid),
+            _fill(_SINGLE_CHANGES_SQL if m.single else _MEMBER_CHANGES_SQL,
+                  table=quote_name(m.name), oid=str(m.oid),
                   published="true" if published else "false")
         )  # fmt: skip
     template = _UNFILTERED_TEMPLATE.replace("{pk}", "c.pk_json")
@@ -716,7 +730,7 @@ def _members_filtered_source(members: list[LogMember]) -> str:
         "AND (c.txid, c.id) <= ((SELECT end_txid FROM scan_end), (SELECT end_id FROM scan_end))"
     )
     parts = [f"SELECT {columns} FROM pubsubpull_change AS c"]
-    parts += [statement_log.changes_sql(m.name, where=within) for m in members]
+    parts += [statement_log.changes_sql(m.name, where=within, single=m.single) for m in members]
     return "(" + "\n    UNION ALL ".join(parts) + ")"
 
 

@@ -172,10 +172,26 @@ _LOG_SEQUENCE = """
         WHERE {keys} && (SELECT array_agg({key}) FROM keyed)"""
 
 
+# The same of a table of one change a row: a probe of its key index per row
+# of the page.
+_SINGLE_SEQUENCE = """
+        SELECT keyed.pk_text, m.id AS seq
+        FROM keyed JOIN {table} AS m ON {element} = {key}"""
+
+
 def logged_sql(members: list[LogMember]) -> str:
     """The newest change of each row of the page (``keyed``) in ``members``."""
     parts = []
     for member in members:
+        if member.single:
+            element, key = (
+                (statement_log.TEXT_KEY_SQL.replace("key", "m.key"), "keyed.pk_text")
+                if member.text_keys
+                else ("m.key", f"keyed.key::{member.key_type}")
+            )
+            parts.append(_SINGLE_SEQUENCE.format(table=quote_name(member.name), element=element,
+                                                 key=key))  # fmt: skip
+            continue
         if member.text_keys:
             keys, key, element = (
                 statement_log.TEXT_KEYS_SQL.replace("keys", "m.keys"), "keyed.pk_text", "u.k::text"

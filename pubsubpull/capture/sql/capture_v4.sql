@@ -17,6 +17,10 @@
 -- {key} (the key column, quoted), {values} (ROW values of the published
 -- columns of transition row r), {writes} (which set recorded).
 --
+-- A statement of one row writes one row of the log's second table, of one
+-- change a row (its key, old and new image as plain values; btree indexes,
+-- no CHECK: statement_log.LogTable.single).
+--
 -- What each statement writes ({writes}):
 --   INSERT: new images; DELETE: old images; the keys of the rows.
 --   UPDATE: old and new images paired by position in the transition tables
