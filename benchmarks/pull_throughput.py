@@ -25,6 +25,11 @@ Run it (needs the bench extra: pip install -e ".[bench]")::
 ``--capture 4`` publishes customers with capture version 4 (its own log
 table, a row per 1,024 changes) instead of version 3 (a row per change in
 ``pubsubpull_change``): the feed line then reads that log.
+``--one-row-statements`` fills the table with one INSERT a row instead of one
+for all (each its own change, as an application's writes are; capture
+version 4 keeps them in its table of one change a row): the feed then reads
+that shape of log. A loop of a million statements takes minutes; use it with
+``--sizes 100000``.
 
 It uses its own database, PUBLISHER_DB_NAME (default bench_pull), dropped and
 created anew.
@@ -136,22 +141,34 @@ def setup_database() -> None:
     call_command("migrate", verbosity=0)
 
 
-def fill(rows: int) -> None:
+_ROW = """'Customer ' || i || ' Müller-Łukasiewicz', 'customer' || i || '@example.com',
+           i % 3 = 0, repeat('internal ', 10), now(), now()"""
+_COLUMNS = "customers_customer (name, email, newsletter, notes, created, updated)"
+
+
+def fill(rows: int, one_row_statements: bool = False) -> None:
+    """``rows`` customers: one INSERT of them all, or (``one_row_statements``) one a row.
+
+    One a row, in a loop in one transaction, is how an application's own
+    writes reach the log: one change a statement (capture v4: its table of
+    one change a row, statement_log.LogTable.single).
+    """
     from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE customers_customer CASCADE")
         cursor.execute("TRUNCATE pubsubpull_log, pubsubpull_request")  # every log table
-        cursor.execute(
-            """
-            INSERT INTO customers_customer (name, email, newsletter, notes, created, updated)
-            SELECT 'Customer ' || i || ' Müller-Łukasiewicz',
-                   'customer' || i || '@example.com', i %% 3 = 0,
-                   repeat('internal ', 10), now(), now()
-            FROM generate_series(1, %s) AS i
-            """,
-            [rows],
-        )
+        if one_row_statements:
+            cursor.execute(
+                f"DO $$ BEGIN FOR i IN 1..{int(rows)} LOOP "
+                f"INSERT INTO {_COLUMNS} VALUES ({_ROW}); END LOOP; END $$"
+            )
+        else:
+            cursor.execute(
+                f"INSERT INTO {_COLUMNS} SELECT {_ROW.replace('%', '%%')} "
+                "FROM generate_series(1, %s) AS i",
+                [rows],
+            )
     connection.close()
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE customers_customer")
@@ -282,6 +299,10 @@ def main() -> None:
         "--capture", type=int, default=3, choices=[3, 4],
         help="the capture version customers are published with (the feed reads its log)",
     )  # fmt: skip
+    parser.add_argument(
+        "--one-row-statements", action="store_true",
+        help="fill with one INSERT a row (the log as single-row writes make it)",
+    )  # fmt: skip
     parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
@@ -300,7 +321,7 @@ def main() -> None:
     print(f"{'rows':>9}  {'what':<10} {'rows/s':>9} {'÷ COPY':>7} {'server RSS':>11} "
           f"{'client RSS':>11}")  # fmt: skip
     for rows in args.sizes:
-        fill(rows)
+        fill(rows, args.one_row_statements)
         copies = copy_rate(rows)
         server = Server(max(2, args.parts))
         base = f"http://127.0.0.1:{server.port}/pubsubpull"

@@ -364,3 +364,27 @@ def test_django_flush_empties_every_log_table(v4):
     # What is left: the published tables' own TRUNCATEs, which their triggers
     # record after the statement that emptied the log.
     assert set(Change.objects.values_list("op", flat=True)) == {"truncate"}
+
+
+def test_pruning_and_the_horizon_cover_the_table_of_one_change_a_row(v4):
+    from pubsubpull.publisher import retention
+    from pubsubpull.publisher.models import Horizon
+
+    v4()
+    with pubsubpull.context(task="import"):
+        Customer.objects.create(name="one")
+    (change,) = Change.objects.all()
+    single = triggers.quote_name(_logs()[1].single)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id, request_id FROM {single}")
+        assert cursor.fetchall() == [(change.id, change.request_id)]
+        cursor.execute("UPDATE pubsubpull_log SET at = at - interval '40 days'")
+        cursor.execute("UPDATE pubsubpull_request SET started = started - interval '40 days'")
+    # Its request is not an orphan while the change is there; both go together.
+    pruned = retention.prune(older_than=retention.parse_age("30d"))
+    assert (pruned.changes, pruned.requests) == (1, 1)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {single}")
+        assert cursor.fetchone() == (0,)
+    horizon = Horizon.objects.get()
+    assert (horizon.txid, horizon.change_id) == (change.txid, change.id)
