@@ -644,15 +644,17 @@ _V3_BESIDE_SQL = f"""
     SELECT c.id, c.txid, c.model, c.op, c.at, c.request_id,
            c.old::text AS old, c.new::text AS new, {{pk}} AS pk_json, c.published
     FROM ({_CHANGES_SQL}) AS c"""
+# The log rows the chunks name, each read from its table ({table}, {oid}).
+_CHUNK_ROWS = """FROM chunks AS k
+    CROSS JOIN LATERAL (
+        SELECT t.* FROM {table} AS t
+        WHERE k.tableoid = {oid}::oid AND t.txid = k.txid AND t.id = k.id
+    ) AS t"""
 _MEMBER_CHANGES_SQL = f"""
     SELECT t.id + u.ordinal - 1, t.txid, t.model, t.op, t.at, t.request_id,
            row_to_json(u.o)::text, row_to_json(u.n)::text,
            coalesce(to_json(u.k)::text, 'null'), {{published}}
-    FROM chunks AS k
-    CROSS JOIN LATERAL (
-        SELECT t.* FROM {{table}} AS t
-        WHERE k.tableoid = {{oid}}::oid AND t.txid = k.txid AND t.id = k.id
-    ) AS t
+    {_CHUNK_ROWS}
     CROSS JOIN LATERAL (
         SELECT generate_series(1, greatest(t.rows, 1)) AS ordinal,
                unnest(t.keys) AS k, unnest(t.old) AS o, unnest(t.new) AS n
@@ -663,11 +665,7 @@ _SINGLE_CHANGES_SQL = f"""
     SELECT t.id, t.txid, t.model, t.op, t.at, t.request_id,
            row_to_json(t.old)::text, row_to_json(t.new)::text,
            coalesce(to_json(t.key)::text, 'null'), {{published}}
-    FROM chunks AS k
-    CROSS JOIN LATERAL (
-        SELECT t.* FROM {{table}} AS t
-        WHERE k.tableoid = {{oid}}::oid AND t.txid = k.txid AND t.id = k.id
-    ) AS t
+    {_CHUNK_ROWS}
     WHERE (t.txid, t.id) > ({_FROM})"""
 
 
