@@ -574,25 +574,14 @@ def single_rows(args, variant: str, measure: str, seconds: float) -> tuple[int, 
 
         connections.close_all()  # none may cross the fork
         context = multiprocessing.get_context("fork")
-        counts, start, stop = (
-            context.Array("q", args.clients),
-            context.Barrier(args.clients + 1),
-            context.Event(),
-        )
-        clients = [
-            context.Process(target=_client, args=(args, variant, measure, n, counts, start, stop))
-            for n in range(args.clients)
-        ]
+        counts, spawn = context.Array("q", args.clients), context.Process
     else:
-        counts, start, stop = (
-            [0] * args.clients,
-            threading.Barrier(args.clients + 1),
-            threading.Event(),
-        )
-        clients = [
-            threading.Thread(target=_client, args=(args, variant, measure, n, counts, start, stop))
-            for n in range(args.clients)
-        ]
+        context, counts, spawn = threading, [0] * args.clients, threading.Thread
+    start, stop = context.Barrier(args.clients + 1), context.Event()
+    clients = [
+        spawn(target=_client, args=(args, variant, measure, n, counts, start, stop))
+        for n in range(args.clients)
+    ]
     for client in clients:
         client.start()
     start.wait(timeout=120)

@@ -15,8 +15,8 @@ images as plain values (:attr:`LogTable.single`). That table has btree
 indexes only and no CHECK constraint, because each index a one-row
 transaction opens, a GIN above all, and each CHECK (parsed again by every
 statement) is what such a statement pays most for (callgrind, one-row INSERT
-transactions: 388,000 instructions with the chunk table, 337,000 with this
-one; django-pghistory's row trigger 359,000; benchmarks/README.rst).
+transactions: 388,000 instructions with the chunk table, 343,000 with this
+one; django-pghistory's row trigger 364,000; benchmarks/README.rst).
 
 A :class:`LogTable` describes one version of a model's log: the published
 table, its key, and the published columns with their database types. Its
